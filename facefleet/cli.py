@@ -1,0 +1,48 @@
+"""The `facefleet` command: thin, it calls services (or the REST API with --server)."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from facefleet import __version__
+from facefleet.commands import datasets, db, devices, keys, models, runs, terminal
+from facefleet.platform.settings import get_settings
+
+app = typer.Typer(help="facefleet: train face models on many datasets and ship them to terminals.",
+                  no_args_is_help=True)
+app.add_typer(db.app, name="db")
+app.add_typer(datasets.app, name="datasets")
+app.add_typer(runs.app, name="runs")
+app.add_typer(models.app, name="models")
+app.add_typer(keys.app, name="keys")
+app.add_typer(devices.app, name="devices")
+app.add_typer(terminal.app, name="terminal")
+console = Console()
+
+
+@app.callback()
+def _main() -> None:
+    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the facefleet version."""
+    console.print(f"facefleet {__version__}")
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings (secrets masked)."""
+    table = Table("setting", "environment variable", "value")
+    for name, value in get_settings().masked().items():
+        table.add_row(name, f"FACEFLEET_{name.upper()}", value)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

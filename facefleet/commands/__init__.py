@@ -1,0 +1,1 @@
+"""Typer sub-applications of the `facefleet` command, one module per domain."""

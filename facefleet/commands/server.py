@@ -1,0 +1,1 @@
+"""`facefleet serve` and `facefleet scheduler`: the long-running processes (filled by the API issue)."""

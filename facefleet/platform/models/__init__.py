@@ -1,0 +1,1 @@
+"""Model registry: model versions, aliases, model cards and their signatures."""

@@ -1,0 +1,75 @@
+"""The model card: what a terminal needs to rebuild, verify, self-test and use a model. Written as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ArtifactInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str
+    size: int
+
+
+class ArchitectureSpec(BaseModel):
+    """Enough to rebuild the PyTorch module: ``get_backbone(backbone, **kwargs)``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = 112
+    channels: int = 3
+    layout: str = "NCHW"
+    color: str = "RGB"
+    normalisation: str = "x = (pixel / 255 - 0.5) / 0.5  (range [-1, 1])"
+
+
+class DatasetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int
+    class_offset: int
+    num_classes: int
+
+
+class ProbeSpec(BaseModel):
+    """``facefleet.nn.probe.make_probe_input(seed, count, input_size)`` must map to ``embeddings``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    count: int
+    embeddings: list[list[float]]
+    tolerance: float = 1e-3
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int
+    run_id: int | None = None
+    architecture: ArchitectureSpec
+    input: InputSpec
+    embedding_dim: int
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    threshold: float = Field(description="Cosine-similarity threshold: scores >= threshold are a match.")
+    artifacts: dict[str, ArtifactInfo] = Field(default_factory=dict)  # "model.safetensors", "model.onnx"
+    probe: ProbeSpec
+    created_at: str = ""
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes (what gets hashed and signed)."""
+        return self.model_dump_json(indent=2).encode()

@@ -1,0 +1,103 @@
+"""The one settings object: environment variables with the FACEFLEET_ prefix, embedded defaults when unset."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LauncherName = Literal["local", "ray", "kuberay"]
+
+
+class Settings(BaseSettings):
+    """Effective configuration. Every field maps to ``FACEFLEET_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEFLEET_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".facefleet"), description="Where embedded defaults keep their files.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file <data_dir>/facefleet.db."
+    )
+    store_url: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix; default: <data_dir>/store."
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="Custom S3 endpoint (MinIO, moto).")
+    s3_region: str = Field(default="us-east-1", description="S3 region name.")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster address (http://head:8265 for the Jobs API); unset = local Ray."
+    )
+    launcher: LauncherName = Field(default="local", description="How runs start: local | ray | kuberay.")
+    kuberay_namespace: str = Field(default="facefleet", description="Namespace for RayJobs (kuberay launcher).")
+    kuberay_image: str = Field(default="facefleet:latest", description="Image for RayJob pods.")
+    log_level: str = Field(default="INFO", description="Python logging level.")
+    signing_key_path: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM); default <data_dir>/signing_key.pem, made on first use."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Key the CLI sends with --server.")
+    server_url: str | None = Field(default=None, description="facefleet API the CLI talks to (remote mode).")
+    public_url: str = Field(default="http://127.0.0.1:8000", description="URL terminals use to reach the API.")
+    smtp_host: str | None = Field(default=None, description="SMTP server for e-mail notifications.")
+    smtp_port: int = Field(default=25, description="SMTP port.")
+    smtp_from: str = Field(default="facefleet@localhost", description="Sender of notification e-mails.")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'facefleet.db').resolve()}"
+
+    @property
+    def effective_store_url(self) -> str:
+        if self.store_url:
+            return self.store_url
+        return (self.data_dir / "store").resolve().as_uri()
+
+    @property
+    def effective_signing_key_path(self) -> Path:
+        return self.signing_key_path or self.data_dir / "signing_key.pem"
+
+    def masked(self) -> dict[str, str]:
+        """Settings as strings, secrets and URL passwords masked, for `facefleet config`."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********" if value.get_secret_value() else ""
+            elif value is None:
+                text = ""
+            else:
+                text = str(value)
+            if name == "database_url":
+                text = mask_url_password(self.effective_database_url)
+            if name == "store_url":
+                text = self.effective_store_url
+            out[name] = text
+        return out
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password of ``scheme://user:pass@host`` with asterisks."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: show unchanged
+        return url
+    if parsed.password:
+        return parsed.render_as_string(hide_password=True)
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read the environment once per process."""
+    return Settings()
