@@ -44,5 +44,15 @@ def config() -> None:
     console.print(table)
 
 
+@app.command()
+def demo(
+    out: str = typer.Option("", help="Where the demo writes data, plots and the report (default: <data_dir>/demo)."),
+) -> None:
+    """Run the main job end to end on the embedded defaults: synthetic datasets -> train -> evaluate -> deploy."""
+    from facefleet.demo import run_demo
+
+    run_demo(out_dir=out or None)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,44 @@
+# Every target sets up what it needs on a fresh machine. torch is pinned here only (CPU wheel on disk);
+# pyproject.toml keeps a range. A second run reuses .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast serve scheduler bench lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## the main job end to end on the embedded defaults (no servers)
+	$(BIN)/facefleet demo
+
+test: $(STAMP)  ## everything CI runs (slow tests included)
+	$(BIN)/pytest -q -p no:cacheprovider --timeout=1500
+
+test-fast: $(STAMP)  ## skip the slow tests (real Ray runs, learning tests)
+	$(BIN)/pytest -q -m "not slow"
+
+serve: $(STAMP)  ## the REST API on http://127.0.0.1:8000 (docs at /docs)
+	$(BIN)/facefleet serve
+
+scheduler: $(STAMP)
+	$(BIN)/facefleet scheduler
+
+bench: $(STAMP)  ## benchmark tables (ratios against in-process baselines)
+	@for b in heads data train api terminal; do \
+	  echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check facefleet tests bench
+	$(BIN)/mypy facefleet
+
+clean:
+	rm -rf $(VENV) .facefleet demo-output
