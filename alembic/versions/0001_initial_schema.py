@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 16:04:50.314991
+Create Date: 2026-11-23 16:10:01.561634
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def upgrade() -> None:
     sa.Column('last_fired_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_cron_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_metric_check_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('metric_check_interval_seconds', sa.Integer(), nullable=False),
+    sa.Column('pending_events', sa.JSON(), nullable=False),
+    sa.Column('active_run_id', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_retrain_policies')),
     sa.UniqueConstraint('name', name=op.f('uq_retrain_policies_name'))

@@ -1,0 +1,1 @@
+"""Pure-PyTorch training core: backbones, dataset-aware heads, gradient reversal, BioMetricNet, metrics."""

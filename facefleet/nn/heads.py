@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -76,6 +77,17 @@ def _uniform_subset(total: int, count: int, generator: torch.Generator | None) -
     return chosen
 
 
+@dataclass
+class _Crossing:
+    """One call's crossing-dropout draws: (rows, global columns) per (own, other) dataset pair, and the
+    weights (and biases) of the union of drawn columns, gathered once."""
+
+    draws: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]
+    union: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
+
 class DatasetAwareMarginHead(nn.Module):
     """Identity classifier over K datasets whose softmax denominator stays inside each sample's dataset.
 
@@ -87,7 +99,8 @@ class DatasetAwareMarginHead(nn.Module):
     Crossing dropout (seed Eq. 11): each class of another dataset also enters sample i's denominator
     independently with probability `crossing_p`, drawn afresh every call (0 = dataset-aware, 1 = the plain
     softmax over all C classes). Logits are computed per dataset block and for the sampled columns only.
-    Set `generator` for reproducible crossing draws.
+    Set `generator` for reproducible crossing draws; they are made per own dataset k ascending, then per
+    other dataset ascending, with `sample_crossing_positions(n_k, C_other, crossing_p, generator)`.
     """
 
     def __init__(
@@ -131,8 +144,21 @@ class DatasetAwareMarginHead(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the batch. embeddings [N, D]; labels [N] global class indices;
         dataset_index [N] in [0, K). Raises ValueError when a label lies outside its dataset's classes."""
-        x, weights, biases = self._block_inputs(embeddings)
+        groups = self._group_by_dataset(labels, dataset_index)
+        x = embeddings if self.kind == "softmax" else F.normalize(embeddings, dim=1)
+        # split (not slicing) so the backward assembles the weight gradient once, not K full-size tensors
+        weights = torch.split(self.weight, self.classes_per_dataset)
+        biases = torch.split(self.bias, self.classes_per_dataset) if self.bias is not None else None
+        crossing = self._draw_crossing(groups)
         total = embeddings.new_zeros(())
+        for k, members, local in groups:
+            total = total + self._block_loss(x[members], local, k, weights, biases, crossing)
+        return total / embeddings.shape[0]
+
+    def _group_by_dataset(self, labels: torch.Tensor,
+                          dataset_index: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(k, row indices, labels local to dataset k) for every dataset present in the batch."""
+        groups = []
         for k in range(self.num_datasets):
             members = (dataset_index == k).nonzero().flatten()
             if members.numel() == 0:
@@ -141,35 +167,42 @@ class DatasetAwareMarginHead(nn.Module):
             if bool(((local < 0) | (local >= self.classes_per_dataset[k])).any()):
                 raise ValueError(f"labels of dataset {k} must lie in [{self.offsets[k]}, "
                                  f"{self.offsets[k] + self.classes_per_dataset[k]})")
-            total = total + self._block_loss(x[members], local, k, weights, biases)
-        return total / embeddings.shape[0]
+            groups.append((k, members, local))
+        return groups
 
-    def _block_inputs(
-        self, embeddings: torch.Tensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]:
-        # split (not slicing) so the backward assembles the weight gradient once, not K full-size tensors
-        if self.kind == "softmax":
-            weights = torch.split(self.weight, self.classes_per_dataset)
-            biases = torch.split(self.bias, self.classes_per_dataset) if self.bias is not None else None
-            return embeddings, weights, biases
-        weights = torch.split(F.normalize(self.weight, dim=1), self.classes_per_dataset)
-        return F.normalize(embeddings, dim=1), weights, None
+    def _draw_crossing(self, groups: list[tuple[int, torch.Tensor, torch.Tensor]]) -> _Crossing | None:
+        """Draw the crossing-dropout classes of every (own dataset, other dataset) pair, 0 < p < 1 only."""
+        if not 0.0 < self.crossing_p < 1.0:
+            return None
+        draws: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        for k, members, _ in groups:
+            for other in range(self.num_datasets):
+                if other == k:
+                    continue
+                cols = self.classes_per_dataset[other]
+                positions = sample_crossing_positions(members.numel(), cols, self.crossing_p, self.generator)
+                positions = positions.to(self.weight.device)
+                draws[(k, other)] = (positions // cols, positions % cols + self.offsets[other])
+        if not draws or all(rows.numel() == 0 for rows, _ in draws.values()):
+            return _Crossing(draws, None, None, None)
+        union = torch.unique(torch.cat([cols for _, cols in draws.values()]))
+        # one gather for all pairs: its backward fills one [C, D] gradient, not one per pair
+        weight = self.weight.index_select(0, union)
+        bias = self.bias.index_select(0, union) if self.bias is not None else None
+        return _Crossing(draws, union, weight, bias)
 
-    def _logits(self, x: torch.Tensor, k: int, weights: tuple[torch.Tensor, ...],
-                biases: tuple[torch.Tensor, ...] | None, columns: torch.Tensor | None = None) -> torch.Tensor:
-        """Unmargined logits of rows x against dataset k's classes (or the given local columns of it)."""
-        w = weights[k] if columns is None else weights[k].index_select(0, columns)
+    def _class_logits(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """Logits of rows x against class weights w without margin: W·x + b, or s·cos θ (x normalised)."""
         logits = x @ w.t()
-        if self.kind != "softmax":
-            return logits * self.s
-        if biases is not None:
-            logits = logits + (biases[k] if columns is None else biases[k].index_select(0, columns))
-        return logits
+        if self.kind == "softmax":
+            return logits if b is None else logits + b
+        # dividing the small logit block by ‖W_j‖ avoids materialising a normalised copy of W
+        return logits * (self.s / w.norm(dim=1).clamp_min(1e-12))
 
     def _block_loss(self, x: torch.Tensor, local: torch.Tensor, k: int, weights: tuple[torch.Tensor, ...],
-                    biases: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+                    biases: tuple[torch.Tensor, ...] | None, crossing: _Crossing | None) -> torch.Tensor:
         """Summed loss of the samples of dataset k (x already normalised for margin kinds)."""
-        logits = self._logits(x, k, weights, biases)
+        logits = self._class_logits(x, weights[k], biases[k] if biases is not None else None)
         if self.kind != "softmax":
             cos_target = logits.gather(1, local[:, None]) / self.s
             target = self.s * margin_target_cos(cos_target, self.kind, self.m1, self.m2, self.m3)
@@ -178,28 +211,30 @@ class DatasetAwareMarginHead(nn.Module):
             target = logits.gather(1, local[:, None])
         parts = [torch.logsumexp(logits, dim=1)]
         for other in range(self.num_datasets):
-            if other != k and self.crossing_p > 0.0:
-                parts.append(self._crossing_logsumexp(x, other, weights, biases))
+            if other == k or self.crossing_p == 0.0:
+                continue
+            if crossing is None:  # crossing_p == 1: every class of every dataset
+                other_bias = biases[other] if biases is not None else None
+                parts.append(torch.logsumexp(self._class_logits(x, weights[other], other_bias), dim=1))
+            else:
+                parts.append(self._crossing_logsumexp(x, crossing, k, other))
         lse = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts, dim=1), dim=1)
         return (lse - target.squeeze(1)).sum()
 
-    def _crossing_logsumexp(self, x: torch.Tensor, other: int, weights: tuple[torch.Tensor, ...],
-                            biases: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-        """Per-row logsumexp over the sampled classes of dataset `other` (−inf for rows with none)."""
-        rows, cols = x.shape[0], self.classes_per_dataset[other]
-        if self.crossing_p >= 1.0:
-            return torch.logsumexp(self._logits(x, other, weights, biases), dim=1)
-        positions = sample_crossing_positions(rows, cols, self.crossing_p, self.generator)
-        if positions.numel() == 0:
-            return x.new_full((rows,), -math.inf)
-        positions = positions.to(x.device)
-        row_of, col_of = positions // cols, positions % cols
-        # only the union of sampled columns is multiplied: cheap when p·rows·cols ≪ cols
-        columns, col_slot = torch.unique(col_of, return_inverse=True)
-        logits = self._logits(x, other, weights, biases, columns)
+    def _crossing_logsumexp(self, x: torch.Tensor, crossing: _Crossing, k: int, other: int) -> torch.Tensor:
+        """Per-row logsumexp over the drawn classes of dataset `other` (−inf for rows with none)."""
+        row_of, global_col = crossing.draws[(k, other)]
+        if row_of.numel() == 0 or crossing.union is None:
+            return x.new_full((x.shape[0],), -math.inf)
+        # only the columns drawn for this pair are multiplied: cheap when p·rows·cols ≪ cols
+        columns, col_slot = torch.unique(global_col, return_inverse=True)
+        in_union = torch.searchsorted(crossing.union, columns)
+        w = crossing.weight.index_select(0, in_union)
+        b = crossing.bias.index_select(0, in_union) if crossing.bias is not None else None
+        logits = self._class_logits(x, w, b)
         included = torch.zeros_like(logits, dtype=torch.bool)
         included[row_of, col_slot] = True
-        # a finite floor, not −inf: a row with nothing sampled would otherwise give NaN gradients
+        # a finite floor, not −inf: a row with nothing drawn would otherwise give NaN gradients
         floor = torch.finfo(logits.dtype).min
         return torch.logsumexp(logits.masked_fill(~included, floor), dim=1)
 

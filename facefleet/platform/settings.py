@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     launcher: LauncherName = Field(default="local", description="How runs start: local | ray | kuberay.")
     kuberay_namespace: str = Field(default="facefleet", description="Namespace for RayJobs (kuberay launcher).")
     kuberay_image: str = Field(default="facefleet:latest", description="Image for RayJob pods.")
+    kuberay_gpu_image: str | None = Field(
+        default=None, description="Image (CUDA torch) for RayJob GPU workers; default: kuberay_image."
+    )
     log_level: str = Field(default="INFO", description="Python logging level.")
     signing_key_path: Path | None = Field(
         default=None, description="Ed25519 private key (PEM); default <data_dir>/signing_key.pem, made on first use."
@@ -43,6 +46,13 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, description="SMTP port.")
     smtp_from: str = Field(default="facefleet@localhost", description="Sender of notification e-mails.")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+    notify_webhooks: list[str] = Field(
+        default_factory=list, description="Webhook URLs told about every event (JSON list), besides policy targets."
+    )
+    notify_emails: list[str] = Field(
+        default_factory=list, description="Addresses told about every event (JSON list), besides policy targets."
+    )
+    upload_max_bytes: int = Field(default=10 << 30, description="Largest dataset archive the API accepts.")
 
     @field_validator("log_level")
     @classmethod

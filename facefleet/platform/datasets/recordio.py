@@ -29,7 +29,9 @@ class RecordImage:
 def read_index(idx_path: Path) -> list[tuple[int, int]]:
     """``(record key, byte offset)`` pairs from a tab-separated .idx file, in file order."""
     entries: list[tuple[int, int]] = []
-    for line_number, line in enumerate(idx_path.read_text(encoding="ascii", errors="replace").splitlines(), 1):
+    for line_number, line in enumerate(
+        idx_path.read_text(encoding="ascii", errors="replace").splitlines(), 1
+    ):
         if not line.strip():
             continue
         fields = line.split()
@@ -51,7 +53,9 @@ def read_record(stream: BinaryIO, offset: int) -> bytes:
             raise RecordIOError(f"record at offset {offset} is truncated (file ends inside its header)")
         magic, lrecord = _RECORD_HEADER.unpack(header)
         if magic != RECORD_MAGIC:
-            raise RecordIOError(f"record at offset {offset} has bad magic {magic:#x}; the .idx does not match the .rec")
+            raise RecordIOError(
+                f"record at offset {offset} has bad magic {magic:#x}; the .idx does not match the .rec"
+            )
         continuation, length = lrecord >> 29, lrecord & ((1 << 29) - 1)
         payload = stream.read(length)
         if len(payload) < length:
@@ -105,7 +109,7 @@ def iter_records(rec_path: Path, idx_path: Path) -> Iterator[RecordImage]:
 
 
 def read_property(folder: Path) -> tuple[int, int, int] | None:
-    """``(num_classes, height, width)`` from insightface's ``property`` file, or None when absent/unreadable."""
+    """``(num_classes, height, width)`` from insightface's ``property`` file, or None if absent/unreadable."""
     path = folder / "property"
     if not path.is_file():
         return None

@@ -34,7 +34,7 @@ class PathPair:
 
 
 def _latin1_encode(text: object, encoding: str = "latin1") -> bytes:
-    """What Python 3 pickles of bytes at protocol < 3 call (``_codecs.encode(str, 'latin1')``), and only that."""
+    """What Python 3 pickles of bytes at protocol < 3 call: ``_codecs.encode(str, 'latin1')``, only that."""
     if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
         raise pickle.UnpicklingError("_codecs.encode is allowed only as encode(str, 'latin1') for bytes")
     return text.encode("latin1")
@@ -86,15 +86,20 @@ def load_bin(path: Path) -> tuple[list[bytes], list[bool]]:
         raise VerificationFormatError(f"{path.name} is not a readable verification .bin: {error}") from None
     _check_plain(loaded)
     if not isinstance(loaded, list | tuple) or len(loaded) != 2:
-        raise VerificationFormatError(f"{path.name} must hold (images, is_same_list); found a {type(loaded).__name__}")
+        raise VerificationFormatError(
+            f"{path.name} must hold (images, is_same_list); found a {type(loaded).__name__}"
+        )
     images, flags = loaded
-    if not isinstance(images, list | tuple) or not all(isinstance(image, bytes | bytearray) for image in images):
+    if not isinstance(images, list | tuple) or not all(
+        isinstance(image, bytes | bytearray) for image in images
+    ):
         raise VerificationFormatError(f"{path.name}: the first element must be a list of image bytes")
     if not isinstance(flags, list | tuple) or not all(isinstance(flag, bool) for flag in flags):
         raise VerificationFormatError(f"{path.name}: the second element must be a list of booleans")
     if len(images) != 2 * len(flags):
         raise VerificationFormatError(
-            f"{path.name} holds {len(images)} images for {len(flags)} pairs; expected exactly 2 images per pair"
+            f"{path.name} holds {len(images)} images for {len(flags)} pairs; expected "
+            "exactly 2 images per pair"
         )
     return [bytes(image) for image in images], list(flags)
 
@@ -124,7 +129,7 @@ def parse_pairs_line(fields: list[str]) -> tuple[tuple[str, int] | str, tuple[st
 
 
 def _lfw_image(folder: Path, name: str, number: int) -> str:
-    """The path of LFW image ``<name>/<name>_<NNNN>.<ext>`` relative to ``folder`` (first suffix that exists)."""
+    """The path of LFW image ``<name>/<name>_<NNNN>.<ext>`` relative to ``folder`` (first suffix found)."""
     for suffix in IMAGE_SUFFIXES:
         relative = f"{name}/{name}_{number:04d}{suffix}"
         if (folder / relative).is_file():
@@ -144,11 +149,13 @@ def read_pairs_file(pairs_path: Path, image_root: Path) -> list[PathPair]:
             left, right, is_same = parse_pairs_line(fields)
         except VerificationFormatError as error:
             raise VerificationFormatError(f"{pairs_path.name} pair {line_number}: {error}") from None
-        pairs.append(PathPair(
-            left=left if isinstance(left, str) else _lfw_image(image_root, *left),
-            right=right if isinstance(right, str) else _lfw_image(image_root, *right),
-            is_same=is_same,
-        ))
+        pairs.append(
+            PathPair(
+                left=left if isinstance(left, str) else _lfw_image(image_root, *left),
+                right=right if isinstance(right, str) else _lfw_image(image_root, *right),
+                is_same=is_same,
+            )
+        )
     if not pairs:
         raise VerificationFormatError(f"{pairs_path.name} lists no pairs")
     return pairs

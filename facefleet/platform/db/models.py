@@ -199,6 +199,10 @@ class RetrainPolicy(Base):
     last_fired_at: Mapped[datetime | None] = mapped_column(nullable=True)
     next_cron_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_metric_check_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    metric_check_interval_seconds: Mapped[int] = mapped_column(Integer, default=3600)
+    # Triggers merged into the next run (kind, time, details), and the run now in flight for this policy.
+    pending_events: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    active_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

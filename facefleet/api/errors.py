@@ -1,0 +1,116 @@
+"""One place that turns every rejection into problem JSON ``{type, title, status, detail, field}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facefleet.platform.errors import FacefleetError
+from facefleet.platform.store.base import InvalidKeyError, ObjectNotFoundError
+
+log = logging.getLogger("facefleet.api")
+
+PROBLEM_BASE = "https://facefleet.dev/problems/"
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+           405: "Method not allowed", 409: "Conflict", 413: "Payload too large", 422: "Invalid input",
+           500: "Internal server error"}
+
+
+class Problem(BaseModel):
+    """The body of every error response (RFC 9457 style, plus the offending field)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem_response(status: int, detail: str, *, field: str | None = None, title: str | None = None,
+                     errors: list[dict[str, Any]] | None = None,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
+    title = title or _TITLES.get(status, "Error")
+    body = Problem(type=PROBLEM_BASE + title.lower().replace(" ", "-"), title=title, status=status,
+                   detail=detail, field=field, errors=errors)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers,
+                        media_type="application/problem+json")
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('body', 'config', 'lr') -> 'config.lr'; ('query', 'limit') -> 'limit'."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _fix_hint(error: dict[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return "remove this field (unknown fields are rejected)"
+    if kind == "missing":
+        return "add this required field"
+    return "send a value of the documented type"
+
+
+async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        field = _location(err.get("loc", ()))
+        errors.append({"field": field, "message": str(err.get("msg", "")), "fix": _fix_hint(err)})
+    first = errors[0] if errors else {"field": "body", "message": "invalid request", "fix": ""}
+    detail = f"{first['field']}: {first['message']} ({first['fix']})"
+    if len(errors) > 1:
+        detail += f"; and {len(errors) - 1} more problem(s), see 'errors'"
+    return problem_response(422, detail, field=first["field"], errors=errors)
+
+
+async def _facefleet_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FacefleetError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return problem_response(exc.status_code, exc.message, field=exc.field, title=type(exc).title,
+                            headers=headers)
+
+
+async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}; see /docs for the API"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the allowed methods"
+    return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _store_handler(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ObjectNotFoundError):
+        return problem_response(404, f"object not found in the store: {exc}")
+    return problem_response(422, str(exc), field="key")
+
+
+async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The client learns only that it was our fault; the traceback goes to the log, never the body.
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(500, "internal error; the server logged the details (nothing was changed)")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(FacefleetError, _facefleet_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(ObjectNotFoundError, _store_handler)
+    app.add_exception_handler(InvalidKeyError, _store_handler)
+    app.add_exception_handler(Exception, _unhandled_handler)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "description": _TITLES[code]} for code in (401, 403, 404, 409, 422)
+}

@@ -1,0 +1,1 @@
+"""HTTP routers, one module per domain; thin: parse, call the service, record the audit event, return."""

@@ -1,0 +1,61 @@
+"""/v1/policies: retrain policies CRUD, and fire now (the scheduler starts the run at its next tick)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from facefleet.api.deps import Admin, DbSession, Viewer
+from facefleet.api.errors import ERROR_RESPONSES
+from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.platform import audit
+from facefleet.platform.policies import service
+from facefleet.platform.policies.schemas import PolicyCreate, PolicyRead, PolicyUpdate
+
+router = APIRouter(prefix="/v1/policies", tags=["policies"], responses=ERROR_RESPONSES)
+
+
+@router.post("", response_model=PolicyRead, status_code=status.HTTP_201_CREATED)
+def create_policy(body: PolicyCreate, session: DbSession, principal: Admin) -> PolicyRead:
+    policy = service.create_policy(session, spec=body)
+    audit.record(session, principal.actor, "policies.create", "policy", policy.id, {"name": policy.name})
+    return PolicyRead.model_validate(policy)
+
+
+@router.get("", response_model=Page[PolicyRead])
+def list_policies(session: DbSession, _principal: Viewer, page: Pagination,
+                  enabled: bool | None = None) -> Page[PolicyRead]:
+    rows, total = service.list_policies(session, limit=page.limit, offset=page.offset, enabled=enabled)
+    return make_page(rows, total, page, PolicyRead.model_validate)
+
+
+@router.get("/{policy_id}", response_model=PolicyRead)
+def get_policy(policy_id: int, session: DbSession, _principal: Viewer) -> PolicyRead:
+    return PolicyRead.model_validate(service.get_policy(session, policy_id=policy_id))
+
+
+@router.patch("/{policy_id}", response_model=PolicyRead)
+def update_policy(policy_id: int, body: PolicyUpdate, session: DbSession, principal: Admin) -> PolicyRead:
+    policy = service.update_policy(session, policy_id=policy_id, changes=body)
+    audit.record(session, principal.actor, "policies.update", "policy", policy.id,
+                 {"fields": sorted(body.model_dump(exclude_unset=True))})
+    return PolicyRead.model_validate(policy)
+
+
+@router.delete("/{policy_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def delete_policy(policy_id: int, session: DbSession, principal: Admin) -> Response:
+    service.delete_policy(session, policy_id=policy_id)
+    audit.record(session, principal.actor, "policies.delete", "policy", policy_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _fire(policy_id: int, session: DbSession, principal: Admin) -> PolicyRead:
+    policy = service.request_fire(session, policy_id=policy_id, requested_by=principal.actor)
+    audit.record(session, principal.actor, "policies.fire", "policy", policy.id)
+    return PolicyRead.model_validate(policy)
+
+
+router.add_api_route("/{policy_id}:fire", _fire, methods=["POST"], response_model=PolicyRead,
+                     status_code=status.HTTP_202_ACCEPTED, name="fire_policy",
+                     summary="Fire a policy now (merged with pending triggers; the scheduler starts the run)")
+router.add_api_route("/{policy_id}/fire", _fire, methods=["POST"], response_model=PolicyRead,
+                     status_code=status.HTTP_202_ACCEPTED, name="fire_policy_alias", include_in_schema=False)

@@ -1,0 +1,70 @@
+"""Request and response bodies of the API's own resources (keys, audit, health). Unknown fields are rejected."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictBody(BaseModel):
+    """Base of every request body: an unknown field is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiKeyCreate(StrictBody):
+    name: str = Field(min_length=1, max_length=128, description="who or what uses the key, e.g. 'ci-bot'")
+    role: Literal["admin", "viewer"] = Field(description="admin: everything; viewer: read-only")
+
+
+class ApiKeyRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    prefix: str
+    role: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    key: str = Field(description="the secret; shown only now, store it safely")
+
+
+class AuditEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    actor: str
+    action: str
+    target_type: str
+    target_id: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+class RunCreate(StrictBody):
+    """Start a training run over dataset versions (``name``, ``name:version`` or a version id)."""
+
+    datasets: list[str | int] = Field(min_length=1, description="training datasets, in class-offset order")
+    verification_sets: list[str | int] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields (see the schema)")
+    name: str = Field("", max_length=128)
+    start: bool = Field(True, description="hand the run to the launcher now (false: leave it queued)")
+
+
+class CancelRequest(StrictBody):
+    force: bool = Field(False, description="also stop the job through the launcher at once")
+
+
+class AliasUpdate(StrictBody):
+    version: int = Field(ge=1, description="the model version the alias should point at")

@@ -1,0 +1,143 @@
+"""Face verification metrics: 10-fold accuracy, ROC AUC, EER, TAR at fixed FAR, flip-fused embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+ArrayLike = torch.Tensor | np.ndarray | Sequence[float] | Sequence[bool]
+MAX_ROC_POINTS = 512
+
+
+class VerificationMetrics(BaseModel):
+    """Results on one verification set. A pair is predicted "same" when its score >= threshold
+    (higher_is_same) or <= threshold (otherwise); `threshold` is the best one on all pairs."""
+
+    num_pairs: int
+    accuracy: float = Field(description="mean 10-fold accuracy, each fold's threshold chosen on the other 9")
+    accuracy_std: float
+    auc: float
+    eer: float
+    tar_at_far_1e3: float
+    tar_at_far_1e4: float
+    threshold: float
+    higher_is_same: bool
+    roc_fpr: list[float] = Field(description=f"ROC points for plotting (at most {MAX_ROC_POINTS})")
+    roc_tpr: list[float]
+
+
+def _as_numpy(values: ArrayLike, dtype: type) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=dtype).reshape(-1)
+
+
+def roc_curve(scores: np.ndarray, is_same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of "same when score >= t" over every distinct score, from (0, 0) to (1, 1)."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_same = scores[order], is_same[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(sorted_scores))[0], sorted_scores.size - 1]
+    true_pos = np.cumsum(sorted_same)[last_of_tie]
+    false_pos = (last_of_tie + 1) - true_pos
+    tpr = np.r_[0.0, true_pos / max(1, is_same.sum())]
+    fpr = np.r_[0.0, false_pos / max(1, (~is_same).sum())]
+    thresholds = np.r_[np.inf, sorted_scores[last_of_tie]]
+    return fpr, tpr, thresholds
+
+
+def _equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Where FPR = FNR, linearly interpolated between the two ROC points that bracket it."""
+    fnr = 1.0 - tpr
+    gap = fpr - fnr  # rises from −1 to +1 along the curve
+    crossing = int(np.argmax(gap >= 0))
+    if crossing == 0:
+        return float(fpr[0])
+    g0, g1 = gap[crossing - 1], gap[crossing]
+    weight = 0.0 if g1 == g0 else -g0 / (g1 - g0)
+    return float(fpr[crossing - 1] + weight * (fpr[crossing] - fpr[crossing - 1]))
+
+
+def _tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float) -> float:
+    return float(tpr[fpr <= far].max())
+
+
+def best_threshold(scores: np.ndarray, is_same: np.ndarray) -> tuple[float, float]:
+    """(threshold, accuracy) maximising the accuracy of "same when score >= threshold" on these pairs;
+    the threshold is the midpoint between adjacent distinct scores."""
+    fpr, tpr, thresholds = roc_curve(scores, is_same)
+    positives, negatives = int(is_same.sum()), int((~is_same).sum())
+    accuracy = (tpr * positives + (1.0 - fpr) * negatives) / scores.size
+    best = int(np.argmax(accuracy))
+    distinct = np.unique(scores)[::-1]  # descending, aligned with thresholds[1:]
+    if best == 0:
+        threshold = float(distinct[0]) + 1.0
+    elif best == len(distinct):
+        threshold = float(distinct[-1]) - 1.0
+    else:
+        threshold = float((distinct[best - 1] + distinct[best]) / 2.0)
+    return threshold, float(accuracy[best])
+
+
+def _kfold_accuracy(scores: np.ndarray, is_same: np.ndarray, folds: int) -> tuple[float, float]:
+    """Contiguous folds (the LFW protocol): threshold from the other folds, accuracy on the held-out one."""
+    fold_of = np.arange(scores.size) * folds // scores.size
+    accuracies = []
+    for fold in range(folds):
+        test = fold_of == fold
+        threshold, _ = best_threshold(scores[~test], is_same[~test])
+        accuracies.append(float(((scores[test] >= threshold) == is_same[test]).mean()))
+    return float(np.mean(accuracies)), float(np.std(accuracies))
+
+
+def _subsample_roc(fpr: np.ndarray, tpr: np.ndarray) -> tuple[list[float], list[float]]:
+    if fpr.size <= MAX_ROC_POINTS:
+        return fpr.tolist(), tpr.tolist()
+    keep = np.unique(np.linspace(0, fpr.size - 1, MAX_ROC_POINTS).round().astype(int))
+    return fpr[keep].tolist(), tpr[keep].tolist()
+
+
+def verification_metrics(scores: ArrayLike, is_same: ArrayLike, *, higher_is_same: bool = True,
+                         folds: int = 10) -> VerificationMetrics:
+    """Metrics of pair scores (e.g. cosine similarities) against same/different labels.
+
+    accuracy ± accuracy_std: `folds`-fold accuracy over contiguous folds (fewer folds when there are
+    fewer pairs), each fold's threshold chosen on the rest; auc; eer; TAR at FAR 1e-3 / 1e-4 (the largest
+    TPR with FPR <= FAR: with fewer than 1/FAR different pairs this is the TPR at FPR 0); threshold: the
+    best on all pairs, in the caller's score units. Set higher_is_same=False for distances.
+    Needs at least one same and one different pair.
+    """
+    score_arr = _as_numpy(scores, np.float64)
+    same_arr = _as_numpy(is_same, bool)
+    if score_arr.size != same_arr.size:
+        raise ValueError(f"{score_arr.size} scores but {same_arr.size} same/different labels")
+    if not same_arr.any() or same_arr.all():
+        raise ValueError("verification metrics need at least one same and one different pair")
+    if not np.isfinite(score_arr).all():
+        raise ValueError("verification scores must be finite")
+    oriented = score_arr if higher_is_same else -score_arr
+    fpr, tpr, _ = roc_curve(oriented, same_arr)
+    accuracy, accuracy_std = _kfold_accuracy(oriented, same_arr, max(2, min(folds, score_arr.size)))
+    threshold, _ = best_threshold(oriented, same_arr)
+    roc_fpr, roc_tpr = _subsample_roc(fpr, tpr)
+    return VerificationMetrics(
+        num_pairs=int(score_arr.size), accuracy=accuracy, accuracy_std=accuracy_std,
+        auc=float(np.trapezoid(tpr, fpr)), eer=_equal_error_rate(fpr, tpr),
+        tar_at_far_1e3=_tar_at_far(fpr, tpr, 1e-3), tar_at_far_1e4=_tar_at_far(fpr, tpr, 1e-4),
+        threshold=threshold if higher_is_same else -threshold, higher_is_same=higher_is_same,
+        roc_fpr=roc_fpr, roc_tpr=roc_tpr,
+    )
+
+
+def fuse_flip(embed_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised sum of the embeddings of images [N, 3, H, W] and of their horizontal flips."""
+    fused = embed_fn(images) + embed_fn(torch.flip(images, dims=[3]))
+    return F.normalize(fused, dim=1)
+
+
+def cosine_scores(embeddings_a: torch.Tensor, embeddings_b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity of two [P, D] embedding tensors."""
+    return F.cosine_similarity(embeddings_a, embeddings_b, dim=1)

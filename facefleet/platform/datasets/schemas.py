@@ -1,0 +1,124 @@
+"""Pydantic schemas of the datasets domain: the validation report, requests and what the API returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+
+
+class ProblemFile(BaseModel):
+    path: str
+    reason: str
+
+
+class SmallIdentity(BaseModel):
+    identity: str
+    images: int
+
+
+class DuplicateGroup(BaseModel):
+    sha256: str
+    paths: list[str]
+
+
+class ValidationReport(BaseModel):
+    """What validation found; stored on the version (and as JSON next to its shards)."""
+
+    format: str
+    kind: str
+    identity_count: int = 0
+    image_count: int = 0
+    pair_count: int = 0
+    same_pairs: int = 0
+    candidate_images: int = Field(0, description="Image files found before validation.")
+    images_per_identity: dict[str, int] = Field(
+        default_factory=dict,
+        description="Histogram: number of images -> number of identities with that many.",
+    )
+    min_images_per_identity_found: int = 0
+    max_images_per_identity_found: int = 0
+    image_sizes: dict[str, int] = Field(default_factory=dict, description="'WxH' -> count (20 most common).")
+    min_width: int = 0
+    min_height: int = 0
+    max_width: int = 0
+    max_height: int = 0
+    corrupt_count: int = 0
+    corrupt: list[ProblemFile] = Field(
+        default_factory=list, description="Undecodable or truncated files (skipped)."
+    )
+    small_identity_count: int = 0
+    small_identities: list[SmallIdentity] = Field(
+        default_factory=list, description="Identities with fewer images than required (skipped)."
+    )
+    duplicates: list[DuplicateGroup] = Field(
+        default_factory=list, description="Byte-identical images (kept)."
+    )
+    dropped_pair_count: int = 0
+    dropped_pairs: list[str] = Field(default_factory=list)
+    ignored_count: int = 0
+    ignored: list[str] = Field(default_factory=list, description="Entries that are not images of the layout.")
+    properties: dict[str, int] = Field(
+        default_factory=dict, description="RecordIO 'property' file, when present."
+    )
+
+
+class RegisterRequest(BaseModel):
+    """Register a dataset version from a local path or archive on the server, or an s3:// prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=DATASET_NAME_PATTERN, description="Dataset name (letters, digits, . _ -).")
+    source: str = Field(
+        min_length=1, description="Folder, .zip/.tar(.gz), .bin, RecordIO folder or s3://bucket/prefix."
+    )
+    kind: Literal["train", "verification"] = "train"
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    min_images_per_identity: int = Field(1, ge=1, le=100_000)
+
+
+class DatasetVersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    dataset_id: int
+    version: int
+    status: str
+    format: str
+    source_uri: str
+    identity_count: int
+    image_count: int
+    pair_count: int
+    content_hash: str
+    manifest_key: str | None
+    error: str | None
+    created_at: datetime
+
+
+class DatasetVersionDetail(DatasetVersionOut):
+    """A version with its validation report."""
+
+    report: dict[str, Any]
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: str
+    description: str
+    tags: list[str]
+    created_at: datetime
+    latest_version: int | None = Field(None, description="Highest ready version, if any.")
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    limit: int
+    offset: int

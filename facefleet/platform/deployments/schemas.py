@@ -1,0 +1,87 @@
+"""Pydantic shapes of deployments (admin side) and assignments (device side)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DeviceRolloutStatus = Literal["pending", "downloading", "installed", "failed", "rolled_back", "superseded"]
+ReportableStatus = Literal["downloading", "installed", "failed", "rolled_back"]
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_version_id: int
+    group: str = Field(min_length=1, max_length=128)
+    strategy: Literal["all", "canary"] = "all"
+    canary_percent: float = Field(default=0.0, ge=0.0, le=100.0, description="Share of the group updated first.")
+    max_failure_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Stop and roll back when failed/updated devices exceeds this."
+    )
+
+    @model_validator(mode="after")
+    def _canary_needs_percent(self) -> DeploymentCreate:
+        if self.strategy == "canary" and not 0 < self.canary_percent < 100:
+            raise ValueError("strategy 'canary' needs canary_percent between 0 and 100 (exclusive), e.g. 20")
+        return self
+
+
+class DeviceRolloutRead(BaseModel):
+    device_id: int
+    device_name: str
+    phase: str
+    status: str
+    previous_model_version_id: int | None
+    message: str
+    updated_at: datetime
+
+
+class DeploymentRead(BaseModel):
+    id: int
+    model_version_id: int
+    group: str
+    strategy: str
+    canary_percent: float
+    max_failure_rate: float
+    status: str
+    stage: str = Field(description="canary | rollout | done")
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+    devices: list[DeviceRolloutRead] = Field(default_factory=list)
+
+
+class AssignedArtifact(BaseModel):
+    file: str
+    sha256: str
+    size: int
+    url: str = Field(description="Relative to the API root; send the device credential.")
+
+
+class AssignedModel(BaseModel):
+    model_version_id: int
+    name: str
+    version: int
+    card_b64: str = Field(description="The exact signed bytes of model_card.json, base64.")
+    signature: str = Field(description="Base64 Ed25519 signature of the card bytes.")
+    artifacts: list[AssignedArtifact]
+
+
+class AssignmentRead(BaseModel):
+    """What this device should run. ``install``: get ``model``; ``rollback``: return to ``model``."""
+
+    deployment_id: int | None
+    action: Literal["install", "rollback", "none"]
+    status: str | None = Field(default=None, description="This device's status in the deployment.")
+    model: AssignedModel | None = None
+
+
+class StatusReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deployment_id: int
+    status: ReportableStatus
+    message: str = Field(default="", max_length=2000)

@@ -1,0 +1,194 @@
+"""Deployments: create (superseding the group's last one), canary gating, failure limit, stop and rollback."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from facefleet.platform.db.base import utcnow
+from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
+from facefleet.platform.deployments.notify import notify_admins
+from facefleet.platform.devices.service import group_devices
+from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
+
+FINAL_STATUSES = frozenset({"installed", "failed", "rolled_back", "superseded"})
+# Which status a device may report from which current status.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    "downloading": frozenset({"pending", "downloading"}),
+    "installed": frozenset({"pending", "downloading", "installed"}),
+    "failed": frozenset({"pending", "downloading", "failed"}),
+    "rolled_back": frozenset({"failed", "rolled_back"}),
+}
+
+
+@dataclass
+class DeploymentView:
+    deployment: Deployment
+    stage: str
+    rows: list[tuple[DeviceDeployment, str]]  # (row, device name)
+
+
+def create_deployment(
+    session: Session,
+    *,
+    model_version_id: int,
+    group: str,
+    strategy: str = "all",
+    canary_percent: float = 0.0,
+    max_failure_rate: float = 0.0,
+    created_by: str = "",
+) -> Deployment:
+    """Roll ``model_version_id`` out to ``group``; the group's in-progress deployment is superseded."""
+    version = session.get(ModelVersion, model_version_id)
+    if version is None:
+        raise NotFoundError(f"no model version with id {model_version_id}", field="model_version_id")
+    if not version.signature or not version.artifacts:
+        raise InvalidInputError(
+            f"model version {version.name} v{version.version} has no signed artifacts; export it first",
+            field="model_version_id",
+        )
+    devices = group_devices(session, group=group)
+    if not devices:
+        raise InvalidInputError(f"group {group!r} has no enabled devices; register one first", field="group")
+    _supersede_group(session, group=group)
+    deployment = Deployment(
+        model_version_id=model_version_id, group=group, strategy=strategy, canary_percent=canary_percent,
+        max_failure_rate=max_failure_rate, status="in_progress", created_by=created_by,
+    )
+    session.add(deployment)
+    session.flush()
+    canary_count = math.ceil(len(devices) * canary_percent / 100) if strategy == "canary" else 0
+    for index, device in enumerate(devices):
+        phase = "all" if strategy == "all" else ("canary" if index < canary_count else "rest")
+        session.add(DeviceDeployment(
+            deployment_id=deployment.id, device_id=device.id, phase=phase, status="pending",
+            previous_model_version_id=device.model_version_id, message="", updated_at=utcnow(),
+        ))
+    session.flush()
+    return deployment
+
+
+def _supersede_group(session: Session, *, group: str) -> None:
+    """The previous rollout stops handing out work; devices mid-way simply get the new assignment."""
+    running = session.scalars(
+        select(Deployment).where(Deployment.group == group, Deployment.status == "in_progress")
+    ).all()
+    for old in running:
+        old.status = "superseded"
+        old.finished_at = utcnow()
+        rows = session.scalars(select(DeviceDeployment).where(
+            DeviceDeployment.deployment_id == old.id, DeviceDeployment.status.in_(("pending", "downloading"))
+        )).all()
+        for row in rows:
+            row.status = "superseded"
+            row.message = "superseded by a newer deployment"
+            row.updated_at = utcnow()
+
+
+def deployment_rows(session: Session, deployment_id: int) -> list[DeviceDeployment]:
+    query = select(DeviceDeployment).where(DeviceDeployment.deployment_id == deployment_id)
+    return list(session.scalars(query.order_by(DeviceDeployment.device_id)).all())
+
+
+def rollout_stage(deployment: Deployment, rows: list[DeviceDeployment]) -> str:
+    """``canary`` while canaries are still working, then ``rollout``; ``done`` once finished."""
+    if deployment.status != "in_progress":
+        return "done"
+    canaries = [row for row in rows if row.phase == "canary"]
+    if any(row.status not in FINAL_STATUSES for row in canaries):
+        return "canary"
+    return "rollout"
+
+
+def is_released(stage: str, row: DeviceDeployment) -> bool:
+    """Whether this device may start installing: the rest of a canary rollout waits."""
+    return row.phase != "rest" or stage in ("rollout", "done")
+
+
+def report_device_status(
+    session: Session, device: Device, *, deployment_id: int, status: str, message: str = ""
+) -> DeviceDeployment:
+    """Record a device's progress, then advance, complete or stop the rollout."""
+    row = session.scalar(select(DeviceDeployment).where(
+        DeviceDeployment.deployment_id == deployment_id, DeviceDeployment.device_id == device.id
+    ))
+    if row is None:
+        raise NotFoundError(f"this device has no part in deployment {deployment_id}")
+    if row.status not in ALLOWED_TRANSITIONS[status]:
+        raise ConflictError(f"cannot report {status!r} while this device is {row.status!r} in deployment "
+                            f"{deployment_id}; fetch the assignment again")
+    deployment = session.get(Deployment, deployment_id)
+    assert deployment is not None  # the row's foreign key guarantees it
+    row.status = status
+    row.message = message
+    row.updated_at = utcnow()
+    if status == "installed":
+        device.model_version_id = deployment.model_version_id
+    elif status == "rolled_back":
+        device.model_version_id = row.previous_model_version_id
+    session.flush()
+    if deployment.status == "in_progress":
+        _advance(session, deployment)
+    return row
+
+
+def _advance(session: Session, deployment: Deployment) -> None:
+    rows = deployment_rows(session, deployment.id)
+    stage = rollout_stage(deployment, rows)
+    released = [row for row in rows if is_released(stage, row)]
+    failed = [row for row in released if row.status == "failed"]
+    if released and len(failed) / len(released) > deployment.max_failure_rate:
+        _stop(session, deployment, failed=failed, released=len(released))
+    elif all(row.status in FINAL_STATUSES for row in rows):
+        deployment.status = "completed"
+        deployment.finished_at = utcnow()
+        installed = sum(row.status == "installed" for row in rows)
+        notify_admins(session, event="deployment.finished", payload={
+            "deployment_id": deployment.id, "group": deployment.group, "status": "completed",
+            "installed": installed, "failed": len(rows) - installed,
+        })
+    session.flush()
+
+
+def _stop(session: Session, deployment: Deployment, *, failed: list[DeviceDeployment], released: int) -> None:
+    """Over the failure limit: no new installs; failed devices are told (via their assignment) to roll back."""
+    deployment.status = "stopped"
+    deployment.finished_at = utcnow()
+    for row in failed:
+        row.message = (row.message + " | " if row.message else "") + "rollout stopped: roll back to previous version"
+    notify_admins(session, event="deployment.stopped", payload={
+        "deployment_id": deployment.id, "group": deployment.group, "model_version_id": deployment.model_version_id,
+        "failed": len(failed), "updated": released,
+        "failure_rate": round(len(failed) / released, 4), "max_failure_rate": deployment.max_failure_rate,
+        "failed_devices": [row.device_id for row in failed],
+    })
+
+
+def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFoundError(f"no deployment with id {deployment_id}")
+    return _view(session, deployment)
+
+
+def _view(session: Session, deployment: Deployment) -> DeploymentView:
+    query = (
+        select(DeviceDeployment, Device.name).join(Device, Device.id == DeviceDeployment.device_id)
+        .where(DeviceDeployment.deployment_id == deployment.id).order_by(DeviceDeployment.device_id)
+    )
+    pairs = [(row, name) for row, name in session.execute(query).all()]
+    return DeploymentView(deployment, rollout_stage(deployment, [row for row, _ in pairs]), pairs)
+
+
+def list_deployments(
+    session: Session, *, group: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[DeploymentView], int]:
+    query = select(Deployment)
+    if group is not None:
+        query = query.where(Deployment.group == group)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    deployments = session.scalars(query.order_by(Deployment.id.desc()).limit(limit).offset(offset)).all()
+    return [_view(session, deployment) for deployment in deployments], total

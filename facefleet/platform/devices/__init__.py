@@ -1,0 +1,1 @@
+"""Terminals: registration, one-time enrollment, device credentials, heartbeats."""

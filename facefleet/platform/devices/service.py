@@ -1,0 +1,148 @@
+"""Device registry: register in a group, one-time enrollment tokens, hashed credentials, heartbeats."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from facefleet.platform.db.base import utcnow
+from facefleet.platform.db.models import Device
+from facefleet.platform.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+ENROLLMENT_PREFIX = "ffe_"
+CREDENTIAL_PREFIX = "ffd_"
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex: tokens are long random strings, so a fast hash is enough (no guessable input)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def register_device(
+    session: Session, *, name: str, group: str, adaptation_enabled: bool = False, token_ttl_seconds: int = 86400
+) -> tuple[Device, str, datetime]:
+    """Create a device and return it with its one-time enrollment token (only its hash is stored)."""
+    if session.scalar(select(Device.id).where(Device.name == name)) is not None:
+        raise ConflictError(f"a device named {name!r} already exists; pick another name", field="name")
+    device = Device(name=name, group=group, adaptation_enabled=adaptation_enabled, status="registered", health={})
+    session.add(device)
+    token, expires_at = _issue_token(device, token_ttl_seconds)
+    session.flush()
+    return device, token, expires_at
+
+
+def reissue_enrollment_token(session: Session, *, device_id: int, token_ttl_seconds: int = 86400) -> tuple[Device, str, datetime]:
+    """A fresh enrollment token (e.g. a terminal was re-imaged); the old credential stops working."""
+    device = get_device(session, device_id=device_id)
+    if device.status == "disabled":
+        raise ConflictError(f"device {device.name!r} is disabled; it cannot enroll again")
+    device.credential_hash = None
+    device.status = "registered"
+    token, expires_at = _issue_token(device, token_ttl_seconds)
+    session.flush()
+    return device, token, expires_at
+
+
+def _issue_token(device: Device, ttl_seconds: int) -> tuple[str, datetime]:
+    token = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
+    expires_at = utcnow() + timedelta(seconds=ttl_seconds)
+    device.enrollment_token_hash = hash_secret(token)
+    device.enrollment_expires_at = expires_at
+    return token, expires_at
+
+
+def enroll(session: Session, token: str) -> tuple[Device, str]:
+    """Exchange a one-time enrollment token for the device's own credential (``ffd_...``)."""
+    device = session.scalar(select(Device).where(Device.enrollment_token_hash == hash_secret(token)))
+    if device is None:
+        raise AuthenticationError("enrollment token is unknown or already used; ask an admin for a new one")
+    if device.status == "disabled":
+        raise PermissionDeniedError(f"device {device.name!r} is disabled")
+    expires_at = device.enrollment_expires_at
+    if expires_at is None or as_utc(expires_at) <= utcnow():
+        raise AuthenticationError("enrollment token has expired; ask an admin to re-issue one")
+    credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+    device.credential_hash = hash_secret(credential)
+    device.enrollment_token_hash = None  # one-time: a second exchange finds nothing
+    device.enrollment_expires_at = None
+    device.status = "active"
+    device.last_seen_at = utcnow()
+    session.flush()
+    return device, credential
+
+
+def authenticate_device(session: Session, credential: str) -> Device:
+    """The device owning ``credential``; 401 when unknown, 403 when disabled."""
+    if not credential.startswith(CREDENTIAL_PREFIX):
+        raise AuthenticationError("not a device credential; send 'Authorization: Bearer ffd_...'")
+    device = session.scalar(select(Device).where(Device.credential_hash == hash_secret(credential)))
+    if device is None:
+        raise AuthenticationError("unknown device credential; enroll the terminal again")
+    if device.status == "disabled":
+        raise PermissionDeniedError(f"device {device.name!r} is disabled")
+    return device
+
+
+def disable_device(session: Session, *, device_id: int) -> Device:
+    device = get_device(session, device_id=device_id)
+    device.status = "disabled"
+    device.enrollment_token_hash = None
+    session.flush()
+    return device
+
+
+def set_adaptation(session: Session, *, device_id: int, enabled: bool) -> Device:
+    device = get_device(session, device_id=device_id)
+    device.adaptation_enabled = enabled
+    session.flush()
+    return device
+
+
+def record_heartbeat(
+    session: Session, device: Device, *, agent_version: str, model_version_id: int | None, health: dict[str, Any]
+) -> Device:
+    device.agent_version = agent_version
+    device.model_version_id = model_version_id
+    device.health = health
+    device.last_seen_at = utcnow()
+    session.flush()
+    return device
+
+
+def get_device(session: Session, *, device_id: int) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device with id {device_id}")
+    return device
+
+
+def list_devices(
+    session: Session, *, group: str | None = None, limit: int = 100, offset: int = 0
+) -> tuple[list[Device], int]:
+    query = select(Device)
+    if group is not None:
+        query = query.where(Device.group == group)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def group_devices(session: Session, *, group: str) -> list[Device]:
+    """Devices of ``group`` that can take a deployment (not disabled), in id order."""
+    query = select(Device).where(Device.group == group, Device.status != "disabled").order_by(Device.id)
+    return list(session.scalars(query).all())

@@ -1,0 +1,139 @@
+"""Model registry: upload a model's artifacts, sign its card, number its versions, move its aliases."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from facefleet.platform.db.base import utcnow
+from facefleet.platform.db.models import ModelAlias, ModelVersion
+from facefleet.platform.errors import InvalidInputError, NotFoundError
+from facefleet.platform.models.card import ArtifactInfo, ModelCard
+from facefleet.platform.models.schemas import ModelSummary, ModelVersionView
+from facefleet.platform.signing import sign_bytes
+from facefleet.platform.store import ObjectStore
+
+CARD_FILE = "model_card.json"
+SIGNATURE_FILE = "model_card.sig"
+ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+
+
+def version_prefix(name: str, version: int) -> str:
+    return f"models/{name}/{version}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _next_version(session: Session, name: str) -> int:
+    return int(session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
+
+
+def register_model_version(session: Session, store: ObjectStore, *, name: str, run_id: int | None,
+                           artifacts_dir: Path, card: ModelCard, alias: str | None = "candidate") -> ModelVersion:
+    """Upload every artifact the card lists (after checking its SHA-256), then the signed card, and record it."""
+    version = _next_version(session, name)
+    card = card.model_copy(update={"name": name, "version": version, "run_id": run_id,
+                                   "created_at": card.created_at or utcnow().isoformat()})
+    prefix = version_prefix(name, version)
+    artifacts: dict[str, dict[str, object]] = {}
+    for file_name, info in card.artifacts.items():
+        path = Path(artifacts_dir) / file_name
+        if path.parent != Path(artifacts_dir) or not path.is_file():
+            raise InvalidInputError(f"artifact {file_name!r} is not a file in {artifacts_dir}")
+        actual = sha256_file(path)
+        if actual != info.sha256:
+            raise InvalidInputError(f"artifact {file_name} has SHA-256 {actual}, the card says {info.sha256}")
+        store.put_file(f"{prefix}/{file_name}", path)
+        artifacts[file_name] = {"key": f"{prefix}/{file_name}", "sha256": actual, "size": path.stat().st_size}
+    card_bytes = card.to_bytes()
+    signature = sign_bytes(card_bytes)
+    store.put_bytes(f"{prefix}/{CARD_FILE}", card_bytes, content_type="application/json")
+    store.put_bytes(f"{prefix}/{SIGNATURE_FILE}", signature.encode(), content_type="text/plain")
+    card_sha = hashlib.sha256(card_bytes).hexdigest()
+    artifacts[CARD_FILE] = {"key": f"{prefix}/{CARD_FILE}", "sha256": card_sha, "size": len(card_bytes)}
+    model = ModelVersion(name=name, version=version, run_id=run_id, artifacts=artifacts, card_sha256=card_sha,
+                         signature=signature, eval_summary=card.metrics)
+    session.add(model)
+    session.flush()
+    if alias:
+        set_alias(session, name, alias, version)
+    return model
+
+
+def artifact_info(path: Path) -> ArtifactInfo:
+    return ArtifactInfo(sha256=sha256_file(path), size=path.stat().st_size)
+
+
+def get_model_version(session: Session, name: str, version_or_alias: str | int) -> ModelVersion:
+    """A version by number (``3``) or alias (``production``); ``latest`` is the highest number."""
+    text = str(version_or_alias)
+    query = select(ModelVersion).where(ModelVersion.name == name)
+    if text.isdigit():
+        query = query.where(ModelVersion.version == int(text))
+    elif text == "latest":
+        query = query.order_by(ModelVersion.version.desc()).limit(1)
+    else:
+        query = query.join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id).where(
+            ModelAlias.name == name, ModelAlias.alias == text)
+    found = session.scalars(query).first()
+    if found is None:
+        raise NotFoundError(f"model {name!r} has no version or alias {text!r}")
+    return found
+
+
+def set_alias(session: Session, name: str, alias: str, version: int | str) -> ModelAlias:
+    """Point ``alias`` (e.g. ``production``: a promotion) at a version of model ``name``."""
+    import re
+
+    if not re.match(ALIAS_PATTERN, alias) or alias.isdigit() or alias == "latest":
+        raise InvalidInputError(f"alias {alias!r} must be lower-case letters, digits, - or _, starting with a "
+                                "letter, and not 'latest'", field="alias")
+    target = get_model_version(session, name, version)
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        row = ModelAlias(name=name, alias=alias, model_version_id=target.id)
+        session.add(row)
+    else:
+        row.model_version_id, row.updated_at = target.id, utcnow()
+    session.flush()
+    return row
+
+
+def aliases_of(session: Session, model: ModelVersion) -> list[str]:
+    return sorted(session.scalars(select(ModelAlias.alias).where(ModelAlias.model_version_id == model.id)))
+
+
+def version_view(session: Session, model: ModelVersion) -> ModelVersionView:
+    view = ModelVersionView.model_validate(model)
+    view.aliases = aliases_of(session, model)
+    return view
+
+
+def list_versions(session: Session, name: str) -> list[ModelVersion]:
+    versions = list(session.scalars(select(ModelVersion).where(ModelVersion.name == name)
+                                    .order_by(ModelVersion.version.desc())))
+    if not versions:
+        raise NotFoundError(f"no model named {name!r}")
+    return versions
+
+
+def list_models(session: Session) -> list[ModelSummary]:
+    rows = session.execute(select(ModelVersion.name, func.max(ModelVersion.version), func.count())
+                           .group_by(ModelVersion.name).order_by(ModelVersion.name)).all()
+    summaries = []
+    for name, latest, count in rows:
+        aliases = session.execute(select(ModelAlias.alias, ModelVersion.version)
+                                  .join(ModelVersion, ModelAlias.model_version_id == ModelVersion.id)
+                                  .where(ModelAlias.name == name)).all()
+        summaries.append(ModelSummary(name=name, latest_version=latest, versions=count,
+                                      aliases={alias: version for alias, version in aliases}))
+    return summaries

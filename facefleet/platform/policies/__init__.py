@@ -1,0 +1,1 @@
+"""Retrain policies: when to retrain (triggers), on what (dataset selector), how (base config), and after."""

@@ -1,0 +1,139 @@
+"""Retrain-policy service: CRUD and pending triggers. Never commits; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from croniter import croniter
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from facefleet.platform.db.models import RetrainPolicy
+from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
+from facefleet.platform.policies.schemas import PolicyCreate, PolicyFields, PolicyUpdate
+
+MAX_PENDING_EVENTS = 100
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def next_cron_time(cron: str, after: datetime) -> datetime:
+    return as_utc(croniter(cron, after).get_next(datetime))  # type: ignore[return-value]
+
+
+def _apply(policy: RetrainPolicy, spec: PolicyFields, now: datetime) -> None:
+    policy.name = spec.name
+    policy.enabled = spec.enabled
+    policy.triggers = list(spec.triggers)
+    policy.cron = spec.cron
+    policy.dataset_selector = spec.dataset_selector.model_dump(mode="json")
+    policy.verification_sets = list(spec.verification_sets)
+    policy.base_config = spec.stored_config()
+    policy.model_name = spec.model_name
+    policy.metric_name = spec.metric_name
+    policy.metric_threshold = spec.metric_threshold
+    policy.metric_check_interval_seconds = spec.metric_check_interval_seconds
+    policy.debounce_seconds = spec.debounce_seconds
+    policy.auto_promote = spec.auto_promote
+    policy.notify = spec.notify.model_dump(mode="json")
+    policy.next_cron_at = next_cron_time(spec.cron, now) if spec.cron and "schedule" in spec.triggers else None
+
+
+def _name_taken(session: Session, name: str, exclude_id: int | None = None) -> bool:
+    stmt = select(RetrainPolicy.id).where(RetrainPolicy.name == name)
+    if exclude_id is not None:
+        stmt = stmt.where(RetrainPolicy.id != exclude_id)
+    return session.scalar(stmt) is not None
+
+
+def create_policy(session: Session, *, spec: PolicyCreate, now: datetime | None = None) -> RetrainPolicy:
+    if _name_taken(session, spec.name):
+        raise ConflictError(f"a policy named {spec.name!r} exists; choose another name or update it", field="name")
+    policy = RetrainPolicy(pending_events=[])
+    _apply(policy, spec, now or datetime.now(timezone.utc))
+    session.add(policy)
+    session.flush()
+    return policy
+
+
+def get_policy(session: Session, *, policy_id: int) -> RetrainPolicy:
+    policy = session.get(RetrainPolicy, policy_id)
+    if policy is None:
+        raise NotFoundError(f"retrain policy {policy_id} does not exist; list them with GET /v1/policies",
+                            field="policy_id")
+    return policy
+
+
+def list_policies(
+    session: Session, *, limit: int, offset: int, enabled: bool | None = None
+) -> tuple[list[RetrainPolicy], int]:
+    stmt = select(RetrainPolicy)
+    if enabled is not None:
+        stmt = stmt.where(RetrainPolicy.enabled.is_(enabled))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(RetrainPolicy.id).limit(limit).offset(offset)).all()
+    return list(rows), int(total)
+
+
+def policy_spec(policy: RetrainPolicy) -> dict[str, Any]:
+    """The stored policy as the fields a PolicyCreate body would carry."""
+    return {name: getattr(policy, name) for name in PolicyFields.model_fields}
+
+
+def update_policy(session: Session, *, policy_id: int, changes: PolicyUpdate,
+                  now: datetime | None = None) -> RetrainPolicy:
+    policy = get_policy(session, policy_id=policy_id)
+    merged = policy_spec(policy) | changes.model_dump(exclude_unset=True)
+    try:
+        spec = PolicyFields.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidInputError(f"{field or 'policy'}: {err['msg']}", field=field) from exc
+    if _name_taken(session, spec.name, exclude_id=policy.id):
+        raise ConflictError(f"a policy named {spec.name!r} exists; choose another name", field="name")
+    _apply(policy, spec, now or datetime.now(timezone.utc))
+    return policy
+
+
+def delete_policy(session: Session, *, policy_id: int) -> None:
+    policy = get_policy(session, policy_id=policy_id)
+    if policy.active_run_id is not None:
+        raise ConflictError(f"policy {policy.name!r} has run {policy.active_run_id} in flight; cancel it or wait "
+                            "for it to finish, then delete the policy", field="policy_id")
+    session.delete(policy)
+
+
+def add_trigger(policy: RetrainPolicy, *, kind: str, now: datetime, detail: dict[str, Any] | None = None,
+                immediate: bool = False) -> None:
+    """Merge a trigger into the policy's pending one; the debounce window runs from the first trigger."""
+    events = list(policy.pending_events or [])
+    events.append({"kind": kind, "at": now.isoformat(), **(detail or {})})
+    policy.pending_events = events[-MAX_PENDING_EVENTS:]
+    if policy.pending_trigger is None or policy.pending_since is None:
+        policy.pending_trigger = kind
+        policy.pending_since = now
+    if immediate:
+        # An explicit request skips the debounce window: make the pending trigger due now.
+        due_now = now - timedelta(seconds=policy.debounce_seconds)
+        policy.pending_since = min(as_utc(policy.pending_since) or now, due_now)
+        policy.pending_trigger = kind
+
+
+def request_fire(session: Session, *, policy_id: int, requested_by: str,
+                 now: datetime | None = None) -> RetrainPolicy:
+    """An explicit request: the scheduler starts a run at its next tick (merged with anything pending)."""
+    policy = get_policy(session, policy_id=policy_id)
+    if not policy.enabled:
+        raise ConflictError(f"policy {policy.name!r} is disabled; enable it with PATCH "
+                            f"/v1/policies/{policy.id} {{\"enabled\": true}} first", field="policy_id")
+    add_trigger(policy, kind="manual", now=now or datetime.now(timezone.utc),
+                detail={"requested_by": requested_by}, immediate=True)
+    return policy

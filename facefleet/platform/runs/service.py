@@ -1,0 +1,282 @@
+"""Runs service: create, start, follow and cancel training runs. The database is the truth for run status."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
+from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
+from facefleet.platform.runs.schemas import RunDatasetView, RunView, TrainingConfig
+
+if TYPE_CHECKING:
+    from facefleet.platform.runs.launchers import Launcher
+
+FINISHED = ("succeeded", "failed", "cancelled")
+ACTIVE = ("queued", "starting", "running")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def parse_config(config: TrainingConfig | dict[str, Any] | None) -> TrainingConfig:
+    """A validated TrainingConfig, or InvalidInputError naming the first bad field."""
+    if isinstance(config, TrainingConfig):
+        return config
+    try:
+        return TrainingConfig.model_validate(config or {})
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "config"
+        raise InvalidInputError(f"invalid training config at {where}: {first['msg']}", field=where) from None
+
+
+def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_machine: bool) -> None:
+    """Reject configs that cannot run, before anything starts (cross-checks the schema cannot do alone)."""
+    # nn is pure torch; importing it here (lazily) is the one place the platform needs to know the registry.
+    from facefleet.nn.backbones import list_backbones
+
+    known = list_backbones()
+    if config.backbone not in known:
+        raise InvalidInputError(
+            f"unknown backbone {config.backbone!r}; choose one of {', '.join(sorted(known))}", field="backbone"
+        )
+    if config.reversal.enabled and train_dataset_count < 2:
+        raise InvalidInputError(
+            "gradient reversal needs at least two training datasets (a dataset classifier over one dataset "
+            "learns nothing); add datasets or set reversal.enabled=false",
+            field="reversal.enabled",
+        )
+    gpus = config.scaling.gpus_per_worker * max(config.scaling.num_workers, 1)
+    if gpus and local_machine:
+        import torch
+
+        available = torch.cuda.device_count()
+        if gpus > available:
+            raise InvalidInputError(
+                f"the run asks for {gpus:g} GPUs but this machine has {available}; lower "
+                "scaling.gpus_per_worker or scaling.num_workers, or use the ray/kuberay launcher",
+                field="scaling.gpus_per_worker",
+            )
+
+
+def check_pair_batches(config: TrainingConfig, identity_counts: Sequence[int]) -> None:
+    """Balanced pair batches take P identities of one dataset per worker: some dataset must have enough."""
+    if not config.biometric.enabled:
+        return
+    per_batch = config.batch_size // config.biometric.images_per_identity
+    needed = per_batch * max(config.scaling.num_workers, 1)
+    if max(identity_counts, default=0) < needed:
+        raise InvalidInputError(
+            f"pair batches of {per_batch} identities on {max(config.scaling.num_workers, 1)} workers need a dataset "
+            f"with at least {needed} identities; the largest has {max(identity_counts, default=0)}: lower batch_size "
+            "or scaling.num_workers, or raise biometric.images_per_identity", field="batch_size")
+
+
+def resolve_dataset_version(session: Session, ref: str | int) -> DatasetVersion:
+    """A dataset version from an id (int or digits), ``name`` (latest ready) or ``name:version``."""
+    text = str(ref).strip()
+    if text.isdigit():
+        found = session.get(DatasetVersion, int(text))
+        if found is None:
+            raise NotFoundError(f"no dataset version with id {text}", field="datasets")
+        return found
+    name, _, version = text.partition(":")
+    query = select(DatasetVersion).join(Dataset).where(Dataset.name == name)
+    if version:
+        if not version.isdigit():
+            raise InvalidInputError(f"dataset reference {text!r}: version must be a number", field="datasets")
+        query = query.where(DatasetVersion.version == int(version))
+    else:
+        query = query.where(DatasetVersion.status == "ready")
+    found = session.scalars(query.order_by(DatasetVersion.version.desc()).limit(1)).first()
+    if found is None:
+        raise NotFoundError(f"no ready dataset version for {text!r}; register the dataset first", field="datasets")
+    return found
+
+
+def _ready_version(session: Session, ref: str | int, kind: str) -> tuple[DatasetVersion, Dataset]:
+    version = resolve_dataset_version(session, ref)
+    dataset = session.get(Dataset, version.dataset_id)
+    assert dataset is not None
+    if version.status != "ready":
+        raise InvalidInputError(f"dataset {dataset.name} v{version.version} is {version.status}, not ready",
+                                field="datasets")
+    if dataset.kind != kind:
+        raise InvalidInputError(f"dataset {dataset.name} is a {dataset.kind} dataset; expected {kind}",
+                                field="datasets" if kind == "train" else "verification_sets")
+    return version, dataset
+
+
+def total_steps_for(config: TrainingConfig, image_count: int) -> int:
+    if config.steps is not None:
+        return config.steps
+    per_step = config.batch_size * max(config.scaling.num_workers, 1)
+    return max(1, math.ceil((config.epochs or 1.0) * image_count / per_step))
+
+
+def create_run(
+    session: Session,
+    *,
+    dataset_names_or_version_ids: Sequence[str | int],
+    verification_sets: Sequence[str | int] = (),
+    config: TrainingConfig | dict[str, Any] | None,
+    trigger: str = "manual",
+    created_by: str = "",
+    policy_id: int | None = None,
+    name: str = "",
+) -> Run:
+    """A queued run over the given training dataset versions (class offsets in order) and verification sets."""
+    training_config = parse_config(config)
+    if not dataset_names_or_version_ids:
+        raise InvalidInputError("a run needs at least one training dataset", field="datasets")
+    train = [_ready_version(session, ref, "train") for ref in dataset_names_or_version_ids]
+    if len({version.id for version, _ in train}) != len(train):
+        raise InvalidInputError("the same dataset version is listed twice", field="datasets")
+    verification = [_ready_version(session, ref, "verification") for ref in verification_sets]
+    from facefleet.platform.settings import get_settings
+
+    settings = get_settings()
+    check_runnable(training_config, train_dataset_count=len(train), local_machine=settings.launcher == "local")
+    check_pair_batches(training_config, [version.identity_count for version, _ in train])
+    run = Run(
+        name=name or "+".join(dataset.name for _, dataset in train),
+        status="queued", trigger=trigger, policy_id=policy_id,
+        config=training_config.model_dump(mode="json", by_alias=True), launcher=settings.launcher,
+        created_by=created_by,
+        total_steps=total_steps_for(training_config, sum(v.image_count for v, _ in train)),
+    )
+    offset = 0
+    rows: list[RunDataset] = []
+    for position, (version, _) in enumerate(train):
+        rows.append(RunDataset(position=position, role="train", dataset_version_id=version.id,
+                               class_offset=offset, num_classes=version.identity_count))
+        offset += version.identity_count
+    for position, (version, _) in enumerate(verification, start=len(train)):
+        rows.append(RunDataset(position=position, role="verification", dataset_version_id=version.id,
+                               class_offset=0, num_classes=0))
+    run.datasets = rows
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.scalars(select(Run).where(Run.id == run_id).options(selectinload(Run.datasets))).first()
+    if run is None:
+        raise NotFoundError(f"no run with id {run_id}")
+    return run
+
+
+def list_runs(session: Session, *, status: str | None = None, limit: int = 50, offset: int = 0) -> list[Run]:
+    query = select(Run).options(selectinload(Run.datasets)).order_by(Run.id.desc())
+    if status:
+        query = query.where(Run.status == status)
+    return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def run_view(session: Session, run: Run) -> RunView:
+    rows = session.execute(
+        select(RunDataset, DatasetVersion.version, Dataset.name)
+        .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
+        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+        .where(RunDataset.run_id == run.id).order_by(RunDataset.position)
+    ).all()
+    datasets = [RunDatasetView(position=row.position, role=row.role, dataset_version_id=row.dataset_version_id,
+                               dataset=name, version=version, class_offset=row.class_offset,
+                               num_classes=row.num_classes) for row, version, name in rows]
+    data = {field: getattr(run, field) for field in RunView.model_fields if field != "datasets"}
+    return RunView(**data, datasets=datasets)
+
+
+def start_run(session: Session, run: Run, launcher: Launcher | None = None) -> Run:
+    """Hand a committed, queued run to its launcher; the worker moves it to starting/running."""
+    from facefleet.platform.runs.launchers import get_launcher
+
+    if run.status != "queued":
+        raise ConflictError(f"run {run.id} is {run.status}; only queued runs can be started")
+    launcher = launcher or get_launcher(run.launcher)
+    run.launcher = launcher.name
+    run.launcher_job_id = launcher.start(run)
+    session.flush()
+    return run
+
+
+def mark_finished(session: Session, run: Run, status: str, error: str | None = None) -> None:
+    run.status = status
+    run.error = error
+    run.finished_at = _now()
+    session.flush()
+
+
+def cancel_run(session: Session, run_id: int, *, force: bool = False, launcher: Launcher | None = None) -> Run:
+    """Ask a run to stop: the worker stops at its next check and marks it cancelled. ``force`` also stops
+    the job through its launcher at once. A run whose job is already gone is marked cancelled now."""
+    from facefleet.platform.runs.launchers import get_launcher
+
+    run = get_run(session, run_id)
+    if run.status in FINISHED:
+        raise ConflictError(f"run {run_id} already {run.status}; nothing to cancel")
+    run.cancel_requested = True
+    if run.launcher_job_id is None:
+        mark_finished(session, run, "cancelled")
+        return run
+    launcher = launcher or get_launcher(run.launcher)
+    if force:
+        launcher.cancel(run.launcher_job_id)
+        mark_finished(session, run, "cancelled", "cancelled: the job was stopped")
+    elif launcher.status(run.launcher_job_id) == "finished":
+        mark_finished(session, run, "cancelled", "cancelled; the job had already stopped")
+    session.flush()
+    return run
+
+
+def update_progress(session: Session, run_id: int, *, step: int, total_steps: int, stage: str | None = None,
+                    eta_seconds: float | None = None) -> None:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"no run with id {run_id}")
+    run.step, run.total_steps = step, total_steps
+    run.progress = min(1.0, step / total_steps) if total_steps else 0.0
+    run.eta_seconds = eta_seconds
+    if stage is not None:
+        run.stage = stage
+    run.heartbeat_at = _now()
+    session.flush()
+
+
+def record_metrics(session: Session, run_id: int, step: int, metrics: dict[str, float]) -> None:
+    """One row per (name, value); non-finite values are skipped rather than stored as NaN."""
+    session.add_all(RunMetric(run_id=run_id, step=step, name=name, value=float(value))
+                    for name, value in metrics.items() if math.isfinite(float(value)))
+    session.flush()
+
+
+def run_metrics(session: Session, run_id: int, names: Iterable[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Series per metric name: [(step, value), ...] in step order."""
+    query = select(RunMetric.name, RunMetric.step, RunMetric.value).where(RunMetric.run_id == run_id)
+    if names is not None:
+        query = query.where(RunMetric.name.in_(list(names)))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for name, step, value in session.execute(query.order_by(RunMetric.name, RunMetric.step, RunMetric.id)):
+        series.setdefault(name, []).append((step, value))
+    return series
+
+
+def latest_metrics(session: Session, run_id: int) -> dict[str, float]:
+    """The newest value of every metric of a run."""
+    newest = (select(RunMetric.name, func.max(RunMetric.id).label("id"))
+              .where(RunMetric.run_id == run_id).group_by(RunMetric.name).subquery())
+    rows = session.execute(select(RunMetric.name, RunMetric.value).join(newest, RunMetric.id == newest.c.id))
+    return {name: value for name, value in rows}
+
+
+def is_cancel_requested(session: Session, run_id: int) -> bool:
+    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))

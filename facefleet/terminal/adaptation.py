@@ -1,0 +1,109 @@
+"""On-device adaptation (seed 000): positive/negative gradients of the upper layers, accumulated per layer.
+
+After a successful verification the loss ``1 - cos(upper(middle(x)), template)`` pulls the input's feature
+toward the enrolled template; its gradient for the upper layers only is added to that layer's positive
+container. For every positive, ``negatives_per_positive`` noise images go through the frozen lower part
+and the loss ``relu(cos(upper(middle(noise)), template) - negative_margin)`` pushes them away; those
+gradients fill the negative containers. After ``positives_per_update`` positives the upper layers take
+one step on the averaged containers and the caller re-extracts every template from the stored middle
+features. Nothing here talks to the network: adapted weights never leave the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facefleet.nn.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class AdaptationConfig:
+    positives_per_update: int = 8
+    negatives_per_positive: int = 2
+    learning_rate: float = 0.5
+    negative_weight: float = 1.0
+    negative_margin: float = 0.0
+    seed: int = 0
+
+
+class GradientContainers:
+    """One running gradient sum per upper-layer parameter (the patent's per-layer gradient containers)."""
+
+    def __init__(self, parameters: dict[str, nn.Parameter]) -> None:
+        self.sums = {name: torch.zeros_like(p) for name, p in parameters.items()}
+        self.count = 0
+
+    def add(self, gradients: dict[str, torch.Tensor]) -> None:
+        for name, gradient in gradients.items():
+            self.sums[name] += gradient
+        self.count += 1
+
+    def mean(self, name: str) -> torch.Tensor:
+        return self.sums[name] / max(self.count, 1)
+
+    def reset(self) -> None:
+        for tensor in self.sums.values():
+            tensor.zero_()
+        self.count = 0
+
+
+class UpperLayerAdapter:
+    """Accumulates positive and negative gradients for ``backbone``'s upper part and applies them."""
+
+    def __init__(self, backbone: Backbone, config: AdaptationConfig | None = None) -> None:
+        self.backbone = backbone.eval()  # single samples: BatchNorm must use its running statistics
+        self.config = config or AdaptationConfig()
+        upper_ids = {id(p) for p in backbone.upper_parameters()}
+        self.parameters = {name: p for name, p in backbone.named_parameters() if id(p) in upper_ids}
+        self.positive = GradientContainers(self.parameters)
+        self.negative = GradientContainers(self.parameters)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.updates = 0
+
+    def _features(self, middle: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone.forward_upper(middle), dim=-1)
+
+    def _gradients(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = list(self.parameters)
+        grads = torch.autograd.grad(loss, [self.parameters[n] for n in names], allow_unused=True)
+        return {n: (g if g is not None else torch.zeros_like(self.parameters[n])) for n, g in zip(names, grads)}
+
+    def observe_success(self, middle: torch.Tensor, template: torch.Tensor) -> bool:
+        """Accumulate one positive (and its negatives); True when the upper layers were just updated."""
+        target = F.normalize(template.detach().reshape(1, -1), dim=-1)
+        feature = self._features(middle.detach())
+        self.positive.add(self._gradients((1 - (feature * target).sum(dim=-1)).mean()))
+        self._accumulate_negatives(target, middle.shape[1:])
+        if self.positive.count >= self.config.positives_per_update:
+            self.apply_update()
+            return True
+        return False
+
+    def _accumulate_negatives(self, target: torch.Tensor, middle_shape: torch.Size) -> None:
+        count = self.config.negatives_per_positive
+        if count <= 0:
+            return
+        size = self.backbone.input_size
+        noise = torch.rand((count, 3, size, size), generator=self.generator) * 2 - 1
+        with torch.no_grad():
+            negative_middle = self.backbone.forward_lower(noise)
+        similarity = (self._features(negative_middle) * target).sum(dim=-1)
+        loss = F.relu(similarity - self.config.negative_margin).mean()
+        self.negative.add(self._gradients(loss))
+
+    @torch.no_grad()
+    def apply_update(self) -> None:
+        """One step on the averaged containers, then empty them."""
+        lr, weight = self.config.learning_rate, self.config.negative_weight
+        for name, parameter in self.parameters.items():
+            step = self.positive.mean(name)
+            if self.negative.count:
+                step = step + weight * self.negative.mean(name)
+            parameter -= lr * step
+        self.positive.reset()
+        self.negative.reset()
+        self.updates += 1

@@ -1,0 +1,133 @@
+"""An installed model at inference time: onnxruntime for embeddings, PyTorch weights for adaptation."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from facefleet.nn.backbones import Backbone, get_backbone
+from facefleet.nn.probe import make_probe_input
+from facefleet.terminal.bundle import ONNX_FILE, WEIGHTS_FILE, TerminalCard, VerificationError
+
+ADAPTED_FILE = "adapted_upper.safetensors"  # written on the device only; never uploaded
+
+
+def preprocess(png_or_image: bytes | Image.Image, size: int) -> np.ndarray:
+    """RGB image -> float32 [3, size, size] in [-1, 1] (the card's input normalisation)."""
+    image = png_or_image if isinstance(png_or_image, Image.Image) else Image.open(io.BytesIO(png_or_image))
+    image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return ((array - 0.5) / 0.5).transpose(2, 0, 1).copy()
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+class TerminalModel:
+    """One installed model version. ``embed`` returns unit vectors; scores are cosine similarities."""
+
+    def __init__(self, model_dir: Path, card: TerminalCard, *, threads: int = 1) -> None:
+        self.model_dir = model_dir
+        self.card = card
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(model_dir / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self._backbone: Backbone | None = None
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input.size
+
+    @property
+    def adapted(self) -> bool:
+        return (self.model_dir / ADAPTED_FILE).exists()
+
+    def raw_onnx(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: images.astype(np.float32)})[0])
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Unit embeddings of [N, 3, S, S] images; once adapted, the on-device upper layers are used."""
+        if self.adapted:
+            with torch.no_grad():
+                return self.embed_middle(self.middle(images))
+        return l2_normalise(self.raw_onnx(images))
+
+    # ---- PyTorch side (needs model.safetensors): middle features and the adaptable upper part
+
+    def has_weights(self) -> bool:
+        return (self.model_dir / WEIGHTS_FILE).exists()
+
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = build_backbone(self.card, self.model_dir / WEIGHTS_FILE)
+            if self.adapted:
+                self._backbone.load_state_dict(load_file(str(self.model_dir / ADAPTED_FILE)), strict=False)
+        return self._backbone
+
+    def middle(self, images: np.ndarray) -> torch.Tensor:
+        """The frozen lower part's output (what is stored per enrolled image for re-extraction)."""
+        with torch.no_grad():
+            return self.backbone().forward_lower(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+
+    def embed_middle(self, middle: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return l2_normalise(self.backbone().forward_upper(middle).numpy())
+
+    def save_adapted_upper(self) -> None:
+        """Persist the adapted upper layers next to the model (local only); atomically."""
+        backbone = self.backbone()
+        prefixes = upper_prefixes(backbone)
+        state = {name: tensor.detach().clone().contiguous() for name, tensor in backbone.state_dict().items()
+                 if name.startswith(prefixes)}
+        tmp = self.model_dir / (ADAPTED_FILE + ".tmp")
+        save_file(state, str(tmp))
+        tmp.replace(self.model_dir / ADAPTED_FILE)
+
+    def self_test(self) -> float:
+        """The card's probe input must give the card's embeddings (ONNX, and PyTorch when present)."""
+        probe = self.card.probe
+        images = make_probe_input(probe.seed, probe.count, self.input_size).numpy()
+        expected = np.asarray(probe.embeddings, dtype=np.float32)
+        outputs = {"onnx": self.raw_onnx(images)}
+        if self.has_weights():
+            with torch.no_grad():
+                outputs["torch"] = self.backbone()(torch.from_numpy(images)).numpy()
+        worst = 0.0
+        for engine, output in outputs.items():
+            if output.shape != expected.shape:
+                raise VerificationError(f"self-test: {engine} gives shape {output.shape}, card says {expected.shape}")
+            error = float(np.max(np.abs(output - expected)))
+            if error > probe.tolerance:
+                raise VerificationError(f"self-test failed: {engine} probe embeddings differ from the card by "
+                                        f"{error:.3g} (tolerance {probe.tolerance})")
+            worst = max(worst, error)
+        return worst
+
+
+def build_backbone(card: TerminalCard, weights_path: Path) -> Backbone:
+    """Rebuild the architecture named by the card and load its safetensors weights (eval mode)."""
+    kwargs = dict(card.architecture.kwargs)
+    kwargs.setdefault("embedding_dim", card.embedding_dim)
+    kwargs.setdefault("input_size", card.input.size)
+    backbone = get_backbone(card.architecture.backbone, **kwargs)
+    state = load_file(str(weights_path))
+    prefix = "backbone."
+    if state and all(key.startswith(prefix) for key in state):
+        state = {key[len(prefix):]: value for key, value in state.items()}
+    backbone.load_state_dict(state)
+    return backbone.eval()
+
+
+def upper_prefixes(backbone: Backbone) -> tuple[str, ...]:
+    """State-dict prefixes of the upper modules (their parameters and BatchNorm statistics)."""
+    upper = {id(module) for module in backbone.upper_modules()}
+    return tuple(name + "." for name, module in backbone.named_modules() if id(module) in upper)

@@ -1,0 +1,110 @@
+"""The terminal's local template DB (SQLite): enrolled images, and per-model templates + middle features."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (id INTEGER PRIMARY KEY, user TEXT NOT NULL, image BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS ix_samples_user ON samples(user);
+CREATE TABLE IF NOT EXISTS templates (
+    model_key TEXT NOT NULL, sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+    embedding BLOB NOT NULL, middle BLOB, middle_shape TEXT,
+    PRIMARY KEY (model_key, sample_id)
+);
+"""
+
+
+@dataclass
+class Template:
+    sample_id: int
+    user: str
+    embedding: np.ndarray  # unit vector
+    middle: np.ndarray | None  # the frozen lower part's output for this enrolled image
+
+
+@dataclass
+class Sample:
+    id: int
+    user: str
+    image: bytes  # PNG, re-encoded on enrollment
+
+
+class TemplateDB:
+    """Templates of different models are never compared: each row belongs to one ``model_key``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        connection = sqlite3.connect(self.path)
+        connection.execute("PRAGMA foreign_keys=ON")
+        try:
+            with connection:  # one transaction: commit or roll back
+                yield connection
+        finally:
+            connection.close()
+
+    def add_samples(self, user: str, images: list[bytes]) -> list[int]:
+        with self._connect() as db:
+            return [int(db.execute("INSERT INTO samples(user, image) VALUES (?, ?)", (user, png)).lastrowid or 0)
+                    for png in images]
+
+    def samples(self) -> list[Sample]:
+        with self._connect() as db:
+            rows = db.execute("SELECT id, user, image FROM samples ORDER BY id").fetchall()
+        return [Sample(int(i), str(u), bytes(b)) for i, u, b in rows]
+
+    def users(self) -> list[str]:
+        with self._connect() as db:
+            return [str(u) for (u,) in db.execute("SELECT DISTINCT user FROM samples ORDER BY user")]
+
+    def delete_user(self, user: str) -> int:
+        with self._connect() as db:
+            return db.execute("DELETE FROM samples WHERE user = ?", (user,)).rowcount
+
+    def replace_templates(self, model_key: str, rows: list[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
+        """All templates of ``model_key`` at once, in one transaction."""
+        with self._connect() as db:
+            db.execute("DELETE FROM templates WHERE model_key = ?", (model_key,))
+            db.executemany(
+                "INSERT INTO templates(model_key, sample_id, embedding, middle, middle_shape) VALUES (?,?,?,?,?)",
+                [(model_key, sample_id, _blob(embedding), None if middle is None else _blob(middle),
+                  None if middle is None else ",".join(map(str, middle.shape)))
+                 for sample_id, embedding, middle in rows],
+            )
+
+    def add_templates(self, model_key: str, rows: list[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
+        existing = [(t.sample_id, t.embedding, t.middle) for t in self.templates(model_key)]
+        self.replace_templates(model_key, existing + rows)
+
+    def templates(self, model_key: str, user: str | None = None) -> list[Template]:
+        query = ("SELECT t.sample_id, s.user, t.embedding, t.middle, t.middle_shape FROM templates t "
+                 "JOIN samples s ON s.id = t.sample_id WHERE t.model_key = ?")
+        params: tuple[str, ...] = (model_key,)
+        if user is not None:
+            query += " AND s.user = ?"
+            params = (model_key, user)
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY t.sample_id", params).fetchall()
+        return [Template(int(sid), str(u), np.frombuffer(emb, dtype=np.float32).copy(),
+                         None if mid is None else np.frombuffer(mid, dtype=np.float32).reshape(
+                             tuple(int(d) for d in shape.split(","))).copy())
+                for sid, u, emb, mid, shape in rows]
+
+    def drop_model(self, model_key: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM templates WHERE model_key = ?", (model_key,))
+
+
+def _blob(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.float32).tobytes()

@@ -1,0 +1,165 @@
+"""Evaluation of a run: verification metrics on its verification sets and on pairs from its training datasets,
+for cosine scores and (when trained) the BioMetricNet -1 and -M decisions; ROC and loss-curve plots."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from torch import nn
+
+from facefleet.nn.biometricnet import ModelNet, four_way_flip_average, match_score
+from facefleet.nn.verification import VerificationMetrics, cosine_scores, fuse_flip, verification_metrics
+from facefleet.platform.datasets import layout
+from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
+from facefleet.platform.runs.schemas import TrainingConfig
+from facefleet.platform.store import ObjectStore, store_from_url
+
+CHUNK = 256
+
+
+@dataclass
+class EvalSet:
+    """Pairs of images: ``name`` is the verification set, or ``train-pairs:<dataset>`` for pairs drawn from a
+    training dataset (those images were seen in training: easier than a held-out set)."""
+
+    name: str
+    left: torch.Tensor
+    right: torch.Tensor
+    is_same: torch.Tensor
+
+
+class EvalResults(BaseModel):
+    """set name -> mode (``cosine``, ``biometricnet-1``, ``biometricnet-M``) -> metrics."""
+
+    sets: dict[str, dict[str, VerificationMetrics]] = Field(default_factory=dict)
+
+    def flat_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for set_name, modes in self.sets.items():
+            for mode, metrics in modes.items():
+                for key in ("accuracy", "auc", "eer", "tar_at_far_1e3"):
+                    out[f"eval/{set_name}/{mode}/{key}"] = float(getattr(metrics, key))
+        return out
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        return {name: {mode: m.model_dump(exclude={"roc_fpr", "roc_tpr"}) for mode, m in modes.items()}
+                for name, modes in self.sets.items()}
+
+    def cosine_threshold(self) -> float:
+        """The threshold of the first verification set (else the first set); 0.5 when nothing was evaluated."""
+        ordered = sorted(self.sets, key=lambda name: name.startswith("train-pairs:"))
+        for name in ordered:
+            if "cosine" in self.sets[name]:
+                return float(self.sets[name]["cosine"].threshold)
+        return 0.5
+
+
+def load_eval_sets(session: Session, run_id: int, config: TrainingConfig, *, store_url: str,
+                   s3_endpoint_url: str | None) -> list[EvalSet]:
+    from facefleet.workers.data import load_verification_pairs, load_verification_set, pairs_within_dataset
+
+    store = store_from_url(store_url, endpoint_url=s3_endpoint_url)
+    rows = session.execute(
+        select(RunDataset.role, DatasetVersion.version, DatasetVersion.manifest_key, Dataset.name)
+        .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
+        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+        .where(RunDataset.run_id == run_id).order_by(RunDataset.position)).all()
+    sets: list[EvalSet] = []
+    for role, version, manifest_key, name in rows:
+        if role == "verification":
+            left, right, same = load_verification_set(store, manifest_key, layout.pairs_key(name, version),
+                                                      config.input_size)
+            sets.append(EvalSet(name, left, right, same))
+        elif config.eval_pairs_per_dataset:
+            from facefleet.platform.datasets.shards import read_manifest
+
+            pairs = pairs_within_dataset(read_manifest(store, manifest_key), config.eval_pairs_per_dataset,
+                                         config.seed)
+            left, right, same = load_verification_pairs(store, manifest_key, pairs, config.input_size)
+            sets.append(EvalSet(f"train-pairs:{name}", left, right, same))
+    return sets
+
+
+def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([fn(images[i:i + CHUNK]) for i in range(0, images.shape[0], CHUNK)])
+
+
+@torch.no_grad()
+def evaluate_model(backbone: nn.Module, model_net: ModelNet | None, sets: list[EvalSet],
+                   config: TrainingConfig) -> EvalResults:
+    """Metrics of every set; the modules are put in eval mode (callers restore train mode)."""
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    results = EvalResults()
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(backbone(images.to(device)).float(), dim=1)
+
+    for eval_set in sets:
+        left = _chunked(lambda x: fuse_flip(features, x), eval_set.left)
+        right = _chunked(lambda x: fuse_flip(features, x), eval_set.right)
+        modes = {"cosine": verification_metrics(cosine_scores(left, right).cpu(), eval_set.is_same)}
+        if model_net is not None:
+            model_net.eval()
+            mu = config.biometric.mu_match
+            single = torch.cat([model_net(features(eval_set.left[i:i + CHUNK]), features(eval_set.right[i:i + CHUNK]))
+                                for i in range(0, eval_set.left.shape[0], CHUNK)])
+            modes["biometricnet-1"] = verification_metrics(match_score(single, mu).cpu(), eval_set.is_same)
+            multi = torch.cat([four_way_flip_average(features, model_net, eval_set.left[i:i + CHUNK],
+                                                     eval_set.right[i:i + CHUNK])
+                               for i in range(0, eval_set.left.shape[0], CHUNK)])
+            modes["biometricnet-M"] = verification_metrics(match_score(multi, mu).cpu(), eval_set.is_same)
+        results.sets[eval_set.name] = modes
+    return results
+
+
+def _png(figure: object) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)  # type: ignore[attr-defined]
+    return buffer.getvalue()
+
+
+def save_plots(store: ObjectStore, run_id: int, results: EvalResults,
+               series: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """ROC curves and loss curves as PNGs under runs/<id>/plots/; returns their keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    keys = []
+    figure, axis = plt.subplots(figsize=(6, 5))
+    for set_name, modes in results.sets.items():
+        for mode, metrics in modes.items():
+            axis.plot(metrics.roc_fpr, metrics.roc_tpr, label=f"{set_name} {mode} (AUC {metrics.auc:.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    axis.set(xlabel="false accept rate", ylabel="true accept rate", title=f"run {run_id}: ROC")
+    axis.legend(fontsize=7)
+    keys.append(f"runs/{run_id}/plots/roc.png")
+    store.put_bytes(keys[-1], _png(figure), content_type="image/png")
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name in ("loss", "identity_loss", "domain_loss", "kl_loss"):
+        if series.get(name):
+            steps, values = zip(*series[name], strict=True)
+            axis.plot(steps, values, label=name)
+    axis.set(xlabel="step", ylabel="loss", title=f"run {run_id}: training losses")
+    axis.set_yscale("symlog")
+    if series.get("domain_accuracy"):
+        twin = axis.twinx()
+        steps, values = zip(*series["domain_accuracy"], strict=True)
+        twin.plot(steps, values, color="black", linestyle="--", label="dataset-classifier accuracy")
+        twin.set(ylabel="dataset-classifier accuracy", ylim=(0, 1))
+        twin.legend(loc="upper center", fontsize=7)
+    axis.legend(fontsize=7)
+    keys.append(f"runs/{run_id}/plots/loss.png")
+    store.put_bytes(keys[-1], _png(figure), content_type="image/png")
+    plt.close(figure)
+    return keys

@@ -1,0 +1,95 @@
+"""Worker entrypoint `python -m facefleet.workers.train --run ID`: runs one training run and records its fate.
+
+Status in the database: queued -> starting -> running (set by rank 0) -> succeeded | failed | cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+from types import FrameType
+
+from facefleet.platform.db.models import Run
+from facefleet.platform.db.session import session_scope
+from facefleet.platform.runs import service
+from facefleet.workers import train_driver
+
+logger = logging.getLogger("facefleet.workers.train")
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    # SystemExit unwinds through `finally` blocks, so Ray is shut down and the run row is updated.
+    raise SystemExit(128 + signum)
+
+
+def _finish(run_id: int, status: str, *, error: str | None = None, summary: dict | None = None) -> None:
+    """Record the end of a run once; a failure after a cancel request counts as cancelled."""
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        if run is None or run.status in service.FINISHED:
+            return
+        if status == "failed" and run.cancel_requested:
+            status = "cancelled"
+        if summary is not None:
+            run.summary = summary
+        if status == "succeeded":
+            run.progress = 1.0
+        run.stage = status
+        service.mark_finished(session, run, status, error)
+
+
+def _train_evaluate_export(run_id: int) -> str:
+    with session_scope() as session:
+        if service.is_cancel_requested(session, run_id):
+            _finish(run_id, "cancelled")
+            return "cancelled"
+        job = train_driver.prepare_job(session, run_id)
+    outcome = train_driver.run_trainer(job)
+    with session_scope() as session:
+        if service.is_cancel_requested(session, run_id):
+            _finish(run_id, "cancelled")
+            return "cancelled"
+    _finish(run_id, "succeeded", summary=train_driver.finish_run(job, outcome))
+    return "succeeded"
+
+
+def run_training(run_id: int) -> str:
+    """Train, evaluate, export and register run ``run_id``; the final status."""
+    train_driver.wait_for_run(run_id)
+    try:
+        return _train_evaluate_export(run_id)
+    except BaseException as error:  # noqa: BLE001 - record every way a run can end, then re-raise
+        text = "".join(traceback.format_exception_only(type(error), error)).strip()
+        if isinstance(error, SystemExit):
+            text = f"the worker process was stopped (exit {error.code})"
+        logger.error("run %s failed:\n%s", run_id, traceback.format_exc())
+        _finish(run_id, "failed", error=text[-4000:])
+        raise
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m facefleet.workers.train", description=__doc__)
+    parser.add_argument("--run", type=int, required=True, help="id of a queued run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        status = run_training(args.run)
+    except SystemExit as stop:
+        return int(stop.code or 1)
+    except Exception:  # noqa: BLE001 - already recorded on the run row
+        return 1
+    logger.info("run %s %s", args.run, status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

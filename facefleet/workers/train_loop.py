@@ -1,0 +1,141 @@
+"""The Ray Train `train_func`: DDP backbone + dataset-aware head + dataset classifier (+ BioMetricNet ModelNet).
+
+Thin over `facefleet.nn`; model assembly lives in `facefleet.workers.train_model`, checkpoints in
+`facefleet.workers.train_state`. Every rank calls `ray.train.report` at the same steps (it is a barrier);
+only rank 0 writes the checkpoint and the database rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel
+
+from facefleet.platform.runs.schemas import TrainingConfig
+from facefleet.workers.data import LabelSpaceEntry
+from facefleet.workers.train_model import FaceTrainingModel, build_optimizer, build_training_model
+from facefleet.workers.train_reporting import RankZeroReporter
+from facefleet.workers.train_state import TrainState, restore_state, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class TrainJob(BaseModel):
+    """Everything a worker needs, passed as the Ray Train loop config (pickled by Ray)."""
+
+    run_id: int
+    config: TrainingConfig
+    entries: list[LabelSpaceEntry]  # one per training dataset, with its class offset
+    total_steps: int
+    database_url: str
+    store_url: str
+    s3_endpoint_url: str | None = None
+    cache_dir: str
+    fail_once_after_step: int | None = None  # test hook: rank 0 raises once after this checkpointed step
+
+
+def pick_device(config: TrainingConfig) -> torch.device:
+    if config.scaling.gpus_per_worker > 0 and torch.cuda.is_available():
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def infinite_batches(job: TrainJob, rank: int, world_size: int, start_step: int,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches forever, a new shuffle per pass; a resumed run starts from a fresh seed, not a replay."""
+    from facefleet.workers.data import make_train_loader
+
+    cfg = job.config
+    per_identity = cfg.biometric.images_per_identity
+    balanced = (cfg.batch_size // per_identity, per_identity) if cfg.biometric.enabled else None
+    epoch = 0
+    while True:
+        loader = make_train_loader(
+            job.entries, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url, batch_size=cfg.batch_size,
+            input_size=cfg.input_size, rank=rank, world_size=world_size, num_workers=cfg.data_workers,
+            seed=cfg.seed + 7919 * start_step + epoch, cache_dir=Path(job.cache_dir), cache_bytes=cfg.cache_bytes,
+            balanced=balanced,
+        )
+        for images, labels, dataset_index in loader:
+            yield (images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                   dataset_index.to(device, non_blocking=True))
+        epoch += 1
+
+
+def any_rank_says(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank passes True (keeps ranks in lockstep on stop decisions)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def wrap_distributed(model: FaceTrainingModel, device: torch.device) -> torch.nn.Module:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return model
+
+
+def train_func(loop_config: dict[str, Any]) -> None:
+    """One worker's training loop (Ray Train calls it on every rank, or in-process in local mode)."""
+    job = TrainJob.model_validate(loop_config)
+    cfg = job.config
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = pick_device(cfg)
+    torch.manual_seed(cfg.seed + rank)
+    model = build_training_model(cfg, [entry.num_classes for entry in job.entries], job.total_steps).to(device)
+    optimizer, scheduler = build_optimizer(cfg, model, job.total_steps)
+    use_amp = cfg.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    start_step = restore_state(ray.train.get_checkpoint(), state, device)
+    ddp = wrap_distributed(model, device)
+    reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
+    batches = infinite_batches(job, rank, world_size, start_step, device)
+    fail_pending = job.fail_once_after_step is not None and start_step == 0
+    step = start_step
+    while step < job.total_steps:
+        wait_started = time.perf_counter()
+        images, labels, dataset_index = next(batches)
+        data_wait = time.perf_counter() - wait_started
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            losses = ddp(images, labels, dataset_index, step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        if reporter is not None:
+            reporter.after_step(step, losses, images.shape[0] * world_size, data_wait,
+                                optimizer.param_groups[0]["lr"], model.stage(step))
+        last = step == job.total_steps
+        if step % cfg.metrics_interval == 0 or last:
+            cancel = reporter.write(step) if reporter is not None else False
+            if any_rank_says(cancel, device):
+                logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
+                return
+            if reporter is not None and cfg.eval_interval and step % cfg.eval_interval == 0 and not last:
+                reporter.evaluate(step, model)
+        if step % cfg.checkpoint_interval == 0 or last:
+            checkpoint = save_checkpoint(state, step) if rank == 0 else None
+            ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
+            if fail_pending and rank == 0 and step >= (job.fail_once_after_step or 0) and not last:
+                inject_failure_after_commit(step)
+
+
+def inject_failure_after_commit(step: int) -> None:
+    """Test hook: wait until the controller has committed the checkpoint, then crash this worker."""
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60)
+    raise RuntimeError(f"injected failure after the checkpoint at step {step} (test hook)")

@@ -1,0 +1,102 @@
+"""Assembles the training model from `facefleet.nn` parts, and its optimiser and learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facefleet.nn.backbones import get_backbone
+from facefleet.nn.biometricnet import ModelNet, biometricnet_kl_loss, make_pairs, select_hard_pairs
+from facefleet.nn.domain import DatasetClassifier, domain_loss, in_reversal_stage
+from facefleet.nn.heads import DatasetAwareMarginHead
+from facefleet.platform.runs.schemas import TrainingConfig
+
+
+class FaceTrainingModel(nn.Module):
+    """G_f (backbone) + G_y (dataset-aware head) + G_d (dataset classifier) + optional ModelNet, one module
+    so that DDP synchronises every gradient. ``forward`` returns the named losses of one batch."""
+
+    def __init__(self, config: TrainingConfig, classes_per_dataset: list[int], total_steps: int) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = get_backbone(config.backbone, embedding_dim=config.embedding_dim,
+                                     input_size=config.input_size)
+        dim = int(self.backbone.embedding_dim)
+        head = config.head
+        self.head = DatasetAwareMarginHead(dim, classes_per_dataset, kind=head.kind, s=head.s, m1=head.m1,
+                                           m2=head.m2, m3=head.m3, crossing_p=head.crossing_p)
+        # With K >= 2 the classifier always trains (on detached embeddings without reversal), so its
+        # accuracy is logged for baselines too; reversal only decides whether its gradient reaches G_f.
+        self.dataset_classifier = DatasetClassifier(dim, len(classes_per_dataset)) \
+            if len(classes_per_dataset) > 1 else None
+        self.switch_step = config.switch_step(total_steps) if config.reversal.enabled else None
+        bio = config.biometric
+        self.model_net = ModelNet(dim, bio.output_dim, bio.layers, bio.keep_prob) if bio.enabled else None
+
+    def stage(self, step: int) -> int:
+        return 2 if in_reversal_stage(step, self.switch_step) else 1
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor,
+                step: int) -> dict[str, torch.Tensor]:
+        embeddings = self.backbone(images)
+        identity = self.head(embeddings.float(), labels, dataset_index)
+        losses = {"identity_loss": identity}
+        total = identity
+        if self.dataset_classifier is not None:
+            d_loss, accuracy = domain_loss(self.dataset_classifier, embeddings.float(), dataset_index, step=step,
+                                           switch_step=self.switch_step, lambd=self.config.reversal.lambda_)
+            losses["domain_loss"], losses["domain_accuracy"] = d_loss, accuracy
+            total = total + d_loss
+        if self.model_net is not None:
+            kl = self._pair_loss(F.normalize(embeddings.float(), dim=1), labels, dataset_index)
+            losses["kl_loss"] = kl
+            total = total + self.config.biometric.alpha * kl
+        losses["loss"] = total
+        return losses
+
+    def _pair_loss(self, features: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> torch.Tensor:
+        assert self.model_net is not None
+        bio = self.config.biometric
+        pairs = make_pairs(labels, dataset_index, max_nonmatch=max(2, 4 * labels.shape[0]))
+        if pairs.match.shape[0] < 2 or pairs.nonmatch.shape[0] < 2:
+            # Keep every parameter in the graph so DDP's gradient buckets stay identical on all ranks.
+            return sum(p.sum() for p in self.model_net.parameters()) * 0.0  # type: ignore[return-value]
+        z_match = self.model_net(features[pairs.match[:, 0]], features[pairs.match[:, 1]])
+        z_non = self.model_net(features[pairs.nonmatch[:, 0]], features[pairs.nonmatch[:, 1]])
+        z_match = z_match[select_hard_pairs(z_match, bio.mu_match, bio.hard_fraction)]
+        z_non = z_non[select_hard_pairs(z_non, bio.mu_nonmatch, bio.hard_fraction)]
+        return biometricnet_kl_loss(z_match, z_non, bio.mu_match, bio.mu_nonmatch, bio.sigma, bio.sigma)
+
+
+def build_training_model(config: TrainingConfig, classes_per_dataset: list[int],
+                         total_steps: int) -> FaceTrainingModel:
+    return FaceTrainingModel(config, classes_per_dataset, total_steps)
+
+
+def lr_factor(config: TrainingConfig, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (linear warm-up, then the configured decay)."""
+    schedule = config.schedule
+    if schedule.warmup_steps and step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    progress = min(1.0, (step - schedule.warmup_steps) / max(1, total_steps - schedule.warmup_steps))
+    if schedule.kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule.kind == "step":
+        return schedule.step_gamma ** sum(progress >= milestone for milestone in schedule.step_milestones)
+    return 1.0
+
+
+def build_optimizer(config: TrainingConfig, model: nn.Module, total_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = config.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
+    if opt.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, total_steps))
+    return optimizer, scheduler

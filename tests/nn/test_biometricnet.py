@@ -1,0 +1,85 @@
+"""BioMetricNet: KL loss against torch.distributions, pairs within datasets, hard mining, flips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from facefleet.nn.biometricnet import (
+    ModelNet,
+    biometricnet_kl_loss,
+    decide_match,
+    four_way_flip_average,
+    gaussian_kl_to_isotropic,
+    make_pairs,
+    match_score,
+    select_hard_pairs,
+)
+
+
+def reference_kl(z: torch.Tensor, mu: float, sigma: float) -> torch.Tensor:
+    mean, std = z.mean(0), z.var(0, unbiased=False).sqrt()
+    target = Independent(Normal(torch.full_like(mean, mu), torch.full_like(std, sigma)), 1)
+    return kl_divergence(Independent(Normal(mean, std), 1), target)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_kl_loss_equals_torch_distributions(m: int) -> None:
+    gen = torch.Generator().manual_seed(m)
+    z_match = torch.randn(30, m, generator=gen, dtype=torch.float64) * 2 + 1
+    z_nonmatch = torch.randn(50, m, generator=gen, dtype=torch.float64) * 0.5 + 30
+    loss = biometricnet_kl_loss(z_match, z_nonmatch, mu_m=0.0, mu_n=40.0, sigma_m=1.0, sigma_n=1.5)
+    expected = 0.5 * reference_kl(z_match, 0.0, 1.0) + 0.5 * reference_kl(z_nonmatch, 40.0, 1.5)
+    assert torch.allclose(loss, expected, atol=1e-10)
+
+
+def test_kl_loss_is_zero_at_the_targets_and_has_gradients() -> None:
+    base = torch.randn(64, 2, dtype=torch.float64)
+    standard = (base - base.mean(0)) / base.std(0, unbiased=False)
+    z_match, z_nonmatch = standard.clone().requires_grad_(True), (standard + 40).requires_grad_(True)
+    loss = biometricnet_kl_loss(z_match, z_nonmatch)
+    assert abs(float(loss)) < 1e-10
+    shifted = biometricnet_kl_loss(z_match + 3, z_nonmatch)
+    assert abs(float(shifted) - 0.5 * 0.5 * 2 * 9) < 1e-9  # ½·½·‖3·1‖² over m = 2: the squared norm
+    shifted.backward()
+    assert z_match.grad is not None and torch.isfinite(z_match.grad).all()
+    with pytest.raises(ValueError, match="at least two"):
+        gaussian_kl_to_isotropic(torch.zeros(1, 1), 0.0, 1.0)
+
+
+def test_pairs_never_cross_datasets_for_non_matches() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 5, 5, 6, 7])
+    dataset_index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    pairs = make_pairs(labels, dataset_index)
+    assert sorted(map(tuple, pairs.match.tolist())) == [(0, 1), (2, 3), (4, 5)]
+    a, b = pairs.nonmatch[:, 0], pairs.nonmatch[:, 1]
+    assert (dataset_index[a] == dataset_index[b]).all() and (labels[a] != labels[b]).all()
+    assert pairs.nonmatch.shape[0] == 4 + 5  # 2·2 within dataset 0, C(4,2) − 1 within dataset 1
+    limited = make_pairs(labels, dataset_index, max_nonmatch=3, generator=torch.Generator().manual_seed(0))
+    assert limited.nonmatch.shape == (3, 2) and limited.match.shape == (3, 2)
+
+
+def test_hard_pairs_are_the_farthest_from_their_centre() -> None:
+    z = torch.tensor([[0.1], [-3.0], [0.5], [2.0], [0.0], [-0.2]])
+    keep = select_hard_pairs(z, 0.0, keep_fraction=0.5)
+    assert sorted(keep.tolist()) == [1, 2, 3]
+    assert sorted(select_hard_pairs(z + 40, 40.0, keep_fraction=0.1, min_keep=2).tolist()) == [1, 3]
+
+
+def test_modelnet_shapes_decision_and_flip_average() -> None:
+    torch.manual_seed(0)
+    net = ModelNet(feature_dim=16, out_dim=1, layers=7, keep_prob=0.8)
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 7 and linears[0].in_features == 32 and linears[-1].out_features == 1
+    assert all(a.out_features >= b.out_features for a, b in zip(linears, linears[1:], strict=False))
+    net.eval()
+    feature_fn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 16))
+    images_a, images_b = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    z = four_way_flip_average(feature_fn, net, images_a, images_b)
+    flipped = [net(feature_fn(a), feature_fn(b)) for a in (images_a, images_a.flip(3))
+               for b in (images_b, images_b.flip(3))]
+    assert torch.allclose(z, sum(flipped) / 4, atol=1e-6)
+    z = torch.tensor([[0.5], [-2.0], [39.0]])
+    assert decide_match(z, threshold=1.0).tolist() == [True, False, False]
+    assert match_score(z).tolist() == [-0.5, -2.0, -39.0]

@@ -1,0 +1,69 @@
+"""verification_metrics on hand-made score sets whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facefleet.nn.verification import cosine_scores, fuse_flip, verification_metrics
+
+
+def test_perfect_separation() -> None:
+    rng = np.random.default_rng(0)
+    is_same = np.repeat([True, False], 300)
+    scores = np.where(is_same, rng.uniform(0.6, 1.0, 600), rng.uniform(-1.0, 0.4, 600))
+    order = rng.permutation(600)
+    m = verification_metrics(scores[order], is_same[order])
+    assert m.accuracy == 1.0 and m.accuracy_std == 0.0 and m.auc == 1.0 and m.eer == 0.0
+    assert m.tar_at_far_1e3 == 1.0 and m.tar_at_far_1e4 == 1.0
+    assert 0.4 < m.threshold < 0.6
+    assert m.roc_fpr[0] == 0.0 and m.roc_tpr[-1] == 1.0 and len(m.roc_fpr) == len(m.roc_tpr) <= 512
+
+
+def test_distances_with_lower_is_same() -> None:
+    is_same = np.array([True] * 50 + [False] * 50)
+    distances = np.where(is_same, 0.2, 1.5) + np.linspace(0, 0.1, 100)
+    m = verification_metrics(distances, is_same, higher_is_same=False)
+    assert m.accuracy == 1.0 and m.auc == 1.0 and 0.3 < m.threshold < 1.5 and not m.higher_is_same
+
+
+def test_random_scores_are_chance() -> None:
+    rng = np.random.default_rng(1)
+    is_same = rng.random(20000) < 0.5
+    m = verification_metrics(rng.random(20000), is_same)
+    assert abs(m.auc - 0.5) < 0.02 and abs(m.eer - 0.5) < 0.02 and abs(m.accuracy - 0.5) < 0.03
+    assert m.tar_at_far_1e3 < 0.01
+
+
+def test_known_eer_and_tar() -> None:
+    # 10 same pairs scored 1..10, 10 different pairs scored 0.5..9.5 shifted: hand-countable ROC
+    same_scores = np.arange(1, 11, dtype=float)        # 1 … 10
+    diff_scores = np.arange(1, 11, dtype=float) - 2.5  # −1.5 … 7.5
+    scores = np.r_[same_scores, diff_scores]
+    is_same = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+    m = verification_metrics(scores, is_same)
+    # at t = 6.0: TPR = 5/10 (6..10), FPR = 2/10 (6.5, 7.5) ... the curve crosses FPR = FNR at 0.2 < eer < 0.3
+    # count exactly: threshold 7.75 → TPR 0.3, FPR 0 ; t between 4.5 and 5 → TPR 0.6 FPR 0.3 ... EER = 0.25
+    assert m.eer == pytest.approx(0.25, abs=1e-9)
+    assert m.tar_at_far_1e3 == pytest.approx(0.3)  # 8, 9, 10 above every different score
+    # AUC = P(same > diff): count pairs
+    wins = (same_scores[:, None] > diff_scores[None, :]).sum() + 0.5 * (same_scores[:, None] == diff_scores).sum()
+    assert m.auc == pytest.approx(wins / 100)
+
+
+def test_rejects_single_class_and_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="same and one different"):
+        verification_metrics([0.1, 0.2], [True, True])
+    with pytest.raises(ValueError, match="labels"):
+        verification_metrics([0.1, 0.2], [True])
+
+
+def test_fuse_flip_and_cosine() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8))
+    images = torch.randn(3, 3, 4, 4)
+    fused = fuse_flip(net, images)
+    expected = net(images) + net(images.flip(3))
+    assert torch.allclose(fused, expected / expected.norm(dim=1, keepdim=True), atol=1e-6)
+    assert torch.allclose(cosine_scores(fused, fused), torch.ones(3), atol=1e-6)

@@ -1,0 +1,138 @@
+"""Registering dataset versions on both databases and both stores: versions, objects, events, cleanup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from facefleet.platform.datasets import service, shards
+from facefleet.platform.db.models import Dataset, DatasetVersion, OutboxEvent, Run, RunDataset
+from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
+from facefleet.platform.store import ObjectStore
+from tests.platform.datasets.conftest import image_bytes, make_imagefolder
+
+
+def _count(session: Session, model: type) -> int:
+    return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_register_reregister_and_new_version(session: Session, store: ObjectStore, tmp_path: Path) -> None:
+    folder = make_imagefolder(tmp_path / "faces", identities=3, images=4)
+    first = service.register_dataset_version(session, store, name="faces", source=folder, tags=["demo"])
+    session.commit()
+    assert (first.version, first.status, first.identity_count, first.image_count) == (1, "ready", 3, 12)
+    table = shards.read_manifest(store, first.manifest_key or "")
+    assert table.num_rows == 12
+    assert sorted(set(table["label"].to_pylist())) == [0, 1, 2]
+    assert set(table["identity"].to_pylist()) == {"id0", "id1", "id2"}
+    assert first.report["images_per_identity"] == {"4": 3}
+    objects = store.list("datasets/faces/")
+    assert "datasets/faces/1/validation_report.json" in objects
+
+    again = service.register_dataset_version(session, store, name="faces", source=folder)
+    session.commit()
+    assert again.id == first.id
+    assert store.list("datasets/faces/") == objects
+    assert _count(session, DatasetVersion) == 1
+
+    (folder / "id1" / "extra.jpg").write_bytes(image_bytes(4242))
+    second = service.register_dataset_version(session, store, name="faces", source=folder)
+    session.commit()
+    assert (second.version, second.image_count) == (2, 13)
+    events = list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+    assert [event.payload["version"] for event in events] == [1, 2]
+    assert events[0].kind == "dataset_version.ready"
+    assert events[0].payload == {
+        "dataset": "faces",
+        "version": 1,
+        "dataset_version_id": first.id,
+        "kind": "train",
+        "tags": ["demo"],
+    }
+    assert service.get_version(session, "faces").id == second.id
+    assert service.get_version(session, "faces", 1).id == first.id
+
+
+def test_failure_while_writing_leaves_no_rows_or_objects(
+    session: Session, store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_imagefolder(tmp_path / "faces", identities=2, images=3)
+
+    def broken_manifest(*args: object, **kwargs: object) -> str:
+        raise OSError("store went away while writing the manifest")
+
+    monkeypatch.setattr(shards, "write_manifest", broken_manifest)
+    with pytest.raises(OSError, match="store went away"):
+        service.register_dataset_version(session, store, name="faces", source=folder)
+    assert store.list("datasets/") == []  # the shards written before the failure are gone
+    assert _count(session, DatasetVersion) == 0
+    session.rollback()
+    assert _count(session, DatasetVersion) == 0 and _count(session, OutboxEvent) == 0
+
+
+def test_invalid_content_is_recorded_without_objects(
+    session: Session, store: ObjectStore, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InvalidInputError, match="holds no files") as caught:
+        service.register_dataset_version(session, store, name="broken", source=empty)
+    assert caught.value.status_code == 422
+    session.rollback()  # what the API / CLI do on an error
+    versions = service.list_versions(session, "broken")
+    assert [(v.version, v.status, v.manifest_key) for v in versions] == [(1, "invalid", None)]
+    assert "holds no files" in (versions[0].error or "")
+    assert store.list("datasets/") == []
+    with pytest.raises(InvalidInputError, match="holds no files"):  # same content: same answer, no new row
+        service.register_dataset_version(session, store, name="broken", source=empty)
+    assert _count(session, DatasetVersion) == 1 and _count(session, OutboxEvent) == 0
+    with pytest.raises(NotFoundError, match="no ready version"):
+        service.get_version(session, "broken")
+
+
+def test_list_get_and_delete(sqlite_session: Session, local_store: ObjectStore, tmp_path: Path) -> None:
+    session, store = sqlite_session, local_store
+    service.register_dataset_version(session, store, name="b-set", source=make_imagefolder(tmp_path / "b"))
+    used = service.register_dataset_version(
+        session, store, name="a-set", source=make_imagefolder(tmp_path / "a")
+    )
+    session.commit()
+    items, total = service.list_datasets(session, limit=1, offset=0)
+    assert total == 2 and [item.name for item in items] == ["a-set"]
+    assert service.list_datasets(session, kind="verification")[1] == 0
+    assert service.latest_ready_versions(session, [items[0].id]) == {items[0].id: 1}
+
+    run = Run(name="r")
+    session.add(run)
+    session.flush()
+    session.add(RunDataset(run_id=run.id, position=0, dataset_version_id=used.id))
+    session.commit()
+    with pytest.raises(ConflictError, match="used by run"):
+        service.delete_dataset(session, store, "a-set")
+    service.delete_dataset(session, store, "b-set")
+    session.commit()
+    assert store.list("datasets/b-set/") == [] and store.list("datasets/a-set/") != []
+    with pytest.raises(NotFoundError):
+        service.get_dataset(session, "b-set")
+    assert _count(session, Dataset) == 1
+
+
+def test_request_errors_record_nothing(
+    sqlite_session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        service.register_dataset_version(sqlite_session, local_store, name="x", source=tmp_path / "nope")
+    with pytest.raises(InvalidInputError, match="name"):
+        service.register_dataset_version(sqlite_session, local_store, name="../x", source=tmp_path)
+    service.register_dataset_version(
+        sqlite_session, local_store, name="t", source=make_imagefolder(tmp_path / "f")
+    )
+    sqlite_session.commit()
+    with pytest.raises(InvalidInputError, match="is a train dataset"):
+        service.register_dataset_version(
+            sqlite_session, local_store, name="t", source=tmp_path / "f", kind="verification"
+        )
+    assert _count(sqlite_session, Dataset) == 1 and _count(sqlite_session, DatasetVersion) == 1
