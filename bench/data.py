@@ -1,4 +1,4 @@
-"""Benchmark: training-pipeline throughput (shard read + decode + flip + resize) vs what a training step consumes.
+"""Benchmark: pipeline throughput (shard read, decode, flip, resize) vs what a training step consumes.
 
 Data: the synthetic generator (3 datasets x 40 identities x 10 images, 112 px JPEG) packed into shards in a
 local store and in S3 served by moto over loopback. Pipeline: `make_train_loader`, two DataLoader
@@ -35,21 +35,39 @@ TRAIN_SECONDS = 8.0
 def pack_folder(store: ObjectStore, folder: Path, dataset_id: int) -> LabelSpaceEntry:
     identities = sorted(p for p in folder.iterdir() if p.is_dir())
     records = [
-        ImageRecord.from_bytes(identity=ident.name, label=label, member=f"{ident.name}/{img.name}",
-                               data=img.read_bytes())
-        for label, ident in enumerate(identities) for img in sorted(ident.glob("*.jpg"))
+        ImageRecord.from_bytes(
+            identity=ident.name, label=label, member=f"{ident.name}/{img.name}", data=img.read_bytes()
+        )
+        for label, ident in enumerate(identities)
+        for img in sorted(ident.glob("*.jpg"))
     ]
     rows = pack_shards(store, folder.name, 1, records, max_images=200)
     key = write_manifest(store, folder.name, 1, rows)
-    return LabelSpaceEntry(dataset_version_id=dataset_id, dataset_name=folder.name, version=1, manifest_key=key,
-                           num_classes=len(identities), image_count=len(records))
+    return LabelSpaceEntry(
+        dataset_version_id=dataset_id,
+        dataset_name=folder.name,
+        version=1,
+        manifest_key=key,
+        num_classes=len(identities),
+        image_count=len(records),
+    )
 
 
 def pipeline_rate(store: ObjectStore, entries: list[LabelSpaceEntry], cache_dir: Path) -> float:
-    loader = make_train_loader(entries, store_url=store.url, s3_endpoint_url=getattr(store, "endpoint_url", None),
-                               batch_size=BATCH, input_size=INPUT_SIZE, rank=0, world_size=1,
-                               num_workers=LOADER_WORKERS, seed=0, cache_dir=cache_dir, cache_bytes=256 << 20,
-                               epochs=EPOCHS)
+    loader = make_train_loader(
+        entries,
+        store_url=store.url,
+        s3_endpoint_url=getattr(store, "endpoint_url", None),
+        batch_size=BATCH,
+        input_size=INPUT_SIZE,
+        rank=0,
+        world_size=1,
+        num_workers=LOADER_WORKERS,
+        seed=0,
+        cache_dir=cache_dir,
+        cache_bytes=256 << 20,
+        epochs=EPOCHS,
+    )
     start, images = time.perf_counter(), 0
     for batch, _labels, _datasets in loader:
         images += len(batch)
@@ -85,8 +103,11 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -99,8 +120,11 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def main() -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         os.environ.setdefault(name, value)
     moto, endpoint = start_moto()
     try:
@@ -116,15 +140,19 @@ def main() -> None:
             }
             rates: dict[str, float] = {}
             for label, store in stores.items():
-                entries = build_label_space([pack_folder(store, d, i) for i, d in enumerate(synth.dataset_dirs)])
+                entries = build_label_space(
+                    [pack_folder(store, d, i) for i, d in enumerate(synth.dataset_dirs)]
+                )
                 rates[label] = pipeline_rate(store, entries, root / f"cache-{len(rates)}")
             classes = sum(e.num_classes for e in entries)
             consumption = {name: consumption_rate(name, classes) for name in ("tiny", "mobilefacenet")}
     finally:
         moto.terminate()
         moto.wait(timeout=10)
-    print(f"\nCPU threads: torch {torch.get_num_threads()}, cores {os.cpu_count()}; batch {BATCH}, "
-          f"{INPUT_SIZE}x{INPUT_SIZE}, {LOADER_WORKERS} loader processes\n")
+    print(
+        f"\nCPU threads: torch {torch.get_num_threads()}, cores {os.cpu_count()}; batch {BATCH}, "
+        f"{INPUT_SIZE}x{INPUT_SIZE}, {LOADER_WORKERS} loader processes\n"
+    )
     print(f"{'pipeline source':<22}{'pipeline img/s':>15}{'backbone':>15}{'train img/s':>13}{'ratio':>8}")
     for label, rate in rates.items():
         for name, consumed in consumption.items():

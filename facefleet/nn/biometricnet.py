@@ -66,7 +66,7 @@ def biometricnet_kl_loss(z_match: torch.Tensor, z_nonmatch: torch.Tensor, mu_m: 
 
 @dataclass(frozen=True)
 class Pairs:
-    """Row indices into a batch: `match` [P, 2] (same label), `nonmatch` [Q, 2] (different label, same dataset)."""
+    """Row indices into a batch: `match` [P, 2] (same label), `nonmatch` [Q, 2] (other label, one dataset)."""
 
     match: torch.Tensor
     nonmatch: torch.Tensor

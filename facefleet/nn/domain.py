@@ -26,17 +26,24 @@ def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
 
 
 class DatasetClassifier(nn.Module):
-    """G_d: a linear layer embedding [N, D] -> dataset logits [N, K]."""
+    """G_d: a linear layer embedding [N, D] -> dataset logits [N, K].
 
-    def __init__(self, embedding_dim: int, num_datasets: int) -> None:
+    With `normalize` (default) it classifies the L2-normalised embedding, the vector verification
+    compares. Why: margin heads ignore the embedding's length, so under reversal the embedding net can
+    otherwise inflate that length without bound to make the classifier confidently wrong; measured
+    in tests/nn/test_learning.py this drove held-out accuracy to chance.
+    """
+
+    def __init__(self, embedding_dim: int, num_datasets: int, normalize: bool = True) -> None:
         super().__init__()
         if num_datasets < 1:
             raise ValueError("a dataset classifier needs at least one dataset")
         self.num_datasets = num_datasets
+        self.normalize = normalize
         self.linear = nn.Linear(embedding_dim, num_datasets)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.linear(embeddings)
+        return self.linear(F.normalize(embeddings, dim=1) if self.normalize else embeddings)
 
 
 def in_reversal_stage(step: int, switch_step: int | None) -> bool:

@@ -43,7 +43,11 @@ def margin_target_cos(cos_target: torch.Tensor, kind: str, m1: float, m2: float,
 
 
 def sample_crossing_positions(
-    rows: int, cols: int, p: float, generator: torch.Generator | None = None, device: torch.device | None = None
+    rows: int,
+    cols: int,
+    p: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Flat positions in [0, rows·cols) of an exact Bernoulli(p) mask, without rows·cols random numbers.
 
@@ -141,7 +145,9 @@ class DatasetAwareMarginHead(nn.Module):
     def num_datasets(self) -> int:
         return len(self.classes_per_dataset)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor
+    ) -> torch.Tensor:
         """Mean cross-entropy over the batch. embeddings [N, D]; labels [N] global class indices;
         dataset_index [N] in [0, K). Raises ValueError when a label lies outside its dataset's classes."""
         groups = self._group_by_dataset(labels, dataset_index)
@@ -224,7 +230,7 @@ class DatasetAwareMarginHead(nn.Module):
     def _crossing_logsumexp(self, x: torch.Tensor, crossing: _Crossing, k: int, other: int) -> torch.Tensor:
         """Per-row logsumexp over the drawn classes of dataset `other` (−inf for rows with none)."""
         row_of, global_col = crossing.draws[(k, other)]
-        if row_of.numel() == 0 or crossing.union is None:
+        if row_of.numel() == 0 or crossing.union is None or crossing.weight is None:
             return x.new_full((x.shape[0],), -math.inf)
         # only the columns drawn for this pair are multiplied: cheap when p·rows·cols ≪ cols
         columns, col_slot = torch.unique(global_col, return_inverse=True)

@@ -7,7 +7,9 @@ import math
 import torch
 
 
-def warmup_cosine_factor(step: int, *, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
+def warmup_cosine_factor(
+    step: int, *, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
+) -> float:
     """Multiplier of the base LR at `step`: linear from ~0 to 1 over warmup, cosine from 1 to min_ratio."""
     if total_steps <= 0:
         raise ValueError("total_steps must be positive")

@@ -1,8 +1,9 @@
-"""The `kuberay` launcher's Kubernetes side: build, submit, watch and delete the RayJob that trains one run."""
+"""The `kuberay` launcher's Kubernetes side: build, submit, watch and delete the RayJob of one run."""
 
 from __future__ import annotations
 
 import logging
+import os
 from importlib import metadata
 from typing import Any
 
@@ -103,15 +104,19 @@ def _ray_container(name: str, image: str, *, cpu: str, memory: str, gpus: int = 
     }
 
 
-def _ray_pod_template(container: dict[str, Any], run_id: int | None, *, shm_size: str, gpu: bool,
-                      head: bool = False) -> dict[str, Any]:
+def _ray_pod_template(
+    container: dict[str, Any], run_id: int | None, *, shm_size: str, gpu: bool, head: bool = False
+) -> dict[str, Any]:
     """A Ray node's pod: non-root, read-only root, writable /tmp (Ray's session dir) and shared memory."""
     spec: dict[str, Any] = {
         # The head's autoscaler sidecar scales the cluster through the Kubernetes API with the service
         # account KubeRay creates for it; workers need no token.
         "automountServiceAccountToken": head,
-        "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS_USER,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [
             {"name": "tmp", "emptyDir": {}},
@@ -125,12 +130,16 @@ def _ray_pod_template(container: dict[str, Any], run_id: int | None, *, shm_size
     return {"metadata": {"labels": _labels("ray", run_id, data_access=True)}, "spec": spec}
 
 
-def _ray_cluster_spec(run_id: int | None, *, image: str, gpu_image: str, max_cpu_workers: int,
-                      max_gpu_workers: int) -> dict[str, Any]:
+def _ray_cluster_spec(
+    run_id: int | None, *, image: str, gpu_image: str, max_cpu_workers: int, max_gpu_workers: int
+) -> dict[str, Any]:
     """Head (runs the training driver, schedules no training) + CPU and GPU groups scaled from zero."""
     head = _ray_container("ray-head", image, cpu="2", memory="4Gi")
-    head["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-                     {"containerPort": 10001, "name": "client"}]
+    head["ports"] = [
+        {"containerPort": 6379, "name": "gcs"},
+        {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"},
+    ]
     cpu_worker = _ray_container("ray-worker", image, cpu="4", memory="16Gi")
     gpu_worker = _ray_container("ray-worker", gpu_image, cpu="8", memory="32Gi", gpus=1)
     return {
@@ -142,8 +151,10 @@ def _ray_cluster_spec(run_id: int | None, *, image: str, gpu_image: str, max_cpu
             "upscalingMode": "Default",
             "idleTimeoutSeconds": 120,
             "envFrom": [{"configMapRef": {"name": CONFIGMAP_NAME}}],
-            "resources": {"requests": {"cpu": "200m", "memory": "512Mi"},
-                          "limits": {"cpu": "500m", "memory": "512Mi"}},
+            "resources": {
+                "requests": {"cpu": "200m", "memory": "512Mi"},
+                "limits": {"cpu": "500m", "memory": "512Mi"},
+            },
             "securityContext": _container_security_context(read_only_root=False),
         },
         "headGroupSpec": {
@@ -151,39 +162,61 @@ def _ray_cluster_spec(run_id: int | None, *, image: str, gpu_image: str, max_cpu
             "template": _ray_pod_template(head, run_id, shm_size="2Gi", gpu=False, head=True),
         },
         "workerGroupSpecs": [
-            {"groupName": "cpu-workers", "replicas": 0, "minReplicas": 0, "maxReplicas": max_cpu_workers,
-             "rayStartParams": {}, "template": _ray_pod_template(cpu_worker, run_id, shm_size="4Gi", gpu=False)},
-            {"groupName": "gpu-workers", "replicas": 0, "minReplicas": 0, "maxReplicas": max_gpu_workers,
-             "rayStartParams": {}, "template": _ray_pod_template(gpu_worker, run_id, shm_size="8Gi", gpu=True)},
+            {
+                "groupName": "cpu-workers",
+                "replicas": 0,
+                "minReplicas": 0,
+                "maxReplicas": max_cpu_workers,
+                "rayStartParams": {},
+                "template": _ray_pod_template(cpu_worker, run_id, shm_size="4Gi", gpu=False),
+            },
+            {
+                "groupName": "gpu-workers",
+                "replicas": 0,
+                "minReplicas": 0,
+                "maxReplicas": max_gpu_workers,
+                "rayStartParams": {},
+                "template": _ray_pod_template(gpu_worker, run_id, shm_size="8Gi", gpu=True),
+            },
         ],
     }
 
 
 def _submitter_pod_template(run_id: int, image: str) -> dict[str, Any]:
-    """The pod that runs `ray job submit` (KubeRay fills in the command); labelled so NetworkPolicies match."""
+    """The pod that runs `ray job submit` (KubeRay fills the command in), labelled for NetworkPolicies."""
     return {
         "metadata": {"labels": _labels("ray-submitter", run_id)},
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{
-                "name": "ray-job-submitter",
-                "image": image,
-                "envFrom": [{"configMapRef": {"name": CONFIGMAP_NAME}}],
-                "resources": {"requests": {"cpu": "200m", "memory": "256Mi"},
-                              "limits": {"cpu": "1", "memory": "1Gi"}},
-                "securityContext": _container_security_context(),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-            }],
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": image,
+                    "envFrom": [{"configMapRef": {"name": CONFIGMAP_NAME}}],
+                    "resources": {
+                        "requests": {"cpu": "200m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "securityContext": _container_security_context(),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         },
     }
 
 
-def build_rayjob_manifest(run_id: int, *, settings: Settings | None = None, image: str | None = None,
-                          namespace: str | None = None, max_cpu_workers: int = 4,
-                          max_gpu_workers: int = 2) -> dict[str, Any]:
+def build_rayjob_manifest(
+    run_id: int,
+    *,
+    settings: Settings | None = None,
+    image: str | None = None,
+    namespace: str | None = None,
+    max_cpu_workers: int = 4,
+    max_gpu_workers: int = 2,
+) -> dict[str, Any]:
     """A `ray.io/v1` RayJob training run ``run_id`` on its own autoscaling RayCluster, deleted afterwards."""
     settings = settings or get_settings()
     image = image or settings.kuberay_image
@@ -208,9 +241,13 @@ def build_rayjob_manifest(run_id: int, *, settings: Settings | None = None, imag
             # The run resumes from its checkpoint when relaunched; a blind retry here would double-count.
             "backoffLimit": 0,
             "submitterPodTemplate": _submitter_pod_template(run_id, image),
-            "rayClusterSpec": _ray_cluster_spec(run_id, image=image, gpu_image=gpu_image,
-                                                max_cpu_workers=max_cpu_workers,
-                                                max_gpu_workers=max_gpu_workers),
+            "rayClusterSpec": _ray_cluster_spec(
+                run_id,
+                image=image,
+                gpu_image=gpu_image,
+                max_cpu_workers=max_cpu_workers,
+                max_gpu_workers=max_gpu_workers,
+            ),
         },
     }
 
@@ -224,18 +261,20 @@ def _ray_version() -> str:
 
 
 def _custom_objects_api() -> Any:
-    """CustomObjectsApi from the in-cluster service account, else the local kubeconfig (KUBECONFIG honoured)."""
+    """CustomObjectsApi from the in-cluster service account, else the kubeconfig (KUBECONFIG honoured)."""
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            # Passed explicitly: the client reads KUBECONFIG only once, when it is first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         except (config.ConfigException, FileNotFoundError, TypeError) as exc:
             raise FacefleetError(
                 "no Kubernetes credentials: run the API in the cluster (service account) or set KUBECONFIG "
-                f"for the kuberay launcher ({exc})", status_code=503,
+                f"for the kuberay launcher ({exc})",
+                status_code=503,
             ) from exc
     return client.CustomObjectsApi()
 
@@ -246,19 +285,24 @@ def _api_exception() -> type[Exception]:
     return ApiException
 
 
+def _describe(exc: Exception) -> str:
+    return f"{getattr(exc, 'status', '?')} {getattr(exc, 'reason', exc)}"
+
+
 def submit_rayjob(manifest: dict[str, Any], *, namespace: str) -> dict[str, Any]:
     """Create the RayJob; a RayJob of that name already existing is a ConflictError."""
     api = _custom_objects_api()
     try:
         created: dict[str, Any] = api.create_namespaced_custom_object(
-            RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, manifest)
+            RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, manifest
+        )
     except _api_exception() as exc:
         name = manifest.get("metadata", {}).get("name")
         if getattr(exc, "status", None) == 409:
-            raise ConflictError(f"RayJob {name} already exists in namespace {namespace}; "
-                                "delete it before resubmitting") from exc
-        raise FacefleetError(f"creating RayJob {name} failed: {exc.status} {exc.reason}",
-                             status_code=502) from exc
+            raise ConflictError(
+                f"RayJob {name} already exists in namespace {namespace}; delete it before resubmitting"
+            ) from exc
+        raise FacefleetError(f"creating RayJob {name} failed: {_describe(exc)}", status_code=502) from exc
     logger.info("submitted RayJob %s in %s", created["metadata"]["name"], namespace)
     return created
 
@@ -271,12 +315,14 @@ def get_rayjob_status(name: str, *, namespace: str) -> RayJobStatus:
     except _api_exception() as exc:
         if getattr(exc, "status", None) == 404:
             raise NotFoundError(f"RayJob {name} not found in namespace {namespace}") from exc
-        raise FacefleetError(f"reading RayJob {name} failed: {exc.status} {exc.reason}",
-                             status_code=502) from exc
+        raise FacefleetError(f"reading RayJob {name} failed: {_describe(exc)}", status_code=502) from exc
     status = obj.get("status") or {}
     return RayJobStatus(
-        name=name, job_status=status.get("jobStatus"), deployment_status=status.get("jobDeploymentStatus"),
-        reason=status.get("reason"), message=status.get("message"),
+        name=name,
+        job_status=status.get("jobStatus"),
+        deployment_status=status.get("jobDeploymentStatus"),
+        reason=status.get("reason"),
+        message=status.get("message"),
         ray_cluster_name=status.get("rayClusterName"),
     )
 
@@ -285,12 +331,12 @@ def delete_rayjob(name: str, *, namespace: str) -> bool:
     """Delete the RayJob (its RayCluster and submitter go with it); False when it was already gone."""
     api = _custom_objects_api()
     try:
-        api.delete_namespaced_custom_object(RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, name,
-                                            propagation_policy="Background")
+        api.delete_namespaced_custom_object(
+            RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, name, propagation_policy="Background"
+        )
     except _api_exception() as exc:
         if getattr(exc, "status", None) == 404:
             return False
-        raise FacefleetError(f"deleting RayJob {name} failed: {exc.status} {exc.reason}",
-                             status_code=502) from exc
+        raise FacefleetError(f"deleting RayJob {name} failed: {_describe(exc)}", status_code=502) from exc
     logger.info("deleted RayJob %s in %s", name, namespace)
     return True

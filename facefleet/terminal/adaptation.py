@@ -2,7 +2,7 @@
 
 After a successful verification the loss ``1 - cos(upper(middle(x)), template)`` pulls the input's feature
 toward the enrolled template; its gradient for the upper layers only is added to that layer's positive
-container. For every positive, ``negatives_per_positive`` noise images go through the frozen lower part
+container. For every positive, ``negatives_per_positive`` (low-frequency) noise images go through the frozen lower part
 and the loss ``relu(cos(upper(middle(noise)), template) - negative_margin)`` pushes them away; those
 gradients fill the negative containers. After ``positives_per_update`` positives the upper layers take
 one step on the averaged containers and the caller re-extracts every template from the stored middle
@@ -87,13 +87,21 @@ class UpperLayerAdapter:
         count = self.config.negatives_per_positive
         if count <= 0:
             return
-        size = self.backbone.input_size
-        noise = torch.rand((count, 3, size, size), generator=self.generator) * 2 - 1
+        noise = self.generate_negatives(count)
         with torch.no_grad():
             negative_middle = self.backbone.forward_lower(noise)
         similarity = (self._features(negative_middle) * target).sum(dim=-1)
         loss = F.relu(similarity - self.config.negative_margin).mean()
         self.negative.add(self._gradients(loss))
+
+    def generate_negatives(self, count: int) -> torch.Tensor:
+        """Low-frequency noise images in [-1, 1]: coarse random grids upsampled (images are mostly low
+        frequency, so these land nearer the data than white noise and keep features from collapsing)."""
+        size = self.backbone.input_size
+        cells = int(torch.randint(3, 9, (1,), generator=self.generator))
+        coarse = torch.rand((count, 3, cells, cells), generator=self.generator) * 2 - 1
+        smooth = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+        return (smooth + 0.1 * torch.randn(smooth.shape, generator=self.generator)).clamp(-1, 1)
 
     @torch.no_grad()
     def apply_update(self) -> None:

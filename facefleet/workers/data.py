@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,29 +74,39 @@ def label_space_for_versions(session: Session, dataset_version_ids: Sequence[int
         label = f"{name}@{version.version}"
         if version.status != "ready" or not version.manifest_key:
             raise InvalidInputError(
-                f"dataset version {label} is '{version.status}', not 'ready'; wait for validation or pick another",
+                f"dataset version {label} is '{version.status}', not 'ready'; wait for it or pick another",
                 field="dataset_version_ids",
             )
-        entries.append(LabelSpaceEntry(
-            dataset_version_id=version.id, dataset_name=name, version=version.version,
-            manifest_key=version.manifest_key, num_classes=version.identity_count, image_count=version.image_count,
-        ))
+        entries.append(
+            LabelSpaceEntry(
+                dataset_version_id=version.id,
+                dataset_name=name,
+                version=version.version,
+                manifest_key=version.manifest_key,
+                num_classes=version.identity_count,
+                image_count=version.image_count,
+            )
+        )
     return build_label_space(entries)
 
 
 class SampleIndex:
-    """All samples of a run as numpy columns, grouped by shard: shard id, byte range, global label, dataset."""
+    """All samples of a run as numpy columns, grouped by shard: shard, byte range, label, dataset."""
 
     def __init__(self, store: ObjectStore, entries: Sequence[LabelSpaceEntry]) -> None:
         shard_keys: list[str] = []
-        columns: dict[str, list[np.ndarray]] = {name: [] for name in ("shard", "offset", "size", "label", "dataset")}
+        columns: dict[str, list[np.ndarray]] = {
+            name: [] for name in ("shard", "offset", "size", "label", "dataset")
+        }
         for dataset_index, entry in enumerate(entries):
             table = read_manifest(store, entry.manifest_key)
-            keys, shard_codes = np.unique(np.asarray(table["shard"].to_pylist(), dtype=object), return_inverse=True)
+            keys, shard_codes = np.unique(
+                np.asarray(table["shard"].to_pylist(), dtype=object), return_inverse=True
+            )
             labels = table["label"].to_numpy().astype(np.int64)
             if len(labels) and (labels.min() < 0 or labels.max() >= entry.num_classes):
                 raise InvalidInputError(
-                    f"{entry.dataset_name}@{entry.version}: manifest labels exceed its {entry.num_classes} classes"
+                    f"{entry.dataset_name}@{entry.version}: labels exceed its {entry.num_classes} classes"
                 )
             columns["shard"].append(shard_codes.astype(np.int64) + len(shard_keys))
             shard_keys.extend(str(key) for key in keys)
@@ -103,7 +114,9 @@ class SampleIndex:
             columns["size"].append(table["size"].to_numpy().astype(np.int64))
             columns["label"].append(labels + entry.class_offset)
             columns["dataset"].append(np.full(len(labels), dataset_index, dtype=np.int64))
-        merged = {name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in columns.items()}
+        merged = {
+            name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in columns.items()
+        }
         order = np.argsort(merged["shard"], kind="stable")  # group by shard; keep member order inside
         self.shard_keys = shard_keys
         self.shard = merged["shard"][order]
@@ -119,9 +132,9 @@ class SampleIndex:
 
 def decode_image(data: bytes, input_size: int, *, flip: bool = False) -> torch.Tensor:
     """JPEG/PNG/PGM bytes -> RGB [3, size, size] float32 in [-1, 1]."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (input_size, input_size))  # JPEG: decode at reduced scale when much larger
-        image = image.convert("RGB")
+    with Image.open(io.BytesIO(data)) as source:
+        source.draft("RGB", (input_size, input_size))  # JPEG: decode at reduced scale when much larger
+        image = source.convert("RGB")
         if image.size != (input_size, input_size):
             image = image.resize((input_size, input_size), Image.Resampling.BILINEAR)
         if flip:
@@ -130,8 +143,10 @@ def decode_image(data: bytes, input_size: int, *, flip: bool = False) -> torch.T
     return pixels.permute(2, 0, 1).float().sub_(127.5).div_(127.5)
 
 
-def rank_samples(index: SampleIndex, *, epoch: int, seed: int, rank: int, world_size: int, even: bool = True) -> np.ndarray:
-    """This rank's sample ids for an epoch: shards shuffled per epoch, then cut into world_size contiguous runs.
+def rank_samples(
+    index: SampleIndex, *, epoch: int, seed: int, rank: int, world_size: int, even: bool = True
+) -> np.ndarray:
+    """This rank's sample ids for an epoch: shards shuffled per epoch, cut into world_size runs.
 
     With ``even`` every rank gets total // world_size samples (DDP needs equal step counts); up to
     world_size - 1 samples, different each epoch, are left out. Whole shards go to one rank where possible.
@@ -142,37 +157,60 @@ def rank_samples(index: SampleIndex, *, epoch: int, seed: int, rank: int, world_
     order = np.concatenate(ordered) if ordered else np.zeros(0, np.int64)
     if even:
         per_rank = len(order) // world_size
-        return order[rank * per_rank:(rank + 1) * per_rank]
+        return order[rank * per_rank : (rank + 1) * per_rank]
     return np.array_split(order, world_size)[rank]
 
 
 class ShardStreamDataset(IterableDataset):
     """Streams this rank's samples, epoch after epoch (``epochs=None``: forever), decoded and augmented."""
 
-    def __init__(self, index: SampleIndex, reader: ShardReader, *, input_size: int, rank: int, world_size: int,
-                 seed: int, epochs: int | None = None, start_epoch: int = 0, shuffle_window: int = 4096,
-                 flip: bool = True) -> None:
+    def __init__(
+        self,
+        index: SampleIndex,
+        reader: ShardReader,
+        *,
+        input_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        epochs: int | None = None,
+        start_epoch: int = 0,
+        shuffle_window: int = 4096,
+        flip: bool = True,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.index, self.reader, self.input_size = index, reader, input_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.epochs, self.start_epoch, self.shuffle_window, self.flip = epochs, start_epoch, shuffle_window, flip
-        self._passes = 0  # iterations started by this copy: persistent DataLoader workers continue, not repeat
+        self.epochs, self.start_epoch, self.shuffle_window, self.flip = (
+            epochs,
+            start_epoch,
+            shuffle_window,
+            flip,
+        )
+        self._passes = (
+            0  # iterations started by this copy: persistent DataLoader workers continue, not repeat
+        )
 
     def samples_per_epoch(self) -> int:
         return len(self.index) // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Start at ``epoch`` (takes effect on the next ``iter``; with persistent workers, before the first)."""
+        """Start at ``epoch`` (takes effect on the next ``iter``; persistent workers: before the first)."""
         self.start_epoch = epoch
         self._passes = 0
 
     def worker_samples(self, epoch: int, worker: int, num_workers: int) -> np.ndarray:
         """This DataLoader process's share of the rank's samples, window-shuffled."""
-        mine = np.array_split(rank_samples(self.index, epoch=epoch, seed=self.seed, rank=self.rank,
-                                           world_size=self.world_size), num_workers)[worker]
+        mine = np.array_split(
+            rank_samples(self.index, epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size),
+            num_workers,
+        )[worker]
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
-        windows = [rng.permutation(mine[i:i + self.shuffle_window]) for i in range(0, len(mine), self.shuffle_window)]
+        windows = [
+            rng.permutation(mine[i : i + self.shuffle_window])
+            for i in range(0, len(mine), self.shuffle_window)
+        ]
         return np.concatenate(windows) if windows else mine
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -189,7 +227,9 @@ class ShardStreamDataset(IterableDataset):
 
     def load(self, sample: int, *, flip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = self.index
-        data = self.reader.read(index.shard_keys[index.shard[sample]], int(index.offset[sample]), int(index.size[sample]))
+        data = self.reader.read(
+            index.shard_keys[index.shard[sample]], int(index.offset[sample]), int(index.size[sample])
+        )
         image = decode_image(data, self.input_size, flip=flip)
         return image, torch.tensor(index.label[sample]), torch.tensor(index.dataset[sample])
 
@@ -234,25 +274,45 @@ def make_train_loader(
 
     if balanced is not None and balanced[0] * balanced[1] != batch_size:
         raise InvalidInputError(
-            f"balanced batches of {balanced[0]} identities x {balanced[1]} images hold {balanced[0] * balanced[1]}"
-            f" images, but batch_size is {batch_size}; make them equal", field="batch_size",
+            f"balanced batches of {balanced[0]} identities x {balanced[1]} images hold"
+            f" {balanced[0] * balanced[1]}"
+            f" images, but batch_size is {batch_size}; make them equal",
+            field="batch_size",
         )
     entries = [LabelSpaceEntry.model_validate(entry) for entry in entries]  # dicts after a JSON round trip
     store = store_from_url(store_url, endpoint_url=s3_endpoint_url)
     index = SampleIndex(store, entries)
     if len(index) < world_size:
         raise InvalidInputError(f"{len(index)} images cannot feed {world_size} workers")
-    reader = ShardReader(store_url, s3_endpoint_url=s3_endpoint_url, cache_dir=cache_dir, cache_bytes=cache_bytes)
-    stream = ShardStreamDataset(index, reader, input_size=input_size, rank=rank, world_size=world_size, seed=seed,
-                                epochs=epochs, start_epoch=start_epoch)
-    common = {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": False}
+    reader = ShardReader(
+        store_url, s3_endpoint_url=s3_endpoint_url, cache_dir=cache_dir, cache_bytes=cache_bytes
+    )
+    stream = ShardStreamDataset(
+        index,
+        reader,
+        input_size=input_size,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        epochs=epochs,
+        start_epoch=start_epoch,
+    )
+    common: dict[str, Any] = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
     if num_workers > 0:
         common["prefetch_factor"] = 4
     if balanced is None:
         return DataLoader(stream, batch_size=batch_size, drop_last=True, **common)
     identities, per_identity = balanced
-    sampler = BalancedBatchSampler(index, identities=identities, images_per_identity=per_identity, rank=rank,
-                                   world_size=world_size, seed=seed, epochs=epochs, start_epoch=start_epoch)
+    sampler = BalancedBatchSampler(
+        index,
+        identities=identities,
+        images_per_identity=per_identity,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        epochs=epochs,
+        start_epoch=start_epoch,
+    )
     return DataLoader(ShardMapDataset(stream), batch_sampler=sampler, **common)
 
 
@@ -280,9 +340,15 @@ def pairs_within_dataset(manifest: pa.Table, num_pairs: int, seed: int) -> list[
     return sorted(pairs)
 
 
-def load_manifest_images(store: ObjectStore, manifest: pa.Table, rows: Sequence[int], input_size: int) -> torch.Tensor:
+def load_manifest_images(
+    store: ObjectStore, manifest: pa.Table, rows: Sequence[int], input_size: int
+) -> torch.Tensor:
     """Decode the given manifest rows (no augmentation), fetching each shard once: [len(rows), 3, H, W]."""
-    shards, offsets, sizes = manifest["shard"].to_pylist(), manifest["offset"].to_pylist(), manifest["size"].to_pylist()
+    shards, offsets, sizes = (
+        manifest["shard"].to_pylist(),
+        manifest["offset"].to_pylist(),
+        manifest["size"].to_pylist(),
+    )
     images = torch.empty(len(rows), 3, input_size, input_size)
     by_shard: dict[str, list[int]] = {}
     for position, row in enumerate(rows):
@@ -291,7 +357,7 @@ def load_manifest_images(store: ObjectStore, manifest: pa.Table, rows: Sequence[
         data = store.get_bytes(shard)
         for position in positions:
             row = rows[position]
-            images[position] = decode_image(data[offsets[row]:offsets[row] + sizes[row]], input_size)
+            images[position] = decode_image(data[offsets[row] : offsets[row] + sizes[row]], input_size)
     return images
 
 

@@ -1,4 +1,4 @@
-"""Random access to image bytes inside shards: local files directly, S3 shards through a bounded LRU disk cache."""
+"""Random access to image bytes inside shards: local files directly, S3 via a bounded LRU disk cache."""
 
 from __future__ import annotations
 

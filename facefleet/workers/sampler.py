@@ -1,4 +1,4 @@
-"""Identity-balanced batches for the BioMetricNet pairs (design.md §5.4): P identities x K images, one dataset per batch.
+"""Identity-balanced batches (design.md §5.4): P identities x K images, one dataset per batch.
 
 Negative pairs may only be formed within one dataset (across datasets two labels can be the same person),
 so every batch draws its P identities from a single dataset. Ranks own disjoint identity subsets, so each
@@ -17,13 +17,25 @@ from facefleet.workers.data import SampleIndex
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
-    """Yields lists of P*K sample ids; K images per identity, drawn with replacement only when it has fewer."""
+    """Yields lists of P*K sample ids; K images per identity, with replacement only when it has fewer."""
 
-    def __init__(self, index: SampleIndex, *, identities: int, images_per_identity: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, epochs: int | None = None, start_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        index: SampleIndex,
+        *,
+        identities: int,
+        images_per_identity: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epochs: int | None = None,
+        start_epoch: int = 0,
+    ) -> None:
         if identities < 2 or images_per_identity < 2:
-            raise InvalidInputError("balanced batches need at least 2 identities x 2 images (for same and "
-                                    "different pairs)", field="balanced")
+            raise InvalidInputError(
+                "balanced batches need at least 2 identities x 2 images (for same and different pairs)",
+                field="balanced",
+            )
         self.identities, self.images_per_identity = identities, images_per_identity
         self.rank, self.seed, self.epochs, self.start_epoch = rank, seed, epochs, start_epoch
         self._passes = 0
@@ -32,7 +44,8 @@ class BalancedBatchSampler(Sampler[list[int]]):
         if not eligible:
             raise InvalidInputError(
                 f"no dataset has {identities} identities for each of {world_size} workers; lower P or the "
-                f"number of workers", field="balanced",
+                f"number of workers",
+                field="balanced",
             )
         self.datasets = sorted(eligible)
         sizes = np.array([sum(len(ids) for ids in eligible[d]) for d in self.datasets], dtype=np.float64)
@@ -43,7 +56,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
     def _identity_groups(index: SampleIndex, rank: int, world_size: int) -> dict[int, list[np.ndarray]]:
         order = np.lexsort((np.arange(len(index)), index.label))
         labels = index.label[order]
-        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.zeros(0, np.int64)
+        starts = (
+            np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]) if len(labels) else np.zeros(0, np.int64)
+        )
         bounds = np.r_[starts, len(labels)]
         groups: dict[int, list[np.ndarray]] = {}
         per_dataset_position: dict[int, int] = {}
@@ -52,7 +67,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
             position = per_dataset_position.get(dataset, 0)
             per_dataset_position[dataset] = position + 1
             if position % world_size == rank:
-                groups.setdefault(dataset, []).append(order[start:bounds[i + 1]])
+                groups.setdefault(dataset, []).append(order[start : bounds[i + 1]])
         return groups
 
     def __len__(self) -> int:
@@ -79,6 +94,8 @@ class BalancedBatchSampler(Sampler[list[int]]):
         batch: list[int] = []
         for identity in rng.choice(len(group), self.identities, replace=False):
             samples = group[int(identity)]
-            picks = rng.choice(samples, self.images_per_identity, replace=len(samples) < self.images_per_identity)
+            picks = rng.choice(
+                samples, self.images_per_identity, replace=len(samples) < self.images_per_identity
+            )
             batch.extend(int(s) for s in picks)
         return batch

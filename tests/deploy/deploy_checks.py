@@ -45,8 +45,11 @@ def _forbid_unknown_fields(schema: Any) -> Any:
     """Like the API server with fieldValidation=Strict: objects with known properties reject others."""
     if isinstance(schema, dict):
         out = {key: _forbid_unknown_fields(value) for key, value in schema.items()}
-        if ("properties" in out and "additionalProperties" not in out
-                and not out.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
@@ -77,6 +80,7 @@ def validate_crd_object(obj: dict[str, Any]) -> None:
 
 # --- commands that must exist ----------------------------------------------------------------------
 
+
 def _click_root(program: str) -> Any:
     if program == "facefleet":
         import typer
@@ -104,7 +108,9 @@ def _walk_click(root: Any, program: str, args: list[str]) -> str | None:
         ctx = command.context_class(command)
         sub = command.get_command(ctx, token)
         if sub is None:
-            return f"`{' '.join(path)}` has no subcommand {token!r} (has: {sorted(command.list_commands(ctx))})"
+            return (
+                f"`{' '.join(path)}` has no subcommand {token!r} (has: {sorted(command.list_commands(ctx))})"
+            )
         command, path = sub, [*path, token]
     if _is_group(command):
         return f"`{' '.join(path)}` is a group, not a command"

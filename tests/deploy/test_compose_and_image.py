@@ -1,4 +1,4 @@
-"""docker-compose.yml, .env.example and the Dockerfile say what the stack needs (offline: no Docker engine)."""
+"""docker-compose.yml, .env.example and the Dockerfile say what the stack needs (offline, no Docker)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,16 @@ def facefleet_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_compose_has_the_whole_stack(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "minio", "minio-bucket", "migrate", "ray-head", "ray-worker", "api", "scheduler"} <= set(services)
+    assert {
+        "postgres",
+        "minio",
+        "minio-bucket",
+        "migrate",
+        "ray-head",
+        "ray-worker",
+        "api",
+        "scheduler",
+    } <= set(services)
     assert set(facefleet_services(compose)) == {"migrate", "ray-head", "ray-worker", "api", "scheduler"}
     assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
     assert "minio-data:/data" in services["minio"]["volumes"]
@@ -60,8 +69,11 @@ def test_configuration_is_environment_only_and_secrets_come_from_env_file(compos
     assert "env_file" not in text and "secrets:" not in text
     required = set(re.findall(r"\$\{(\w+):\?", text))
     assert {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= required
-    example = dict(line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     referenced = set(re.findall(r"\$\{(\w+)", text))
     assert referenced <= set(example), f"document in .env.example: {sorted(referenced - set(example))}"
     assert all("CHANGE-ME" in example[name] for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD"))
@@ -74,10 +86,12 @@ def test_configuration_is_environment_only_and_secrets_come_from_env_file(compos
 
 
 def _final_stage(dockerfile: str) -> list[str]:
-    lines = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.strip().startswith("#")]
+    lines = [
+        line.strip() for line in dockerfile.splitlines() if line.strip() and not line.strip().startswith("#")
+    ]
     starts = [i for i, line in enumerate(lines) if line.upper().startswith("FROM ")]
     assert len(starts) >= 2, "multi-stage build expected"
-    return lines[starts[-1]:]
+    return lines[starts[-1] :]
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
@@ -89,7 +103,8 @@ def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
     assert "/healthz" in text
     assert "ARG TORCH_VARIANT=cpu" in text and "cuda)" in text
     assert re.search(r"pip install \.(\s|$)", text), "install the package without extras"
-    assert "[dev]" not in text and "pytest" not in text
+    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "[dev]" not in instructions and "pytest" not in instructions
     assert "COPY alembic /app/alembic" in text and "FACEFLEET_ALEMBIC_DIR=/app/alembic" in text
     cmd = [line for line in final if line.startswith("CMD ")][-1]
     assert command_problem(yaml.safe_load(cmd[4:])) is None

@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from deploy_checks import DEPLOY, KUBERNETES_VERSION, OVERLAYS, command_problem, find, one, render, \
-    validate_crd_object
+from deploy_checks import (
+    DEPLOY,
+    KUBERNETES_VERSION,
+    OVERLAYS,
+    command_problem,
+    find,
+    one,
+    render,
+    validate_crd_object,
+)
 
 from facefleet.platform import kuberay
 
@@ -15,9 +23,13 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(name, pod spec) of every workload, including each RayCluster group."""
-    specs = [(o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objects if o["kind"] in WORKLOAD_KINDS]
+    specs = [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"]) for o in objects if o["kind"] in WORKLOAD_KINDS
+    ]
     for cluster in find(objects, "RayCluster"):
-        specs.append((f"{cluster['metadata']['name']}/head", cluster["spec"]["headGroupSpec"]["template"]["spec"]))
+        specs.append(
+            (f"{cluster['metadata']['name']}/head", cluster["spec"]["headGroupSpec"]["template"]["spec"])
+        )
         for group in cluster["spec"]["workerGroupSpecs"]:
             specs.append((f"{cluster['metadata']['name']}/{group['groupName']}", group["template"]["spec"]))
     return specs
@@ -57,10 +69,14 @@ def test_base_renders_on_its_own() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_command_exists(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
-    problems = [f"{name}: {command_problem(container['command'])}"
-                for name, spec in pod_specs(rendered[overlay]) for container in spec["containers"]
-                if "facefleet" in container["image"] and "command" in container
-                and command_problem(container["command"]) is not None]
+    problems = [
+        f"{name}: {command_problem(container['command'])}"
+        for name, spec in pod_specs(rendered[overlay])
+        for container in spec["containers"]
+        if "facefleet" in container["image"]
+        and "command" in container
+        and command_problem(container["command"]) is not None
+    ]
     assert not problems, problems
 
 
@@ -90,8 +106,9 @@ def test_api_probes_and_service(rendered: dict[str, list[dict[str, Any]]], overl
     service = one(objects, "Service", "facefleet-api")
     assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
     assert service["spec"]["type"] == "ClusterIP"
-    assert one(objects, "Job", "facefleet-migrate")["spec"]["template"]["spec"]["containers"][0]["command"] == \
-        ["facefleet", "db", "upgrade"]
+    assert one(objects, "Job", "facefleet-migrate")["spec"]["template"]["spec"]["containers"][0][
+        "command"
+    ] == ["facefleet", "db", "upgrade"]
 
 
 def test_role_allows_rayjobs_and_nothing_more(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -99,13 +116,18 @@ def test_role_allows_rayjobs_and_nothing_more(rendered: dict[str, list[dict[str,
         roles = find(objects, "Role") + find(objects, "ClusterRole")
         assert [r["metadata"]["name"] for r in roles] == ["facefleet-rayjob-launcher"]
         (rule,) = roles[0]["rules"]
-        assert rule == {"apiGroups": ["ray.io"], "resources": ["rayjobs"],
-                        "verbs": ["create", "get", "list", "watch", "delete"]}
+        assert rule == {
+            "apiGroups": ["ray.io"],
+            "resources": ["rayjobs"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        }
         binding = one(objects, "RoleBinding", "facefleet-rayjob-launcher")
         assert {s["name"] for s in binding["subjects"]} == {"facefleet-api", "facefleet-scheduler"}
         assert not find(objects, "ClusterRoleBinding")
-        accounts = {d["metadata"]["name"]: d["spec"]["template"]["spec"].get("serviceAccountName")
-                    for d in find(objects, "Deployment")}
+        accounts = {
+            d["metadata"]["name"]: d["spec"]["template"]["spec"].get("serviceAccountName")
+            for d in find(objects, "Deployment")
+        }
         assert accounts == {"facefleet-api": "facefleet-api", "facefleet-scheduler": "facefleet-scheduler"}
 
 
@@ -120,17 +142,24 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]], overlay: st
     deny = policies["default-deny-all"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     # Only the API accepts traffic from anywhere (an ingress rule without `from`).
-    open_to_all = [name for name, spec in policies.items()
-                   if any("from" not in rule for rule in spec.get("ingress", []))]
+    open_to_all = [
+        name for name, spec in policies.items() if any("from" not in rule for rule in spec.get("ingress", []))
+    ]
     assert open_to_all == ["api-ingress"]
     assert policies["api-ingress"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/component": "api"}}
     # Only data-access pods get egress beyond DNS and the Ray Jobs API.
-    unrestricted_egress = [name for name, spec in policies.items()
-                           if any("to" not in rule and "ports" not in rule for rule in spec.get("egress", []))]
+    unrestricted_egress = [
+        name
+        for name, spec in policies.items()
+        if any("to" not in rule and "ports" not in rule for rule in spec.get("egress", []))
+    ]
     assert unrestricted_egress == ["data-access-egress"]
     selected = policies["data-access-egress"]["podSelector"]["matchLabels"]
-    components = {name: spec.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
-                  for name, spec in _pod_templates(objects) if _labels_match(spec, selected)}
+    components = {
+        name: spec.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
+        for name, spec in _pod_templates(objects)
+        if _labels_match(spec, selected)
+    }
     assert set(components.values()) == {"api", "scheduler", "migrate", "ray"}, components
 
 
@@ -146,7 +175,9 @@ def test_dev_data_servers_accept_only_data_access_pods(rendered: dict[str, list[
 
 
 def _pod_templates(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    templates = [(o["metadata"]["name"], o["spec"]["template"]) for o in objects if o["kind"] in WORKLOAD_KINDS]
+    templates = [
+        (o["metadata"]["name"], o["spec"]["template"]) for o in objects if o["kind"] in WORKLOAD_KINDS
+    ]
     for cluster in find(objects, "RayCluster"):
         templates.append(("head", cluster["spec"]["headGroupSpec"]["template"]))
         templates += [(g["groupName"], g["template"]) for g in cluster["spec"]["workerGroupSpecs"]]
@@ -169,25 +200,32 @@ def test_raycluster_groups(rendered: dict[str, list[dict[str, Any]]], overlay: s
     assert gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu_pod["tolerations"]
     assert "facefleet-cuda" in gpu_pod["containers"][0]["image"]
-    assert "nvidia.com/gpu" not in groups["cpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert (
+        "nvidia.com/gpu"
+        not in groups["cpu-workers"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
 
 
 def test_base_raycluster_is_the_launchers_cluster() -> None:
     """deploy/base/raycluster.yaml and build_rayjob_manifest describe the same cluster."""
     base = one(render(DEPLOY / "base"), "RayCluster", "facefleet-ray")["spec"]
-    built = kuberay._ray_cluster_spec(None, image="facefleet:0.1.0", gpu_image="facefleet-cuda:0.1.0",
-                                      max_cpu_workers=4, max_gpu_workers=2)
+    built = kuberay._ray_cluster_spec(
+        None, image="facefleet:0.1.0", gpu_image="facefleet-cuda:0.1.0", max_cpu_workers=4, max_gpu_workers=2
+    )
     base.pop("rayVersion")
     built.pop("rayVersion")
     assert base == built
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_config_names_and_images_agree_with_the_launcher(rendered: dict[str, list[dict[str, Any]]],
-                                                         overlay: str) -> None:
+def test_config_names_and_images_agree_with_the_launcher(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     objects = rendered[overlay]
     config = one(objects, "ConfigMap", kuberay.CONFIGMAP_NAME)["data"]
-    api_image = one(objects, "Deployment", "facefleet-api")["spec"]["template"]["spec"]["containers"][0]["image"]
+    api_image = one(objects, "Deployment", "facefleet-api")["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ]
     assert config["FACEFLEET_KUBERAY_IMAGE"] == api_image
     gpu_group = one(objects, "RayCluster", "facefleet-ray")["spec"]["workerGroupSpecs"][1]
     assert config["FACEFLEET_KUBERAY_GPU_IMAGE"] == gpu_group["template"]["spec"]["containers"][0]["image"]

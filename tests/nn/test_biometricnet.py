@@ -39,9 +39,9 @@ def test_kl_loss_is_zero_at_the_targets_and_has_gradients() -> None:
     standard = (base - base.mean(0)) / base.std(0, unbiased=False)
     z_match, z_nonmatch = standard.clone().requires_grad_(True), (standard + 40).requires_grad_(True)
     loss = biometricnet_kl_loss(z_match, z_nonmatch)
-    assert abs(float(loss)) < 1e-10
+    assert abs(loss.item()) < 1e-10
     shifted = biometricnet_kl_loss(z_match + 3, z_nonmatch)
-    assert abs(float(shifted) - 0.5 * 0.5 * 2 * 9) < 1e-9  # ½·½·‖3·1‖² over m = 2: the squared norm
+    assert abs(shifted.item() - 0.5 * 0.5 * 2 * 9) < 1e-9  # ½·½·‖3·1‖² over m = 2: the squared norm
     shifted.backward()
     assert z_match.grad is not None and torch.isfinite(z_match.grad).all()
     with pytest.raises(ValueError, match="at least two"):

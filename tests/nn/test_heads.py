@@ -146,7 +146,7 @@ def test_crossing_positions_are_bernoulli_p_per_position(p: float) -> None:
 
 
 def test_head_includes_other_dataset_classes_at_rate_p() -> None:
-    """End to end: the classes of dataset 1 that get a gradient from one dataset-0 sample are the drawn ones."""
+    """End to end: the dataset-1 classes that get a gradient from one dataset-0 sample are the drawn ones."""
     p, other_classes = 0.05, 4000
     head = make_head([3, other_classes], 4, "softmax", p=p)
     x = torch.randn(1, 4, dtype=torch.float64)
@@ -181,8 +181,8 @@ def test_margin_functions_match_reference_and_gradcheck() -> None:
         assert torch.allclose(margin_target_cos(cos, kind, m1, m2, m3), reference_psi(cos, kind, m1, m2, m3),
                               atol=1e-9)
         smooth = torch.linspace(-0.8, 0.85, 9, dtype=torch.float64).requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda c, k=kind: margin_target_cos(c, k, m1, 0.0 if k == "arcface"
-                                                                           else m2, m3), (smooth,))
+        margins = (kind, m1, m2, m3)
+        assert torch.autograd.gradcheck(lambda c, args=margins: margin_target_cos(c, *args), (smooth,))
 
 
 def test_rejects_labels_outside_their_dataset() -> None:

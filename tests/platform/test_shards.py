@@ -33,7 +33,9 @@ def _jpeg(seed: int, size: tuple[int, int] = (24, 20)) -> bytes:
 def _records(count: int, identities: int = 3) -> list[ImageRecord]:
     return [
         ImageRecord.from_bytes(
-            identity=f"person_{i % identities}", label=i % identities, member=f"person_{i % identities}/{i}.jpg",
+            identity=f"person_{i % identities}",
+            label=i % identities,
+            member=f"person_{i % identities}/{i}.jpg",
             data=_jpeg(i),
         )
         for i in range(count)
@@ -53,7 +55,7 @@ def test_round_trip_on_both_stores(store: ObjectStore) -> None:
     assert set(table.column_names) >= {"shard", "member", "identity", "label", "sha256", "width", "height"}
     back = manifest_rows(table)
     assert back == rows
-    for record, row in zip(records, back):
+    for record, row in zip(records, back, strict=True):
         assert (row.identity, row.label, row.width, row.height) == (record.identity, record.label, 24, 20)
         assert read_image_bytes(store, row.shard, row.member) == record.data
         assert read_image_bytes(store, row.shard, row.member, offset=row.offset, size=row.size) == record.data

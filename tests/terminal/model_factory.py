@@ -51,3 +51,23 @@ def register_test_model(session: Session, store: ObjectStore, folder: Path, *, s
     card = write_artifacts(folder, net or tiny_backbone(seed), threshold=threshold, corrupt_probe=corrupt_probe)
     return register_model_version(session, store, name=name, run_id=None, artifacts_dir=folder, card=card,
                                   alias=None)
+
+
+def trained_backbone(seed: int = 0, *, identities: int = 32, steps: int = 120) -> Backbone:
+    """A tiny backbone trained briefly (normalised softmax) on synthetic identities unlike the test users."""
+    from tests.terminal.synthetic_faces import face_batch
+
+    net = tiny_backbone(seed).train()
+    head = torch.nn.Parameter(torch.randn(identities, net.embedding_dim) * 0.1)
+    optimiser = torch.optim.Adam([*net.parameters(), head], lr=5e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        labels = torch.randint(0, identities, (64,), generator=generator)
+        images = face_batch([200 + int(label) for label in labels], capture_offset=step * 64, size=net.input_size)
+        logits = torch.nn.functional.normalize(net(images)) @ torch.nn.functional.normalize(head).T
+        loss = torch.nn.functional.cross_entropy(16.0 * (logits - 0.2 * torch.nn.functional.one_hot(
+            labels, identities)), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return net.eval()

@@ -10,7 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from facefleet.platform.datasets.shards import ImageRecord, pack_shards, read_manifest, write_manifest, write_pairs
+from facefleet.platform.datasets.shards import (
+    ImageRecord,
+    pack_shards,
+    read_manifest,
+    write_manifest,
+    write_pairs,
+)
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.data import (
@@ -45,11 +51,19 @@ def _pack(store: ObjectStore, name: str, classes: int, code_base: int) -> LabelS
         for n in range(IMAGES_PER_IDENTITY):
             fmt = ("JPEG", "PNG", "PPM")[n % 3]
             data = _image_bytes(code_base + 10 * label, fmt)
-            records.append(ImageRecord.from_bytes(identity=f"p{label}", label=label, member=f"p{label}/{n}", data=data))
+            records.append(
+                ImageRecord.from_bytes(identity=f"p{label}", label=label, member=f"p{label}/{n}", data=data)
+            )
     rows = pack_shards(store, name, 1, records, max_images=3)
     key = write_manifest(store, name, 1, rows)
-    return LabelSpaceEntry(dataset_version_id=len(name) * 100 + code_base, dataset_name=name, version=1,
-                           manifest_key=key, num_classes=classes, image_count=len(records))
+    return LabelSpaceEntry(
+        dataset_version_id=len(name) * 100 + code_base,
+        dataset_name=name,
+        version=1,
+        manifest_key=key,
+        num_classes=classes,
+        image_count=len(records),
+    )
 
 
 def _three_datasets(store: ObjectStore) -> list[LabelSpaceEntry]:
@@ -58,8 +72,17 @@ def _three_datasets(store: ObjectStore) -> list[LabelSpaceEntry]:
 
 
 def test_build_label_space_offsets() -> None:
-    entries = [LabelSpaceEntry(dataset_version_id=i, dataset_name=f"d{i}", version=1, manifest_key="k",
-                               num_classes=c, image_count=10) for i, c in enumerate([4, 7, 2])]
+    entries = [
+        LabelSpaceEntry(
+            dataset_version_id=i,
+            dataset_name=f"d{i}",
+            version=1,
+            manifest_key="k",
+            num_classes=c,
+            image_count=10,
+        )
+        for i, c in enumerate([4, 7, 2])
+    ]
     assert [e.class_offset for e in build_label_space(entries)] == [0, 4, 11]
     with pytest.raises(InvalidInputError, match="twice"):
         build_label_space([entries[0], entries[0]])
@@ -68,9 +91,20 @@ def test_build_label_space_offsets() -> None:
 def test_global_labels_and_dataset_indices(store: ObjectStore, tmp_path: Path) -> None:
     entries = _three_datasets(store)
     assert [e.class_offset for e in entries] == [0, 3, 8]
-    loader = make_train_loader(entries, store_url=store.url, s3_endpoint_url=getattr(store, "endpoint_url", None),
-                               batch_size=5, input_size=8, rank=0, world_size=1, num_workers=0, seed=1,
-                               cache_dir=tmp_path / "cache", cache_bytes=1 << 20, epochs=1)
+    loader = make_train_loader(
+        entries,
+        store_url=store.url,
+        s3_endpoint_url=getattr(store, "endpoint_url", None),
+        batch_size=5,
+        input_size=8,
+        rank=0,
+        world_size=1,
+        num_workers=0,
+        seed=1,
+        cache_dir=tmp_path / "cache",
+        cache_bytes=1 << 20,
+        epochs=1,
+    )
     seen = 0
     for images, labels, datasets in loader:
         assert images.shape == (5, 3, 8, 8) and images.dtype == torch.float32
@@ -90,12 +124,16 @@ def test_ranks_cover_every_sample_once_per_epoch(local_store: ObjectStore, world
     index = SampleIndex(local_store, _three_datasets(local_store))
     total = len(index)  # 40 samples in 14 shards
     for epoch in (0, 1):
-        parts = [rank_samples(index, epoch=epoch, seed=5, rank=r, world_size=world_size) for r in range(world_size)]
+        parts = [
+            rank_samples(index, epoch=epoch, seed=5, rank=r, world_size=world_size) for r in range(world_size)
+        ]
         assert len({len(p) for p in parts}) == 1
         merged = np.concatenate(parts)
         assert len(set(merged.tolist())) == len(merged) == total // world_size * world_size
-        uneven = [rank_samples(index, epoch=epoch, seed=5, rank=r, world_size=world_size, even=False)
-                  for r in range(world_size)]
+        uneven = [
+            rank_samples(index, epoch=epoch, seed=5, rank=r, world_size=world_size, even=False)
+            for r in range(world_size)
+        ]
         assert sorted(np.concatenate(uneven).tolist()) == list(range(total))
     first = rank_samples(index, epoch=0, seed=5, rank=0, world_size=1)
     assert not np.array_equal(first, rank_samples(index, epoch=1, seed=5, rank=0, world_size=1))
@@ -106,12 +144,15 @@ def test_dataloader_workers_split_a_rank_without_overlap(local_store: ObjectStor
     reader = ShardReader(local_store.url)
     stream = ShardStreamDataset(index, reader, input_size=8, rank=1, world_size=2, seed=3, epochs=1)
     per_worker = [stream.worker_samples(0, w, 3) for w in range(3)]
-    assert sorted(np.concatenate(per_worker).tolist()) == sorted(rank_samples(index, epoch=0, seed=3, rank=1,
-                                                                             world_size=2).tolist())
+    assert sorted(np.concatenate(per_worker).tolist()) == sorted(
+        rank_samples(index, epoch=0, seed=3, rank=1, world_size=2).tolist()
+    )
     loader = torch.utils.data.DataLoader(stream, batch_size=4, num_workers=2)
     assert sum(len(labels) for _images, labels, _datasets in loader) == len(index) // 2
     # a second pass over persistent state continues with the next epoch rather than repeating the first
-    single = ShardStreamDataset(index, reader, input_size=8, rank=0, world_size=1, seed=3, epochs=1, flip=False)
+    single = ShardStreamDataset(
+        index, reader, input_size=8, rank=0, world_size=1, seed=3, epochs=1, flip=False
+    )
     first = [int(label) for _image, label, _d in single]
     second = [int(label) for _image, label, _d in single]
     assert sorted(first) == sorted(second) and first != second
@@ -119,9 +160,21 @@ def test_dataloader_workers_split_a_rank_without_overlap(local_store: ObjectStor
 
 def test_balanced_batches(store: ObjectStore, tmp_path: Path) -> None:
     entries = _three_datasets(store)
-    loader = make_train_loader(entries, store_url=store.url, s3_endpoint_url=getattr(store, "endpoint_url", None),
-                               batch_size=6, input_size=8, rank=0, world_size=1, num_workers=0, seed=2,
-                               cache_dir=tmp_path / "cache", cache_bytes=1 << 20, balanced=(2, 3), epochs=2)
+    loader = make_train_loader(
+        entries,
+        store_url=store.url,
+        s3_endpoint_url=getattr(store, "endpoint_url", None),
+        batch_size=6,
+        input_size=8,
+        rank=0,
+        world_size=1,
+        num_workers=0,
+        seed=2,
+        cache_dir=tmp_path / "cache",
+        cache_bytes=1 << 20,
+        balanced=(2, 3),
+        epochs=2,
+    )
     batches = list(loader)
     assert len(batches) == 2 * (40 // 6)
     for images, labels, datasets in batches:
@@ -130,15 +183,29 @@ def test_balanced_batches(store: ObjectStore, tmp_path: Path) -> None:
         counts = torch.bincount(labels)
         assert sorted(counts[counts > 0].tolist()) == [3, 3]
     with pytest.raises(InvalidInputError, match="batch_size"):
-        make_train_loader(entries, store_url=store.url, s3_endpoint_url=None, batch_size=5, input_size=8, rank=0,
-                          world_size=1, num_workers=0, seed=2, cache_dir=tmp_path, cache_bytes=1, balanced=(2, 3))
+        make_train_loader(
+            entries,
+            store_url=store.url,
+            s3_endpoint_url=None,
+            batch_size=5,
+            input_size=8,
+            rank=0,
+            world_size=1,
+            num_workers=0,
+            seed=2,
+            cache_dir=tmp_path,
+            cache_bytes=1,
+            balanced=(2, 3),
+        )
 
 
 def test_balanced_ranks_own_disjoint_identities(local_store: ObjectStore) -> None:
     index = SampleIndex(local_store, _three_datasets(local_store))
     labels_by_rank = []
     for rank in (0, 1):
-        sampler = BalancedBatchSampler(index, identities=2, images_per_identity=2, rank=rank, world_size=2, epochs=1)
+        sampler = BalancedBatchSampler(
+            index, identities=2, images_per_identity=2, rank=rank, world_size=2, epochs=1
+        )
         labels_by_rank.append({int(index.label[s]) for batch in sampler for s in batch})
     assert not labels_by_rank[0] & labels_by_rank[1]
     with pytest.raises(InvalidInputError, match="identities"):
@@ -193,13 +260,24 @@ def test_label_space_for_versions_needs_ready_versions(session) -> None:  # type
         dataset = Dataset(name=name)
         session.add(dataset)
         session.flush()
-        version = DatasetVersion(dataset_id=dataset.id, version=1, source_uri="x", format="imagefolder",
-                                 status=status, identity_count=classes, image_count=classes * 3,
-                                 content_hash=name, manifest_key=f"datasets/{name}/1/manifest.parquet")
+        version = DatasetVersion(
+            dataset_id=dataset.id,
+            version=1,
+            source_uri="x",
+            format="imagefolder",
+            status=status,
+            identity_count=classes,
+            image_count=classes * 3,
+            content_hash=name,
+            manifest_key=f"datasets/{name}/1/manifest.parquet",
+        )
         session.add(version)
         session.flush()
         versions.append(version.id)
     space = label_space_for_versions(session, [versions[1], versions[0]])
-    assert [(e.dataset_name, e.class_offset, e.num_classes) for e in space] == [("beta", 0, 6), ("alpha", 6, 4)]
+    assert [(e.dataset_name, e.class_offset, e.num_classes) for e in space] == [
+        ("beta", 0, 6),
+        ("alpha", 6, 4),
+    ]
     with pytest.raises(InvalidInputError, match="gamma@1"):
         label_space_for_versions(session, versions)

@@ -22,16 +22,33 @@ def _digest(root: Path) -> str:
 
 
 def _small(out: Path, seed: int = 0):  # type: ignore[no-untyped-def]
-    return generate_synthetic_datasets(out, num_datasets=3, identities_per_dataset=6, images_per_identity=3,
-                                       overlap_fraction=0.34, verification_identities=4, verification_pairs=20,
-                                       image_size=48, seed=seed)
+    return generate_synthetic_datasets(
+        out,
+        num_datasets=3,
+        identities_per_dataset=6,
+        images_per_identity=3,
+        overlap_fraction=0.34,
+        verification_identities=4,
+        verification_pairs=20,
+        image_size=48,
+        seed=seed,
+    )
 
 
 def test_layout_ground_truth_and_pairs(tmp_path: Path) -> None:
     ticks: list[int] = []
-    result = generate_synthetic_datasets(tmp_path, num_datasets=3, identities_per_dataset=6, images_per_identity=3,
-                                         overlap_fraction=0.34, verification_identities=4, verification_pairs=20,
-                                         image_size=48, seed=0, progress=ticks.append)
+    result = generate_synthetic_datasets(
+        tmp_path,
+        num_datasets=3,
+        identities_per_dataset=6,
+        images_per_identity=3,
+        overlap_fraction=0.34,
+        verification_identities=4,
+        verification_pairs=20,
+        image_size=48,
+        seed=0,
+        progress=ticks.append,
+    )
     assert [d.name for d in result.dataset_dirs] == ["synth_0", "synth_1", "synth_2"]
     assert result.image_count == sum(ticks) == 3 * 6 * 3 + 4 * 3
     for dataset_dir in result.dataset_dirs:

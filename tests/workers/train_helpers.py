@@ -44,3 +44,26 @@ def register_tiny_datasets(session: Session, store: ObjectStore, folder: Path, *
     register_dataset_version(session, store, name="verif", source=result.verification_dir, kind="verification")
     session.flush()
     return names, "verif"
+
+
+def launch_and_wait(run_id: int, timeout: float = 900.0) -> int:
+    """Start a committed run through the real `local` launcher (a child process) and wait for it to exit."""
+    from facefleet.platform.db.session import session_scope
+    from facefleet.platform.runs import service
+    from facefleet.platform.runs.launchers import LocalLauncher
+
+    launcher = LocalLauncher()
+    with session_scope() as session:
+        run = service.start_run(session, service.get_run(session, run_id), launcher)
+        job_id = run.launcher_job_id
+    assert job_id is not None
+    code = launcher.wait(job_id, timeout)
+    assert code is not None
+    return code
+
+
+def run_log(run_id: int) -> str:
+    from facefleet.platform.runs.launchers import LocalLauncher
+
+    path = LocalLauncher().log_path(run_id)
+    return path.read_text(errors="replace")[-6000:] if path.exists() else ""

@@ -65,7 +65,9 @@ def default_embedding_dim(name: str) -> int:
     return _lookup(name)[1]
 
 
-def get_backbone(name: str, embedding_dim: int | None = None, input_size: int = 112, **kw: object) -> Backbone:
+def get_backbone(
+    name: str, embedding_dim: int | None = None, input_size: int = 112, **kw: object
+) -> Backbone:
     """Build a fresh, randomly initialised backbone by registered name (see `list_backbones()`).
 
     embedding_dim defaults to the architecture's usual size (IResNet 512, MobileFaceNet 128, tiny 64).

@@ -123,8 +123,15 @@ class _ShardWriter:
         self.bytes_used += _member_cost(record.member, len(record.data))
         self.rows.append(
             ManifestRow(
-                self.key, record.member, data_offset, len(record.data), record.identity,
-                int(record.label), record.sha256, int(record.width), int(record.height),
+                self.key,
+                record.member,
+                data_offset,
+                len(record.data),
+                record.identity,
+                int(record.label),
+                record.sha256,
+                int(record.width),
+                int(record.height),
             )
         )
 
@@ -146,7 +153,7 @@ def pack_shards(
     max_bytes: int = DEFAULT_MAX_BYTES,
     progress: ProgressCallback | None = None,
 ) -> list[ManifestRow]:
-    """Pack records, in order, into tar shards of at most ``max_images`` / ``max_bytes``; return manifest rows.
+    """Pack records, in order, into tar shards of <= ``max_images`` / ``max_bytes``; return manifest rows.
 
     A shard holds at least one image even when that image alone exceeds ``max_bytes``. ``progress`` is
     called with 1 after each packed image. The caller deletes the version prefix if a later step fails.
@@ -226,11 +233,13 @@ def write_pairs(
 
 def read_pairs(store: ObjectStore, key: str) -> list[tuple[int, int, bool]]:
     table = _get_table(store, key)
-    return list(zip(table["left"].to_pylist(), table["right"].to_pylist(), table["is_same"].to_pylist()))
+    return list(
+        zip(table["left"].to_pylist(), table["right"].to_pylist(), table["is_same"].to_pylist(), strict=True)
+    )
 
 
 def iter_shard(store: ObjectStore, shard_key: str) -> Iterator[tuple[str, bytes]]:
-    """(member, bytes) of every regular file in a shard, streamed from the store (nothing extracted to disk)."""
+    """(member, bytes) of every regular file in a shard, streamed from the store (nothing hits the disk)."""
     with store.open_stream(shard_key) as stream:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for info in tar:
@@ -263,7 +272,7 @@ def read_range(store: ObjectStore, key: str, offset: int, size: int) -> bytes:
 def read_image_bytes(
     store: ObjectStore, shard_key: str, member: str, *, offset: int | None = None, size: int | None = None
 ) -> bytes:
-    """One image's bytes: by byte range when the manifest's offset/size are given, else by scanning the tar."""
+    """One image's bytes: by byte range when offset/size are given, else by scanning the tar."""
     if offset is not None and size is not None:
         return read_range(store, shard_key, offset, size)
     for name, data in iter_shard(store, shard_key):

@@ -44,16 +44,13 @@ def register_model_version(session: Session, store: ObjectStore, *, name: str, r
     card = card.model_copy(update={"name": name, "version": version, "run_id": run_id,
                                    "created_at": card.created_at or utcnow().isoformat()})
     prefix = version_prefix(name, version)
+    paths = {file_name: _checked_artifact(Path(artifacts_dir), file_name, info.sha256)
+             for file_name, info in card.artifacts.items()}  # every hash is checked before any upload
     artifacts: dict[str, dict[str, object]] = {}
-    for file_name, info in card.artifacts.items():
-        path = Path(artifacts_dir) / file_name
-        if path.parent != Path(artifacts_dir) or not path.is_file():
-            raise InvalidInputError(f"artifact {file_name!r} is not a file in {artifacts_dir}")
-        actual = sha256_file(path)
-        if actual != info.sha256:
-            raise InvalidInputError(f"artifact {file_name} has SHA-256 {actual}, the card says {info.sha256}")
+    for file_name, path in paths.items():
         store.put_file(f"{prefix}/{file_name}", path)
-        artifacts[file_name] = {"key": f"{prefix}/{file_name}", "sha256": actual, "size": path.stat().st_size}
+        artifacts[file_name] = {"key": f"{prefix}/{file_name}", "sha256": card.artifacts[file_name].sha256,
+                                "size": path.stat().st_size}
     card_bytes = card.to_bytes()
     signature = sign_bytes(card_bytes)
     store.put_bytes(f"{prefix}/{CARD_FILE}", card_bytes, content_type="application/json")
@@ -67,6 +64,16 @@ def register_model_version(session: Session, store: ObjectStore, *, name: str, r
     if alias:
         set_alias(session, name, alias, version)
     return model
+
+
+def _checked_artifact(folder: Path, file_name: str, expected_sha256: str) -> Path:
+    path = folder / file_name
+    if path.parent != folder or not path.is_file():
+        raise InvalidInputError(f"artifact {file_name!r} is not a file in {folder}")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise InvalidInputError(f"artifact {file_name} has SHA-256 {actual}, the card says {expected_sha256}")
+    return path
 
 
 def artifact_info(path: Path) -> ArtifactInfo:

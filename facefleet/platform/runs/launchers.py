@@ -157,17 +157,23 @@ class KubeRayLauncher:
         from facefleet.platform import kuberay
 
         manifest = self.manifest(run)
-        kuberay.submit_rayjob(manifest)
+        kuberay.submit_rayjob(manifest, namespace=manifest["metadata"]["namespace"])
         return str(manifest["metadata"]["name"])
 
     def cancel(self, job_id: str) -> None:
         from facefleet.platform import kuberay
 
-        kuberay.delete_rayjob(job_id, self.settings.kuberay_namespace)
+        kuberay.delete_rayjob(job_id, namespace=self.settings.kuberay_namespace)
 
     def status(self, job_id: str) -> JobState:
-        # The worker reports to the database; the cluster's view is not needed for status.
-        return "unknown"
+        from facefleet.platform import kuberay
+        from facefleet.platform.errors import NotFoundError
+
+        try:
+            found = kuberay.get_rayjob_status(job_id, namespace=self.settings.kuberay_namespace)
+        except NotFoundError:
+            return "finished"
+        return "finished" if found.finished else "running"
 
 
 def get_launcher(name: str | None = None, settings: Settings | None = None) -> Launcher:

@@ -41,7 +41,7 @@ def parse_config(config: TrainingConfig | dict[str, Any] | None) -> TrainingConf
 def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_machine: bool) -> None:
     """Reject configs that cannot run, before anything starts (cross-checks the schema cannot do alone)."""
     # nn is pure torch; importing it here (lazily) is the one place the platform needs to know the registry.
-    from facefleet.nn.backbones import list_backbones
+    from facefleet.nn.backbones import get_backbone, list_backbones
 
     known = list_backbones()
     if config.backbone not in known:
@@ -54,6 +54,11 @@ def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_ma
             "learns nothing); add datasets or set reversal.enabled=false",
             field="reversal.enabled",
         )
+    try:
+        with torch_meta_device():
+            get_backbone(config.backbone, embedding_dim=config.embedding_dim, input_size=config.input_size)
+    except ValueError as error:
+        raise InvalidInputError(str(error), field="input_size") from None
     gpus = config.scaling.gpus_per_worker * max(config.scaling.num_workers, 1)
     if gpus and local_machine:
         import torch
@@ -65,6 +70,13 @@ def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_ma
                 "scaling.gpus_per_worker or scaling.num_workers, or use the ray/kuberay launcher",
                 field="scaling.gpus_per_worker",
             )
+
+
+def torch_meta_device() -> Any:
+    """Build modules without allocating their weights (a shape check, not a model)."""
+    import torch
+
+    return torch.device("meta")
 
 
 def check_pair_batches(config: TrainingConfig, identity_counts: Sequence[int]) -> None:

@@ -1,0 +1,65 @@
+"""The whole run in Ray Train's local mode (num_workers=0, in-process): train, evaluate, export, register."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import Engine
+
+from facefleet.platform.db.models import Run
+from facefleet.platform.db.session import session_scope
+from facefleet.platform.models import registry
+from facefleet.platform.runs import service
+from facefleet.platform.runs.schemas import TrainingConfig
+from facefleet.platform.store import ObjectStore
+from facefleet.workers.train import run_training
+from facefleet.workers.train_model import build_training_model
+from tests.workers.train_helpers import register_tiny_datasets, tiny_config
+
+
+def test_local_mode_run_trains_evaluates_and_registers(sqlite_engine: Engine, local_store: ObjectStore,
+                                                       tmp_path: Path) -> None:
+    with session_scope() as session:
+        names, verif = register_tiny_datasets(session, local_store, tmp_path / "synth")
+        run_id = service.create_run(session, dataset_names_or_version_ids=names, verification_sets=[verif],
+                                    config=tiny_config(steps=6)).id
+    assert run_training(run_id) == "succeeded"
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        assert run is not None and run.status == "succeeded" and run.error is None
+        series = service.run_metrics(session, run_id)
+        model = registry.get_model_version(session, "facefleet", "candidate")
+    losses = [value for _, value in series["loss"]]
+    assert losses[-1] < losses[0]  # it learns something even in six steps
+    assert {"identity_loss", "domain_loss", "kl_loss", "domain_accuracy"} <= set(series)
+    assert set(run.summary["evaluation"]) == {"verif", f"train-pairs:{names[0]}", f"train-pairs:{names[1]}"}
+    assert set(run.summary["evaluation"]["verif"]) == {"cosine", "biometricnet-1", "biometricnet-M"}
+    assert model.run_id == run_id and run.summary["model"]["version"] == model.version
+    assert run.summary["onnx_max_abs_diff"] < 1e-4
+    assert local_store.exists(f"runs/{run_id}/plots/roc.png")
+
+
+def test_reversal_stage_two_sends_reversed_dataset_gradients_to_the_backbone() -> None:
+    config = TrainingConfig.model_validate(tiny_config(reversal={"switch_step": 5}, biometric={"enabled": False}))
+    model = build_training_model(config, [4, 4], total_steps=10)
+    images = torch.randn(8, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    datasets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+    def backbone_grad_from_domain_loss(step: int) -> float:
+        model.zero_grad()
+        model(images, labels, datasets, step)["domain_loss"].backward()
+        return sum(float(p.grad.abs().sum()) for p in model.backbone.parameters() if p.grad is not None)
+
+    assert model.stage(4) == 1 and model.stage(5) == 2
+    assert backbone_grad_from_domain_loss(4) == 0.0  # stage 1: the classifier learns on detached embeddings
+    assert backbone_grad_from_domain_loss(5) > 0.0
+
+
+@pytest.mark.parametrize("enabled", [False])
+def test_baseline_without_reversal_never_enters_stage_two(enabled: bool) -> None:
+    config = TrainingConfig.model_validate(tiny_config(reversal={"enabled": enabled}, head={"crossing_p": 1.0}))
+    model = build_training_model(config, [4, 4], total_steps=10)
+    assert model.switch_step is None and model.stage(9) == 1 and model.dataset_classifier is not None
