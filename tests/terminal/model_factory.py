@@ -57,6 +57,8 @@ def trained_backbone(seed: int = 0, *, identities: int = 32, steps: int = 120) -
     """A tiny backbone trained briefly (normalised softmax) on synthetic identities unlike the test users."""
     from tests.terminal.synthetic_faces import face_batch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # far faster than 2 threads on a shared 2-core machine
     net = tiny_backbone(seed).train()
     head = torch.nn.Parameter(torch.randn(identities, net.embedding_dim) * 0.1)
     optimiser = torch.optim.Adam([*net.parameters(), head], lr=5e-3)
@@ -70,4 +72,5 @@ def trained_backbone(seed: int = 0, *, identities: int = 32, steps: int = 120) -
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    torch.set_num_threads(threads)
     return net.eval()
