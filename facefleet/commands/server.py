@@ -1,1 +1,56 @@
-"""`facefleet serve` and `facefleet scheduler`: the long-running processes (filled by the API issue)."""
+"""`facefleet serve` (the API, migrations first) and `facefleet scheduler` (the retraining loop)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+log = logging.getLogger("facefleet.server")
+
+
+def _migrate() -> None:
+    from facefleet.platform.db import migrate
+    from facefleet.platform.settings import get_settings
+
+    migrate.upgrade(get_settings().effective_database_url)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 in a container)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    migrate: Annotated[bool, typer.Option(help="run database migrations before serving")] = True,
+    access_log: Annotated[bool, typer.Option(help="log every request")] = True,
+) -> None:
+    """Run the REST API (uvicorn); the schema is migrated to the latest version first."""
+    import uvicorn
+
+    if migrate:
+        _migrate()
+    uvicorn.run("facefleet.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                access_log=access_log, log_level="info")
+
+
+def scheduler(
+    interval: Annotated[float, typer.Option(help="seconds between ticks")] = 5.0,
+    once: Annotated[bool, typer.Option(help="run one tick and exit (cron-style deployments, tests)")] = False,
+    migrate: Annotated[bool, typer.Option(help="run database migrations first")] = True,
+) -> None:
+    """Run the retraining scheduler: triggers -> runs, follows runs, auto-promotes, sends notifications."""
+    from facefleet.platform.db.session import get_engine
+    from facefleet.platform.scheduler import Scheduler
+
+    if migrate:
+        _migrate()
+    sched = Scheduler(get_engine())
+    if once:
+        typer.echo(str(sched.tick()))
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())  # finish the current tick, then exit
+    sched.run_forever(interval=interval, stop=stop)

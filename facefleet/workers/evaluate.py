@@ -49,11 +49,13 @@ class EvalResults(BaseModel):
         return out
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        return {name: {mode: m.model_dump(exclude={"roc_fpr", "roc_tpr"}) for mode, m in modes.items()}
-                for name, modes in self.sets.items()}
+        return {
+            name: {mode: m.model_dump(exclude={"roc_fpr", "roc_tpr"}) for mode, m in modes.items()}
+            for name, modes in self.sets.items()
+        }
 
     def cosine_threshold(self) -> float:
-        """The threshold of the first verification set (else the first set); 0.5 when nothing was evaluated."""
+        """The threshold of the first verification set (else the first set); 0.5 when none."""
         ordered = sorted(self.sets, key=lambda name: name.startswith("train-pairs:"))
         for name in ordered:
             if "cosine" in self.sets[name]:
@@ -61,8 +63,9 @@ class EvalResults(BaseModel):
         return 0.5
 
 
-def load_eval_sets(session: Session, run_id: int, config: TrainingConfig, *, store_url: str,
-                   s3_endpoint_url: str | None) -> list[EvalSet]:
+def load_eval_sets(
+    session: Session, run_id: int, config: TrainingConfig, *, store_url: str, s3_endpoint_url: str | None
+) -> list[EvalSet]:
     from facefleet.workers.data import load_verification_pairs, load_verification_set, pairs_within_dataset
 
     store = store_from_url(store_url, endpoint_url=s3_endpoint_url)
@@ -70,30 +73,37 @@ def load_eval_sets(session: Session, run_id: int, config: TrainingConfig, *, sto
         select(RunDataset.role, DatasetVersion.version, DatasetVersion.manifest_key, Dataset.name)
         .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
         .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id == run_id).order_by(RunDataset.position)).all()
+        .where(RunDataset.run_id == run_id)
+        .order_by(RunDataset.position)
+    ).all()
     sets: list[EvalSet] = []
     for role, version, manifest_key, name in rows:
+        if manifest_key is None:
+            raise ValueError(f"dataset {name} v{version} has no manifest; it is not ready")
         if role == "verification":
-            left, right, same = load_verification_set(store, manifest_key, layout.pairs_key(name, version),
-                                                      config.input_size)
+            left, right, same = load_verification_set(
+                store, manifest_key, layout.pairs_key(name, version), config.input_size
+            )
             sets.append(EvalSet(name, left, right, same))
         elif config.eval_pairs_per_dataset:
             from facefleet.platform.datasets.shards import read_manifest
 
-            pairs = pairs_within_dataset(read_manifest(store, manifest_key), config.eval_pairs_per_dataset,
-                                         config.seed)
+            pairs = pairs_within_dataset(
+                read_manifest(store, manifest_key), config.eval_pairs_per_dataset, config.seed
+            )
             left, right, same = load_verification_pairs(store, manifest_key, pairs, config.input_size)
             sets.append(EvalSet(f"train-pairs:{name}", left, right, same))
     return sets
 
 
 def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([fn(images[i:i + CHUNK]) for i in range(0, images.shape[0], CHUNK)])
+    return torch.cat([fn(images[i : i + CHUNK]) for i in range(0, images.shape[0], CHUNK)])
 
 
 @torch.no_grad()
-def evaluate_model(backbone: nn.Module, model_net: ModelNet | None, sets: list[EvalSet],
-                   config: TrainingConfig) -> EvalResults:
+def evaluate_model(
+    backbone: nn.Module, model_net: ModelNet | None, sets: list[EvalSet], config: TrainingConfig
+) -> EvalResults:
     """Metrics of every set; the modules are put in eval mode (callers restore train mode)."""
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -109,12 +119,21 @@ def evaluate_model(backbone: nn.Module, model_net: ModelNet | None, sets: list[E
         if model_net is not None:
             model_net.eval()
             mu = config.biometric.mu_match
-            single = torch.cat([model_net(features(eval_set.left[i:i + CHUNK]), features(eval_set.right[i:i + CHUNK]))
-                                for i in range(0, eval_set.left.shape[0], CHUNK)])
+            single = torch.cat(
+                [
+                    model_net(features(eval_set.left[i : i + CHUNK]), features(eval_set.right[i : i + CHUNK]))
+                    for i in range(0, eval_set.left.shape[0], CHUNK)
+                ]
+            )
             modes["biometricnet-1"] = verification_metrics(match_score(single, mu).cpu(), eval_set.is_same)
-            multi = torch.cat([four_way_flip_average(features, model_net, eval_set.left[i:i + CHUNK],
-                                                     eval_set.right[i:i + CHUNK])
-                               for i in range(0, eval_set.left.shape[0], CHUNK)])
+            multi = torch.cat(
+                [
+                    four_way_flip_average(
+                        features, model_net, eval_set.left[i : i + CHUNK], eval_set.right[i : i + CHUNK]
+                    )
+                    for i in range(0, eval_set.left.shape[0], CHUNK)
+                ]
+            )
             modes["biometricnet-M"] = verification_metrics(match_score(multi, mu).cpu(), eval_set.is_same)
         results.sets[eval_set.name] = modes
     return results
@@ -126,8 +145,9 @@ def _png(figure: object) -> bytes:
     return buffer.getvalue()
 
 
-def save_plots(store: ObjectStore, run_id: int, results: EvalResults,
-               series: dict[str, list[tuple[int, float]]]) -> list[str]:
+def save_plots(
+    store: ObjectStore, run_id: int, results: EvalResults, series: dict[str, list[tuple[int, float]]]
+) -> list[str]:
     """ROC curves and loss curves as PNGs under runs/<id>/plots/; returns their keys."""
     import matplotlib
 

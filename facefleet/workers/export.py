@@ -1,4 +1,4 @@
-"""Export a trained backbone: model.safetensors, model.onnx (checked against torch), model_card.json; register it."""
+"""Export a trained backbone: model.safetensors, model.onnx (checked against torch), model_card.json."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 from torch import nn
 
+from facefleet.nn.backbones import Backbone
 from facefleet.nn.probe import make_probe_input
 from facefleet.platform.db.models import ModelVersion
 from facefleet.platform.models.card import ArchitectureSpec, DatasetEntry, InputSpec, ModelCard, ProbeSpec
@@ -35,9 +36,16 @@ def write_safetensors(backbone: nn.Module, path: Path) -> None:
 def write_onnx(backbone: nn.Module, input_size: int, path: Path) -> None:
     """One self-contained file (the TorchScript exporter), dynamic batch size."""
     example = torch.zeros(2, 3, input_size, input_size)
-    torch.onnx.export(backbone, (example,), str(path), input_names=["images"], output_names=["embeddings"],
-                      dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
-                      dynamo=False)
+    torch.onnx.export(
+        backbone,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def check_onnx_parity(backbone: nn.Module, path: Path, input_size: int, seed: int = 0) -> float:
@@ -58,26 +66,47 @@ def check_onnx_parity(backbone: nn.Module, path: Path, input_size: int, seed: in
     return worst
 
 
-def build_card(backbone: nn.Module, config: TrainingConfig, artifacts_dir: Path, *, datasets: list[DatasetEntry],
-               metrics: dict[str, Any], threshold: float) -> ModelCard:
+def build_card(
+    backbone: Backbone,
+    config: TrainingConfig,
+    artifacts_dir: Path,
+    *,
+    datasets: list[DatasetEntry],
+    metrics: dict[str, Any],
+    threshold: float,
+) -> ModelCard:
     probe = make_probe_input(PROBE_SEED, PROBE_COUNT, config.input_size)
     with torch.no_grad():
         embeddings = backbone(probe).tolist()
     return ModelCard(
-        name=config.model_name, version=0,
-        architecture=ArchitectureSpec(backbone=config.backbone, kwargs={
-            "embedding_dim": int(backbone.embedding_dim), "input_size": config.input_size}),  # type: ignore[arg-type]
-        input=InputSpec(size=config.input_size), embedding_dim=int(backbone.embedding_dim),  # type: ignore[arg-type]
-        datasets=datasets, config=config.model_dump(mode="json", by_alias=True), metrics=metrics,
+        name=config.model_name,
+        version=0,
+        architecture=ArchitectureSpec(
+            backbone=config.backbone,
+            kwargs={"embedding_dim": backbone.embedding_dim, "input_size": config.input_size},
+        ),
+        input=InputSpec(size=config.input_size),
+        embedding_dim=backbone.embedding_dim,
+        datasets=datasets,
+        config=config.model_dump(mode="json", by_alias=True),
+        metrics=metrics,
         threshold=threshold,
         artifacts={name: artifact_info(artifacts_dir / name) for name in ("model.safetensors", "model.onnx")},
         probe=ProbeSpec(seed=PROBE_SEED, count=PROBE_COUNT, embeddings=embeddings),
     )
 
 
-def export_and_register(session: Session, store: ObjectStore, *, run_id: int, backbone: nn.Module,
-                        config: TrainingConfig, datasets: list[DatasetEntry], metrics: dict[str, Any],
-                        threshold: float) -> tuple[ModelVersion, float]:
+def export_and_register(
+    session: Session,
+    store: ObjectStore,
+    *,
+    run_id: int,
+    backbone: Backbone,
+    config: TrainingConfig,
+    datasets: list[DatasetEntry],
+    metrics: dict[str, Any],
+    threshold: float,
+) -> tuple[ModelVersion, float]:
     """Write the artifacts, check ONNX against torch, register version n+1 with alias ``candidate``."""
     backbone = backbone.cpu().eval()
     with tempfile.TemporaryDirectory(prefix="facefleet-export-") as tmp:
@@ -85,8 +114,15 @@ def export_and_register(session: Session, store: ObjectStore, *, run_id: int, ba
         write_safetensors(backbone, folder / "model.safetensors")
         write_onnx(backbone, config.input_size, folder / "model.onnx")
         parity = check_onnx_parity(backbone, folder / "model.onnx", config.input_size)
-        card = build_card(backbone, config, folder, datasets=datasets,
-                          metrics={**metrics, "onnx_max_abs_diff": parity}, threshold=threshold)
-        model = register_model_version(session, store, name=config.model_name, run_id=run_id,
-                                       artifacts_dir=folder, card=card)
+        card = build_card(
+            backbone,
+            config,
+            folder,
+            datasets=datasets,
+            metrics={**metrics, "onnx_max_abs_diff": parity},
+            threshold=threshold,
+        )
+        model = register_model_version(
+            session, store, name=config.model_name, run_id=run_id, artifacts_dir=folder, card=card
+        )
     return model, parity

@@ -1,4 +1,4 @@
-"""The driver side of a run: prepare the job from the database, run the TorchTrainer, evaluate, export, register."""
+"""The driver side of a run: prepare the job from the database, run the TorchTrainer, evaluate, export."""
 
 from __future__ import annotations
 
@@ -57,14 +57,21 @@ def prepare_job(session: Session, run_id: int) -> TrainJob:
     entries = label_space_for_versions(session, [row.dataset_version_id for row in train_rows])
     for row, entry in zip(train_rows, entries, strict=True):
         if (row.class_offset, row.num_classes) != (entry.class_offset, entry.num_classes):
-            raise InvalidInputError(f"run {run_id}: the label space of {entry.dataset_name} changed since creation")
+            raise InvalidInputError(
+                f"run {run_id}: the label space of {entry.dataset_name} changed since creation"
+            )
     settings = get_settings()
     run.status, run.started_at, run.stage = "starting", service._now(), "starting workers"
     fail_after = os.environ.get(FAIL_ONCE_ENV)
     return TrainJob(
-        run_id=run_id, config=config, entries=entries, total_steps=run.total_steps,
-        database_url=settings.effective_database_url, store_url=settings.effective_store_url,
-        s3_endpoint_url=settings.s3_endpoint_url, cache_dir=str((settings.data_dir / "cache").resolve()),
+        run_id=run_id,
+        config=config,
+        entries=entries,
+        total_steps=run.total_steps,
+        database_url=settings.effective_database_url,
+        store_url=settings.effective_store_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        cache_dir=str((settings.data_dir / "cache").resolve()),
         fail_once_after_step=int(fail_after) if fail_after else None,
     )
 
@@ -79,13 +86,17 @@ def init_ray(config: TrainingConfig) -> None:
         ray.init()
         return
     needed = math.ceil(config.scaling.num_workers * config.scaling.cpus_per_worker)
-    ray.init(num_cpus=max(needed, os.cpu_count() or 1), num_gpus=torch.cuda.device_count(),
-             include_dashboard=False, object_store_memory=256 << 20,
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "0"}})
+    ray.init(
+        num_cpus=max(needed, os.cpu_count() or 1),
+        num_gpus=torch.cuda.device_count(),
+        include_dashboard=False,
+        object_store_memory=256 << 20,
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "0"}},
+    )
 
 
 def run_trainer(job: TrainJob) -> FitOutcome:
-    """Run the TorchTrainer; rerunning with the same storage path and name resumes from the last checkpoint."""
+    """Run the TorchTrainer; the same storage path and name resume from the last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -94,16 +105,24 @@ def run_trainer(job: TrainJob) -> FitOutcome:
     root, filesystem = get_store().pyarrow_storage()
     storage_path = f"{root}/runs/{job.run_id}"
     use_gpu = cfg.scaling.gpus_per_worker > 0
-    resources = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": cfg.scaling.gpus_per_worker} if use_gpu else {})}
+    resources = {
+        "CPU": cfg.scaling.cpus_per_worker,
+        **({"GPU": cfg.scaling.gpus_per_worker} if use_gpu else {}),
+    }
     trainer = TorchTrainer(
         train_func,
         train_loop_config=job.model_dump(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name="checkpoints", storage_path=storage_path, storage_filesystem=filesystem,
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name="checkpoints",
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
     )
     result = trainer.fit()
     return FitOutcome(checkpoint=result.checkpoint, storage_path=storage_path)
@@ -114,9 +133,13 @@ def dataset_entries(session: Session, run_id: int) -> list[DatasetEntry]:
         select(RunDataset, DatasetVersion.version, Dataset.name)
         .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
         .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id == run_id, RunDataset.role == "train").order_by(RunDataset.position)).all()
-    return [DatasetEntry(name=name, version=version, class_offset=row.class_offset, num_classes=row.num_classes)
-            for row, version, name in rows]
+        .where(RunDataset.run_id == run_id, RunDataset.role == "train")
+        .order_by(RunDataset.position)
+    ).all()
+    return [
+        DatasetEntry(name=name, version=version, class_offset=row.class_offset, num_classes=row.num_classes)
+        for row, version, name in rows
+    ]
 
 
 def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
@@ -132,21 +155,35 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     model.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
     store = get_store()
     with session_scope() as session:
-        service.update_progress(session, job.run_id, step=job.total_steps, total_steps=job.total_steps,
-                                stage="evaluating")
-        sets = load_eval_sets(session, job.run_id, job.config, store_url=job.store_url,
-                              s3_endpoint_url=job.s3_endpoint_url)
+        service.update_progress(
+            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
+        )
+        sets = load_eval_sets(
+            session, job.run_id, job.config, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url
+        )
     results = evaluate_model(model.backbone, model.model_net, sets, job.config)
     with session_scope() as session:
         service.record_metrics(session, job.run_id, job.total_steps, results.flat_metrics())
         plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
-        service.update_progress(session, job.run_id, step=job.total_steps, total_steps=job.total_steps,
-                                stage="exporting")
+        service.update_progress(
+            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
+        )
     with session_scope() as session:
         model_version, parity = export_and_register(
-            session, store, run_id=job.run_id, backbone=model.backbone, config=job.config,
-            datasets=dataset_entries(session, job.run_id), metrics=results.summary(),
-            threshold=results.cosine_threshold())
-        return {"evaluation": results.summary(), "plots": plots, "checkpoint_path": outcome.storage_path,
-                "model": {"name": model_version.name, "version": model_version.version},
-                "onnx_max_abs_diff": parity, "threshold": results.cosine_threshold()}
+            session,
+            store,
+            run_id=job.run_id,
+            backbone=model.backbone,
+            config=job.config,
+            datasets=dataset_entries(session, job.run_id),
+            metrics=results.summary(),
+            threshold=results.cosine_threshold(),
+        )
+        return {
+            "evaluation": results.summary(),
+            "plots": plots,
+            "checkpoint_path": outcome.storage_path,
+            "model": {"name": model_version.name, "version": model_version.version},
+            "onnx_max_abs_diff": parity,
+            "threshold": results.cosine_threshold(),
+        }

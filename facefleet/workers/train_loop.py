@@ -1,4 +1,4 @@
-"""The Ray Train `train_func`: DDP backbone + dataset-aware head + dataset classifier (+ BioMetricNet ModelNet).
+"""The Ray Train `train_func`: DDP backbone + dataset-aware head + dataset classifier (+ ModelNet).
 
 Thin over `facefleet.nn`; model assembly lives in `facefleet.workers.train_model`, checkpoints in
 `facefleet.workers.train_state`. Every rank calls `ray.train.report` at the same steps (it is a barrier);
@@ -43,12 +43,15 @@ class TrainJob(BaseModel):
 
 def pick_device(config: TrainingConfig) -> torch.device:
     if config.scaling.gpus_per_worker > 0 and torch.cuda.is_available():
-        return ray.train.torch.get_device()
+        from ray.train.torch import get_device
+
+        return get_device()
     return torch.device("cpu")
 
 
-def infinite_batches(job: TrainJob, rank: int, world_size: int, start_step: int,
-                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def infinite_batches(
+    job: TrainJob, rank: int, world_size: int, start_step: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Batches forever, a new shuffle per pass; a resumed run starts from a fresh seed, not a replay."""
     from facefleet.workers.data import make_train_loader
 
@@ -58,14 +61,25 @@ def infinite_batches(job: TrainJob, rank: int, world_size: int, start_step: int,
     epoch = 0
     while True:
         loader = make_train_loader(
-            job.entries, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url, batch_size=cfg.batch_size,
-            input_size=cfg.input_size, rank=rank, world_size=world_size, num_workers=cfg.data_workers,
-            seed=cfg.seed + 7919 * start_step + epoch, cache_dir=Path(job.cache_dir), cache_bytes=cfg.cache_bytes,
+            job.entries,
+            store_url=job.store_url,
+            s3_endpoint_url=job.s3_endpoint_url,
+            batch_size=cfg.batch_size,
+            input_size=cfg.input_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=cfg.data_workers,
+            seed=cfg.seed + 7919 * start_step + epoch,
+            cache_dir=Path(job.cache_dir),
+            cache_bytes=cfg.cache_bytes,
             balanced=balanced,
         )
         for images, labels, dataset_index in loader:
-            yield (images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
-                   dataset_index.to(device, non_blocking=True))
+            yield (
+                images.to(device, non_blocking=True),
+                labels.to(device, non_blocking=True),
+                dataset_index.to(device, non_blocking=True),
+            )
         epoch += 1
 
 
@@ -93,7 +107,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = pick_device(cfg)
     torch.manual_seed(cfg.seed + rank)
-    model = build_training_model(cfg, [entry.num_classes for entry in job.entries], job.total_steps).to(device)
+    model = build_training_model(cfg, [entry.num_classes for entry in job.entries], job.total_steps).to(
+        device
+    )
     optimizer, scheduler = build_optimizer(cfg, model, job.total_steps)
     use_amp = cfg.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -117,8 +133,14 @@ def train_func(loop_config: dict[str, Any]) -> None:
         scheduler.step()
         step += 1
         if reporter is not None:
-            reporter.after_step(step, losses, images.shape[0] * world_size, data_wait,
-                                optimizer.param_groups[0]["lr"], model.stage(step))
+            reporter.after_step(
+                step,
+                losses,
+                images.shape[0] * world_size,
+                data_wait,
+                optimizer.param_groups[0]["lr"],
+                model.stage(step - 1),
+            )
         last = step == job.total_steps
         if step % cfg.metrics_interval == 0 or last:
             cancel = reporter.write(step) if reporter is not None else False
@@ -137,5 +159,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
 def inject_failure_after_commit(step: int) -> None:
     """Test hook: wait until the controller has committed the checkpoint, then crash this worker."""
     ray.train.get_all_reported_checkpoints(
-        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60)
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60
+    )
     raise RuntimeError(f"injected failure after the checkpoint at step {step} (test hook)")

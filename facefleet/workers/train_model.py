@@ -22,16 +22,26 @@ class FaceTrainingModel(nn.Module):
     def __init__(self, config: TrainingConfig, classes_per_dataset: list[int], total_steps: int) -> None:
         super().__init__()
         self.config = config
-        self.backbone = get_backbone(config.backbone, embedding_dim=config.embedding_dim,
-                                     input_size=config.input_size)
+        self.backbone = get_backbone(
+            config.backbone, embedding_dim=config.embedding_dim, input_size=config.input_size
+        )
         dim = int(self.backbone.embedding_dim)
         head = config.head
-        self.head = DatasetAwareMarginHead(dim, classes_per_dataset, kind=head.kind, s=head.s, m1=head.m1,
-                                           m2=head.m2, m3=head.m3, crossing_p=head.crossing_p)
+        self.head = DatasetAwareMarginHead(
+            dim,
+            classes_per_dataset,
+            kind=head.kind,
+            s=head.s,
+            m1=head.m1,
+            m2=head.m2,
+            m3=head.m3,
+            crossing_p=head.crossing_p,
+        )
         # With K >= 2 the classifier always trains (on detached embeddings without reversal), so its
         # accuracy is logged for baselines too; reversal only decides whether its gradient reaches G_f.
-        self.dataset_classifier = DatasetClassifier(dim, len(classes_per_dataset)) \
-            if len(classes_per_dataset) > 1 else None
+        self.dataset_classifier = (
+            DatasetClassifier(dim, len(classes_per_dataset)) if len(classes_per_dataset) > 1 else None
+        )
         self.switch_step = config.switch_step(total_steps) if config.reversal.enabled else None
         bio = config.biometric
         self.model_net = ModelNet(dim, bio.output_dim, bio.layers, bio.keep_prob) if bio.enabled else None
@@ -39,15 +49,22 @@ class FaceTrainingModel(nn.Module):
     def stage(self, step: int) -> int:
         return 2 if in_reversal_stage(step, self.switch_step) else 1
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor,
-                step: int) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, step: int
+    ) -> dict[str, torch.Tensor]:
         embeddings = self.backbone(images)
         identity = self.head(embeddings.float(), labels, dataset_index)
         losses = {"identity_loss": identity}
         total = identity
         if self.dataset_classifier is not None:
-            d_loss, accuracy = domain_loss(self.dataset_classifier, embeddings.float(), dataset_index, step=step,
-                                           switch_step=self.switch_step, lambd=self.config.reversal.lambda_)
+            d_loss, accuracy = domain_loss(
+                self.dataset_classifier,
+                embeddings.float(),
+                dataset_index,
+                step=step,
+                switch_step=self.switch_step,
+                lambd=self.config.reversal.lambda_,
+            )
             losses["domain_loss"], losses["domain_accuracy"] = d_loss, accuracy
             total = total + d_loss
         if self.model_net is not None:
@@ -57,7 +74,9 @@ class FaceTrainingModel(nn.Module):
         losses["loss"] = total
         return losses
 
-    def _pair_loss(self, features: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> torch.Tensor:
+    def _pair_loss(
+        self, features: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor
+    ) -> torch.Tensor:
         assert self.model_net is not None
         bio = self.config.biometric
         pairs = make_pairs(labels, dataset_index, max_nonmatch=max(2, 4 * labels.shape[0]))
@@ -71,8 +90,9 @@ class FaceTrainingModel(nn.Module):
         return biometricnet_kl_loss(z_match, z_non, bio.mu_match, bio.mu_nonmatch, bio.sigma, bio.sigma)
 
 
-def build_training_model(config: TrainingConfig, classes_per_dataset: list[int],
-                         total_steps: int) -> FaceTrainingModel:
+def build_training_model(
+    config: TrainingConfig, classes_per_dataset: list[int], total_steps: int
+) -> FaceTrainingModel:
     return FaceTrainingModel(config, classes_per_dataset, total_steps)
 
 
@@ -89,8 +109,9 @@ def lr_factor(config: TrainingConfig, step: int, total_steps: int) -> float:
     return 1.0
 
 
-def build_optimizer(config: TrainingConfig, model: nn.Module, total_steps: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(
+    config: TrainingConfig, model: nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     opt = config.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer
@@ -98,5 +119,7 @@ def build_optimizer(config: TrainingConfig, model: nn.Module, total_steps: int
         optimizer = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, total_steps)
+    )
     return optimizer, scheduler

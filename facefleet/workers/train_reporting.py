@@ -41,8 +41,9 @@ class RankZeroReporter:
             if start_step:
                 service.record_metrics(session, job.run_id, start_step, {"resumed_from_step": start_step})
 
-    def after_step(self, step: int, losses: dict[str, torch.Tensor], images: int, data_wait: float,
-                   lr: float, stage: int) -> None:
+    def after_step(
+        self, step: int, losses: dict[str, torch.Tensor], images: int, data_wait: float, lr: float, stage: int
+    ) -> None:
         for name, value in losses.items():
             self.sums[name] += float(value.detach())
         self.count += 1
@@ -55,14 +56,26 @@ class RankZeroReporter:
         now = time.perf_counter()
         elapsed = max(now - self.window_started, 1e-9)
         metrics = {name: total / max(self.count, 1) for name, total in self.sums.items()}
-        metrics.update({"lr": self.lr, "stage": float(self.stage), "images_per_second": self.images / elapsed,
-                        "data_wait_fraction": self.data_wait / elapsed})
+        metrics.update(
+            {
+                "lr": self.lr,
+                "stage": float(self.stage),
+                "images_per_second": self.images / elapsed,
+                "data_wait_fraction": self.data_wait / elapsed,
+            }
+        )
         done = step - self.start_step
         eta = (now - self.run_started) / done * (self.job.total_steps - step) if done else None
         with Session(self.engine) as session, session.begin():
             service.record_metrics(session, self.job.run_id, step, metrics)
-            service.update_progress(session, self.job.run_id, step=step, total_steps=self.job.total_steps,
-                                    stage=f"training (stage {self.stage})", eta_seconds=eta)
+            service.update_progress(
+                session,
+                self.job.run_id,
+                step=step,
+                total_steps=self.job.total_steps,
+                stage=f"training (stage {self.stage})",
+                eta_seconds=eta,
+            )
             cancel = service.is_cancel_requested(session, self.job.run_id)
         self.sums.clear()
         self.count, self.images, self.data_wait = 0, 0, 0.0
@@ -70,14 +83,18 @@ class RankZeroReporter:
         return cancel
 
     def evaluate(self, step: int, model: FaceTrainingModel) -> None:
-        """Verification metrics at an eval interval (rank 0 only; the other ranks wait at the next barrier)."""
+        """Verification metrics at an eval interval (rank 0; the others wait at the next barrier)."""
         from facefleet.workers.evaluate import evaluate_model, load_eval_sets
 
         if self._eval_sets is None:
             with Session(self.engine) as session:
-                self._eval_sets = load_eval_sets(session, self.job.run_id, self.job.config,
-                                                 store_url=self.job.store_url,
-                                                 s3_endpoint_url=self.job.s3_endpoint_url)
+                self._eval_sets = load_eval_sets(
+                    session,
+                    self.job.run_id,
+                    self.job.config,
+                    store_url=self.job.store_url,
+                    s3_endpoint_url=self.job.s3_endpoint_url,
+                )
         was_training = model.training
         results = evaluate_model(model.backbone, model.model_net, self._eval_sets, self.job.config)
         model.train(was_training)

@@ -44,7 +44,9 @@ def save_checkpoint(state: TrainState, step: int) -> ray.train.Checkpoint:
     return ray.train.Checkpoint.from_directory(str(folder))
 
 
-def load_checkpoint_payload(checkpoint: ray.train.Checkpoint, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint_payload(
+    checkpoint: ray.train.Checkpoint, device: torch.device | str = "cpu"
+) -> dict[str, Any]:
     with checkpoint.as_directory() as folder:
         return torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
 

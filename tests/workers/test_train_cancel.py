@@ -21,8 +21,11 @@ pytestmark = pytest.mark.timeout(300)
 def _start_long_run(store: ObjectStore, folder: Path) -> tuple[int, LocalLauncher, str]:
     with session_scope() as session:
         names, _ = register_tiny_datasets(session, store, folder)
-        run_id = service.create_run(session, dataset_names_or_version_ids=names,
-                                    config=tiny_config(steps=100_000, checkpoint_interval=50_000)).id
+        run_id = service.create_run(
+            session,
+            dataset_names_or_version_ids=names,
+            config=tiny_config(steps=100_000, checkpoint_interval=50_000),
+        ).id
     launcher = LocalLauncher()
     with session_scope() as session:
         job_id = service.start_run(session, service.get_run(session, run_id), launcher).launcher_job_id
@@ -37,11 +40,14 @@ def _start_long_run(store: ObjectStore, folder: Path) -> tuple[int, LocalLaunche
     raise AssertionError(f"run never started:\n{run_log(run_id)}")
 
 
-def test_graceful_cancel_stops_a_running_run(sqlite_engine: Engine, local_store: ObjectStore,
-                                             tmp_path: Path) -> None:
+def test_graceful_cancel_stops_a_running_run(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     run_id, launcher, job_id = _start_long_run(local_store, tmp_path / "synth")
     with session_scope() as session:
-        assert service.cancel_run(session, run_id, launcher=launcher).status == "running"  # stops at next check
+        assert (
+            service.cancel_run(session, run_id, launcher=launcher).status == "running"
+        )  # stops at next check
     assert launcher.wait(job_id, 120) == 0
     with session_scope() as session:
         run = session.get(Run, run_id)
@@ -52,7 +58,9 @@ def test_graceful_cancel_stops_a_running_run(sqlite_engine: Engine, local_store:
     assert launcher.status(job_id) == "finished"
 
 
-def test_forced_cancel_stops_the_process(sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path) -> None:
+def test_forced_cancel_stops_the_process(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     run_id, launcher, job_id = _start_long_run(local_store, tmp_path / "synth")
     with session_scope() as session:
         assert service.cancel_run(session, run_id, force=True, launcher=launcher).status == "cancelled"

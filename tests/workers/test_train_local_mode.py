@@ -19,12 +19,17 @@ from facefleet.workers.train_model import build_training_model
 from tests.workers.train_helpers import register_tiny_datasets, tiny_config
 
 
-def test_local_mode_run_trains_evaluates_and_registers(sqlite_engine: Engine, local_store: ObjectStore,
-                                                       tmp_path: Path) -> None:
+def test_local_mode_run_trains_evaluates_and_registers(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     with session_scope() as session:
         names, verif = register_tiny_datasets(session, local_store, tmp_path / "synth")
-        run_id = service.create_run(session, dataset_names_or_version_ids=names, verification_sets=[verif],
-                                    config=tiny_config(steps=6)).id
+        run_id = service.create_run(
+            session,
+            dataset_names_or_version_ids=names,
+            verification_sets=[verif],
+            config=tiny_config(steps=6),
+        ).id
     assert run_training(run_id) == "succeeded"
     with session_scope() as session:
         run = session.get(Run, run_id)
@@ -42,7 +47,9 @@ def test_local_mode_run_trains_evaluates_and_registers(sqlite_engine: Engine, lo
 
 
 def test_reversal_stage_two_sends_reversed_dataset_gradients_to_the_backbone() -> None:
-    config = TrainingConfig.model_validate(tiny_config(reversal={"switch_step": 5}, biometric={"enabled": False}))
+    config = TrainingConfig.model_validate(
+        tiny_config(reversal={"switch_step": 5}, biometric={"enabled": False})
+    )
     model = build_training_model(config, [4, 4], total_steps=10)
     images = torch.randn(8, 3, 32, 32)
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
@@ -60,6 +67,8 @@ def test_reversal_stage_two_sends_reversed_dataset_gradients_to_the_backbone() -
 
 @pytest.mark.parametrize("enabled", [False])
 def test_baseline_without_reversal_never_enters_stage_two(enabled: bool) -> None:
-    config = TrainingConfig.model_validate(tiny_config(reversal={"enabled": enabled}, head={"crossing_p": 1.0}))
+    config = TrainingConfig.model_validate(
+        tiny_config(reversal={"enabled": enabled}, head={"crossing_p": 1.0})
+    )
     model = build_training_model(config, [4, 4], total_steps=10)
     assert model.switch_step is None and model.stage(9) == 1 and model.dataset_classifier is not None

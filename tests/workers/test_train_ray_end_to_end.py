@@ -43,8 +43,11 @@ class FinishedRun:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun]:
     root = tmp_path_factory.mktemp("ray-e2e")
-    env = {"FACEFLEET_DATA_DIR": str(root / "data"), "FACEFLEET_DATABASE_URL": f"sqlite:///{root / 'ff.db'}",
-           "FACEFLEET_STORE_URL": (root / "store").as_uri()}
+    env = {
+        "FACEFLEET_DATA_DIR": str(root / "data"),
+        "FACEFLEET_DATABASE_URL": f"sqlite:///{root / 'ff.db'}",
+        "FACEFLEET_STORE_URL": (root / "store").as_uri(),
+    }
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
@@ -54,8 +57,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedR
         with session_scope() as session:
             names, verif = register_tiny_datasets(session, store, root / "synth")
             config = tiny_config(scaling={"num_workers": 2}, steps=8, checkpoint_interval=4, batch_size=16)
-            run_id = service.create_run(session, dataset_names_or_version_ids=names, verification_sets=[verif],
-                                        config=config).id
+            run_id = service.create_run(
+                session, dataset_names_or_version_ids=names, verification_sets=[verif], config=config
+            ).id
         code = launch_and_wait(run_id)
         log = run_log(run_id)
         get_settings.cache_clear()
@@ -77,25 +81,37 @@ def test_rank_zero_wrote_training_metrics(finished_run: FinishedRun) -> None:
     with Session(finished_run.engine) as session:
         series = service.run_metrics(session, finished_run.run_id)
     assert [step for step, _ in series["loss"]] == [2, 4, 6, 8]  # once per metrics interval, rank 0 only
-    for name in ("identity_loss", "domain_loss", "domain_accuracy", "kl_loss", "lr", "images_per_second",
-                 "data_wait_fraction", "stage"):
+    for name in (
+        "identity_loss",
+        "domain_loss",
+        "domain_accuracy",
+        "kl_loss",
+        "lr",
+        "images_per_second",
+        "data_wait_fraction",
+        "stage",
+    ):
         assert name in series, name
-    assert [value for _, value in series["stage"]] == [1.0, 1.0, 2.0, 2.0]  # switch at 1/3 of 8 steps
+    assert [value for _, value in series["stage"]] == [1.0, 2.0, 2.0, 2.0]  # switch at round(8/3)
     assert all(value > 0 for _, value in series["images_per_second"])
     assert "eval/verif/cosine/accuracy" in series and "eval/verif/biometricnet-M/auc" in series
 
 
 def test_checkpoints_and_plots_are_in_the_store(finished_run: FinishedRun) -> None:
     keys = finished_run.store.list(f"runs/{finished_run.run_id}/")
-    checkpoints = {key.split("/")[3] for key in keys if key.startswith(f"runs/{finished_run.run_id}/checkpoints/")
-                   and key.endswith("train_state.pt")}
+    checkpoints = {
+        key.split("/")[3]
+        for key in keys
+        if key.startswith(f"runs/{finished_run.run_id}/checkpoints/") and key.endswith("train_state.pt")
+    }
     assert len(checkpoints) == 2  # steps 4 and 8
     assert f"runs/{finished_run.run_id}/plots/roc.png" in keys
     assert finished_run.store.get_bytes(f"runs/{finished_run.run_id}/plots/loss.png")[:4] == b"\x89PNG"
 
 
-def test_model_version_is_registered_signed_and_consistent(finished_run: FinishedRun, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_version_is_registered_signed_and_consistent(
+    finished_run: FinishedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FACEFLEET_DATA_DIR", finished_run.env["FACEFLEET_DATA_DIR"])  # the signing key's home
     get_settings.cache_clear()
     store = finished_run.store
@@ -116,5 +132,7 @@ def test_model_version_is_registered_signed_and_consistent(finished_run: Finishe
     with torch.no_grad():
         torch_out = backbone(probe).numpy()
     np.testing.assert_allclose(torch_out, np.array(card["probe"]["embeddings"]), atol=1e-5)
-    onnx_out = onnxruntime.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"images": probe.numpy()})[0]
+    onnx_out = onnxruntime.InferenceSession(str(tmp_path / "model.onnx")).run(
+        None, {"images": probe.numpy()}
+    )[0]
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.models import registry
 from facefleet.platform.runs import service
@@ -18,19 +17,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
-def test_worker_failure_resumes_from_the_s3_checkpoint(sqlite_engine: object, store: ObjectStore, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_failure_resumes_from_the_s3_checkpoint(
+    sqlite_engine: object, store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(FAIL_ONCE_ENV, "4")  # rank 0 raises once, after the checkpoint of step 4 is committed
     with session_scope() as session:
         names, _ = register_tiny_datasets(session, store, tmp_path / "synth")
-        config = tiny_config(scaling={"num_workers": 2}, steps=8, checkpoint_interval=4, max_failures=1,
-                             eval_pairs_per_dataset=0, biometric={"enabled": False})
+        config = tiny_config(
+            scaling={"num_workers": 2},
+            steps=8,
+            checkpoint_interval=4,
+            max_failures=1,
+            eval_pairs_per_dataset=0,
+            biometric={"enabled": False},
+        )
         run_id = service.create_run(session, dataset_names_or_version_ids=names, config=config).id
     code = launch_and_wait(run_id)
     log = run_log(run_id)
     with session_scope() as session:
-        run = session.get(Run, run_id)
-        assert run is not None and (run.status, code) == ("succeeded", 0), (run.error, log)
+        run = service.get_run(session, run_id)
+        assert (run.status, code) == ("succeeded", 0), (run.error, log)
         series = service.run_metrics(session, run_id)
         assert registry.get_model_version(session, "facefleet", "candidate").run_id == run_id
     assert "injected failure after the checkpoint at step 4" in log

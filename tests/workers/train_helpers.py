@@ -13,10 +13,20 @@ from facefleet.platform.store import ObjectStore
 from facefleet.workers.synthetic import generate_synthetic_datasets
 
 TINY_CONFIG: dict[str, Any] = {
-    "backbone": "tiny", "embedding_dim": 16, "input_size": 32, "batch_size": 16, "steps": 6,
-    "checkpoint_interval": 3, "metrics_interval": 2, "data_workers": 0, "eval_pairs_per_dataset": 20,
-    "cache_bytes": 8 << 20, "head": {"s": 16.0, "m2": 0.2}, "optimizer": {"lr": 0.05},
-    "scaling": {"num_workers": 0}, "max_failures": 1,
+    "backbone": "tiny",
+    "embedding_dim": 16,
+    "input_size": 32,
+    "batch_size": 16,
+    "steps": 6,
+    "checkpoint_interval": 3,
+    "metrics_interval": 2,
+    "data_workers": 0,
+    "eval_pairs_per_dataset": 20,
+    "cache_bytes": 8 << 20,
+    "head": {"s": 16.0, "m2": 0.2},
+    "optimizer": {"lr": 0.05},
+    "scaling": {"num_workers": 0},
+    "max_failures": 1,
     "biometric": {"enabled": True, "images_per_identity": 4, "layers": 2, "mu_nonmatch": 8.0},
 }
 
@@ -31,17 +41,33 @@ def tiny_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-def register_tiny_datasets(session: Session, store: ObjectStore, folder: Path, *, num_datasets: int = 2,
-                           identities: int = 8, images: int = 4) -> tuple[list[str], str]:
-    """Synthetic train datasets synth_0.. and a verification set `verif`; returns (train names, verif name)."""
-    result = generate_synthetic_datasets(folder, num_datasets=num_datasets, identities_per_dataset=identities,
-                                         images_per_identity=images, verification_identities=6,
-                                         verification_pairs=40, image_size=32, seed=3)
+def register_tiny_datasets(
+    session: Session,
+    store: ObjectStore,
+    folder: Path,
+    *,
+    num_datasets: int = 2,
+    identities: int = 8,
+    images: int = 4,
+) -> tuple[list[str], str]:
+    """Synthetic train datasets synth_0.. and a verification set `verif`; returns (names, verif)."""
+    result = generate_synthetic_datasets(
+        folder,
+        num_datasets=num_datasets,
+        identities_per_dataset=identities,
+        images_per_identity=images,
+        verification_identities=6,
+        verification_pairs=40,
+        image_size=32,
+        seed=3,
+    )
     names = []
     for directory in result.dataset_dirs:
         register_dataset_version(session, store, name=directory.name, source=directory, kind="train")
         names.append(directory.name)
-    register_dataset_version(session, store, name="verif", source=result.verification_dir, kind="verification")
+    register_dataset_version(
+        session, store, name="verif", source=result.verification_dir, kind="verification"
+    )
     session.flush()
     return names, "verif"
 

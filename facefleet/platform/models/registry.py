@@ -34,31 +34,59 @@ def sha256_file(path: Path) -> str:
 
 
 def _next_version(session: Session, name: str) -> int:
-    return int(session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
+    return (
+        int(session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
+    )
 
 
-def register_model_version(session: Session, store: ObjectStore, *, name: str, run_id: int | None,
-                           artifacts_dir: Path, card: ModelCard, alias: str | None = "candidate") -> ModelVersion:
-    """Upload every artifact the card lists (after checking its SHA-256), then the signed card, and record it."""
+def register_model_version(
+    session: Session,
+    store: ObjectStore,
+    *,
+    name: str,
+    run_id: int | None,
+    artifacts_dir: Path,
+    card: ModelCard,
+    alias: str | None = "candidate",
+) -> ModelVersion:
+    """Upload every artifact the card lists (SHA-256 checked), then the signed card; record it."""
     version = _next_version(session, name)
-    card = card.model_copy(update={"name": name, "version": version, "run_id": run_id,
-                                   "created_at": card.created_at or utcnow().isoformat()})
+    card = card.model_copy(
+        update={
+            "name": name,
+            "version": version,
+            "run_id": run_id,
+            "created_at": card.created_at or utcnow().isoformat(),
+        }
+    )
     prefix = version_prefix(name, version)
-    paths = {file_name: _checked_artifact(Path(artifacts_dir), file_name, info.sha256)
-             for file_name, info in card.artifacts.items()}  # every hash is checked before any upload
+    paths = {
+        file_name: _checked_artifact(Path(artifacts_dir), file_name, info.sha256)
+        for file_name, info in card.artifacts.items()
+    }  # every hash is checked before any upload
     artifacts: dict[str, dict[str, object]] = {}
     for file_name, path in paths.items():
         store.put_file(f"{prefix}/{file_name}", path)
-        artifacts[file_name] = {"key": f"{prefix}/{file_name}", "sha256": card.artifacts[file_name].sha256,
-                                "size": path.stat().st_size}
+        artifacts[file_name] = {
+            "key": f"{prefix}/{file_name}",
+            "sha256": card.artifacts[file_name].sha256,
+            "size": path.stat().st_size,
+        }
     card_bytes = card.to_bytes()
     signature = sign_bytes(card_bytes)
     store.put_bytes(f"{prefix}/{CARD_FILE}", card_bytes, content_type="application/json")
     store.put_bytes(f"{prefix}/{SIGNATURE_FILE}", signature.encode(), content_type="text/plain")
     card_sha = hashlib.sha256(card_bytes).hexdigest()
     artifacts[CARD_FILE] = {"key": f"{prefix}/{CARD_FILE}", "sha256": card_sha, "size": len(card_bytes)}
-    model = ModelVersion(name=name, version=version, run_id=run_id, artifacts=artifacts, card_sha256=card_sha,
-                         signature=signature, eval_summary=card.metrics)
+    model = ModelVersion(
+        name=name,
+        version=version,
+        run_id=run_id,
+        artifacts=artifacts,
+        card_sha256=card_sha,
+        signature=signature,
+        eval_summary=card.metrics,
+    )
     session.add(model)
     session.flush()
     if alias:
@@ -90,7 +118,8 @@ def get_model_version(session: Session, name: str, version_or_alias: str | int) 
         query = query.order_by(ModelVersion.version.desc()).limit(1)
     else:
         query = query.join(ModelAlias, ModelAlias.model_version_id == ModelVersion.id).where(
-            ModelAlias.name == name, ModelAlias.alias == text)
+            ModelAlias.name == name, ModelAlias.alias == text
+        )
     found = session.scalars(query).first()
     if found is None:
         raise NotFoundError(f"model {name!r} has no version or alias {text!r}")
@@ -102,8 +131,11 @@ def set_alias(session: Session, name: str, alias: str, version: int | str) -> Mo
     import re
 
     if not re.match(ALIAS_PATTERN, alias) or alias.isdigit() or alias == "latest":
-        raise InvalidInputError(f"alias {alias!r} must be lower-case letters, digits, - or _, starting with a "
-                                "letter, and not 'latest'", field="alias")
+        raise InvalidInputError(
+            f"alias {alias!r} must be lower-case letters, digits, - or _, starting with a "
+            "letter, and not 'latest'",
+            field="alias",
+        )
     target = get_model_version(session, name, version)
     row = session.get(ModelAlias, (name, alias))
     if row is None:
@@ -126,21 +158,35 @@ def version_view(session: Session, model: ModelVersion) -> ModelVersionView:
 
 
 def list_versions(session: Session, name: str) -> list[ModelVersion]:
-    versions = list(session.scalars(select(ModelVersion).where(ModelVersion.name == name)
-                                    .order_by(ModelVersion.version.desc())))
+    versions = list(
+        session.scalars(
+            select(ModelVersion).where(ModelVersion.name == name).order_by(ModelVersion.version.desc())
+        )
+    )
     if not versions:
         raise NotFoundError(f"no model named {name!r}")
     return versions
 
 
 def list_models(session: Session) -> list[ModelSummary]:
-    rows = session.execute(select(ModelVersion.name, func.max(ModelVersion.version), func.count())
-                           .group_by(ModelVersion.name).order_by(ModelVersion.name)).all()
+    rows = session.execute(
+        select(ModelVersion.name, func.max(ModelVersion.version), func.count())
+        .group_by(ModelVersion.name)
+        .order_by(ModelVersion.name)
+    ).all()
     summaries = []
     for name, latest, count in rows:
-        aliases = session.execute(select(ModelAlias.alias, ModelVersion.version)
-                                  .join(ModelVersion, ModelAlias.model_version_id == ModelVersion.id)
-                                  .where(ModelAlias.name == name)).all()
-        summaries.append(ModelSummary(name=name, latest_version=latest, versions=count,
-                                      aliases={alias: version for alias, version in aliases}))
+        aliases = session.execute(
+            select(ModelAlias.alias, ModelVersion.version)
+            .join(ModelVersion, ModelAlias.model_version_id == ModelVersion.id)
+            .where(ModelAlias.name == name)
+        ).all()
+        summaries.append(
+            ModelSummary(
+                name=name,
+                latest_version=latest,
+                versions=count,
+                aliases={alias: version for alias, version in aliases},
+            )
+        )
     return summaries

@@ -27,9 +27,11 @@ def entrypoint_args(run_id: int) -> list[str]:
 
 def worker_environment(settings: Settings) -> dict[str, str]:
     """What the worker needs to reach the same database and store as the control plane."""
-    env = {"FACEFLEET_DATABASE_URL": settings.effective_database_url,
-           "FACEFLEET_STORE_URL": settings.effective_store_url,
-           "FACEFLEET_DATA_DIR": str(settings.data_dir.resolve())}
+    env = {
+        "FACEFLEET_DATABASE_URL": settings.effective_database_url,
+        "FACEFLEET_STORE_URL": settings.effective_store_url,
+        "FACEFLEET_DATA_DIR": str(settings.data_dir.resolve()),
+    }
     if settings.s3_endpoint_url:
         env["FACEFLEET_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     return env
@@ -48,7 +50,7 @@ class Launcher(Protocol):
 
 
 class LocalLauncher:
-    """A child process in its own process group; the pid is the job id. Logs go to <data_dir>/runs/<id>.log."""
+    """A child process in its own process group; the pid is the job id; logs in <data_dir>/runs/<id>.log."""
 
     name = "local"
     _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -64,8 +66,13 @@ class LocalLauncher:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **worker_environment(self.settings)}
         with open(log_path, "ab") as log:
-            child = subprocess.Popen([sys.executable, *entrypoint_args(run.id)], stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            child = subprocess.Popen(
+                [sys.executable, *entrypoint_args(run.id)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self._children[child.pid] = child
         return str(child.pid)
 
@@ -111,7 +118,9 @@ class RayJobsLauncher:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         if not self.settings.ray_address:
-            raise InvalidInputError("the ray launcher needs FACEFLEET_RAY_ADDRESS (e.g. http://ray-head:8265)")
+            raise InvalidInputError(
+                "the ray launcher needs FACEFLEET_RAY_ADDRESS (e.g. http://ray-head:8265)"
+            )
         self.address = self.settings.ray_address.rstrip("/")
 
     def _client(self) -> Any:

@@ -18,86 +18,88 @@ class HeadConfig(_Strict):
     """Dataset-aware margin softmax (design §5.2); defaults: ArcFace s=64, m=0.5, crossing p=1e-4."""
 
     kind: HeadKind = "arcface"
-    s: float = Field(64.0, gt=0)
-    m1: float = Field(1.0, ge=1.0, description="SphereFace multiplicative angular margin")
-    m2: float = Field(0.5, ge=0.0, lt=3.1416, description="ArcFace additive angular margin")
-    m3: float = Field(0.0, ge=0.0, description="CosFace additive cosine margin")
-    crossing_p: float = Field(1e-4, ge=0.0, le=1.0, description="0 = dataset-aware, 1 = plain softmax")
+    s: float = Field(default=64.0, gt=0)
+    m1: float = Field(default=1.0, ge=1.0, description="SphereFace multiplicative angular margin")
+    m2: float = Field(default=0.5, ge=0.0, lt=3.1416, description="ArcFace additive angular margin")
+    m3: float = Field(default=0.0, ge=0.0, description="CosFace additive cosine margin")
+    crossing_p: float = Field(default=1e-4, ge=0.0, le=1.0, description="0 dataset-aware, 1 plain softmax")
 
 
 class ReversalConfig(_Strict):
     """Dataset classifier with the two-stage gradient reversal schedule (design §5.3)."""
 
     enabled: bool = True
-    lambda_: float = Field(0.1, ge=0.0, alias="lambda")
-    switch_fraction: float = Field(1 / 3, ge=0.0, le=1.0, description="seed: 80k of 240k steps")
-    switch_step: int | None = Field(None, ge=0, description="overrides switch_fraction when set")
+    lambda_: float = Field(default=0.1, ge=0.0, alias="lambda")
+    switch_fraction: float = Field(default=1 / 3, ge=0.0, le=1.0, description="seed: 80k of 240k steps")
+    switch_step: int | None = Field(default=None, ge=0, description="overrides switch_fraction when set")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class BiometricConfig(_Strict):
-    """BioMetricNet metric head on within-dataset pairs (design §5.4); seed targets μ_m=0, μ_n=40, σ=1, m=1."""
+    """BioMetricNet metric head on within-dataset pairs (§5.4); seed: μ_m=0, μ_n=40, σ=1, m=1."""
 
     enabled: bool = False
-    alpha: float = Field(1.0, ge=0.0)
-    output_dim: int = Field(1, ge=1)
-    layers: int = Field(7, ge=1)
-    keep_prob: float = Field(0.8, gt=0.0, le=1.0)
+    alpha: float = Field(default=1.0, ge=0.0)
+    output_dim: int = Field(default=1, ge=1)
+    layers: int = Field(default=7, ge=1)
+    keep_prob: float = Field(default=0.8, gt=0.0, le=1.0)
     mu_match: float = 0.0
     mu_nonmatch: float = 40.0
-    sigma: float = Field(1.0, gt=0.0)
-    hard_fraction: float = Field(0.5, gt=0.0, le=1.0, description="share of pairs kept by hard mining")
-    images_per_identity: int = Field(4, ge=1, description="K of the P x K balanced batch")
+    sigma: float = Field(default=1.0, gt=0.0)
+    hard_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="share of pairs kept (hard mining)")
+    images_per_identity: int = Field(default=4, ge=1, description="K of the P x K balanced batch")
 
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
 
 
 class ScheduleConfig(_Strict):
     kind: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="fractions of steps")
-    step_gamma: float = Field(0.1, gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    step_milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75], description="fractions of steps"
+    )
+    step_gamma: float = Field(default=0.1, gt=0)
 
 
 class ScalingConfigModel(_Strict):
-    """Ray Train scaling. ``num_workers=0`` is Ray Train's local mode (in-process, for tests and debugging)."""
+    """Ray Train scaling. ``num_workers=0`` is Ray Train's local mode (in-process: tests, debugging)."""
 
-    num_workers: int = Field(2, ge=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    cpus_per_worker: float = Field(1.0, gt=0)
+    num_workers: int = Field(default=2, ge=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
 
 
 class TrainingConfig(_Strict):
     """Everything that decides what a run computes; stored as JSON on the run and in the model card."""
 
-    model_name: str = Field("facefleet", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    model_name: str = Field(default="facefleet", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     backbone: str = "iresnet50"
-    embedding_dim: int | None = Field(None, ge=2, description="None = the backbone's default")
-    input_size: int = Field(112, ge=16, le=512)
+    embedding_dim: int | None = Field(default=None, ge=2, description="None = the backbone's default")
+    input_size: int = Field(default=112, ge=16, le=512)
     head: HeadConfig = Field(default_factory=HeadConfig)
     reversal: ReversalConfig = Field(default_factory=ReversalConfig)
     biometric: BiometricConfig = Field(default_factory=BiometricConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    batch_size: int = Field(128, ge=2, description="images per worker per step")
-    steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0, description="used when steps is unset")
-    eval_interval: int = Field(0, ge=0, description="steps between evaluations; 0 = only at the end")
-    checkpoint_interval: int = Field(500, ge=1)
-    metrics_interval: int = Field(10, ge=1, description="steps between metric writes by rank 0")
+    batch_size: int = Field(default=128, ge=2, description="images per worker per step")
+    steps: int | None = Field(default=None, ge=1)
+    epochs: float | None = Field(default=None, gt=0, description="used when steps is unset")
+    eval_interval: int = Field(default=0, ge=0, description="steps between evaluations; 0 = only at the end")
+    checkpoint_interval: int = Field(default=500, ge=1)
+    metrics_interval: int = Field(default=10, ge=1, description="steps between metric writes by rank 0")
     seed: int = 0
     scaling: ScalingConfigModel = Field(default_factory=ScalingConfigModel)
-    mixed_precision: bool = Field(True, description="AMP on GPU workers; ignored on CPU")
-    data_workers: int = Field(2, ge=0, description="DataLoader processes per training worker")
-    cache_bytes: int = Field(256 << 20, ge=0, description="per-worker shard cache size")
-    max_failures: int = Field(2, ge=0, description="worker-group restarts from the last checkpoint")
-    eval_pairs_per_dataset: int = Field(300, ge=0, description="held-out pairs from each training dataset")
+    mixed_precision: bool = Field(default=True, description="AMP on GPU workers; ignored on CPU")
+    data_workers: int = Field(default=2, ge=0, description="DataLoader processes per training worker")
+    cache_bytes: int = Field(default=256 << 20, ge=0, description="per-worker shard cache size")
+    max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
+    eval_pairs_per_dataset: int = Field(default=300, ge=0, description="pairs drawn per training dataset")
 
     @model_validator(mode="after")
     def _self_consistent(self) -> TrainingConfig:
@@ -112,8 +114,8 @@ class TrainingConfig(_Strict):
                 )
             if self.batch_size < 2 * k or self.batch_size % k:
                 raise ValueError(
-                    f"batch_size {self.batch_size} cannot hold whole groups of {k} images of one identity and "
-                    f"at least two identities: use a multiple of {k} that is at least {2 * k}"
+                    f"batch_size {self.batch_size} cannot hold whole groups of {k} images of one identity "
+                    f"and at least two identities: use a multiple of {k} that is at least {2 * k}"
                 )
         if self.scaling.gpus_per_worker and self.scaling.num_workers == 0:
             raise ValueError("scaling.gpus_per_worker needs num_workers >= 1 (local mode runs on the CPU)")
@@ -167,3 +169,22 @@ class MetricPoint(BaseModel):
     step: int
     name: str
     value: float
+
+
+def apply_overrides(config: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """``["head.s=32", "reversal.enabled=false"]`` applied to a config dict (values read as YAML)."""
+    import yaml
+
+    result = {key: (dict(value) if isinstance(value, dict) else value) for key, value in config.items()}
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path.strip():
+            raise ValueError(f"--set {assignment!r}: use key=value, e.g. head.s=32")
+        keys = path.strip().split(".")
+        target = result
+        for key in keys[:-1]:
+            nested = target.get(key)
+            target[key] = dict(nested) if isinstance(nested, dict) else {}
+            target = target[key]
+        target[keys[-1]] = yaml.safe_load(raw)
+    return result

@@ -46,7 +46,8 @@ def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_ma
     known = list_backbones()
     if config.backbone not in known:
         raise InvalidInputError(
-            f"unknown backbone {config.backbone!r}; choose one of {', '.join(sorted(known))}", field="backbone"
+            f"unknown backbone {config.backbone!r}; choose one of {', '.join(sorted(known))}",
+            field="backbone",
         )
     if config.reversal.enabled and train_dataset_count < 2:
         raise InvalidInputError(
@@ -87,9 +88,11 @@ def check_pair_batches(config: TrainingConfig, identity_counts: Sequence[int]) -
     needed = per_batch * max(config.scaling.num_workers, 1)
     if max(identity_counts, default=0) < needed:
         raise InvalidInputError(
-            f"pair batches of {per_batch} identities on {max(config.scaling.num_workers, 1)} workers need a dataset "
-            f"with at least {needed} identities; the largest has {max(identity_counts, default=0)}: lower batch_size "
-            "or scaling.num_workers, or raise biometric.images_per_identity", field="batch_size")
+            f"pair batches of {per_batch} identities on {max(config.scaling.num_workers, 1)} workers need "
+            f"a dataset with at least {needed} identities; the largest has {max(identity_counts, default=0)}"
+            ": lower batch_size or scaling.num_workers, or raise biometric.images_per_identity",
+            field="batch_size",
+        )
 
 
 def resolve_dataset_version(session: Session, ref: str | int) -> DatasetVersion:
@@ -110,7 +113,9 @@ def resolve_dataset_version(session: Session, ref: str | int) -> DatasetVersion:
         query = query.where(DatasetVersion.status == "ready")
     found = session.scalars(query.order_by(DatasetVersion.version.desc()).limit(1)).first()
     if found is None:
-        raise NotFoundError(f"no ready dataset version for {text!r}; register the dataset first", field="datasets")
+        raise NotFoundError(
+            f"no ready dataset version for {text!r}; register the dataset first", field="datasets"
+        )
     return found
 
 
@@ -119,11 +124,14 @@ def _ready_version(session: Session, ref: str | int, kind: str) -> tuple[Dataset
     dataset = session.get(Dataset, version.dataset_id)
     assert dataset is not None
     if version.status != "ready":
-        raise InvalidInputError(f"dataset {dataset.name} v{version.version} is {version.status}, not ready",
-                                field="datasets")
+        raise InvalidInputError(
+            f"dataset {dataset.name} v{version.version} is {version.status}, not ready", field="datasets"
+        )
     if dataset.kind != kind:
-        raise InvalidInputError(f"dataset {dataset.name} is a {dataset.kind} dataset; expected {kind}",
-                                field="datasets" if kind == "train" else "verification_sets")
+        raise InvalidInputError(
+            f"dataset {dataset.name} is a {dataset.kind} dataset; expected {kind}",
+            field="datasets" if kind == "train" else "verification_sets",
+        )
     return version, dataset
 
 
@@ -145,7 +153,7 @@ def create_run(
     policy_id: int | None = None,
     name: str = "",
 ) -> Run:
-    """A queued run over the given training dataset versions (class offsets in order) and verification sets."""
+    """A queued run over training dataset versions (class offsets in order) and verification sets."""
     training_config = parse_config(config)
     if not dataset_names_or_version_ids:
         raise InvalidInputError("a run needs at least one training dataset", field="datasets")
@@ -156,24 +164,43 @@ def create_run(
     from facefleet.platform.settings import get_settings
 
     settings = get_settings()
-    check_runnable(training_config, train_dataset_count=len(train), local_machine=settings.launcher == "local")
+    check_runnable(
+        training_config, train_dataset_count=len(train), local_machine=settings.launcher == "local"
+    )
     check_pair_batches(training_config, [version.identity_count for version, _ in train])
     run = Run(
         name=name or "+".join(dataset.name for _, dataset in train),
-        status="queued", trigger=trigger, policy_id=policy_id,
-        config=training_config.model_dump(mode="json", by_alias=True), launcher=settings.launcher,
+        status="queued",
+        trigger=trigger,
+        policy_id=policy_id,
+        config=training_config.model_dump(mode="json", by_alias=True),
+        launcher=settings.launcher,
         created_by=created_by,
         total_steps=total_steps_for(training_config, sum(v.image_count for v, _ in train)),
     )
     offset = 0
     rows: list[RunDataset] = []
     for position, (version, _) in enumerate(train):
-        rows.append(RunDataset(position=position, role="train", dataset_version_id=version.id,
-                               class_offset=offset, num_classes=version.identity_count))
+        rows.append(
+            RunDataset(
+                position=position,
+                role="train",
+                dataset_version_id=version.id,
+                class_offset=offset,
+                num_classes=version.identity_count,
+            )
+        )
         offset += version.identity_count
     for position, (version, _) in enumerate(verification, start=len(train)):
-        rows.append(RunDataset(position=position, role="verification", dataset_version_id=version.id,
-                               class_offset=0, num_classes=0))
+        rows.append(
+            RunDataset(
+                position=position,
+                role="verification",
+                dataset_version_id=version.id,
+                class_offset=0,
+                num_classes=0,
+            )
+        )
     run.datasets = rows
     session.add(run)
     session.flush()
@@ -199,11 +226,21 @@ def run_view(session: Session, run: Run) -> RunView:
         select(RunDataset, DatasetVersion.version, Dataset.name)
         .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
         .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id == run.id).order_by(RunDataset.position)
+        .where(RunDataset.run_id == run.id)
+        .order_by(RunDataset.position)
     ).all()
-    datasets = [RunDatasetView(position=row.position, role=row.role, dataset_version_id=row.dataset_version_id,
-                               dataset=name, version=version, class_offset=row.class_offset,
-                               num_classes=row.num_classes) for row, version, name in rows]
+    datasets = [
+        RunDatasetView(
+            position=row.position,
+            role=row.role,
+            dataset_version_id=row.dataset_version_id,
+            dataset=name,
+            version=version,
+            class_offset=row.class_offset,
+            num_classes=row.num_classes,
+        )
+        for row, version, name in rows
+    ]
     data = {field: getattr(run, field) for field in RunView.model_fields if field != "datasets"}
     return RunView(**data, datasets=datasets)
 
@@ -228,7 +265,9 @@ def mark_finished(session: Session, run: Run, status: str, error: str | None = N
     session.flush()
 
 
-def cancel_run(session: Session, run_id: int, *, force: bool = False, launcher: Launcher | None = None) -> Run:
+def cancel_run(
+    session: Session, run_id: int, *, force: bool = False, launcher: Launcher | None = None
+) -> Run:
     """Ask a run to stop: the worker stops at its next check and marks it cancelled. ``force`` also stops
     the job through its launcher at once. A run whose job is already gone is marked cancelled now."""
     from facefleet.platform.runs.launchers import get_launcher
@@ -250,8 +289,15 @@ def cancel_run(session: Session, run_id: int, *, force: bool = False, launcher: 
     return run
 
 
-def update_progress(session: Session, run_id: int, *, step: int, total_steps: int, stage: str | None = None,
-                    eta_seconds: float | None = None) -> None:
+def update_progress(
+    session: Session,
+    run_id: int,
+    *,
+    step: int,
+    total_steps: int,
+    stage: str | None = None,
+    eta_seconds: float | None = None,
+) -> None:
     run = session.get(Run, run_id)
     if run is None:
         raise NotFoundError(f"no run with id {run_id}")
@@ -266,12 +312,17 @@ def update_progress(session: Session, run_id: int, *, step: int, total_steps: in
 
 def record_metrics(session: Session, run_id: int, step: int, metrics: dict[str, float]) -> None:
     """One row per (name, value); non-finite values are skipped rather than stored as NaN."""
-    session.add_all(RunMetric(run_id=run_id, step=step, name=name, value=float(value))
-                    for name, value in metrics.items() if math.isfinite(float(value)))
+    session.add_all(
+        RunMetric(run_id=run_id, step=step, name=name, value=float(value))
+        for name, value in metrics.items()
+        if math.isfinite(float(value))
+    )
     session.flush()
 
 
-def run_metrics(session: Session, run_id: int, names: Iterable[str] | None = None) -> dict[str, list[tuple[int, float]]]:
+def run_metrics(
+    session: Session, run_id: int, names: Iterable[str] | None = None
+) -> dict[str, list[tuple[int, float]]]:
     """Series per metric name: [(step, value), ...] in step order."""
     query = select(RunMetric.name, RunMetric.step, RunMetric.value).where(RunMetric.run_id == run_id)
     if names is not None:
@@ -284,8 +335,12 @@ def run_metrics(session: Session, run_id: int, names: Iterable[str] | None = Non
 
 def latest_metrics(session: Session, run_id: int) -> dict[str, float]:
     """The newest value of every metric of a run."""
-    newest = (select(RunMetric.name, func.max(RunMetric.id).label("id"))
-              .where(RunMetric.run_id == run_id).group_by(RunMetric.name).subquery())
+    newest = (
+        select(RunMetric.name, func.max(RunMetric.id).label("id"))
+        .where(RunMetric.run_id == run_id)
+        .group_by(RunMetric.name)
+        .subquery()
+    )
     rows = session.execute(select(RunMetric.name, RunMetric.value).join(newest, RunMetric.id == newest.c.id))
     return {name: value for name, value in rows}
 

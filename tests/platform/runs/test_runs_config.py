@@ -16,7 +16,7 @@ from tests.workers.train_helpers import register_tiny_datasets, tiny_config
 
 
 def test_defaults_follow_the_seeds() -> None:
-    config = TrainingConfig()
+    config = TrainingConfig.model_validate({})
     assert (config.head.kind, config.head.s, config.head.m2) == ("arcface", 64.0, 0.5)
     assert config.reversal.lambda_ == 0.1
     bio = config.biometric
@@ -27,13 +27,16 @@ def test_defaults_follow_the_seeds() -> None:
     assert TrainingConfig.model_validate(dumped) == config
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"biometric": {"enabled": True, "images_per_identity": 1}}, "biometric"),
-    ({"biometric": {"enabled": True, "images_per_identity": 4}, "batch_size": 6}, "batch_size"),
-    ({"head": {"kind": "triplet"}}, "head.kind"),
-    ({"scaling": {"num_workers": 0, "gpus_per_worker": 1}}, "scaling"),
-    ({"learning_rate": 0.1}, "learning_rate"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"biometric": {"enabled": True, "images_per_identity": 1}}, "biometric"),
+        ({"biometric": {"enabled": True, "images_per_identity": 4}, "batch_size": 6}, "batch_size"),
+        ({"head": {"kind": "triplet"}}, "head.kind"),
+        ({"scaling": {"num_workers": 0, "gpus_per_worker": 1}}, "scaling"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+    ],
+)
 def test_schema_rejects_configs_that_cannot_run(change: dict, field: str) -> None:
     with pytest.raises(InvalidInputError) as caught:
         service.parse_config(tiny_config(**change))
@@ -68,11 +71,14 @@ def test_more_gpus_than_the_machine_has_is_rejected() -> None:
     service.check_runnable(config, train_dataset_count=2, local_machine=False)  # a cluster may have them
 
 
-def test_create_run_rejects_a_pair_batch_no_dataset_can_fill(session: Session, local_store: ObjectStore,
-                                                            tmp_path: Path) -> None:
+def test_create_run_rejects_a_pair_batch_no_dataset_can_fill(
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
     names, _ = register_tiny_datasets(session, local_store, tmp_path / "synth")
     too_many = tiny_config(batch_size=40, scaling={"num_workers": 2})  # 10 identities x 2 workers > 8
-    with pytest.raises(InvalidInputError, match="need a dataset with at least 20 identities; the largest has 8"):
+    with pytest.raises(
+        InvalidInputError, match="need a dataset with at least 20 identities; the largest has 8"
+    ):
         service.create_run(session, dataset_names_or_version_ids=names, config=too_many)
     with pytest.raises(InvalidInputError, match="at least two training datasets"):
         service.create_run(session, dataset_names_or_version_ids=names[:1], config=tiny_config())

@@ -10,7 +10,12 @@ from sqlalchemy.orm import Session
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 from facefleet.platform.runs import service
-from facefleet.platform.runs.launchers import KubeRayLauncher, RayJobsLauncher, get_launcher, job_submission_payload
+from facefleet.platform.runs.launchers import (
+    KubeRayLauncher,
+    RayJobsLauncher,
+    get_launcher,
+    job_submission_payload,
+)
 from facefleet.platform.settings import Settings
 from facefleet.platform.store import ObjectStore
 from tests.workers.train_helpers import register_tiny_datasets, tiny_config
@@ -21,19 +26,30 @@ def registered(session: Session, local_store: ObjectStore, tmp_path: Path) -> tu
     return register_tiny_datasets(session, local_store, tmp_path / "synth", num_datasets=3)
 
 
-def test_create_run_assigns_class_offsets_in_order(session: Session, registered: tuple[list[str], str]) -> None:
+def test_create_run_assigns_class_offsets_in_order(
+    session: Session, registered: tuple[list[str], str]
+) -> None:
     names, verif = registered
-    run = service.create_run(session, dataset_names_or_version_ids=[names[2], f"{names[0]}:1"],
-                             verification_sets=[verif], config=tiny_config(), created_by="alice")
+    run = service.create_run(
+        session,
+        dataset_names_or_version_ids=[names[2], f"{names[0]}:1"],
+        verification_sets=[verif],
+        config=tiny_config(),
+        created_by="alice",
+    )
     view = service.run_view(session, service.get_run(session, run.id))
     assert view.status == "queued" and view.created_by == "alice" and view.total_steps == 6
     assert [(d.dataset, d.role, d.class_offset, d.num_classes) for d in view.datasets] == [
-        (names[2], "train", 0, 8), (names[0], "train", 8, 8), (verif, "verification", 0, 0)]
+        (names[2], "train", 0, 8),
+        (names[0], "train", 8, 8),
+        (verif, "verification", 0, 0),
+    ]
     assert view.config["head"]["s"] == 16.0 and view.config["reversal"]["lambda"] == 0.1
 
 
-def test_create_run_rejects_wrong_kinds_and_missing_datasets(session: Session,
-                                                             registered: tuple[list[str], str]) -> None:
+def test_create_run_rejects_wrong_kinds_and_missing_datasets(
+    session: Session, registered: tuple[list[str], str]
+) -> None:
     names, verif = registered
     with pytest.raises(InvalidInputError, match="verification dataset; expected train"):
         service.create_run(session, dataset_names_or_version_ids=[names[0], verif], config=tiny_config())
@@ -43,7 +59,9 @@ def test_create_run_rejects_wrong_kinds_and_missing_datasets(session: Session,
         service.create_run(session, dataset_names_or_version_ids=[names[0], names[0]], config=tiny_config())
 
 
-def test_epochs_become_steps_from_the_image_count(session: Session, registered: tuple[list[str], str]) -> None:
+def test_epochs_become_steps_from_the_image_count(
+    session: Session, registered: tuple[list[str], str]
+) -> None:
     names, _ = registered
     config = tiny_config(steps=None, epochs=2, scaling={"num_workers": 0})
     run = service.create_run(session, dataset_names_or_version_ids=names[:2], config=config)
@@ -70,24 +88,37 @@ def test_cancel_rules(session: Session, registered: tuple[list[str], str]) -> No
     names, _ = registered
     run = service.create_run(session, dataset_names_or_version_ids=names[:2], config=tiny_config())
     cancelled = service.cancel_run(session, run.id)  # never launched: cancelled at once
-    assert (cancelled.status, cancelled.cancel_requested, cancelled.finished_at is not None) == ("cancelled", True, True)
+    assert (cancelled.status, cancelled.cancel_requested, cancelled.finished_at is not None) == (
+        "cancelled",
+        True,
+        True,
+    )
     with pytest.raises(ConflictError, match="already cancelled"):
         service.cancel_run(session, run.id)
     with pytest.raises(ConflictError, match="only queued runs"):
-        service.start_run(session, session.get(Run, run.id))
+        service.start_run(session, service.get_run(session, run.id))
     with pytest.raises(NotFoundError):
         service.cancel_run(session, 987654)
 
 
 def test_ray_jobs_payload_runs_the_entrypoint_with_the_same_database_and_store(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, database_url="postgresql://db/ff", store_url="s3://bucket/ff",
-                        s3_endpoint_url="http://minio:9000", ray_address="http://head:8265", launcher="ray")
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql://db/ff",
+        store_url="s3://bucket/ff",
+        s3_endpoint_url="http://minio:9000",
+        ray_address="http://head:8265",
+        launcher="ray",
+    )
     payload = job_submission_payload(Run(id=7), settings)
     assert payload["entrypoint"] == "python -m facefleet.workers.train --run 7"
     assert payload["submission_id"].startswith("facefleet-run-7-")
     assert payload["runtime_env"]["env_vars"] == {
-        "FACEFLEET_DATABASE_URL": "postgresql://db/ff", "FACEFLEET_STORE_URL": "s3://bucket/ff",
-        "FACEFLEET_DATA_DIR": str(tmp_path.resolve()), "FACEFLEET_S3_ENDPOINT_URL": "http://minio:9000"}
+        "FACEFLEET_DATABASE_URL": "postgresql://db/ff",
+        "FACEFLEET_STORE_URL": "s3://bucket/ff",
+        "FACEFLEET_DATA_DIR": str(tmp_path.resolve()),
+        "FACEFLEET_S3_ENDPOINT_URL": "http://minio:9000",
+    }
     assert isinstance(get_launcher("ray", settings), RayJobsLauncher)
     with pytest.raises(InvalidInputError, match="FACEFLEET_RAY_ADDRESS"):
         RayJobsLauncher(Settings(data_dir=tmp_path))

@@ -1,0 +1,164 @@
+"""Drive the real API server (uvicorn subprocess, SQLite, loopback) at a fixed request rate.
+
+Open-loop load: request i is due at start + i/rate whatever earlier answers did, sent by a bounded asyncio
+httpx client; latency counts from the due time, so a slow server cannot hide queueing (no coordinated
+omission). Prints p50/p99 latency and throughput for a read route, a write route and /healthz (the baseline
+in the same process: no auth, no database). Target: read p99 < 50 ms.
+
+    .venv/bin/python bench/api.py [--rate 200] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    name: str
+    latencies: list[float]
+    errors: int
+    elapsed: float
+
+    def pct(self, q: float) -> float:
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seed(env: dict[str, str]) -> tuple[str, int]:
+    """Migrate, create an admin key and 20 policies; return the key and one policy id."""
+    code = (
+        "from facefleet.platform.db import migrate\n"
+        "from facefleet.platform.db.session import session_scope\n"
+        "from facefleet.platform.settings import get_settings\n"
+        "from facefleet.platform.auth import create_api_key\n"
+        "from facefleet.platform.policies.service import create_policy\n"
+        "from facefleet.platform.policies.schemas import PolicyCreate\n"
+        "migrate.upgrade(get_settings().effective_database_url)\n"
+        "with session_scope() as s:\n"
+        "    key, token = create_api_key(s, name='bench', role='admin')\n"
+        "    ids = [create_policy(s, spec=PolicyCreate(name=f'p{i}', triggers=['manual'])).id for i in range(20)]\n"
+        "print(token, ids[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    token, policy_id = out.stdout.split()
+    return token, int(policy_id)
+
+
+def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "facefleet.api.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the server did not start")
+
+
+async def drive(client: httpx.AsyncClient, name: str, method: str, path: str, rate: float, seconds: float,
+                concurrency: int) -> Result:
+    total = int(rate * seconds)
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.1
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        due = start + i / rate
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        async with gate:
+            try:
+                response = await client.request(method, path)
+                ok = response.status_code < 400
+            except httpx.HTTPError:
+                ok = False
+        if ok:
+            latencies.append(loop.time() - due)
+        else:
+            errors += 1
+
+    await asyncio.gather(*(one(i) for i in range(total)))
+    return Result(name, latencies, errors, loop.time() - start)
+
+
+async def bench(base: str, token: str, policy_id: int, rate: float, seconds: float, concurrency: int) -> list[Result]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+        await drive(client, "warm-up", "GET", "/v1/policies", rate, 1.0, concurrency)
+        return [
+            await drive(client, "GET /healthz (baseline)", "GET", "/healthz", rate, seconds, concurrency),
+            await drive(client, "GET /v1/policies?limit=20 (read)", "GET", "/v1/policies?limit=20", rate,
+                        seconds, concurrency),
+            await drive(client, f"POST /v1/policies/{policy_id}:fire (write)", "POST",
+                        f"/v1/policies/{policy_id}:fire", rate, seconds, concurrency),
+        ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second per route")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=64, help="most requests in flight")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="facefleet-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEFLEET_")}
+        env.update(FACEFLEET_DATA_DIR=tmp, FACEFLEET_LOG_LEVEL="WARNING")
+        token, policy_id = seed(env)
+        port = free_port()
+        server = start_server(env, port)
+        try:
+            results = asyncio.run(bench(f"http://127.0.0.1:{port}", token, policy_id, args.rate, args.seconds,
+                                        args.concurrency))
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    base = results[0]
+    print(f"\nfacefleet API on loopback: uvicorn (1 process), SQLite, {args.rate:g} req/s for {args.seconds:g} s "
+          f"per route, at most {args.concurrency} in flight\n")
+    print(f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
+          f"{'p99/base':>8}")
+    for r in results:
+        print(f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
+              f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}")
+    read = results[1]
+    verdict = "met" if read.pct(0.99) < 50 else "MISSED"
+    print(f"\nread p99 {read.pct(0.99):.1f} ms: target < 50 ms {verdict}; "
+          f"mean read latency {statistics.mean(read.latencies) * 1000:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
