@@ -72,9 +72,23 @@ def seed(env: dict[str, str]) -> tuple[str, int]:
 
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "facefleet.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "facefleet.api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -86,8 +100,15 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the server did not start")
 
 
-async def drive(client: httpx.AsyncClient, name: str, method: str, path: str, rate: float, seconds: float,
-                concurrency: int) -> Result:
+async def drive(
+    client: httpx.AsyncClient,
+    name: str,
+    method: str,
+    path: str,
+    rate: float,
+    seconds: float,
+    concurrency: int,
+) -> Result:
     total = int(rate * seconds)
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -114,17 +135,33 @@ async def drive(client: httpx.AsyncClient, name: str, method: str, path: str, ra
     return Result(name, latencies, errors, loop.time() - start)
 
 
-async def bench(base: str, token: str, policy_id: int, rate: float, seconds: float, concurrency: int) -> list[Result]:
+async def bench(
+    base: str, token: str, policy_id: int, rate: float, seconds: float, concurrency: int
+) -> list[Result]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
         await drive(client, "warm-up", "GET", "/v1/policies", rate, 1.0, concurrency)
         return [
             await drive(client, "GET /healthz (baseline)", "GET", "/healthz", rate, seconds, concurrency),
-            await drive(client, "GET /v1/policies?limit=20 (read)", "GET", "/v1/policies?limit=20", rate,
-                        seconds, concurrency),
-            await drive(client, f"POST /v1/policies/{policy_id}:fire (write)", "POST",
-                        f"/v1/policies/{policy_id}:fire", rate, seconds, concurrency),
+            await drive(
+                client,
+                "GET /v1/policies?limit=20 (read)",
+                "GET",
+                "/v1/policies?limit=20",
+                rate,
+                seconds,
+                concurrency,
+            ),
+            await drive(
+                client,
+                f"POST /v1/policies/{policy_id}:fire (write)",
+                "POST",
+                f"/v1/policies/{policy_id}:fire",
+                rate,
+                seconds,
+                concurrency,
+            ),
         ]
 
 
@@ -141,23 +178,32 @@ def main() -> None:
         port = free_port()
         server = start_server(env, port)
         try:
-            results = asyncio.run(bench(f"http://127.0.0.1:{port}", token, policy_id, args.rate, args.seconds,
-                                        args.concurrency))
+            results = asyncio.run(
+                bench(f"http://127.0.0.1:{port}", token, policy_id, args.rate, args.seconds, args.concurrency)
+            )
         finally:
             server.terminate()
             server.wait(timeout=10)
     base = results[0]
-    print(f"\nfacefleet API on loopback: uvicorn (1 process), SQLite, {args.rate:g} req/s for {args.seconds:g} s "
-          f"per route, at most {args.concurrency} in flight\n")
-    print(f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
-          f"{'p99/base':>8}")
+    print(
+        f"\nfacefleet API on loopback: uvicorn (1 process), SQLite, {args.rate:g} req/s for {args.seconds:g} s "
+        f"per route, at most {args.concurrency} in flight\n"
+    )
+    print(
+        f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
+        f"{'p99/base':>8}"
+    )
     for r in results:
-        print(f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
-              f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}")
+        print(
+            f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
+            f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}"
+        )
     read = results[1]
     verdict = "met" if read.pct(0.99) < 50 else "MISSED"
-    print(f"\nread p99 {read.pct(0.99):.1f} ms: target < 50 ms {verdict}; "
-          f"mean read latency {statistics.mean(read.latencies) * 1000:.2f} ms")
+    print(
+        f"\nread p99 {read.pct(0.99):.1f} ms: target < 50 ms {verdict}; "
+        f"mean read latency {statistics.mean(read.latencies) * 1000:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

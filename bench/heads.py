@@ -25,8 +25,13 @@ REPEATS = 3
 S, M2 = 64.0, 0.5
 
 
-def masked_full_softmax_loss(head: DatasetAwareMarginHead, x: torch.Tensor, labels: torch.Tensor,
-                             dataset_index: torch.Tensor, class_dataset: torch.Tensor) -> torch.Tensor:
+def masked_full_softmax_loss(
+    head: DatasetAwareMarginHead,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    dataset_index: torch.Tensor,
+    class_dataset: torch.Tensor,
+) -> torch.Tensor:
     """The same dataset-aware ArcFace loss computed the direct way: an N×C logit matrix with a mask."""
     cos = F.normalize(x, dim=1) @ F.normalize(head.weight, dim=1).t()
     target = margin_target_cos(cos.gather(1, labels[:, None]), "arcface", 1.0, M2, 0.0)
@@ -63,17 +68,22 @@ def main() -> None:
     variants = ["masked_full", "head", "head_crossing_1e-4"]
     results = {}
     for variant in variants:
-        out = subprocess.run([sys.executable, __file__, "--variant", variant], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--variant", variant], check=True, capture_output=True, text=True
+        ).stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
     base = results["masked_full"]
-    print(f"C={CLASSES:,} D={DIM} N={BATCH} K={DATASETS} arcface, CPU threads={torch.get_num_threads()}, "
-          f"median of {REPEATS} forward+backward")
+    print(
+        f"C={CLASSES:,} D={DIM} N={BATCH} K={DATASETS} arcface, CPU threads={torch.get_num_threads()}, "
+        f"median of {REPEATS} forward+backward"
+    )
     print(f"{'variant':<22}{'fwd+bwd s':>11}{'ratio':>8}{'peak MiB':>11}{'mem ratio':>11}{'loss':>10}")
     for variant in variants:
         r = results[variant]
-        print(f"{variant:<22}{r['seconds']:>11.3f}{r['seconds'] / base['seconds']:>8.2f}"
-              f"{r['peak_mib']:>11.0f}{r['peak_mib'] / base['peak_mib']:>11.2f}{r['loss']:>10.4f}")
+        print(
+            f"{variant:<22}{r['seconds']:>11.3f}{r['seconds'] / base['seconds']:>8.2f}"
+            f"{r['peak_mib']:>11.0f}{r['peak_mib'] / base['peak_mib']:>11.2f}{r['loss']:>10.4f}"
+        )
     print("target: head ratio <= 0.35; peak MiB = rise of the process's max RSS during the timed steps")
 
 

@@ -1,11 +1,12 @@
-"""Benchmark: a 2-worker Ray Train run vs a plain 2-process torch DDP loop (gloo) training the same model on the
-same sharded data pipeline. Prints steady-state images/s (after warm-up), time to the first step, and the
+"""Benchmark: a 2-worker Ray Train run vs a plain 2-process torch DDP loop (gloo) on the same model and the
+sharded data pipeline. Prints steady-state images/s (after warm-up), time to the first step, and the
 fraction of step time spent waiting for data, with ratios. Run: `.venv/bin/python bench/train.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -23,8 +24,14 @@ from facefleet.platform.runs.schemas import TrainingConfig  # noqa: E402
 from facefleet.workers.train_model import build_optimizer, build_training_model  # noqa: E402
 
 BENCH_CONFIG: dict[str, Any] = {
-    "backbone": "tiny", "embedding_dim": 64, "input_size": 48, "batch_size": 32, "steps": 1000,
-    "data_workers": 1, "head": {"s": 32.0, "m2": 0.3}, "scaling": {"num_workers": 2},
+    "backbone": "tiny",
+    "embedding_dim": 64,
+    "input_size": 48,
+    "batch_size": 32,
+    "steps": 1000,
+    "data_workers": 1,
+    "head": {"s": 32.0, "m2": 0.3},
+    "scaling": {"num_workers": 2},
     "biometric": {"enabled": False},
 }
 
@@ -39,9 +46,17 @@ def timed_training(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str
     optimizer, scheduler = build_optimizer(config, model, spec["steps"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
     loader = make_train_loader(
-        spec["entries"], store_url=spec["store_url"], s3_endpoint_url=None, batch_size=config.batch_size,
-        input_size=config.input_size, rank=rank, world_size=world_size, num_workers=config.data_workers,
-        seed=0, cache_dir=Path(spec["cache_dir"]) / f"rank{rank}", cache_bytes=64 << 20,
+        spec["entries"],
+        store_url=spec["store_url"],
+        s3_endpoint_url=None,
+        batch_size=config.batch_size,
+        input_size=config.input_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=config.data_workers,
+        seed=0,
+        cache_dir=Path(spec["cache_dir"]) / f"rank{rank}",
+        cache_bytes=64 << 20,
     )
     batches = iter(loader)
     first_step_at, steady_started, waiting = 0.0, 0.0, 0.0
@@ -60,15 +75,21 @@ def timed_training(rank: int, world_size: int, spec: dict[str, Any]) -> dict[str
             first_step_at = time.time()
     elapsed = time.perf_counter() - steady_started
     measured = spec["steps"] - spec["warmup"]
-    return {"first_step_at": first_step_at, "images_per_second": measured * config.batch_size * world_size / elapsed,
-            "data_wait_fraction": waiting / elapsed}
+    return {
+        "first_step_at": first_step_at,
+        "images_per_second": measured * config.batch_size * world_size / elapsed,
+        "data_wait_fraction": waiting / elapsed,
+    }
 
 
 def ray_train_func(spec: dict[str, Any]) -> None:
     import ray.train
 
     context = ray.train.get_context()
-    ray.train.report(timed_training(context.get_world_rank(), context.get_world_size(), spec))
+    outcome = timed_training(context.get_world_rank(), context.get_world_size(), spec)
+    if context.get_world_rank() == 0:  # Result.metrics only carries checkpointed reports: use a file
+        Path(spec["cache_dir"], "ray_result.json").write_text(json.dumps(outcome))
+    ray.train.report(outcome)
 
 
 def run_ray(spec: dict[str, Any]) -> dict[str, float]:
@@ -78,11 +99,16 @@ def run_ray(spec: dict[str, Any]) -> dict[str, float]:
 
     launched = time.time()
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20)
-    trainer = TorchTrainer(ray_train_func, train_loop_config=spec, torch_config=TorchConfig(backend="gloo"),
-                           scaling_config=ScalingConfig(num_workers=2),
-                           run_config=RunConfig(name="bench", storage_path=spec["cache_dir"] + "/ray"))
-    metrics = dict(trainer.fit().metrics)
+    trainer = TorchTrainer(
+        ray_train_func,
+        train_loop_config=spec,
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(name="bench", storage_path=spec["cache_dir"] + "/ray"),
+    )
+    trainer.fit()
     ray.shutdown()
+    metrics = json.loads(Path(spec["cache_dir"], "ray_result.json").read_text())
     metrics["startup_seconds"] = metrics["first_step_at"] - launched
     return metrics
 
@@ -122,13 +148,26 @@ def prepare_data(root: Path) -> dict[str, Any]:
     os.environ["FACEFLEET_DATA_DIR"] = str(root)
     get_settings.cache_clear()
     migrate.upgrade(get_settings().effective_database_url)
-    synth = generate_synthetic_datasets(root / "synth", num_datasets=3, identities_per_dataset=40,
-                                        images_per_identity=10, verification_identities=4, verification_pairs=10)
+    synth = generate_synthetic_datasets(
+        root / "synth",
+        num_datasets=3,
+        identities_per_dataset=40,
+        images_per_identity=10,
+        verification_identities=4,
+        verification_pairs=10,
+    )
     with session_scope() as session:
-        ids = [register_dataset_version(session, get_store(), name=d.name, source=d).id for d in synth.dataset_dirs]
+        ids = [
+            register_dataset_version(session, get_store(), name=d.name, source=d).id
+            for d in synth.dataset_dirs
+        ]
         entries = label_space_for_versions(session, ids)
-    return {"entries": [e.model_dump() for e in entries], "classes": [e.num_classes for e in entries],
-            "store_url": get_settings().effective_store_url, "cache_dir": str(root / "cache")}
+    return {
+        "entries": [e.model_dump() for e in entries],
+        "classes": [e.num_classes for e in entries],
+        "store_url": get_settings().effective_store_url,
+        "cache_dir": str(root / "cache"),
+    }
 
 
 def main() -> None:
@@ -141,12 +180,16 @@ def main() -> None:
         spec = {**prepare_data(Path(tmp)), "config": BENCH_CONFIG, "steps": args.steps, "warmup": args.warmup}
         plain = run_plain_ddp(spec)
         ray_run = run_ray(spec)
-    print(f"\n2 workers x batch {BENCH_CONFIG['batch_size']}, tiny backbone at {BENCH_CONFIG['input_size']}px, "
-          f"{args.steps} steps ({args.warmup} warm-up), {os.cpu_count()} CPU cores")
+    print(
+        f"\n2 workers x batch {BENCH_CONFIG['batch_size']}, tiny backbone at {BENCH_CONFIG['input_size']}px, "
+        f"{args.steps} steps ({args.warmup} warm-up), {os.cpu_count()} CPU cores"
+    )
     print(f"{'':34}{'Ray Train':>12}{'plain DDP':>12}{'ratio':>9}")
-    rows = [("steady-state images/s", "images_per_second", "{:12.1f}", "target >= 0.9"),
-            ("time to first step (s)", "startup_seconds", "{:12.1f}", ""),
-            ("data-wait fraction of step time", "data_wait_fraction", "{:12.3f}", "target <= 0.05")]
+    rows = [
+        ("steady-state images/s", "images_per_second", "{:12.1f}", "target >= 0.9"),
+        ("time to first step (s)", "startup_seconds", "{:12.1f}", ""),
+        ("data-wait fraction of step time", "data_wait_fraction", "{:12.3f}", "target <= 0.05"),
+    ]
     for label, key, fmt, note in rows:
         ratio = ray_run[key] / plain[key] if plain[key] else float("nan")
         print(f"{label:34}{fmt.format(ray_run[key])}{fmt.format(plain[key])}{ratio:9.2f}  {note}")

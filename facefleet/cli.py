@@ -9,11 +9,12 @@ from rich.console import Console
 from rich.table import Table
 
 from facefleet import __version__
-from facefleet.commands import datasets, db, devices, keys, models, runs, terminal
+from facefleet.commands import datasets, db, devices, keys, models, runs, server, terminal
 from facefleet.platform.settings import get_settings
 
-app = typer.Typer(help="facefleet: train face models on many datasets and ship them to terminals.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="facefleet: train face models on many datasets and ship them to terminals.", no_args_is_help=True
+)
 app.add_typer(db.app, name="db")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(runs.app, name="runs")
@@ -21,12 +22,16 @@ app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(terminal.app, name="terminal")
+app.command("serve")(server.serve)
+app.command("scheduler")(server.scheduler)
 console = Console()
 
 
 @app.callback()
 def _main() -> None:
-    logging.basicConfig(level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -46,12 +51,12 @@ def config() -> None:
 
 @app.command()
 def demo(
-    out: str = typer.Option("", help="Where the demo writes data, plots and the report (default: <data_dir>/demo)."),
+    steps: int = typer.Option(0, help="Training steps per run (0: the demo's default)."),
 ) -> None:
     """Run the main job end to end on the embedded defaults: synthetic datasets -> train -> evaluate -> deploy."""
     from facefleet.demo import run_demo
 
-    run_demo(out_dir=out or None)
+    run_demo(steps=steps or None)
 
 
 if __name__ == "__main__":

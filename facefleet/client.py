@@ -18,18 +18,30 @@ from facefleet.platform.errors import (
 )
 from facefleet.platform.settings import get_settings
 
-_ERRORS: dict[int, type[FacefleetError]] = {401: AuthenticationError, 403: PermissionDeniedError,
-                                            404: NotFoundError, 409: ConflictError, 422: InvalidInputError}
+_ERRORS: dict[int, type[FacefleetError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: InvalidInputError,
+}
 
 
 class FacefleetClient:
     """Thin, synchronous: each method is one request; problem responses become FacefleetError with the detail."""
 
-    def __init__(self, server: str, api_key: str | None, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        api_key: str | None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout,
-                                 transport=transport)
+        self.http = httpx.Client(
+            base_url=server.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -44,8 +56,9 @@ class FacefleetClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise FacefleetError(f"cannot reach the facefleet server at {self.http.base_url}: {exc}",
-                                 status_code=503) from exc
+            raise FacefleetError(
+                f"cannot reach the facefleet server at {self.http.base_url}: {exc}", status_code=503
+            ) from exc
         raise_for_problem(response)
         return response
 
@@ -76,12 +89,22 @@ class FacefleetClient:
             if not page["items"] or offset >= page["total"]:
                 return
 
-    def upload_dataset(self, archive: Path, *, name: str, kind: str = "train", tags: list[str] | None = None,
-                       description: str = "") -> Any:
+    def upload_dataset(
+        self,
+        archive: Path,
+        *,
+        name: str,
+        kind: str = "train",
+        tags: list[str] | None = None,
+        description: str = "",
+    ) -> Any:
         with open(archive, "rb") as handle:
-            response = self.request("POST", "/v1/datasets/upload", files={"file": (archive.name, handle)},
-                                    data={"name": name, "kind": kind, "tags": ",".join(tags or []),
-                                          "description": description})
+            response = self.request(
+                "POST",
+                "/v1/datasets/upload",
+                files={"file": (archive.name, handle)},
+                data={"name": name, "kind": kind, "tags": ",".join(tags or []), "description": description},
+            )
         return response.json()
 
     def download(self, path: str, target: Path) -> Path:
@@ -118,5 +141,7 @@ def remote_client(server: str | None = None, api_key: str | None = None) -> Face
         return None
     key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
     if not key:
-        raise AuthenticationError("remote mode needs an API key: set FACEFLEET_API_KEY", field="FACEFLEET_API_KEY")
+        raise AuthenticationError(
+            "remote mode needs an API key: set FACEFLEET_API_KEY", field="FACEFLEET_API_KEY"
+        )
     return FacefleetClient(server, key)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine
 
 from facefleet import __version__
+from facefleet.api.admission import AdmissionMiddleware, pool_capacity
 from facefleet.api.errors import install_error_handlers
 from facefleet.api.metrics import ApiMetrics, DatabaseCollector, PrometheusMiddleware
 from facefleet.api.routes import audit, health, keys
@@ -56,6 +57,8 @@ def create_app(
     app.state.metrics = ApiMetrics()
     app.state.metrics.registry.register(DatabaseCollector(app.state.session_factory))
     install_error_handlers(app)
+    # Added last = outermost: latencies include the time a request waits for admission.
+    app.add_middleware(AdmissionMiddleware, limit=pool_capacity(engine))
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     app.include_router(keys.router)

@@ -13,7 +13,9 @@ from facefleet.platform import auth
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 from facefleet.platform.store import ObjectStore
 
-DEVICE_ONLY_MESSAGE = "device credentials are accepted only on /v1/device routes; use an API key (ffk_...) here"
+DEVICE_ONLY_MESSAGE = (
+    "device credentials are accepted only on /v1/device routes; use an API key (ffk_...) here"
+)
 
 
 def get_db_session(request: Request) -> Iterator[Session]:

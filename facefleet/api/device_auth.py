@@ -16,11 +16,14 @@ def require_device(request: Request, session: DbSession) -> Device:
     """The calling terminal: 401 without a known credential, 403 when disabled or when an API key is sent."""
     token = bearer_token(request)
     if not token:
-        raise AuthenticationError("no device credential: send 'Authorization: Bearer ffd_...' from enrollment",
-                                  field="Authorization")
+        raise AuthenticationError(
+            "no device credential: send 'Authorization: Bearer ffd_...' from enrollment",
+            field="Authorization",
+        )
     if not token.startswith(CREDENTIAL_PREFIX):
-        raise PermissionDeniedError("/v1/device routes accept only device credentials (ffd_...), not API keys",
-                                    field="Authorization")
+        raise PermissionDeniedError(
+            "/v1/device routes accept only device credentials (ffd_...), not API keys", field="Authorization"
+        )
     return authenticate_device(session, token)
 
 

@@ -17,9 +17,17 @@ from facefleet.platform.store.base import InvalidKeyError, ObjectNotFoundError
 log = logging.getLogger("facefleet.api")
 
 PROBLEM_BASE = "https://facefleet.dev/problems/"
-_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-           405: "Method not allowed", 409: "Conflict", 413: "Payload too large", 422: "Invalid input",
-           500: "Internal server error"}
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    422: "Invalid input",
+    500: "Internal server error",
+}
 
 
 class Problem(BaseModel):
@@ -33,14 +41,30 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
-def problem_response(status: int, detail: str, *, field: str | None = None, title: str | None = None,
-                     errors: list[dict[str, Any]] | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    field: str | None = None,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     title = title or _TITLES.get(status, "Error")
-    body = Problem(type=PROBLEM_BASE + title.lower().replace(" ", "-"), title=title, status=status,
-                   detail=detail, field=field, errors=errors)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers,
-                        media_type="application/problem+json")
+    body = Problem(
+        type=PROBLEM_BASE + title.lower().replace(" ", "-"),
+        title=title,
+        status=status,
+        detail=detail,
+        field=field,
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        headers=headers,
+        media_type="application/problem+json",
+    )
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -76,8 +100,9 @@ async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse
 async def _facefleet_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FacefleetError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return problem_response(exc.status_code, exc.message, field=exc.field, title=type(exc).title,
-                            headers=headers)
+    return problem_response(
+        exc.status_code, exc.message, field=exc.field, title=type(exc).title, headers=headers
+    )
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:

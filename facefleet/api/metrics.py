@@ -24,11 +24,19 @@ class ApiMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("facefleet_http_requests", "HTTP requests handled",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("facefleet_http_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route"], registry=self.registry,
-                                 buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.requests = Counter(
+            "facefleet_http_requests",
+            "HTTP requests handled",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "facefleet_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -78,10 +86,13 @@ class DatabaseCollector(Collector):
         try:
             with self.session_factory() as session:
                 counts = dict(session.execute(select(Run.status, func.count()).group_by(Run.status)).all())
-                pending_count = session.scalar(
-                    select(func.count()).where(RetrainPolicy.pending_trigger.is_not(None))) or 0
-                notes_count = session.scalar(
-                    select(func.count()).where(Notification.status == "pending")) or 0
+                pending_count = (
+                    session.scalar(select(func.count()).where(RetrainPolicy.pending_trigger.is_not(None)))
+                    or 0
+                )
+                notes_count = (
+                    session.scalar(select(func.count()).where(Notification.status == "pending")) or 0
+                )
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database is down
             log.warning("could not read run metrics from the database", exc_info=True)
             return []

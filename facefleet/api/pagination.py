@@ -22,7 +22,9 @@ class PageParams(BaseModel):
 
 
 def page_params(
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"items per page (1-{MAX_LIMIT})")] = DEFAULT_LIMIT,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_LIMIT, description=f"items per page (1-{MAX_LIMIT})")
+    ] = DEFAULT_LIMIT,
     offset: Annotated[int, Query(ge=0, description="items to skip")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
@@ -40,8 +42,12 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
-def make_page(items: Sequence[object], total: int, params: PageParams, convert: Callable[[object], T]) -> Page[T]:
-    return Page[T](items=[convert(item) for item in items], total=total, limit=params.limit, offset=params.offset)
+def make_page(
+    items: Sequence[object], total: int, params: PageParams, convert: Callable[[object], T]
+) -> Page[T]:
+    return Page[T](
+        items=[convert(item) for item in items], total=total, limit=params.limit, offset=params.offset
+    )
 
 
 def paginate_query(session: Session, stmt: Select, params: PageParams) -> tuple[list, int]:  # type: ignore[type-arg]
@@ -53,4 +59,4 @@ def paginate_query(session: Session, stmt: Select, params: PageParams) -> tuple[
 
 def slice_page(items: Sequence[object], params: PageParams) -> tuple[list, int]:  # type: ignore[type-arg]
     """Paginate a list a service returned whole (small collections only)."""
-    return list(items[params.offset: params.offset + params.limit]), len(items)
+    return list(items[params.offset : params.offset + params.limit]), len(items)

@@ -14,8 +14,12 @@ from facefleet.platform.errors import FacefleetError
 
 app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 console = Console()
-ServerOption = Annotated[str | None, typer.Option("--server", help="API URL (remote mode; key from "
-                                                   "FACEFLEET_API_KEY). Default: the local database.")]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server", help="API URL (remote mode; key from FACEFLEET_API_KEY). Default: the local database."
+    ),
+]
 
 
 def _local_session():  # type: ignore[no-untyped-def]
@@ -79,14 +83,22 @@ def list_keys(server: ServerOption = None) -> None:
         return
     table = Table("id", "name", "role", "prefix", "created", "last used", "revoked")
     for row in rows:
-        table.add_row(str(row["id"]), row["name"], row["role"], row["prefix"], str(row["created_at"])[:19],
-                      str(row["last_used_at"] or "")[:19], str(row["revoked_at"] or "")[:19])
+        table.add_row(
+            str(row["id"]),
+            row["name"],
+            row["role"],
+            row["prefix"],
+            str(row["created_at"])[:19],
+            str(row["last_used_at"] or "")[:19],
+            str(row["revoked_at"] or "")[:19],
+        )
     console.print(table)
 
 
 @app.command("revoke")
-def revoke(key_id: Annotated[int, typer.Argument(help="the key's id (see `keys list`)")],
-           server: ServerOption = None) -> None:
+def revoke(
+    key_id: Annotated[int, typer.Argument(help="the key's id (see `keys list`)")], server: ServerOption = None
+) -> None:
     """Revoke a key: it stops working at once."""
     try:
         client = remote_client(server)

@@ -65,6 +65,7 @@ def follow_run(
     )
     with Progress(*columns, console=out or console, transient=False) as bar:
         task = bar.add_task(description or f"run {run_id}", total=None, detail="queued")
+        polls = 0
         while True:
             with session_scope() as session:
                 run = session.get(Run, run_id)
@@ -77,6 +78,10 @@ def follow_run(
             if status in service.FINISHED:
                 return status
             time.sleep(poll_seconds)
+            polls += 1
+            if polls % 10 == 0:  # a worker that died without a word must not leave us waiting forever
+                with session_scope() as session:
+                    service.reconcile_run(session, run_id)
 
 
 @app.command("create")

@@ -31,8 +31,15 @@ def serve(
 
     if migrate:
         _migrate()
-    uvicorn.run("facefleet.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                access_log=access_log, log_level="info")
+    uvicorn.run(
+        "facefleet.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        log_level="info",
+    )
 
 
 def scheduler(

@@ -36,8 +36,9 @@ class ModelNet(nn.Module):
         return self.net(torch.cat([features_a, features_b], dim=1))
 
 
-def gaussian_kl_to_isotropic(z: torch.Tensor, mu_target: float, sigma_target: float,
-                             eps: float = 1e-6) -> torch.Tensor:
+def gaussian_kl_to_isotropic(
+    z: torch.Tensor, mu_target: float, sigma_target: float, eps: float = 1e-6
+) -> torch.Tensor:
     """KL(N(mean(z), diag var(z)) ‖ N(mu_target·1, sigma_target²·I)) in closed form (batch statistics,
     population variance, clamped at eps). z is [P, m] with P >= 2."""
     if z.dim() != 2 or z.shape[0] < 2:
@@ -47,13 +48,21 @@ def gaussian_kl_to_isotropic(z: torch.Tensor, mu_target: float, sigma_target: fl
     target_var = sigma_target**2
     m = z.shape[1]
     return 0.5 * (
-        torch.log(target_var / var).sum() - m + (var / target_var).sum()
+        torch.log(target_var / var).sum()
+        - m
+        + (var / target_var).sum()
         + ((mean - mu_target) ** 2).sum() / target_var
     )
 
 
-def biometricnet_kl_loss(z_match: torch.Tensor, z_nonmatch: torch.Tensor, mu_m: float = 0.0,
-                         mu_n: float = 40.0, sigma_m: float = 1.0, sigma_n: float = 1.0) -> torch.Tensor:
+def biometricnet_kl_loss(
+    z_match: torch.Tensor,
+    z_nonmatch: torch.Tensor,
+    mu_m: float = 0.0,
+    mu_n: float = 40.0,
+    sigma_m: float = 1.0,
+    sigma_n: float = 1.0,
+) -> torch.Tensor:
     """½·KL(matching outputs ‖ N(mu_m·1, sigma_m²I)) + ½·KL(non-matching outputs ‖ N(mu_n·1, sigma_n²I)).
 
     z_match [P, m], z_nonmatch [Q, m] (P, Q >= 2), each summarised by its per-dimension batch mean and
@@ -72,8 +81,13 @@ class Pairs:
     nonmatch: torch.Tensor
 
 
-def make_pairs(labels: torch.Tensor, dataset_index: torch.Tensor, *, max_nonmatch: int | None = None,
-               generator: torch.Generator | None = None) -> Pairs:
+def make_pairs(
+    labels: torch.Tensor,
+    dataset_index: torch.Tensor,
+    *,
+    max_nonmatch: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Pairs:
     """All matching pairs i < j with equal labels, and non-matching pairs i < j with different labels
     drawn only within one dataset (across datasets two labels may be the same person).
 
@@ -93,8 +107,9 @@ def make_pairs(labels: torch.Tensor, dataset_index: torch.Tensor, *, max_nonmatc
     return Pairs(match=match, nonmatch=nonmatch)
 
 
-def select_hard_pairs(z: torch.Tensor, centre: float, keep_fraction: float = 0.5,
-                      min_keep: int = 2) -> torch.Tensor:
+def select_hard_pairs(
+    z: torch.Tensor, centre: float, keep_fraction: float = 0.5, min_keep: int = 2
+) -> torch.Tensor:
     """Indices of the rows of z [P, m] farthest from `centre`·1 (the low-probability tail of their target):
     the top `keep_fraction` by distance, at least `min_keep` (no fixed threshold, as the seed advises).
     Call once with the matching outputs and mu_m, once with the non-matching outputs and mu_n."""
@@ -116,8 +131,12 @@ def decide_match(z: torch.Tensor, threshold: float, mu_m: float = 0.0) -> torch.
     return (z - mu_m).norm(dim=1) <= threshold
 
 
-def four_way_flip_average(feature_fn: Callable[[torch.Tensor], torch.Tensor], model_net: ModelNet,
-                          images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
+def four_way_flip_average(
+    feature_fn: Callable[[torch.Tensor], torch.Tensor],
+    model_net: ModelNet,
+    images_a: torch.Tensor,
+    images_b: torch.Tensor,
+) -> torch.Tensor:
     """BioMetricNet-M: mean z over (a, b), (flip a, b), (a, flip b), (flip a, flip b); images [P, 3, H, W]."""
     feats_a, feats_a_flip = feature_fn(images_a), feature_fn(torch.flip(images_a, dims=[3]))
     feats_b, feats_b_flip = feature_fn(images_b), feature_fn(torch.flip(images_b, dims=[3]))

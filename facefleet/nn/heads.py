@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +61,13 @@ def sample_crossing_positions(
         return torch.empty(0, dtype=torch.long, device=device)
     if p >= 1.0:
         return torch.arange(total, device=device)
-    count = int(torch.binomial(torch.tensor([float(total)], dtype=torch.float64),
-                               torch.tensor([p], dtype=torch.float64), generator=generator).item())
+    count = int(
+        torch.binomial(
+            torch.tensor([float(total)], dtype=torch.float64),
+            torch.tensor([p], dtype=torch.float64),
+            generator=generator,
+        ).item()
+    )
     if count > total // 2:
         excluded = _uniform_subset(total, total - count, generator)
         keep = torch.ones(total, dtype=torch.bool)
@@ -81,15 +86,264 @@ def _uniform_subset(total: int, count: int, generator: torch.Generator | None) -
     return chosen
 
 
-@dataclass
-class _Crossing:
-    """One call's crossing-dropout draws: (rows, global columns) per (own, other) dataset pair, and the
-    weights (and biases) of the union of drawn columns, gathered once."""
+@dataclass(frozen=True)
+class _MarginSpec:
+    """The hyperparameters the loss kernel needs (kind and s, m1, m2, m3 as in `DatasetAwareMarginHead`)."""
 
-    draws: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]
-    union: torch.Tensor | None
-    weight: torch.Tensor | None
-    bias: torch.Tensor | None
+    kind: str
+    s: float
+    m1: float
+    m2: float
+    m3: float
+
+    @property
+    def normalised(self) -> bool:
+        return self.kind != "softmax"
+
+
+# (1/‖W_j‖ clamped like F.normalize, and the same where the norm gets a gradient, 0 elsewhere)
+_Norms = tuple[torch.Tensor | None, torch.Tensor | None]
+_NORM_EPS = 1e-12
+
+
+@dataclass
+class _Group:
+    """The samples sharing one denominator: batch rows `members`, a dense column range [lo, hi) (their own
+    dataset, or all classes when crossing_p = 1) with targets `target` local to it, and the crossing-dropout
+    entries (`extra_rows` local to the group, global `extra_cols`) for 0 < crossing_p < 1."""
+
+    members: torch.Tensor
+    lo: int
+    hi: int
+    target: torch.Tensor
+    extra_rows: torch.Tensor | None = None
+    extra_cols: torch.Tensor | None = None
+
+
+@dataclass
+class _GroupState:
+    """What the backward of one group needs: cos θ (or raw logits for softmax) of the dense block, the
+    log-sum-exp per row, the target logit and dψ/dcos, and the logits of the crossing entries."""
+
+    cos: torch.Tensor
+    lse: torch.Tensor
+    target_logit: torch.Tensor
+    target_slope: torch.Tensor | None
+    extra_logits: torch.Tensor | None
+
+
+def _target_psi_and_slope(cos_target: torch.Tensor, spec: _MarginSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """ψ(cos θ) of the target column and its derivative, by autograd on the n target values only."""
+    with torch.enable_grad():
+        cos = cos_target.detach().requires_grad_(True)
+        psi = margin_target_cos(cos, spec.kind, spec.m1, spec.m2, spec.m3)
+        (slope,) = torch.autograd.grad(psi.sum(), cos)
+    return psi.detach(), slope
+
+
+def _extra_logits(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    inv_norm: torch.Tensor | None,
+    group: _Group,
+    spec: _MarginSpec,
+) -> torch.Tensor:
+    """Logits of the crossing entries: one dot product per (row, drawn class), never a row × column block."""
+    assert group.extra_rows is not None and group.extra_cols is not None
+    dots = (x.index_select(0, group.extra_rows) * weight.index_select(0, group.extra_cols)).sum(dim=1)
+    if spec.normalised:
+        assert inv_norm is not None
+        return dots * (spec.s * inv_norm.index_select(0, group.extra_cols))
+    return dots if bias is None else dots + bias.index_select(0, group.extra_cols)
+
+
+def _group_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    inv_norm: torch.Tensor | None,
+    group: _Group,
+    spec: _MarginSpec,
+) -> tuple[_GroupState, torch.Tensor]:
+    """Summed cross-entropy of one group (x = its rows) and what its backward needs.
+
+    The block is kept class-major, [C_k, n_k] = W_k·xᵀ: with few rows per dataset that product runs
+    markedly faster on the CPU than x·W_kᵀ, and the backward products want this layout too.
+    """
+    target = group.target[None, :]
+    cos = torch.mm(weight[group.lo : group.hi], x.t())
+    slope = None
+    if spec.normalised:
+        assert inv_norm is not None
+        cos.mul_(inv_norm[group.lo : group.hi, None])
+        psi, slope = _target_psi_and_slope(cos.gather(0, target), spec)
+        target_logit = spec.s * psi
+        logits = cos * spec.s
+    else:
+        if bias is not None:
+            cos.add_(bias[group.lo : group.hi, None])
+        target_logit = cos.gather(0, target)
+        logits = cos.clone()
+    # in place on one scratch block: no further C_k × n_k temporaries; backward reuses `cos`
+    logits.scatter_(0, target, target_logit)
+    col_max = logits.amax(dim=0)
+    lse = logits.sub_(col_max).exp_().sum(dim=0).log_().add_(col_max)
+    del logits
+    extra = None
+    if group.extra_rows is not None and group.extra_rows.numel() > 0:
+        extra = _extra_logits(x, weight, bias, inv_norm, group, spec)
+        rows = group.extra_rows
+        # shift by max(dense lse, largest entry) so no exp overflows; rows without entries add −inf
+        shift = lse.scatter_reduce(0, rows, extra, "amax", include_self=True)
+        extra_sum = torch.zeros_like(lse).index_add_(0, rows, (extra - shift[rows]).exp())
+        lse = torch.logaddexp(lse, shift + extra_sum.log())
+    target_logit = target_logit.squeeze(0)
+    return _GroupState(cos, lse, target_logit, slope, extra), (lse - target_logit).sum()
+
+
+def _dense_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norms: _Norms,
+    group: _Group,
+    state: _GroupState,
+    scale: torch.Tensor,
+    spec: _MarginSpec,
+    grad_weight: torch.Tensor,
+    grad_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Write d(loss)/d(weight rows lo:hi) (and bias) into the shared buffers; return d(loss)/dx of the rows.
+
+    softmax − one-hot is formed in one [C_k, n_k] buffer; for margin kinds it becomes diag(1/‖W_j‖)·H with
+    H = dL/dcos, so dL/dx̂ = H′ᵀW and dL/dW_j = (H′x̂)_j − (Σ_i H′_ji cos_ji)·W_j/‖W_j‖.
+    """
+    target = group.target[None, :]
+    w = weight[group.lo : group.hi]
+    grad = state.cos * spec.s if spec.normalised else state.cos.clone()
+    grad.scatter_(0, target, state.target_logit[None, :])
+    grad.sub_(state.lse).exp_()
+    target_grad = grad.gather(0, target) - 1.0
+    if state.target_slope is not None:
+        target_grad = target_grad * state.target_slope
+    grad.scatter_(0, target, target_grad)
+    out = grad_weight[group.lo : group.hi]
+    inv_norm, norm_slope = norms
+    if inv_norm is not None and norm_slope is not None:
+        grad.mul_(inv_norm[group.lo : group.hi, None] * (spec.s * scale))
+        coef = torch.einsum("ji,ji->j", grad, state.cos).mul_(norm_slope[group.lo : group.hi])
+        torch.mm(grad, x, out=out)
+        out.addcmul_(w, coef[:, None], value=-1.0)
+    else:
+        grad.mul_(scale)
+        torch.mm(grad, x, out=out)
+        if grad_bias is not None:
+            torch.sum(grad, dim=1, out=grad_bias[group.lo : group.hi])
+    return torch.mm(grad.t(), w)
+
+
+def _extra_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    norms: _Norms,
+    group: _Group,
+    state: _GroupState,
+    scale: torch.Tensor,
+    spec: _MarginSpec,
+    grad_x: torch.Tensor,
+    grad_weight: torch.Tensor,
+    grad_bias: torch.Tensor | None,
+) -> None:
+    """Add the crossing entries' gradients into the drawn weight rows only (index_put_ with accumulate:
+    on the CPU index_add_ into a large tensor costs about a pass over all of it)."""
+    assert group.extra_rows is not None and group.extra_cols is not None and state.extra_logits is not None
+    rows, cols = group.extra_rows, group.extra_cols
+    grad = (state.extra_logits - state.lse[rows]).exp_().mul_(scale)
+    w = weight.index_select(0, cols)
+    x_rows = x.index_select(0, rows)
+    inv_norm, norm_slope = norms
+    if inv_norm is not None and norm_slope is not None:
+        grad = grad * (spec.s * inv_norm.index_select(0, cols))
+        # logit = s·cos, so the norm term's coefficient is H′·cos/‖W_j‖ = H′·logit·slope/s
+        coef = grad * state.extra_logits * norm_slope.index_select(0, cols) * (1.0 / spec.s)
+        grad_weight.index_put_((cols,), grad[:, None] * x_rows - coef[:, None] * w, accumulate=True)
+    else:
+        grad_weight.index_put_((cols,), grad[:, None] * x_rows, accumulate=True)
+        if grad_bias is not None:
+            grad_bias.index_put_((cols,), grad, accumulate=True)
+    grad_x.index_add_(0, rows, grad[:, None] * w)
+
+
+class _BlockwiseCrossEntropy(torch.autograd.Function):
+    """Summed dataset-aware margin cross-entropy over groups, with a hand-written backward.
+
+    Autograd through the block-wise ops would store several N_k × C_k intermediates, copy normalised
+    weights and assemble K full-size weight gradients; here the weight gradient is written once, block by
+    block, into a single [C, D] buffer, and crossing entries index_add_ into their rows only.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        spec: _MarginSpec,
+        groups: list[_Group],
+    ) -> torch.Tensor:
+        inv_norm = norm_slope = None
+        if spec.normalised:
+            norm = torch.linalg.vector_norm(weight, dim=1)
+            inv_norm = norm.clamp_min(_NORM_EPS).reciprocal_()
+            # like F.normalize: a row shorter than eps is divided by eps, so no gradient flows via its norm
+            norm_slope = torch.where(norm > _NORM_EPS, inv_norm, 0.0)
+        total = x.new_zeros(())
+        states = []
+        for group in groups:
+            rows = x.index_select(0, group.members)
+            state, loss = _group_forward(rows, weight, bias, inv_norm, group, spec)
+            states.append(state)
+            total += loss
+        ctx.save_for_backward(x, weight, bias, inv_norm, norm_slope)
+        ctx.spec, ctx.groups, ctx.states = spec, groups, states
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
+        spec, groups, states = ctx.spec, ctx.groups, ctx.states
+        norms = (inv_norm, norm_slope)
+        grad_x = torch.zeros_like(x)
+        grad_weight = torch.empty_like(weight)
+        grad_bias = torch.zeros_like(bias) if bias is not None else None
+        covered = torch.zeros(weight.shape[0], dtype=torch.bool)
+        for group, state in zip(groups, states, strict=True):
+            rows = x.index_select(0, group.members)
+            grad_rows = _dense_backward(
+                rows, weight, norms, group, state, grad_total, spec, grad_weight, grad_bias
+            )
+            grad_x.index_copy_(0, group.members, grad_rows)
+            covered[group.lo : group.hi] = True
+        if not bool(covered.all()):  # datasets absent from the batch
+            grad_weight[~covered.to(weight.device)] = 0.0
+        for group, state in zip(groups, states, strict=True):
+            if state.extra_logits is not None:
+                grad_rows = torch.zeros(group.members.numel(), x.shape[1], dtype=x.dtype, device=x.device)
+                _extra_backward(
+                    x.index_select(0, group.members),
+                    weight,
+                    norms,
+                    group,
+                    state,
+                    grad_total,
+                    spec,
+                    grad_rows,
+                    grad_weight,
+                    grad_bias,
+                )
+                grad_x.index_add_(0, group.members, grad_rows)
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 class DatasetAwareMarginHead(nn.Module):
@@ -102,7 +356,8 @@ class DatasetAwareMarginHead(nn.Module):
     sphereface uses m1, arcface m2, cosface m3, combined all three.
     Crossing dropout (seed Eq. 11): each class of another dataset also enters sample i's denominator
     independently with probability `crossing_p`, drawn afresh every call (0 = dataset-aware, 1 = the plain
-    softmax over all C classes). Logits are computed per dataset block and for the sampled columns only.
+    softmax over all C classes). Logits are computed per dataset block and for the sampled entries only,
+    with a hand-written backward (`_BlockwiseCrossEntropy`; no double backward).
     Set `generator` for reproducible crossing draws; they are made per own dataset k ascending, then per
     other dataset ascending, with `sample_crossing_positions(n_k, C_other, crossing_p, generator)`.
     """
@@ -150,19 +405,29 @@ class DatasetAwareMarginHead(nn.Module):
     ) -> torch.Tensor:
         """Mean cross-entropy over the batch. embeddings [N, D]; labels [N] global class indices;
         dataset_index [N] in [0, K). Raises ValueError when a label lies outside its dataset's classes."""
-        groups = self._group_by_dataset(labels, dataset_index)
+        groups = self._plan_groups(labels, dataset_index)
         x = embeddings if self.kind == "softmax" else F.normalize(embeddings, dim=1)
-        # split (not slicing) so the backward assembles the weight gradient once, not K full-size tensors
-        weights = torch.split(self.weight, self.classes_per_dataset)
-        biases = torch.split(self.bias, self.classes_per_dataset) if self.bias is not None else None
-        crossing = self._draw_crossing(groups)
-        total = embeddings.new_zeros(())
-        for k, members, local in groups:
-            total = total + self._block_loss(x[members], local, k, weights, biases, crossing)
+        spec = _MarginSpec(self.kind, self.s, self.m1, self.m2, self.m3)
+        total = _BlockwiseCrossEntropy.apply(x, self.weight, self.bias, spec, groups)
         return total / embeddings.shape[0]
 
-    def _group_by_dataset(self, labels: torch.Tensor,
-                          dataset_index: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    def _plan_groups(self, labels: torch.Tensor, dataset_index: torch.Tensor) -> list[_Group]:
+        """The denominators of this call: one group per dataset present (with its crossing draws), or a
+        single group over all classes when crossing_p = 1."""
+        by_dataset = self._group_by_dataset(labels, dataset_index)
+        if self.crossing_p >= 1.0:
+            return [_Group(torch.arange(labels.shape[0], device=labels.device), 0, self.num_classes, labels)]
+        groups = []
+        for k, members, local in by_dataset:
+            group = _Group(members, self.offsets[k], self.offsets[k] + self.classes_per_dataset[k], local)
+            if self.crossing_p > 0.0:
+                group.extra_rows, group.extra_cols = self._draw_crossing(k, members.numel())
+            groups.append(group)
+        return groups
+
+    def _group_by_dataset(
+        self, labels: torch.Tensor, dataset_index: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """(k, row indices, labels local to dataset k) for every dataset present in the batch."""
         groups = []
         for k in range(self.num_datasets):
@@ -171,80 +436,33 @@ class DatasetAwareMarginHead(nn.Module):
                 continue
             local = labels[members] - self.offsets[k]
             if bool(((local < 0) | (local >= self.classes_per_dataset[k])).any()):
-                raise ValueError(f"labels of dataset {k} must lie in [{self.offsets[k]}, "
-                                 f"{self.offsets[k] + self.classes_per_dataset[k]})")
+                raise ValueError(
+                    f"labels of dataset {k} must lie in [{self.offsets[k]}, "
+                    f"{self.offsets[k] + self.classes_per_dataset[k]})"
+                )
             groups.append((k, members, local))
         return groups
 
-    def _draw_crossing(self, groups: list[tuple[int, torch.Tensor, torch.Tensor]]) -> _Crossing | None:
-        """Draw the crossing-dropout classes of every (own dataset, other dataset) pair, 0 < p < 1 only."""
-        if not 0.0 < self.crossing_p < 1.0:
-            return None
-        draws: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        for k, members, _ in groups:
-            for other in range(self.num_datasets):
-                if other == k:
-                    continue
-                cols = self.classes_per_dataset[other]
-                positions = sample_crossing_positions(members.numel(), cols, self.crossing_p, self.generator)
-                positions = positions.to(self.weight.device)
-                draws[(k, other)] = (positions // cols, positions % cols + self.offsets[other])
-        if not draws or all(rows.numel() == 0 for rows, _ in draws.values()):
-            return _Crossing(draws, None, None, None)
-        union = torch.unique(torch.cat([cols for _, cols in draws.values()]))
-        # one gather for all pairs: its backward fills one [C, D] gradient, not one per pair
-        weight = self.weight.index_select(0, union)
-        bias = self.bias.index_select(0, union) if self.bias is not None else None
-        return _Crossing(draws, union, weight, bias)
-
-    def _class_logits(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        """Logits of rows x against class weights w without margin: W·x + b, or s·cos θ (x normalised)."""
-        logits = x @ w.t()
-        if self.kind == "softmax":
-            return logits if b is None else logits + b
-        # dividing the small logit block by ‖W_j‖ avoids materialising a normalised copy of W
-        return logits * (self.s / w.norm(dim=1).clamp_min(1e-12))
-
-    def _block_loss(self, x: torch.Tensor, local: torch.Tensor, k: int, weights: tuple[torch.Tensor, ...],
-                    biases: tuple[torch.Tensor, ...] | None, crossing: _Crossing | None) -> torch.Tensor:
-        """Summed loss of the samples of dataset k (x already normalised for margin kinds)."""
-        logits = self._class_logits(x, weights[k], biases[k] if biases is not None else None)
-        if self.kind != "softmax":
-            cos_target = logits.gather(1, local[:, None]) / self.s
-            target = self.s * margin_target_cos(cos_target, self.kind, self.m1, self.m2, self.m3)
-            logits = logits.scatter(1, local[:, None], target)
-        else:
-            target = logits.gather(1, local[:, None])
-        parts = [torch.logsumexp(logits, dim=1)]
+    def _draw_crossing(self, k: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row within the group, global class) of the crossing-dropout entries of dataset k's `rows`
+        samples, drawn per other dataset ascending (the documented order)."""
+        entry_rows, entry_cols = [], []
         for other in range(self.num_datasets):
-            if other == k or self.crossing_p == 0.0:
+            if other == k:
                 continue
-            if crossing is None:  # crossing_p == 1: every class of every dataset
-                other_bias = biases[other] if biases is not None else None
-                parts.append(torch.logsumexp(self._class_logits(x, weights[other], other_bias), dim=1))
-            else:
-                parts.append(self._crossing_logsumexp(x, crossing, k, other))
-        lse = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts, dim=1), dim=1)
-        return (lse - target.squeeze(1)).sum()
-
-    def _crossing_logsumexp(self, x: torch.Tensor, crossing: _Crossing, k: int, other: int) -> torch.Tensor:
-        """Per-row logsumexp over the drawn classes of dataset `other` (−inf for rows with none)."""
-        row_of, global_col = crossing.draws[(k, other)]
-        if row_of.numel() == 0 or crossing.union is None or crossing.weight is None:
-            return x.new_full((x.shape[0],), -math.inf)
-        # only the columns drawn for this pair are multiplied: cheap when p·rows·cols ≪ cols
-        columns, col_slot = torch.unique(global_col, return_inverse=True)
-        in_union = torch.searchsorted(crossing.union, columns)
-        w = crossing.weight.index_select(0, in_union)
-        b = crossing.bias.index_select(0, in_union) if crossing.bias is not None else None
-        logits = self._class_logits(x, w, b)
-        included = torch.zeros_like(logits, dtype=torch.bool)
-        included[row_of, col_slot] = True
-        # a finite floor, not −inf: a row with nothing drawn would otherwise give NaN gradients
-        floor = torch.finfo(logits.dtype).min
-        return torch.logsumexp(logits.masked_fill(~included, floor), dim=1)
+            cols = self.classes_per_dataset[other]
+            positions = sample_crossing_positions(rows, cols, self.crossing_p, self.generator)
+            positions = positions.to(self.weight.device)
+            entry_rows.append(positions // cols)
+            entry_cols.append(positions % cols + self.offsets[other])
+        if not entry_rows:
+            empty = torch.empty(0, dtype=torch.long, device=self.weight.device)
+            return empty, empty
+        return torch.cat(entry_rows), torch.cat(entry_cols)
 
     def extra_repr(self) -> str:
-        return (f"embedding_dim={self.embedding_dim}, classes_per_dataset={self.classes_per_dataset}, "
-                f"kind={self.kind}, s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, "
-                f"crossing_p={self.crossing_p}, bias={self.bias is not None}")
+        return (
+            f"embedding_dim={self.embedding_dim}, classes_per_dataset={self.classes_per_dataset}, "
+            f"kind={self.kind}, s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}, "
+            f"crossing_p={self.crossing_p}, bias={self.bias is not None}"
+        )

@@ -26,6 +26,7 @@ def warmup_cosine_scheduler(
     """A LambdaLR applying `warmup_cosine_factor`; call `.step()` once per optimiser step."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: warmup_cosine_factor(step, total_steps=total_steps, warmup_steps=warmup_steps,
-                                          min_ratio=min_ratio),
+        lambda step: warmup_cosine_factor(
+            step, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=min_ratio
+        ),
     )

@@ -100,8 +100,9 @@ def _subsample_roc(fpr: np.ndarray, tpr: np.ndarray) -> tuple[list[float], list[
     return fpr[keep].tolist(), tpr[keep].tolist()
 
 
-def verification_metrics(scores: ArrayLike, is_same: ArrayLike, *, higher_is_same: bool = True,
-                         folds: int = 10) -> VerificationMetrics:
+def verification_metrics(
+    scores: ArrayLike, is_same: ArrayLike, *, higher_is_same: bool = True, folds: int = 10
+) -> VerificationMetrics:
     """Metrics of pair scores (e.g. cosine similarities) against same/different labels.
 
     accuracy ± accuracy_std: `folds`-fold accuracy over contiguous folds (fewer folds when there are
@@ -124,11 +125,17 @@ def verification_metrics(scores: ArrayLike, is_same: ArrayLike, *, higher_is_sam
     threshold, _ = best_threshold(oriented, same_arr)
     roc_fpr, roc_tpr = _subsample_roc(fpr, tpr)
     return VerificationMetrics(
-        num_pairs=int(score_arr.size), accuracy=accuracy, accuracy_std=accuracy_std,
-        auc=float(np.trapezoid(tpr, fpr)), eer=_equal_error_rate(fpr, tpr),
-        tar_at_far_1e3=_tar_at_far(fpr, tpr, 1e-3), tar_at_far_1e4=_tar_at_far(fpr, tpr, 1e-4),
-        threshold=threshold if higher_is_same else -threshold, higher_is_same=higher_is_same,
-        roc_fpr=roc_fpr, roc_tpr=roc_tpr,
+        num_pairs=int(score_arr.size),
+        accuracy=accuracy,
+        accuracy_std=accuracy_std,
+        auc=float(np.trapezoid(tpr, fpr)),
+        eer=_equal_error_rate(fpr, tpr),
+        tar_at_far_1e3=_tar_at_far(fpr, tpr, 1e-3),
+        tar_at_far_1e4=_tar_at_far(fpr, tpr, 1e-4),
+        threshold=threshold if higher_is_same else -threshold,
+        higher_is_same=higher_is_same,
+        roc_fpr=roc_fpr,
+        roc_tpr=roc_tpr,
     )
 
 

@@ -48,8 +48,9 @@ def list_events(
         stmt = stmt.where(AuditEvent.actor == actor)
     if action:
         # "runs." matches every run action; a full name matches exactly.
-        stmt = stmt.where(AuditEvent.action.startswith(action) if action.endswith(".") else
-                          AuditEvent.action == action)
+        stmt = stmt.where(
+            AuditEvent.action.startswith(action) if action.endswith(".") else AuditEvent.action == action
+        )
     if target_type:
         stmt = stmt.where(AuditEvent.target_type == target_type)
     if target_id:

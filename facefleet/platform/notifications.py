@@ -61,11 +61,20 @@ def enqueue(
     now = now or datetime.now(timezone.utc)
     body = {"event": event, "sent_at": now.isoformat(), **payload}
     rows: list[Notification] = []
-    for channel, targets in (("webhook", [*webhooks, *settings.notify_webhooks]),
-                             ("email", [*emails, *settings.notify_emails])):
+    for channel, targets in (
+        ("webhook", [*webhooks, *settings.notify_webhooks]),
+        ("email", [*emails, *settings.notify_emails]),
+    ):
         for target in dict.fromkeys(targets):  # de-duplicate, keep order
-            row = Notification(event=event, channel=channel, target=target, payload=body, status="pending",
-                               attempts=0, next_attempt_at=now)
+            row = Notification(
+                event=event,
+                channel=channel,
+                target=target,
+                payload=body,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+            )
             session.add(row)
             rows.append(row)
     session.flush()
@@ -74,8 +83,11 @@ def enqueue(
 
 def send_webhook(url: str, payload: dict[str, Any], *, secret: str | None, timeout: float = 10.0) -> None:
     body = json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
-    headers = {"Content-Type": "application/json", "User-Agent": "facefleet-notifier",
-               "X-Facefleet-Event": str(payload.get("event", ""))}
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "facefleet-notifier",
+        "X-Facefleet-Event": str(payload.get("event", "")),
+    }
     if secret:
         headers[SIGNATURE_HEADER] = sign_payload(body, secret)
     response = httpx.post(url, content=body, headers=headers, timeout=timeout)
@@ -91,8 +103,10 @@ def render_email(payload: dict[str, Any]) -> tuple[str, str]:
     best = payload.get("best_combination")
     if best:
         lines.append(f"Best dataset combination so far for policy {payload.get('policy', '')}:")
-        lines.append(f"  {' + '.join(best.get('datasets', []))} -> accuracy {best.get('accuracy')}"
-                     f" (run {best.get('run_id')})")
+        lines.append(
+            f"  {' + '.join(best.get('datasets', []))} -> accuracy {best.get('accuracy')}"
+            f" (run {best.get('run_id')})"
+        )
         lines.append("")
     lines.append(json.dumps(payload, indent=2, sort_keys=True, default=str))
     return subject[:200], "\n".join(lines)
@@ -121,18 +135,25 @@ def _deliver_one(row: Notification, settings: Settings) -> None:
         raise RuntimeError(f"unknown notification channel {row.channel!r}")
 
 
-def deliver_due(session: Session, *, now: datetime | None = None, settings: Settings | None = None,
-                limit: int = 50) -> int:
+def deliver_due(
+    session: Session, *, now: datetime | None = None, settings: Settings | None = None, limit: int = 50
+) -> int:
     """Send the pending notifications that are due; return how many were sent. Never raises for a target.
 
     Rows are claimed with SKIP LOCKED on PostgreSQL so two schedulers do not send the same message twice.
     """
     settings = settings or get_settings()
     now = now or datetime.now(timezone.utc)
-    stmt = (select(Notification)
-            .where(Notification.status == "pending",
-                   or_(Notification.next_attempt_at.is_(None), Notification.next_attempt_at <= now))
-            .order_by(Notification.id).limit(limit).with_for_update(skip_locked=True))
+    stmt = (
+        select(Notification)
+        .where(
+            Notification.status == "pending",
+            or_(Notification.next_attempt_at.is_(None), Notification.next_attempt_at <= now),
+        )
+        .order_by(Notification.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     sent = 0
     for row in session.scalars(stmt).all():
         row.attempts += 1

@@ -64,9 +64,17 @@ class TickReport:
 class Scheduler:
     """One replica. Call ``tick()`` repeatedly (``run_forever`` does, every ``interval`` seconds)."""
 
-    def __init__(self, engine: Engine, *, owner: str | None = None, start: RunStarter | None = None,
-                 evaluate: retrain.Evaluator | None = None, clock: Clock | None = None,
-                 settings: Settings | None = None, lease_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        owner: str | None = None,
+        start: RunStarter | None = None,
+        evaluate: retrain.Evaluator | None = None,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        lease_seconds: float = 60.0,
+    ) -> None:
         self.engine = engine
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.start = start or default_start
@@ -85,8 +93,14 @@ class Scheduler:
             report.skipped = True
             return report
         steps: list[Callable[[datetime, TickReport], None]] = [
-            self.consume_dataset_events, self.check_cron, self.check_metrics, self.follow_active_runs,
-            self.fire_due_policies, self.start_queued_runs, self.deliver_notifications]
+            self.consume_dataset_events,
+            self.check_cron,
+            self.check_metrics,
+            self.follow_active_runs,
+            self.fire_due_policies,
+            self.start_queued_runs,
+            self.deliver_notifications,
+        ]
         for step in steps:
             try:
                 step(now, report)
@@ -105,8 +119,9 @@ class Scheduler:
 
     def _hold_lease(self, now: datetime) -> bool:
         with session_scope(self.engine) as session:
-            return acquire_lease(session, name="scheduler", owner=self.owner, ttl_seconds=self.lease_seconds,
-                                 now=now)
+            return acquire_lease(
+                session, name="scheduler", owner=self.owner, ttl_seconds=self.lease_seconds, now=now
+            )
 
     def _claim(self, stmt: Any) -> Any:
         """Lock the selected rows; other replicas skip them instead of waiting (PostgreSQL)."""
@@ -117,9 +132,14 @@ class Scheduler:
     def consume_dataset_events(self, now: datetime, report: TickReport) -> None:
         """Each ready dataset version triggers the enabled policies whose selector it matches, exactly once."""
         with session_scope(self.engine) as session:
-            events = session.scalars(self._claim(
-                select(OutboxEvent).where(OutboxEvent.kind == READY_EVENT, OutboxEvent.processed_at.is_(None))
-                .order_by(OutboxEvent.id).limit(200))).all()
+            events = session.scalars(
+                self._claim(
+                    select(OutboxEvent)
+                    .where(OutboxEvent.kind == READY_EVENT, OutboxEvent.processed_at.is_(None))
+                    .order_by(OutboxEvent.id)
+                    .limit(200)
+                )
+            ).all()
             if not events:
                 return
             # Policies are locked without skipping: a trigger must never be lost to a busy row.
@@ -127,25 +147,39 @@ class Scheduler:
             policies = session.scalars(stmt.with_for_update() if self.row_locks else stmt).all()
             for event in events:
                 for policy in policies:
-                    if "dataset_added" in (policy.triggers or []) and retrain.event_matches(policy, event.payload):
-                        add_trigger(policy, kind="dataset_added", now=now, detail={
-                            "dataset": event.payload.get("dataset"), "version": event.payload.get("version")})
+                    if "dataset_added" in (policy.triggers or []) and retrain.event_matches(
+                        policy, event.payload
+                    ):
+                        add_trigger(
+                            policy,
+                            kind="dataset_added",
+                            now=now,
+                            detail={
+                                "dataset": event.payload.get("dataset"),
+                                "version": event.payload.get("version"),
+                            },
+                        )
                         report.triggered.append((policy.id, "dataset_added"))
                 event.processed_at = now
                 report.events += 1
 
     def check_cron(self, now: datetime, report: TickReport) -> None:
         with session_scope(self.engine) as session:
-            policies = session.scalars(self._claim(
-                select(RetrainPolicy).where(RetrainPolicy.enabled.is_(True), RetrainPolicy.cron.is_not(None))
-                .order_by(RetrainPolicy.id))).all()
+            policies = session.scalars(
+                self._claim(
+                    select(RetrainPolicy)
+                    .where(RetrainPolicy.enabled.is_(True), RetrainPolicy.cron.is_not(None))
+                    .order_by(RetrainPolicy.id)
+                )
+            ).all()
             for policy in policies:
                 if "schedule" not in (policy.triggers or []) or not policy.cron:
                     continue
                 due = as_utc(policy.next_cron_at)
                 if due is not None and due <= now:
-                    add_trigger(policy, kind="schedule", now=now, detail={"cron": policy.cron,
-                                                                          "due": due.isoformat()})
+                    add_trigger(
+                        policy, kind="schedule", now=now, detail={"cron": policy.cron, "due": due.isoformat()}
+                    )
                     report.triggered.append((policy.id, "schedule"))
                 if due is None or due <= now:
                     policy.next_cron_at = next_cron_time(policy.cron, now)
@@ -153,14 +187,18 @@ class Scheduler:
     def check_metrics(self, now: datetime, report: TickReport) -> None:
         """Re-evaluate the production model on the monitored sets; a score under the threshold triggers."""
         with session_scope(self.engine) as session:
-            policies = session.scalars(self._claim(
-                select(RetrainPolicy).where(RetrainPolicy.enabled.is_(True),
-                                            RetrainPolicy.metric_threshold.is_not(None))
-                .order_by(RetrainPolicy.id))).all()
+            policies = session.scalars(
+                self._claim(
+                    select(RetrainPolicy)
+                    .where(RetrainPolicy.enabled.is_(True), RetrainPolicy.metric_threshold.is_not(None))
+                    .order_by(RetrainPolicy.id)
+                )
+            ).all()
             for policy in policies:
                 last = as_utc(policy.last_metric_check_at)
                 if "metric_drop" not in (policy.triggers or []) or (
-                        last is not None and now - last < timedelta(seconds=policy.metric_check_interval_seconds)):
+                    last is not None and now - last < timedelta(seconds=policy.metric_check_interval_seconds)
+                ):
                     continue
                 policy.last_metric_check_at = now
                 drops = self._metric_drops(session, policy)
@@ -183,11 +221,17 @@ class Scheduler:
     def fire_due_policies(self, now: datetime, report: TickReport) -> None:
         """A due pending trigger (debounce window over) becomes one queued run, if none is in flight."""
         with session_scope(self.engine) as session:
-            policies = session.scalars(self._claim(
-                select(RetrainPolicy).where(RetrainPolicy.enabled.is_(True),
-                                            RetrainPolicy.pending_trigger.is_not(None),
-                                            RetrainPolicy.active_run_id.is_(None))
-                .order_by(RetrainPolicy.id))).all()
+            policies = session.scalars(
+                self._claim(
+                    select(RetrainPolicy)
+                    .where(
+                        RetrainPolicy.enabled.is_(True),
+                        RetrainPolicy.pending_trigger.is_not(None),
+                        RetrainPolicy.active_run_id.is_(None),
+                    )
+                    .order_by(RetrainPolicy.id)
+                )
+            ).all()
             for policy in policies:
                 since = as_utc(policy.pending_since) or now
                 if now < since + timedelta(seconds=policy.debounce_seconds):
@@ -207,27 +251,53 @@ class Scheduler:
                 if not datasets:
                     raise FacefleetError("no ready training dataset matches the policy's dataset selector")
                 run = runs_service.create_run(
-                    session, dataset_names_or_version_ids=datasets, verification_sets=policy.verification_sets,
-                    config=policy.base_config, trigger=trigger, created_by=f"{ACTOR}:policy:{policy.name}",
-                    policy_id=policy.id)
+                    session,
+                    dataset_names_or_version_ids=datasets,
+                    verification_sets=policy.verification_sets,
+                    config=policy.base_config,
+                    trigger=trigger,
+                    created_by=f"{ACTOR}:policy:{policy.name}",
+                    policy_id=policy.id,
+                )
         except FacefleetError as exc:
             # The trigger is consumed either way: retrying an impossible run every tick helps nobody.
             log.warning("policy %s could not start a run: %s", policy.name, exc.message)
-            audit.record(session, ACTOR, "policies.fire_failed", "policy", policy.id,
-                         {"error": exc.message, "triggers": events})
+            audit.record(
+                session,
+                ACTOR,
+                "policies.fire_failed",
+                "policy",
+                policy.id,
+                {"error": exc.message, "triggers": events},
+            )
             return None
         policy.active_run_id = run.id
-        audit.record(session, ACTOR, "runs.create", "run", run.id,
-                     {"policy": policy.name, "trigger": trigger, "merged_triggers": events, "datasets": datasets})
+        audit.record(
+            session,
+            ACTOR,
+            "runs.create",
+            "run",
+            run.id,
+            {"policy": policy.name, "trigger": trigger, "merged_triggers": events, "datasets": datasets},
+        )
         return run.id
 
     def start_queued_runs(self, now: datetime, report: TickReport) -> None:
         """Hand committed, never-started policy runs to the launcher, each exactly once."""
         with session_scope(self.engine) as session:
-            runs = session.scalars(self._claim(
-                select(Run).where(Run.status == "queued", Run.policy_id.is_not(None),
-                                  Run.launcher_job_id.is_(None), Run.cancel_requested.is_(False))
-                .order_by(Run.id).limit(20))).all()
+            runs = session.scalars(
+                self._claim(
+                    select(Run)
+                    .where(
+                        Run.status == "queued",
+                        Run.policy_id.is_not(None),
+                        Run.launcher_job_id.is_(None),
+                        Run.cancel_requested.is_(False),
+                    )
+                    .order_by(Run.id)
+                    .limit(20)
+                )
+            ).all()
             for run in runs:
                 try:
                     with session.begin_nested():
@@ -241,9 +311,13 @@ class Scheduler:
     def follow_active_runs(self, now: datetime, report: TickReport) -> None:
         """When a policy's run ends: free the policy, auto-promote if it won, notify with the best combination."""
         with session_scope(self.engine) as session:
-            policies = session.scalars(self._claim(
-                select(RetrainPolicy).where(RetrainPolicy.active_run_id.is_not(None))
-                .order_by(RetrainPolicy.id))).all()
+            policies = session.scalars(
+                self._claim(
+                    select(RetrainPolicy)
+                    .where(RetrainPolicy.active_run_id.is_not(None))
+                    .order_by(RetrainPolicy.id)
+                )
+            ).all()
             for policy in policies:
                 run = session.get(Run, policy.active_run_id)
                 if run is not None and run.status not in runs_service.FINISHED:
@@ -260,45 +334,97 @@ class Scheduler:
     def _maybe_promote(self, session: Session, policy: RetrainPolicy, run: Run) -> str | None:
         if not policy.auto_promote:
             return None
-        new = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run.id)
-                              .order_by(ModelVersion.version.desc())).first()
+        new = session.scalars(
+            select(ModelVersion).where(ModelVersion.run_id == run.id).order_by(ModelVersion.version.desc())
+        ).first()
         if new is None:
             return None
         sets = list(policy.verification_sets or [])
         new_score = retrain.mean_score(
-            retrain.model_scores(session, new, sets, policy.metric_name, self.evaluate), sets)
+            retrain.model_scores(session, new, sets, policy.metric_name, self.evaluate), sets
+        )
         try:
             current: ModelVersion | None = registry.get_model_version(session, new.name, "production")
         except NotFoundError:
             current = None
-        current_score = None if current is None else retrain.mean_score(
-            retrain.model_scores(session, current, sets, policy.metric_name, self.evaluate), sets)
-        if current is not None and current.id == new.id or not retrain.should_promote(new_score, current_score):
+        current_score = (
+            None
+            if current is None
+            else retrain.mean_score(
+                retrain.model_scores(session, current, sets, policy.metric_name, self.evaluate), sets
+            )
+        )
+        if (
+            current is not None
+            and current.id == new.id
+            or not retrain.should_promote(new_score, current_score)
+        ):
             return None
         registry.set_alias(session, new.name, "production", new.version)
-        details = {"from": current.version if current else None, "to": new.version,
-                   "score": new_score, "previous_score": current_score, "verification_sets": sets}
+        details = {
+            "from": current.version if current else None,
+            "to": new.version,
+            "score": new_score,
+            "previous_score": current_score,
+            "verification_sets": sets,
+        }
         audit.record(session, ACTOR, "models.promote", "model", f"{new.name}:{new.version}", details)
-        self._enqueue(session, policy, "model.promoted", {
-            "summary": f"{new.name} v{new.version} promoted to production", "model": new.name,
-            "version": new.version, "policy": policy.name, **details})
+        self._enqueue(
+            session,
+            policy,
+            "model.promoted",
+            {
+                "summary": f"{new.name} v{new.version} promoted to production",
+                "model": new.name,
+                "version": new.version,
+                "policy": policy.name,
+                **details,
+            },
+        )
         return f"{new.name}:{new.version}"
 
-    def _notify_run_finished(self, session: Session, policy: RetrainPolicy, run: Run, promoted: str | None,
-                             now: datetime) -> None:
+    def _notify_run_finished(
+        self, session: Session, policy: RetrainPolicy, run: Run, promoted: str | None, now: datetime
+    ) -> None:
         ranking = retrain.combination_ranking(session, policy)
-        self._enqueue(session, policy, f"run.{run.status}", {
-            "summary": f"run {run.id} of policy {policy.name} {run.status}", "run_id": run.id,
-            "status": run.status, "policy": policy.name, "trigger": run.trigger, "error": run.error,
-            "datasets": retrain.run_dataset_labels(session, run.id), "promoted": promoted,
-            "best_combination": ranking[0] if ranking else None, "ranking": ranking,
-            "url": f"{self.settings.public_url.rstrip('/')}/v1/runs/{run.id}"}, now=now)
+        self._enqueue(
+            session,
+            policy,
+            f"run.{run.status}",
+            {
+                "summary": f"run {run.id} of policy {policy.name} {run.status}",
+                "run_id": run.id,
+                "status": run.status,
+                "policy": policy.name,
+                "trigger": run.trigger,
+                "error": run.error,
+                "datasets": retrain.run_dataset_labels(session, run.id),
+                "promoted": promoted,
+                "best_combination": ranking[0] if ranking else None,
+                "ranking": ranking,
+                "url": f"{self.settings.public_url.rstrip('/')}/v1/runs/{run.id}",
+            },
+            now=now,
+        )
 
-    def _enqueue(self, session: Session, policy: RetrainPolicy, event: str, payload: dict[str, Any],
-                 now: datetime | None = None) -> None:
+    def _enqueue(
+        self,
+        session: Session,
+        policy: RetrainPolicy,
+        event: str,
+        payload: dict[str, Any],
+        now: datetime | None = None,
+    ) -> None:
         notify = policy.notify or {}
-        notifications.enqueue(session, event=event, payload=payload, webhooks=notify.get("webhooks", []),
-                              emails=notify.get("emails", []), settings=self.settings, now=now or self.clock())
+        notifications.enqueue(
+            session,
+            event=event,
+            payload=payload,
+            webhooks=notify.get("webhooks", []),
+            emails=notify.get("emails", []),
+            settings=self.settings,
+            now=now or self.clock(),
+        )
 
     def deliver_notifications(self, now: datetime, report: TickReport) -> None:
         with session_scope(self.engine) as session:

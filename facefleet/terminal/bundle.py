@@ -1,4 +1,4 @@
-"""Model bundles on the terminal: the card, SHA-256 and Ed25519 checks against the key pinned at enrollment."""
+"""Terminal model bundles: card, SHA-256 and Ed25519 checks against the key pinned at enrollment."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class CardProbe(BaseModel):
 
 
 class TerminalCard(BaseModel):
-    """The part of the platform's model card a terminal relies on (the terminal does not import the platform)."""
+    """The part of the platform's model card a terminal relies on (terminals do not import the platform)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -82,7 +82,9 @@ def verify_card(card_bytes: bytes, signature_b64: str, public_key_pem: str) -> T
             raise VerificationError("the pinned platform key is not an Ed25519 key")
         key.verify(base64.b64decode(signature_b64, validate=True), card_bytes)
     except (InvalidSignature, ValueError) as exc:
-        raise VerificationError("model card signature does not verify against the pinned platform key") from exc
+        raise VerificationError(
+            "model card signature does not verify against the pinned platform key"
+        ) from exc
     try:
         card = TerminalCard.model_validate_json(card_bytes)
     except ValidationError as exc:
@@ -99,11 +101,14 @@ def verify_artifact(card: TerminalCard, file_name: str, path: Path) -> None:
         raise VerificationError(f"{file_name} is not listed in the signed model card")
     actual = sha256_file(path)
     if actual != expected.sha256 or path.stat().st_size != expected.size:
-        raise VerificationError(f"{file_name}: SHA-256 {actual[:16]}… does not match the signed card "
-                                f"({expected.sha256[:16]}…); not installing")
+        raise VerificationError(
+            f"{file_name}: SHA-256 {actual[:16]}… does not match the signed card "
+            f"({expected.sha256[:16]}…); not installing"
+        )
 
 
 def load_installed_card(model_dir: Path, public_key_pem: str) -> TerminalCard:
     """Re-check an installed model's card (cheap) before using it."""
-    return verify_card((model_dir / CARD_FILE).read_bytes(), (model_dir / SIGNATURE_FILE).read_text(),
-                       public_key_pem)
+    return verify_card(
+        (model_dir / CARD_FILE).read_bytes(), (model_dir / SIGNATURE_FILE).read_text(), public_key_pem
+    )

@@ -33,11 +33,18 @@ def _raise_for_problem(response: httpx.Response) -> None:
 
 
 class DeviceClient:
-    def __init__(self, server_url: str, *, credential: str | None = None,
-                 transport: httpx.BaseTransport | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        credential: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        self.http = httpx.Client(base_url=server_url.rstrip("/"), headers=headers, transport=transport,
-                                 timeout=timeout)
+        self.http = httpx.Client(
+            base_url=server_url.rstrip("/"), headers=headers, transport=transport, timeout=timeout
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -55,12 +62,20 @@ class DeviceClient:
         return self._json("GET", "/v1/device/assignment")
 
     def report(self, deployment_id: int, status: str, message: str = "") -> dict[str, Any]:
-        return self._json("POST", "/v1/device/status",
-                          {"deployment_id": deployment_id, "status": status, "message": message[:2000]})
+        return self._json(
+            "POST",
+            "/v1/device/status",
+            {"deployment_id": deployment_id, "status": status, "message": message[:2000]},
+        )
 
-    def heartbeat(self, agent_version: str, model_version_id: int | None, health: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v1/device/heartbeat", {
-            "agent_version": agent_version, "model_version_id": model_version_id, "health": health})
+    def heartbeat(
+        self, agent_version: str, model_version_id: int | None, health: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self._json(
+            "POST",
+            "/v1/device/heartbeat",
+            {"agent_version": agent_version, "model_version_id": model_version_id, "health": health},
+        )
 
     def download(self, url: str, part: Path, size: int) -> None:
         """Fetch ``url`` into ``part``, resuming from what is already there (``Range: bytes=N-``)."""

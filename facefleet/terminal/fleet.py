@@ -13,14 +13,16 @@ from facefleet.terminal.client import DeviceApiError
 from facefleet.terminal.local import Terminal
 
 
-def register_devices(server_url: str, admin_key: str, *, group: str, names: list[str],
-                     adaptation_enabled: bool = False) -> dict[str, str]:
+def register_devices(
+    server_url: str, admin_key: str, *, group: str, names: list[str], adaptation_enabled: bool = False
+) -> dict[str, str]:
     """Register devices through the admin API; returns name -> one-time enrollment token."""
     tokens: dict[str, str] = {}
     with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {admin_key}"}) as http:
         for name in names:
-            response = http.post("/v1/devices", json={"name": name, "group": group,
-                                                      "adaptation_enabled": adaptation_enabled})
+            response = http.post(
+                "/v1/devices", json={"name": name, "group": group, "adaptation_enabled": adaptation_enabled}
+            )
             if response.status_code != 201:
                 raise DeviceApiError(response.status_code, response.text)
             tokens[name] = response.json()["enrollment_token"]
@@ -30,8 +32,14 @@ def register_devices(server_url: str, admin_key: str, *, group: str, names: list
 class SimulatedFleet:
     """Terminals under ``root/<name>``; ``poll`` runs one poll on each, in order."""
 
-    def __init__(self, server_url: str, root: Path, *, transport: httpx.BaseTransport | None = None,
-                 adaptation: AdaptationConfig | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        root: Path,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        adaptation: AdaptationConfig | None = None,
+    ) -> None:
         self.server_url = server_url
         self.root = Path(root)
         self.transport = transport
@@ -41,7 +49,9 @@ class SimulatedFleet:
     def enroll(self, tokens: dict[str, str]) -> None:
         for name, token in tokens.items():
             terminal = Terminal(self.root / name, adaptation=self.adaptation)
-            agent = TerminalAgent(terminal, server_url=self.server_url, transport=self.transport, poll_interval=0)
+            agent = TerminalAgent(
+                terminal, server_url=self.server_url, transport=self.transport, poll_interval=0
+            )
             agent.enroll_device(token)
             self.agents[name] = agent
 

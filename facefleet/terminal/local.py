@@ -108,7 +108,9 @@ class Terminal:
 
     def load_model(self, model_version_id: int) -> TerminalModel:
         model_dir = self.model_dir(model_version_id)
-        return TerminalModel(model_dir, load_installed_card(model_dir, self.require_identity().public_key_pem))
+        return TerminalModel(
+            model_dir, load_installed_card(model_dir, self.require_identity().public_key_pem)
+        )
 
     def current_model(self) -> TerminalModel | None:
         current = self.current_version_id()
@@ -118,8 +120,10 @@ class Terminal:
             self._model, self._adapter = self.load_model(current), None
         return self._model
 
-    def install(self, model_version_id: int, files_dir: Path, card_bytes: bytes, signature: str) -> TerminalModel:
-        """Verify, self-test, re-extract templates, then switch atomically; any failure leaves the old model."""
+    def install(
+        self, model_version_id: int, files_dir: Path, card_bytes: bytes, signature: str
+    ) -> TerminalModel:
+        """Verify, self-test, re-extract templates, switch atomically; any failure keeps the old model."""
         card = verify_card(card_bytes, signature, self.require_identity().public_key_pem)
         staging = self.models_dir / f"{int(model_version_id)}.staging"
         shutil.rmtree(staging, ignore_errors=True)
@@ -168,7 +172,9 @@ class Terminal:
                 shutil.rmtree(path, ignore_errors=True)
                 self.db.drop_model(path.name)
 
-    def _extract(self, model: TerminalModel, samples: list) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+    def _extract(
+        self, model: TerminalModel, samples: list
+    ) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
         """Templates (and middle features, when this device adapts) of enrolled images under ``model``."""
         if not samples:
             return []
@@ -204,21 +210,28 @@ class Terminal:
         embedding = model.embed(batch)[0]
         scores = [float(embedding @ t.embedding) for t in templates]
         best = int(np.argmax(scores))
-        result = VerifyResult(user, scores[best] >= model.card.threshold, scores[best], model.card.threshold, version)
+        result = VerifyResult(
+            user, scores[best] >= model.card.threshold, scores[best], model.card.threshold, version
+        )
         if result.match and self._adapts(model):
-            result.adapted_now = self._adapt(model, batch, templates[best].embedding)
+            result.adapted_now = self._adapt(model, batch, templates[best].embedding, user)
         return result
 
-    def _adapt(self, model: TerminalModel, batch: np.ndarray, template: np.ndarray) -> bool:
+    def _adapt(self, model: TerminalModel, batch: np.ndarray, template: np.ndarray, user: str) -> bool:
         if self._adapter is None:
             self._adapter = UpperLayerAdapter(model.backbone(), self.adaptation_config)
-        if not self._adapter.observe_success(model.middle(batch), torch.from_numpy(template)):
+        key = str(self.current_version_id())
+        others = [t.middle for t in self.db.templates(key) if t.user != user and t.middle is not None]
+        impostors = torch.from_numpy(np.stack(others)) if others else None
+        if not self._adapter.observe_success(model.middle(batch), torch.from_numpy(template), impostors):
             return False
         model.save_adapted_upper()
-        key = str(self.current_version_id())
         templates = self.db.templates(key)
-        rows = [(t.sample_id, model.embed_middle(torch.from_numpy(t.middle)[None])[0], t.middle)
-                for t in templates if t.middle is not None]
+        rows: list[tuple[int, np.ndarray, np.ndarray | None]] = [
+            (t.sample_id, model.embed_middle(torch.from_numpy(t.middle)[None])[0], t.middle)
+            for t in templates
+            if t.middle is not None
+        ]
         without_middle = {t.sample_id for t in templates if t.middle is None}
         rows += self._extract(model, [s for s in self.db.samples() if s.id in without_middle])
         self.db.replace_templates(key, rows)  # templates follow the adapted upper layers

@@ -39,7 +39,9 @@ class TerminalModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_dir / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_dir / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
         self.input_name = self.session.get_inputs()[0].name
         self._backbone: Backbone | None = None
 
@@ -76,7 +78,9 @@ class TerminalModel:
     def middle(self, images: np.ndarray) -> torch.Tensor:
         """The frozen lower part's output (what is stored per enrolled image for re-extraction)."""
         with torch.no_grad():
-            return self.backbone().forward_lower(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+            return self.backbone().forward_lower(
+                torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            )
 
     def embed_middle(self, middle: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -86,8 +90,11 @@ class TerminalModel:
         """Persist the adapted upper layers next to the model (local only); atomically."""
         backbone = self.backbone()
         prefixes = upper_prefixes(backbone)
-        state = {name: tensor.detach().clone().contiguous() for name, tensor in backbone.state_dict().items()
-                 if name.startswith(prefixes)}
+        state = {
+            name: tensor.detach().clone().contiguous()
+            for name, tensor in backbone.state_dict().items()
+            if name.startswith(prefixes)
+        }
         tmp = self.model_dir / (ADAPTED_FILE + ".tmp")
         save_file(state, str(tmp))
         tmp.replace(self.model_dir / ADAPTED_FILE)
@@ -104,11 +111,15 @@ class TerminalModel:
         worst = 0.0
         for engine, output in outputs.items():
             if output.shape != expected.shape:
-                raise VerificationError(f"self-test: {engine} gives shape {output.shape}, card says {expected.shape}")
+                raise VerificationError(
+                    f"self-test: {engine} gives shape {output.shape}, card says {expected.shape}"
+                )
             error = float(np.max(np.abs(output - expected)))
             if error > probe.tolerance:
-                raise VerificationError(f"self-test failed: {engine} probe embeddings differ from the card by "
-                                        f"{error:.3g} (tolerance {probe.tolerance})")
+                raise VerificationError(
+                    f"self-test failed: {engine} probe embeddings differ from the card by "
+                    f"{error:.3g} (tolerance {probe.tolerance})"
+                )
             worst = max(worst, error)
         return worst
 
@@ -122,7 +133,7 @@ def build_backbone(card: TerminalCard, weights_path: Path) -> Backbone:
     state = load_file(str(weights_path))
     prefix = "backbone."
     if state and all(key.startswith(prefix) for key in state):
-        state = {key[len(prefix):]: value for key, value in state.items()}
+        state = {key[len(prefix) :]: value for key, value in state.items()}
     backbone.load_state_dict(state)
     return backbone.eval()
 

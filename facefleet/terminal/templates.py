@@ -56,8 +56,10 @@ class TemplateDB:
 
     def add_samples(self, user: str, images: list[bytes]) -> list[int]:
         with self._connect() as db:
-            return [int(db.execute("INSERT INTO samples(user, image) VALUES (?, ?)", (user, png)).lastrowid or 0)
-                    for png in images]
+            return [
+                int(db.execute("INSERT INTO samples(user, image) VALUES (?, ?)", (user, png)).lastrowid or 0)
+                for png in images
+            ]
 
     def samples(self) -> list[Sample]:
         with self._connect() as db:
@@ -72,15 +74,25 @@ class TemplateDB:
         with self._connect() as db:
             return db.execute("DELETE FROM samples WHERE user = ?", (user,)).rowcount
 
-    def replace_templates(self, model_key: str, rows: list[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
+    def replace_templates(
+        self, model_key: str, rows: list[tuple[int, np.ndarray, np.ndarray | None]]
+    ) -> None:
         """All templates of ``model_key`` at once, in one transaction."""
         with self._connect() as db:
             db.execute("DELETE FROM templates WHERE model_key = ?", (model_key,))
             db.executemany(
-                "INSERT INTO templates(model_key, sample_id, embedding, middle, middle_shape) VALUES (?,?,?,?,?)",
-                [(model_key, sample_id, _blob(embedding), None if middle is None else _blob(middle),
-                  None if middle is None else ",".join(map(str, middle.shape)))
-                 for sample_id, embedding, middle in rows],
+                "INSERT INTO templates(model_key, sample_id, embedding, middle, middle_shape)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        model_key,
+                        sample_id,
+                        _blob(embedding),
+                        None if middle is None else _blob(middle),
+                        None if middle is None else ",".join(map(str, middle.shape)),
+                    )
+                    for sample_id, embedding, middle in rows
+                ],
             )
 
     def add_templates(self, model_key: str, rows: list[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
@@ -88,18 +100,29 @@ class TemplateDB:
         self.replace_templates(model_key, existing + rows)
 
     def templates(self, model_key: str, user: str | None = None) -> list[Template]:
-        query = ("SELECT t.sample_id, s.user, t.embedding, t.middle, t.middle_shape FROM templates t "
-                 "JOIN samples s ON s.id = t.sample_id WHERE t.model_key = ?")
+        query = (
+            "SELECT t.sample_id, s.user, t.embedding, t.middle, t.middle_shape FROM templates t "
+            "JOIN samples s ON s.id = t.sample_id WHERE t.model_key = ?"
+        )
         params: tuple[str, ...] = (model_key,)
         if user is not None:
             query += " AND s.user = ?"
             params = (model_key, user)
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY t.sample_id", params).fetchall()
-        return [Template(int(sid), str(u), np.frombuffer(emb, dtype=np.float32).copy(),
-                         None if mid is None else np.frombuffer(mid, dtype=np.float32).reshape(
-                             tuple(int(d) for d in shape.split(","))).copy())
-                for sid, u, emb, mid, shape in rows]
+        return [
+            Template(
+                int(sid),
+                str(u),
+                np.frombuffer(emb, dtype=np.float32).copy(),
+                None
+                if mid is None
+                else np.frombuffer(mid, dtype=np.float32)
+                .reshape(tuple(int(d) for d in shape.split(",")))
+                .copy(),
+            )
+            for sid, u, emb, mid, shape in rows
+        ]
 
     def drop_model(self, model_key: str) -> None:
         with self._connect() as db:

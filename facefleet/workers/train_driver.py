@@ -91,7 +91,6 @@ def init_ray(config: TrainingConfig) -> None:
         num_gpus=torch.cuda.device_count(),
         include_dashboard=False,
         object_store_memory=256 << 20,
-        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "0"}},
     )
 
 

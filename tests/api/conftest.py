@@ -88,8 +88,15 @@ def _client(engine: Engine, store: ObjectStore, tmp_path: Path) -> Iterator[Api]
     starter = RecordingStarter()
     app.state.run_starter = starter
     with TestClient(app) as client:
-        yield Api(client, engine, store, seed_key(engine, "admin", "root"), seed_key(engine, "viewer", "reader"),
-                  starter, tmp_path)
+        yield Api(
+            client,
+            engine,
+            store,
+            seed_key(engine, "admin", "root"),
+            seed_key(engine, "viewer", "reader"),
+            starter,
+            tmp_path,
+        )
 
 
 @pytest.fixture
@@ -104,28 +111,54 @@ def sqlite_api(sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path) 
     yield from _client(sqlite_engine, local_store, tmp_path)
 
 
-def register_folder(api: Api, name: str, *, seed: int = 0, kind: str = "train", tags: list[str] | None = None,
-                    identities: int = 3) -> dict:
-    folder = (make_lfw_folder(api.tmp / f"src-{name}-{seed}") if kind == "verification"
-              else make_imagefolder(api.tmp / f"src-{name}-{seed}", identities=identities, seed=seed))
-    response = api.client.post("/v1/datasets", headers=api.admin, json={
-        "name": name, "source": str(folder), "kind": kind, "tags": tags or []})
+def register_folder(
+    api: Api,
+    name: str,
+    *,
+    seed: int = 0,
+    kind: str = "train",
+    tags: list[str] | None = None,
+    identities: int = 3,
+) -> dict:
+    folder = (
+        make_lfw_folder(api.tmp / f"src-{name}-{seed}")
+        if kind == "verification"
+        else make_imagefolder(api.tmp / f"src-{name}-{seed}", identities=identities, seed=seed)
+    )
+    response = api.client.post(
+        "/v1/datasets",
+        headers=api.admin,
+        json={"name": name, "source": str(folder), "kind": kind, "tags": tags or []},
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
 
-def add_model_version(api: Api, name: str, version: int, *, run_id: int | None = None,
-                      accuracy: float | None = None, verification_set: str = "lfw") -> ModelVersion:
+def add_model_version(
+    api: Api,
+    name: str,
+    version: int,
+    *,
+    run_id: int | None = None,
+    accuracy: float | None = None,
+    verification_set: str = "lfw",
+) -> ModelVersion:
     """A registered model version with real bytes in the store (what the training export would leave)."""
     data = f"weights of {name} v{version}".encode() * 1000
     key = f"models/{name}/{version}/model.onnx"
     api.store.put_bytes(key, data)
     summary = {verification_set: {"cosine": {"accuracy": accuracy}}} if accuracy is not None else {}
     with api.session() as session:
-        model = ModelVersion(name=name, version=version, run_id=run_id, card_sha256="0" * 64,
-                             artifacts={"model.onnx": {"key": key, "sha256": hashlib.sha256(data).hexdigest(),
-                                                       "size": len(data)}},
-                             eval_summary=summary)
+        model = ModelVersion(
+            name=name,
+            version=version,
+            run_id=run_id,
+            card_sha256="0" * 64,
+            artifacts={
+                "model.onnx": {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            },
+            eval_summary=summary,
+        )
         session.add(model)
         session.commit()
     return model

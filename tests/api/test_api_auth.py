@@ -64,17 +64,26 @@ def test_keys_are_shown_once_and_stored_hashed(api: Api) -> None:
 
 
 def test_state_changes_are_audited(api: Api) -> None:
-    created = api.client.post("/v1/policies", headers=api.admin, json={"name": "nightly", "triggers": ["manual"]})
+    created = api.client.post(
+        "/v1/policies", headers=api.admin, json={"name": "nightly", "triggers": ["manual"]}
+    )
     policy_id = created.json()["id"]
     api.client.patch(f"/v1/policies/{policy_id}", headers=api.admin, json={"debounce_seconds": 5})
     api.client.post(f"/v1/policies/{policy_id}:fire", headers=api.admin)
     api.client.delete(f"/v1/policies/{policy_id}", headers=api.admin)
     events = api.client.get("/v1/audit", headers=api.viewer, params={"action": "policies."}).json()
     assert [e["action"] for e in events["items"]] == [
-        "policies.delete", "policies.fire", "policies.update", "policies.create"]
+        "policies.delete",
+        "policies.fire",
+        "policies.update",
+        "policies.create",
+    ]
     assert all(e["actor"].endswith(":root") and e["target_id"] == str(policy_id) for e in events["items"])
     only_create = api.client.get("/v1/audit", headers=api.viewer, params={"action": "policies.create"}).json()
     assert only_create["total"] == 1
     # A rejected request changes nothing and leaves no audit event.
     api.client.post("/v1/policies", headers=api.admin, json={"name": "bad", "triggers": ["schedule"]})
-    assert api.client.get("/v1/audit", headers=api.viewer, params={"action": "policies.create"}).json()["total"] == 1
+    assert (
+        api.client.get("/v1/audit", headers=api.viewer, params={"action": "policies.create"}).json()["total"]
+        == 1
+    )

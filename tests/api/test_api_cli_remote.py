@@ -65,7 +65,10 @@ def test_keys_bootstrap_locally_then_work_remotely(server: str, monkeypatch: pyt
         with pytest.raises(NotFoundError):
             client.get("/v1/runs/42")
     client = remote_client(server)
-    assert client is not None and [k["name"] for k in client.iter_pages("/v1/keys", page_size=1)] == ["dash", "first"]
+    assert client is not None and [k["name"] for k in client.iter_pages("/v1/keys", page_size=1)] == [
+        "dash",
+        "first",
+    ]
     client.close()
 
     revoked = runner.invoke(keys.app, ["revoke", "2", "--server", server])

@@ -14,7 +14,9 @@ def test_register_list_show_and_delete(api: Api) -> None:
     assert (version["version"], version["status"], version["identity_count"]) == (1, "ready", 3)
     assert version["report"]["image_count"] == 9
     folder = api.tmp / "src-faces-a-0"
-    again = api.client.post("/v1/datasets", headers=api.admin, json={"name": "faces-a", "source": str(folder)})
+    again = api.client.post(
+        "/v1/datasets", headers=api.admin, json={"name": "faces-a", "source": str(folder)}
+    )
     assert again.status_code == 200 and again.json()["id"] == version["id"]
     register_folder(api, "lfw", kind="verification")
 
@@ -38,17 +40,24 @@ def test_register_list_show_and_delete(api: Api) -> None:
 
 def test_delete_of_a_dataset_in_use_is_409(api: Api) -> None:
     register_folder(api, "faces-a")
-    run = api.client.post("/v1/runs", headers=api.admin, json={
-        "datasets": ["faces-a"], "config": {"backbone": "tiny", "steps": 2, "reversal": {"enabled": False}},
-        "start": False})
+    run = api.client.post(
+        "/v1/runs",
+        headers=api.admin,
+        json={
+            "datasets": ["faces-a"],
+            "config": {"backbone": "tiny", "steps": 2, "reversal": {"enabled": False}},
+            "start": False,
+        },
+    )
     assert run.status_code == 201, run.text
     conflict = api.client.delete("/v1/datasets/faces-a", headers=api.admin)
     assert conflict.status_code == 409 and "run(s)" in conflict.json()["detail"]
 
 
 def test_bad_sources_are_422_and_change_nothing(api: Api) -> None:
-    missing = api.client.post("/v1/datasets", headers=api.admin,
-                              json={"name": "x", "source": str(api.tmp / "does-not-exist")})
+    missing = api.client.post(
+        "/v1/datasets", headers=api.admin, json={"name": "x", "source": str(api.tmp / "does-not-exist")}
+    )
     assert missing.status_code == 422 and missing.json()["field"] == "source"
     bad_name = api.client.post("/v1/datasets", headers=api.admin, json={"name": "../x", "source": "/tmp"})
     assert bad_name.status_code == 422 and bad_name.json()["field"] == "name"
@@ -60,14 +69,21 @@ def test_streamed_upload_of_an_archive(sqlite_api: Api) -> None:
     folder = make_imagefolder(api.tmp / "up", identities=2, seed=3)
     archive = shutil.make_archive(str(api.tmp / "faces"), "zip", folder)
     with open(archive, "rb") as handle:
-        response = api.client.post("/v1/datasets/upload", headers=api.admin,
-                                   data={"name": "uploaded", "tags": "a, b"},
-                                   files={"file": ("faces.zip", handle, "application/zip")})
+        response = api.client.post(
+            "/v1/datasets/upload",
+            headers=api.admin,
+            data={"name": "uploaded", "tags": "a, b"},
+            files={"file": ("faces.zip", handle, "application/zip")},
+        )
     assert response.status_code == 201, response.text
     assert response.json()["identity_count"] == 2
     assert api.client.get("/v1/datasets/uploaded", headers=api.viewer).json()["tags"] == ["a", "b"]
-    wrong = api.client.post("/v1/datasets/upload", headers=api.admin, data={"name": "w"},
-                            files={"file": ("faces.exe", b"MZ...", "application/octet-stream")})
+    wrong = api.client.post(
+        "/v1/datasets/upload",
+        headers=api.admin,
+        data={"name": "w"},
+        files={"file": ("faces.exe", b"MZ...", "application/octet-stream")},
+    )
     assert wrong.status_code == 422 and wrong.json()["field"] == "file"
     no_file = api.client.post("/v1/datasets/upload", headers=api.admin, data={"name": "w"})
     assert no_file.status_code == 422 and no_file.json()["field"] == "file"
@@ -76,6 +92,10 @@ def test_streamed_upload_of_an_archive(sqlite_api: Api) -> None:
 def test_upload_over_the_limit_is_413(sqlite_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     api = sqlite_api
     monkeypatch.setattr(api.client.app.state.settings, "upload_max_bytes", 1000)  # type: ignore[attr-defined]
-    response = api.client.post("/v1/datasets/upload", headers=api.admin, data={"name": "big"},
-                               files={"file": ("big.zip", b"x" * 5000, "application/zip")})
+    response = api.client.post(
+        "/v1/datasets/upload",
+        headers=api.admin,
+        data={"name": "big"},
+        files={"file": ("big.zip", b"x" * 5000, "application/zip")},
+    )
     assert response.status_code == 413 and "limit" in response.json()["detail"]

@@ -20,20 +20,28 @@ def test_openapi_document_validates(sqlite_api: Api) -> None:
 
 def test_unknown_fields_and_wrong_types_name_the_field(sqlite_api: Api) -> None:
     api = sqlite_api
-    extra = api.client.post("/v1/policies", headers=api.admin, json={"name": "p", "triggers": ["manual"],
-                                                                      "colour": "red"})
+    extra = api.client.post(
+        "/v1/policies", headers=api.admin, json={"name": "p", "triggers": ["manual"], "colour": "red"}
+    )
     assert extra.status_code == 422
     body = extra.json()
     assert body["field"] == "colour" and "remove this field" in body["detail"]
     assert set(body) >= {"type", "title", "status", "detail", "field"} and body["status"] == 422
-    wrong = api.client.post("/v1/policies", headers=api.admin,
-                            json={"name": "p", "triggers": ["manual"], "debounce_seconds": "soon"})
+    wrong = api.client.post(
+        "/v1/policies",
+        headers=api.admin,
+        json={"name": "p", "triggers": ["manual"], "debounce_seconds": "soon"},
+    )
     assert wrong.status_code == 422 and wrong.json()["field"] == "debounce_seconds"
-    nested = api.client.post("/v1/policies", headers=api.admin,
-                             json={"name": "p", "triggers": ["manual"], "base_config": {"head": {"kind": "x"}}})
+    nested = api.client.post(
+        "/v1/policies",
+        headers=api.admin,
+        json={"name": "p", "triggers": ["manual"], "base_config": {"head": {"kind": "x"}}},
+    )
     assert nested.status_code == 422 and nested.json()["field"] == "base_config.head.kind"
-    not_json = api.client.post("/v1/policies", headers={**api.admin, "Content-Type": "application/json"},
-                               content=b"{not json")
+    not_json = api.client.post(
+        "/v1/policies", headers={**api.admin, "Content-Type": "application/json"}, content=b"{not json"
+    )
     assert not_json.status_code == 422 and not_json.json()["type"].startswith("https://")
     bad_path = api.client.get("/v1/runs/abc", headers=api.viewer)
     assert bad_path.status_code == 422 and bad_path.json()["field"] == "run_id"

@@ -33,13 +33,18 @@ def test_models_versions_download_and_promote(api: Api, monkeypatch) -> None:  #
     assert api.client.get("/v1/models/faces/versions/production", headers=api.viewer).json()["version"] == 1
     moved = api.client.put("/v1/models/faces/aliases/production", headers=api.admin, json={"version": 2})
     assert moved.status_code == 200
-    staged = api.client.post("/v1/models/faces/versions/1/promote", headers=api.admin, json={"alias": "staging"})
+    staged = api.client.post(
+        "/v1/models/faces/versions/1/promote", headers=api.admin, json={"alias": "staging"}
+    )
     assert staged.json()["aliases"] == ["staging"]
     aliases = api.client.get("/v1/models/faces/aliases", headers=api.viewer).json()
     assert aliases["aliases"] == {"production": 2, "staging": 1}
     bad_alias = api.client.put("/v1/models/faces/aliases/Bad Alias", headers=api.admin, json={"version": 1})
     assert bad_alias.status_code == 422 and bad_alias.json()["field"] == "alias"
-    assert api.client.put("/v1/models/faces/aliases/x", headers=api.admin, json={"version": 9}).status_code == 404
+    assert (
+        api.client.put("/v1/models/faces/aliases/x", headers=api.admin, json={"version": 9}).status_code
+        == 404
+    )
     extra = api.client.put("/v1/models/faces/aliases/x", headers=api.admin, json={"version": 1, "why": "?"})
     assert extra.status_code == 422 and extra.json()["field"] == "why"
 

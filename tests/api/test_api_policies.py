@@ -6,14 +6,23 @@ from tests.api.conftest import Api
 
 
 def test_policy_crud_and_fire(api: Api) -> None:
-    body = {"name": "faces-nightly", "triggers": ["dataset_added", "schedule"], "cron": "0 3 * * *",
-            "dataset_selector": {"glob": "faces-*", "tags": ["asia"]}, "debounce_seconds": 60,
-            "base_config": {"backbone": "tiny", "steps": 5}, "notify": {"webhooks": ["http://127.0.0.1:9/hook"]}}
+    body = {
+        "name": "faces-nightly",
+        "triggers": ["dataset_added", "schedule"],
+        "cron": "0 3 * * *",
+        "dataset_selector": {"glob": "faces-*", "tags": ["asia"]},
+        "debounce_seconds": 60,
+        "base_config": {"backbone": "tiny", "steps": 5},
+        "notify": {"webhooks": ["http://127.0.0.1:9/hook"]},
+    }
     created = api.client.post("/v1/policies", headers=api.admin, json=body)
     assert created.status_code == 201, created.text
     policy = created.json()
-    assert policy["next_cron_at"] and policy["base_config"] == {"backbone": "tiny", "steps": 5,
-                                                                "model_name": "facefleet"}
+    assert policy["next_cron_at"] and policy["base_config"] == {
+        "backbone": "tiny",
+        "steps": 5,
+        "model_name": "facefleet",
+    }
     assert api.client.post("/v1/policies", headers=api.admin, json=body).status_code == 409
     got = api.client.get(f"/v1/policies/{policy['id']}", headers=api.viewer).json()
     assert got["dataset_selector"] == {"names": [], "glob": "faces-*", "tags": ["asia"]}
@@ -46,6 +55,7 @@ def test_impossible_policies_are_rejected(api: Api) -> None:
     assert post(triggers=["manual"], notify={"webhooks": ["ftp://x"]})["field"] == "notify.webhooks"
     assert post(triggers=[])["field"] == "triggers"
     created = api.client.post("/v1/policies", headers=api.admin, json={"name": "ok", "triggers": ["manual"]})
-    patched = api.client.patch(f"/v1/policies/{created.json()['id']}", headers=api.admin,
-                               json={"triggers": ["schedule"]})
+    patched = api.client.patch(
+        f"/v1/policies/{created.json()['id']}", headers=api.admin, json={"triggers": ["schedule"]}
+    )
     assert patched.status_code == 422 and "cron" in patched.json()["detail"]

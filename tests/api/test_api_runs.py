@@ -13,16 +13,28 @@ def test_create_show_list_and_cancel(api: Api) -> None:
     register_folder(api, "faces-a", seed=1)
     register_folder(api, "faces-b", seed=2)
     register_folder(api, "lfw", kind="verification")
-    response = api.client.post("/v1/runs", headers=api.admin, json={
-        "datasets": ["faces-a", "faces-b:1"], "verification_sets": ["lfw"], "config": TINY, "name": "ab"})
+    response = api.client.post(
+        "/v1/runs",
+        headers=api.admin,
+        json={
+            "datasets": ["faces-a", "faces-b:1"],
+            "verification_sets": ["lfw"],
+            "config": TINY,
+            "name": "ab",
+        },
+    )
     assert response.status_code == 201, response.text
     run = response.json()
     assert run["status"] == "queued" and run["launcher_job_id"] == f"test-job-{run['id']}"
     assert api.starter.started == [run["id"]]
     assert [(d["dataset"], d["role"], d["class_offset"]) for d in run["datasets"]] == [
-        ("faces-a", "train", 0), ("faces-b", "train", 3), ("lfw", "verification", 0)]
-    queued = api.client.post("/v1/runs", headers=api.admin,
-                             json={"datasets": ["faces-a"], "config": TINY, "start": False}).json()
+        ("faces-a", "train", 0),
+        ("faces-b", "train", 3),
+        ("lfw", "verification", 0),
+    ]
+    queued = api.client.post(
+        "/v1/runs", headers=api.admin, json={"datasets": ["faces-a"], "config": TINY, "start": False}
+    ).json()
 
     assert api.client.get(f"/v1/runs/{run['id']}", headers=api.viewer).json()["name"] == "ab"
     listed = api.client.get("/v1/runs", headers=api.viewer, params={"status": "queued", "limit": 1}).json()
@@ -46,8 +58,10 @@ def test_impossible_configs_and_datasets_are_422_with_the_field(api: Api) -> Non
         assert response.status_code in (404, 422), response.text
         return response.json()
 
-    assert post({"datasets": ["faces-a"], "config": {"backbone": "tiny", "steps": 2}})["field"] == \
-        "config.reversal.enabled"
+    assert (
+        post({"datasets": ["faces-a"], "config": {"backbone": "tiny", "steps": 2}})["field"]
+        == "config.reversal.enabled"
+    )
     assert post({"datasets": ["faces-a"], "config": {"backbone": "nope"}})["field"] == "config.backbone"
     assert post({"datasets": ["faces-a"], "config": {"batch_size": "big"}})["field"] == "config.batch_size"
     assert post({"datasets": ["faces-a"], "config": {"bogus": 1}})["field"] == "config.bogus"
@@ -59,8 +73,9 @@ def test_impossible_configs_and_datasets_are_422_with_the_field(api: Api) -> Non
 
 def test_metrics_plots_and_logs(api: Api) -> None:
     register_folder(api, "faces-a")
-    run = api.client.post("/v1/runs", headers=api.admin,
-                          json={"datasets": ["faces-a"], "config": TINY, "start": False}).json()
+    run = api.client.post(
+        "/v1/runs", headers=api.admin, json={"datasets": ["faces-a"], "config": TINY, "start": False}
+    ).json()
     with api.session() as session:
         service.record_metrics(session, run["id"], 1, {"loss": 2.5, "lr": 0.1})
         service.record_metrics(session, run["id"], 2, {"loss": 1.5})

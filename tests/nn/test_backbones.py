@@ -65,8 +65,15 @@ def test_onnx_export_matches_torch(name: str) -> None:
     net = get_backbone(name, input_size=size).eval()
     x = torch.randn(2, 3, size, size)
     buffer = io.BytesIO()
-    torch.onnx.export(net, (x,), buffer, dynamo=False, input_names=["input"], output_names=["embedding"],
-                      dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}})
+    torch.onnx.export(
+        net,
+        (x,),
+        buffer,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["embedding"],
+        dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+    )
     session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     batch = torch.randn(5, 3, size, size)
     (got,) = session.run(None, {"input": batch.numpy()})

@@ -77,8 +77,11 @@ def test_modelnet_shapes_decision_and_flip_average() -> None:
     feature_fn = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 16))
     images_a, images_b = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     z = four_way_flip_average(feature_fn, net, images_a, images_b)
-    flipped = [net(feature_fn(a), feature_fn(b)) for a in (images_a, images_a.flip(3))
-               for b in (images_b, images_b.flip(3))]
+    flipped = [
+        net(feature_fn(a), feature_fn(b))
+        for a in (images_a, images_a.flip(3))
+        for b in (images_b, images_b.flip(3))
+    ]
     assert torch.allclose(z, sum(flipped) / 4, atol=1e-6)
     z = torch.tensor([[0.5], [-2.0], [39.0]])
     assert decide_match(z, threshold=1.0).tolist() == [True, False, False]

@@ -73,7 +73,7 @@ def grads(loss, tensors):
 @pytest.mark.parametrize("kind", list(MARGINS))
 @pytest.mark.parametrize("classes", [[7], [5, 9], [3, 8, 4, 6]])
 def test_head_equals_masked_full_softmax(kind: str, classes: list[int]) -> None:
-    for bias in ([True, False] if kind == "softmax" else [None]):
+    for bias in [True, False] if kind == "softmax" else [None]:
         head = make_head(classes, 6, kind, bias)
         x, labels, dataset_index, class_dataset = make_batch(classes, 24, 6, seed=len(classes))
         x.requires_grad_(True)
@@ -93,8 +93,9 @@ def test_full_crossing_and_single_dataset_equal_plain_cross_entropy(kind: str) -
     single = make_head([18], 6, kind)
     single.load_state_dict(crossed.state_dict())
     everything = torch.ones(20, 18, dtype=torch.bool)
-    expected = reference_loss(x, crossed.weight, crossed.bias, labels, dataset_index, class_dataset, kind,
-                              include=everything)
+    expected = reference_loss(
+        x, crossed.weight, crossed.bias, labels, dataset_index, class_dataset, kind, include=everything
+    )
     if kind == "softmax":
         plain = F.cross_entropy(x @ crossed.weight.t() + crossed.bias, labels)
         assert torch.allclose(plain, expected, atol=1e-12)
@@ -178,8 +179,9 @@ def test_margin_functions_match_reference_and_gradcheck() -> None:
     for kind, (_, m1, m2, m3) in MARGINS.items():
         if kind == "softmax":
             continue
-        assert torch.allclose(margin_target_cos(cos, kind, m1, m2, m3), reference_psi(cos, kind, m1, m2, m3),
-                              atol=1e-9)
+        assert torch.allclose(
+            margin_target_cos(cos, kind, m1, m2, m3), reference_psi(cos, kind, m1, m2, m3), atol=1e-9
+        )
         smooth = torch.linspace(-0.8, 0.85, 9, dtype=torch.float64).requires_grad_(True)
         margins = (kind, m1, m2, m3)
         assert torch.autograd.gradcheck(lambda c, args=margins: margin_target_cos(c, *args), (smooth,))

@@ -73,29 +73,35 @@ def held_out_accuracy(world: World, net: torch.nn.Module, seed: int) -> float:
     return verification_metrics(scores, is_same).accuracy
 
 
-def train(world: World, *, crossing_p: float, switch_step: int | None, lambd: float,
-          seed: int) -> tuple[float, float, float]:
+def train(
+    world: World, *, crossing_p: float, switch_step: int | None, lambd: float, seed: int
+) -> tuple[float, float, float]:
     """Returns (held-out accuracy, dataset-classifier accuracy at the end of stage 1, at the end)."""
     torch.manual_seed(seed)
     net = get_backbone("tiny", embedding_dim=32, input_size=SIZE)
     head = DatasetAwareMarginHead(32, [32] * K, "cosface", s=16.0, m3=0.2, crossing_p=crossing_p)
     classifier = DatasetClassifier(32, K)
-    optimizer = torch.optim.SGD([*net.parameters(), *head.parameters(), *classifier.parameters()],
-                                lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        [*net.parameters(), *head.parameters(), *classifier.parameters()],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+    )
     gen = torch.Generator().manual_seed(seed + 1)
     domain_accuracy: list[float] = []
     for step in range(STEPS):
         images, labels, datasets = training_batch(world, gen)
         embeddings = net(images)
         loss = head(embeddings, labels, datasets)
-        d_loss, d_accuracy = domain_loss(classifier, embeddings, datasets, step=step,
-                                         switch_step=switch_step, lambd=lambd)
+        d_loss, d_accuracy = domain_loss(
+            classifier, embeddings, datasets, step=step, switch_step=switch_step, lambd=lambd
+        )
         optimizer.zero_grad()
         (loss + d_loss).backward()
         optimizer.step()
         domain_accuracy.append(float(d_accuracy))
     switch = switch_step or STEPS
-    stage1 = sum(domain_accuracy[switch - 20:switch]) / 20
+    stage1 = sum(domain_accuracy[switch - 20 : switch]) / 20
     final = sum(domain_accuracy[-20:]) / 20
     return held_out_accuracy(world, net, seed=99), stage1, final
 
@@ -108,9 +114,11 @@ def test_dataset_aware_beats_naive_and_reversal_hides_the_dataset() -> None:
     aware, _, _ = train(world, crossing_p=0.0, switch_step=None, lambd=0.0, seed=1)
     naive, _, _ = train(world, crossing_p=1.0, switch_step=None, lambd=0.0, seed=1)
     reversal, before, after = train(world, crossing_p=0.0, switch_step=STEPS // 2, lambd=0.1, seed=1)
-    print(f"\nheld-out verification accuracy: dataset-aware {aware:.3f}, naive softmax {naive:.3f}, "
-          f"dataset-aware+reversal {reversal:.3f}; dataset-classifier accuracy end of stage 1 {before:.3f}, "
-          f"end of stage 2 {after:.3f} (1/K = {1 / K:.3f})")
+    print(
+        f"\nheld-out verification accuracy: dataset-aware {aware:.3f}, naive softmax {naive:.3f}, "
+        f"dataset-aware+reversal {reversal:.3f}; dataset-classifier accuracy end of stage 1 {before:.3f}, "
+        f"end of stage 2 {after:.3f} (1/K = {1 / K:.3f})"
+    )
     assert aware > naive
     assert after < before
     assert after < 1 / K + 0.15

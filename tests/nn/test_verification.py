@@ -38,7 +38,7 @@ def test_random_scores_are_chance() -> None:
 
 def test_known_eer_and_tar() -> None:
     # 10 same pairs scored 1..10, 10 different pairs scored −1.5..7.5: a hand-countable ROC
-    same_scores = np.arange(1, 11, dtype=float)        # 1 … 10
+    same_scores = np.arange(1, 11, dtype=float)  # 1 … 10
     diff_scores = np.arange(1, 11, dtype=float) - 2.5  # −1.5 … 7.5
     scores = np.r_[same_scores, diff_scores]
     is_same = np.r_[np.ones(10, bool), np.zeros(10, bool)]

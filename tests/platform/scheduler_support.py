@@ -52,10 +52,21 @@ class RecordingStarter:
             self.started.append(run.id)
 
 
-def register(engine: Engine, store: ObjectStore, tmp: Path, name: str, *, seed: int = 0, kind: str = "train",
-             tags: tuple[str, ...] = ()) -> None:
-    source = (make_lfw_folder(tmp / f"{name}-{seed}") if kind == "verification"
-              else make_imagefolder(tmp / f"{name}-{seed}", identities=2, images=2, seed=seed))
+def register(
+    engine: Engine,
+    store: ObjectStore,
+    tmp: Path,
+    name: str,
+    *,
+    seed: int = 0,
+    kind: str = "train",
+    tags: tuple[str, ...] = (),
+) -> None:
+    source = (
+        make_lfw_folder(tmp / f"{name}-{seed}")
+        if kind == "verification"
+        else make_imagefolder(tmp / f"{name}-{seed}", identities=2, images=2, seed=seed)
+    )
     with Session(engine) as session:
         register_dataset_version(session, store, name=name, source=source, kind=kind, tags=tags)  # type: ignore[arg-type]
         session.commit()
@@ -74,8 +85,15 @@ def policy_runs(engine: Engine, policy_id: int) -> list[Run]:
         return list(session.scalars(select(Run).where(Run.policy_id == policy_id).order_by(Run.id)))
 
 
-def finish_run(engine: Engine, run_id: int, status: str = "succeeded", *, model: tuple[str, int] | None = None,
-               accuracy: float | None = None, set_name: str = "lfw") -> None:
+def finish_run(
+    engine: Engine,
+    run_id: int,
+    status: str = "succeeded",
+    *,
+    model: tuple[str, int] | None = None,
+    accuracy: float | None = None,
+    set_name: str = "lfw",
+) -> None:
     """What the worker leaves when a run ends: its status and, on success, a registered model version."""
     with Session(engine) as session:
         run = session.get(Run, run_id)
@@ -83,6 +101,9 @@ def finish_run(engine: Engine, run_id: int, status: str = "succeeded", *, model:
         run.status = status
         if model:
             summary = {set_name: {"cosine": {"accuracy": accuracy}}} if accuracy is not None else {}
-            session.add(ModelVersion(name=model[0], version=model[1], run_id=run_id, artifacts={},
-                                     eval_summary=summary))
+            session.add(
+                ModelVersion(
+                    name=model[0], version=model[1], run_id=run_id, artifacts={}, eval_summary=summary
+                )
+            )
         session.commit()

@@ -27,11 +27,18 @@ def _fleet(session: Session, count: int, group: str = "lobby") -> list[Device]:
 
 
 def test_canary_releases_the_rest_only_after_every_canary_installed(
-        session: Session, local_store: ObjectStore, tmp_path: Path) -> None:
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
     version = register_test_model(session, local_store, tmp_path / "m1")
     fleet = _fleet(session, 5)
-    deployment = deployments.create_deployment(session, model_version_id=version.id, group="lobby",
-                                               strategy="canary", canary_percent=40, max_failure_rate=0.2)
+    deployment = deployments.create_deployment(
+        session,
+        model_version_id=version.id,
+        group="lobby",
+        strategy="canary",
+        canary_percent=40,
+        max_failure_rate=0.2,
+    )
     actions = [device_assignment(session, d, store=local_store).action for d in fleet]
     assert actions == ["install", "install", "none", "none", "none"]
     card = device_assignment(session, fleet[0], store=local_store).model
@@ -50,16 +57,25 @@ def test_canary_releases_the_rest_only_after_every_canary_installed(
 
 
 def test_failure_over_the_limit_stops_and_rolls_back_failed_devices(
-        session: Session, local_store: ObjectStore, tmp_path: Path) -> None:
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
     old = register_test_model(session, local_store, tmp_path / "m1", seed=1)
     new = register_test_model(session, local_store, tmp_path / "m2", seed=2)
     fleet = _fleet(session, 5)
     first = deployments.create_deployment(session, model_version_id=old.id, group="lobby")
     for device in fleet:
         deployments.report_device_status(session, device, deployment_id=first.id, status="installed")
-    second = deployments.create_deployment(session, model_version_id=new.id, group="lobby", strategy="canary",
-                                           canary_percent=40, max_failure_rate=0.0)
-    deployments.report_device_status(session, fleet[0], deployment_id=second.id, status="failed", message="boom")
+    second = deployments.create_deployment(
+        session,
+        model_version_id=new.id,
+        group="lobby",
+        strategy="canary",
+        canary_percent=40,
+        max_failure_rate=0.0,
+    )
+    deployments.report_device_status(
+        session, fleet[0], deployment_id=second.id, status="failed", message="boom"
+    )
     assert deployments.get_deployment(session, deployment_id=second.id).deployment.status == "stopped"
     rollback = device_assignment(session, fleet[0], store=local_store)
     assert rollback.action == "rollback" and rollback.model and rollback.model.model_version_id == old.id
@@ -74,17 +90,22 @@ def test_failure_over_the_limit_stops_and_rolls_back_failed_devices(
 
 
 def test_new_deployment_supersedes_and_devices_see_only_their_own(
-        session: Session, local_store: ObjectStore, tmp_path: Path) -> None:
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
     v1 = register_test_model(session, local_store, tmp_path / "m1", seed=1)
     v2 = register_test_model(session, local_store, tmp_path / "m2", seed=2)
-    lobby, = _fleet(session, 1, "lobby")
-    garage, = _fleet(session, 1, "garage")
+    (lobby,) = _fleet(session, 1, "lobby")
+    (garage,) = _fleet(session, 1, "garage")
     first = deployments.create_deployment(session, model_version_id=v1.id, group="lobby")
     deployments.report_device_status(session, lobby, deployment_id=first.id, status="downloading")
     second = deployments.create_deployment(session, model_version_id=v2.id, group="lobby")
     assert deployments.get_deployment(session, deployment_id=first.id).deployment.status == "superseded"
     assignment = device_assignment(session, lobby, store=local_store)
-    assert assignment.deployment_id == second.id and assignment.model and assignment.model.model_version_id == v2.id
+    assert (
+        assignment.deployment_id == second.id
+        and assignment.model
+        and assignment.model.model_version_id == v2.id
+    )
     assert device_assignment(session, garage, store=local_store).action == "none"
     with pytest.raises(PermissionDeniedError):
         artifact_for_device(session, garage, file="model.onnx", model_version_id=v2.id)

@@ -11,9 +11,22 @@ from facefleet.platform.db.base import Base
 from facefleet.platform.db.session import make_engine
 
 EXPECTED_TABLES = {
-    "datasets", "dataset_versions", "outbox_events", "runs", "run_datasets", "run_metrics", "model_versions",
-    "model_aliases", "retrain_policies", "leases", "devices", "deployments", "device_deployments", "api_keys",
-    "audit_events", "notifications",
+    "datasets",
+    "dataset_versions",
+    "outbox_events",
+    "runs",
+    "run_datasets",
+    "run_metrics",
+    "model_versions",
+    "model_aliases",
+    "retrain_policies",
+    "leases",
+    "devices",
+    "deployments",
+    "device_deployments",
+    "api_keys",
+    "audit_events",
+    "notifications",
 }
 
 

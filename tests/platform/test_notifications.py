@@ -88,12 +88,14 @@ def smtp(monkeypatch: pytest.MonkeyPatch) -> Iterator[MailSink]:
     controller.stop()
 
 
-def test_webhook_is_signed_and_retried_with_backoff(sqlite_engine: Engine, webhook: WebhookReceiver,
-                                                    smtp: MailSink) -> None:
+def test_webhook_is_signed_and_retried_with_backoff(
+    sqlite_engine: Engine, webhook: WebhookReceiver, smtp: MailSink
+) -> None:
     webhook.failures = 2
     with Session(sqlite_engine) as session:
-        notifications.enqueue(session, event="deployment.finished", payload={"deployment": 7},
-                              webhooks=[webhook.url], now=T0)
+        notifications.enqueue(
+            session, event="deployment.finished", payload={"deployment": 7}, webhooks=[webhook.url], now=T0
+        )
         session.commit()
         assert notifications.deliver_due(session, now=T0) == 0
         row = session.scalars(select(Notification)).one()
@@ -121,13 +123,19 @@ def test_a_target_that_keeps_failing_is_given_up(sqlite_engine: Engine) -> None:
 
 
 def test_run_finished_reaches_webhook_and_email_with_the_best_combination(
-        engine: Engine, local_store: ObjectStore, tmp_path: Path, webhook: WebhookReceiver, smtp: MailSink) -> None:
+    engine: Engine, local_store: ObjectStore, tmp_path: Path, webhook: WebhookReceiver, smtp: MailSink
+) -> None:
     clock = Clock()
     register(engine, local_store, tmp_path, "faces-a")
     register(engine, local_store, tmp_path, "lfw", kind="verification")
-    policy_id = make_policy(engine, name="nightly", verification_sets=["lfw"], debounce_seconds=0,
-                            model_name="faces",
-                            notify={"webhooks": [webhook.url], "emails": ["ops@example.com"]})
+    policy_id = make_policy(
+        engine,
+        name="nightly",
+        verification_sets=["lfw"],
+        debounce_seconds=0,
+        model_name="faces",
+        notify={"webhooks": [webhook.url], "emails": ["ops@example.com"]},
+    )
     sched = Scheduler(engine, start=RecordingStarter(), clock=clock)
     with Session(engine) as session:
         policies.request_fire(session, policy_id=policy_id, requested_by="t", now=clock())

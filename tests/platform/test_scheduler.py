@@ -25,11 +25,17 @@ def scheduler(engine: Engine, clock: Clock, starter: RecordingStarter, **kwargs:
     return Scheduler(engine, start=starter, clock=clock, **kwargs)  # type: ignore[arg-type]
 
 
-def test_dataset_triggers_merge_within_the_debounce_window(engine: Engine, local_store: ObjectStore,
-                                                           tmp_path: Path) -> None:
+def test_dataset_triggers_merge_within_the_debounce_window(
+    engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     clock, starter = Clock(), RecordingStarter()
-    watching = make_policy(engine, name="faces", triggers=["dataset_added"], debounce_seconds=60,
-                           dataset_selector={"glob": "faces-*", "tags": ["extra"]})
+    watching = make_policy(
+        engine,
+        name="faces",
+        triggers=["dataset_added"],
+        debounce_seconds=60,
+        dataset_selector={"glob": "faces-*", "tags": ["extra"]},
+    )
     other = make_policy(engine, name="manual-only")
     sched = scheduler(engine, clock, starter)
     register(engine, local_store, tmp_path, "faces-a", seed=1)
@@ -53,8 +59,9 @@ def test_dataset_triggers_merge_within_the_debounce_window(engine: Engine, local
         assert session.scalar(select(func.count()).where(OutboxEvent.processed_at.is_(None))) == 0
 
 
-def test_never_two_runs_in_flight_and_explicit_requests_skip_debounce(engine: Engine, local_store: ObjectStore,
-                                                                      tmp_path: Path) -> None:
+def test_never_two_runs_in_flight_and_explicit_requests_skip_debounce(
+    engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     clock, starter = Clock(), RecordingStarter()
     register(engine, local_store, tmp_path, "faces-a")
     policy_id = make_policy(engine, name="p", debounce_seconds=3600)
@@ -77,7 +84,9 @@ def test_never_two_runs_in_flight_and_explicit_requests_skip_debounce(engine: En
 def test_cron_trigger(engine: Engine, local_store: ObjectStore, tmp_path: Path) -> None:
     clock, starter = Clock(), RecordingStarter()
     register(engine, local_store, tmp_path, "faces-a")
-    policy_id = make_policy(engine, name="nightly", triggers=["schedule"], cron="30 12 * * *", debounce_seconds=0)
+    policy_id = make_policy(
+        engine, name="nightly", triggers=["schedule"], cron="30 12 * * *", debounce_seconds=0
+    )
     sched = scheduler(engine, clock, starter)
     clock.advance(29 * 60)
     assert sched.tick().created_runs == []
@@ -90,14 +99,22 @@ def test_cron_trigger(engine: Engine, local_store: ObjectStore, tmp_path: Path) 
         assert policies.as_utc(policy.next_cron_at).day == 24  # type: ignore[union-attr]
 
 
-def test_metric_drop_trigger_is_checked_on_its_interval(engine: Engine, local_store: ObjectStore,
-                                                        tmp_path: Path) -> None:
+def test_metric_drop_trigger_is_checked_on_its_interval(
+    engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     clock, starter = Clock(), RecordingStarter()
     register(engine, local_store, tmp_path, "faces-a")
     register(engine, local_store, tmp_path, "lfw", kind="verification")
-    policy_id = make_policy(engine, name="watch", triggers=["metric_drop"], verification_sets=["lfw"],
-                            metric_threshold=0.8, metric_check_interval_seconds=600, debounce_seconds=0,
-                            model_name="faces")
+    policy_id = make_policy(
+        engine,
+        name="watch",
+        triggers=["metric_drop"],
+        verification_sets=["lfw"],
+        metric_threshold=0.8,
+        metric_check_interval_seconds=600,
+        debounce_seconds=0,
+        model_name="faces",
+    )
     scores = {"lfw": 0.95}
     calls: list[int] = []
 
@@ -124,13 +141,21 @@ def test_metric_drop_trigger_is_checked_on_its_interval(engine: Engine, local_st
     assert policy_runs(engine, policy_id)[0].trigger == "metric_drop"
 
 
-def test_auto_promote_only_when_the_new_model_is_better(engine: Engine, local_store: ObjectStore,
-                                                         tmp_path: Path) -> None:
+def test_auto_promote_only_when_the_new_model_is_better(
+    engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     clock, starter = Clock(), RecordingStarter()
     register(engine, local_store, tmp_path, "faces-a")
     register(engine, local_store, tmp_path, "lfw", kind="verification")
-    policy_id = make_policy(engine, name="auto", verification_sets=["lfw"], auto_promote=True, model_name="faces",
-                            debounce_seconds=0, notify={"webhooks": ["http://127.0.0.1:9/x"]})
+    policy_id = make_policy(
+        engine,
+        name="auto",
+        verification_sets=["lfw"],
+        auto_promote=True,
+        model_name="faces",
+        debounce_seconds=0,
+        notify={"webhooks": ["http://127.0.0.1:9/x"]},
+    )
     sched = scheduler(engine, clock, starter)
 
     def fire_and_finish(version: int, accuracy: float) -> dict:
@@ -147,17 +172,21 @@ def test_auto_promote_only_when_the_new_model_is_better(engine: Engine, local_st
     with Session(engine) as session:
         production = session.get(ModelAlias, ("faces", "production"))
         assert session.get(ModelVersion, production.model_version_id).version == 2  # type: ignore[union-attr]
-        finished = session.scalars(select(Notification).where(Notification.event == "run.succeeded")
-                                   .order_by(Notification.id)).all()
+        finished = session.scalars(
+            select(Notification).where(Notification.event == "run.succeeded").order_by(Notification.id)
+        ).all()
         last = finished[-1].payload
-        assert last["best_combination"]["accuracy"] == 0.9 and last["best_combination"]["datasets"] == ["faces-a:1"]
+        assert last["best_combination"]["accuracy"] == 0.9 and last["best_combination"]["datasets"] == [
+            "faces-a:1"
+        ]
         assert [r["accuracy"] for r in last["ranking"]] == [0.9, 0.85, 0.8]
         promoted = session.scalars(select(Notification).where(Notification.event == "model.promoted")).all()
         assert [n.payload["version"] for n in promoted] == [1, 2]
 
 
-def test_launch_failures_and_impossible_runs_do_not_block_the_policy(engine: Engine, local_store: ObjectStore,
-                                                                      tmp_path: Path) -> None:
+def test_launch_failures_and_impossible_runs_do_not_block_the_policy(
+    engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     clock, starter = Clock(), RecordingStarter(fail=True)
     policy_id = make_policy(engine, name="p", debounce_seconds=0, dataset_selector={"names": ["faces-a"]})
     sched = scheduler(engine, clock, starter)

@@ -52,12 +52,15 @@ def _run_replicas(schedulers: list[Scheduler], ticks: int) -> list[BaseException
     return errors
 
 
-def test_two_replicas_on_postgres_never_double_start(pg_engine: Engine, local_store: ObjectStore,
-                                                      tmp_path: Path) -> None:
+def test_two_replicas_on_postgres_never_double_start(
+    pg_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     for index in range(3):
         register(pg_engine, local_store, tmp_path, f"faces-{index}", seed=index)
-    event_policies = [make_policy(pg_engine, name=f"ev{i}", triggers=["dataset_added"], debounce_seconds=0)
-                      for i in range(4)]
+    event_policies = [
+        make_policy(pg_engine, name=f"ev{i}", triggers=["dataset_added"], debounce_seconds=0)
+        for i in range(4)
+    ]
     manual_policies = [make_policy(pg_engine, name=f"man{i}", debounce_seconds=0) for i in range(4)]
     with Session(pg_engine) as session:
         for policy_id in manual_policies:

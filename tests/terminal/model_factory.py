@@ -1,4 +1,4 @@
-"""Builds real model versions for terminal tests: tiny backbone -> safetensors + ONNX + signed card (registry)."""
+"""Real model versions for terminal tests: tiny backbone -> safetensors + ONNX + signed card (registry)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from sqlalchemy.orm import Session
 
 from facefleet.nn.backbones import Backbone, get_backbone
 from facefleet.nn.probe import make_probe_input
-from facefleet.platform.db.models import ModelVersion
+from facefleet.platform.db.models import ModelVersion, Run
 from facefleet.platform.models.card import ArchitectureSpec, InputSpec, ModelCard, ProbeSpec
 from facefleet.platform.models.registry import artifact_info, register_model_version
+from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
+from facefleet.workers.export import export_and_register
 
 INPUT_SIZE = 32
 EMBEDDING_DIM = 32
-WIDTH = 8
+WIDTH = 16  # the default: the export's card records only embedding_dim and input_size
 
 
 def tiny_backbone(seed: int) -> Backbone:
@@ -25,32 +27,70 @@ def tiny_backbone(seed: int) -> Backbone:
     return get_backbone("tiny", embedding_dim=EMBEDDING_DIM, input_size=INPUT_SIZE, width=WIDTH).eval()
 
 
-def write_artifacts(folder: Path, net: Backbone, *, threshold: float, corrupt_probe: bool = False) -> ModelCard:
+def write_artifacts(
+    folder: Path, net: Backbone, *, threshold: float, corrupt_probe: bool = False
+) -> ModelCard:
     """What the export worker writes: weights, a self-contained ONNX graph, and the card describing them."""
     folder.mkdir(parents=True, exist_ok=True)
     net = net.eval()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
     dummy = torch.zeros(1, 3, net.input_size, net.input_size)
-    torch.onnx.export(net, (dummy,), str(folder / "model.onnx"), dynamo=False, input_names=["images"],
-                      output_names=["embeddings"], dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}})
+    torch.onnx.export(
+        net,
+        (dummy,),
+        str(folder / "model.onnx"),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
+    )
     with torch.no_grad():
         probe = net(make_probe_input(1234, 2, net.input_size))
     if corrupt_probe:  # a model that does not do what its card says: the terminal's self-test must catch it
         probe = probe + 1.0
     return ModelCard(
-        name="terminal", version=0, architecture=ArchitectureSpec(backbone="tiny", kwargs={"width": WIDTH}),
-        input=InputSpec(size=net.input_size), embedding_dim=net.embedding_dim, threshold=threshold,
+        name="terminal",
+        version=0,
+        architecture=ArchitectureSpec(backbone="tiny", kwargs={"width": WIDTH}),
+        input=InputSpec(size=net.input_size),
+        embedding_dim=net.embedding_dim,
+        threshold=threshold,
         artifacts={name: artifact_info(folder / name) for name in ("model.onnx", "model.safetensors")},
         probe=ProbeSpec(seed=1234, count=2, embeddings=probe.tolist(), tolerance=1e-3),
     )
 
 
-def register_test_model(session: Session, store: ObjectStore, folder: Path, *, seed: int = 0,
-                        threshold: float = 0.5, corrupt_probe: bool = False, net: Backbone | None = None,
-                        name: str = "terminal") -> ModelVersion:
-    card = write_artifacts(folder, net or tiny_backbone(seed), threshold=threshold, corrupt_probe=corrupt_probe)
-    return register_model_version(session, store, name=name, run_id=None, artifacts_dir=folder, card=card,
-                                  alias=None)
+def register_test_model(
+    session: Session,
+    store: ObjectStore,
+    folder: Path,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    corrupt_probe: bool = False,
+    net: Backbone | None = None,
+    name: str = "terminal",
+) -> ModelVersion:
+    """A registered, signed model version, made by the real export worker (end-to-end contract).
+
+    ``corrupt_probe`` builds the card here instead, with probe embeddings that the model does not produce.
+    """
+    net = net or tiny_backbone(seed)
+    if corrupt_probe:
+        card = write_artifacts(folder, net, threshold=threshold, corrupt_probe=True)
+        return register_model_version(
+            session, store, name=name, run_id=None, artifacts_dir=folder, card=card, alias=None
+        )
+    run = Run(name=f"test-{name}", status="succeeded")
+    session.add(run)
+    session.flush()
+    config = TrainingConfig(
+        model_name=name, backbone="tiny", embedding_dim=net.embedding_dim, input_size=net.input_size
+    )
+    version, _parity = export_and_register(
+        session, store, run_id=run.id, backbone=net, config=config, datasets=[], metrics={}, threshold=threshold
+    )
+    return version
 
 
 def trained_backbone(seed: int = 0, *, identities: int = 32, steps: int = 120) -> Backbone:
@@ -65,10 +105,13 @@ def trained_backbone(seed: int = 0, *, identities: int = 32, steps: int = 120) -
     generator = torch.Generator().manual_seed(seed)
     for step in range(steps):
         labels = torch.randint(0, identities, (64,), generator=generator)
-        images = face_batch([200 + int(label) for label in labels], capture_offset=step * 64, size=net.input_size)
+        images = face_batch(
+            [200 + int(label) for label in labels], capture_offset=step * 64, size=net.input_size
+        )
         logits = torch.nn.functional.normalize(net(images)) @ torch.nn.functional.normalize(head).T
-        loss = torch.nn.functional.cross_entropy(16.0 * (logits - 0.2 * torch.nn.functional.one_hot(
-            labels, identities)), labels)
+        loss = torch.nn.functional.cross_entropy(
+            16.0 * (logits - 0.2 * torch.nn.functional.one_hot(labels, identities)), labels
+        )
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
+from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, DeviceDeployment, ModelVersion, Notification
+from facefleet.platform.devices import service as devices
 from facefleet.terminal.agent import TerminalAgent
 from facefleet.terminal.fleet import SimulatedFleet, register_devices
 from facefleet.terminal.local import Terminal
@@ -30,15 +33,19 @@ def new_model(live: LiveApi, folder: Path, **kwargs: object) -> int:
 
 
 def deploy(live: LiveApi, version_id: int, group: str, **body: object) -> int:
-    response = httpx.post(f"{live.url}/v1/deployments", headers={"Authorization": f"Bearer {live.admin_key}"},
-                          json={"model_version_id": version_id, "group": group, **body})
+    response = httpx.post(
+        f"{live.url}/v1/deployments",
+        headers={"Authorization": f"Bearer {live.admin_key}"},
+        json={"model_version_id": version_id, "group": group, **body},
+    )
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
 
 
 def deployment_state(live: LiveApi, deployment_id: int) -> dict:
-    response = httpx.get(f"{live.url}/v1/deployments/{deployment_id}",
-                         headers={"Authorization": f"Bearer {live.admin_key}"})
+    response = httpx.get(
+        f"{live.url}/v1/deployments/{deployment_id}", headers={"Authorization": f"Bearer {live.admin_key}"}
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -48,8 +55,9 @@ def fleet_factory(live_api: LiveApi, tmp_path: Path) -> Iterator:
     fleets: list[SimulatedFleet] = []
 
     def make(group: str, count: int, **kwargs: object) -> SimulatedFleet:
-        tokens = register_devices(live_api.url, live_api.admin_key, group=group,
-                                  names=[f"{group}-{i}" for i in range(count)])
+        tokens = register_devices(
+            live_api.url, live_api.admin_key, group=group, names=[f"{group}-{i}" for i in range(count)]
+        )
         fleet = SimulatedFleet(live_api.url, tmp_path / "terminals" / group, **kwargs)  # type: ignore[arg-type]
         fleet.enroll(tokens)
         fleets.append(fleet)
@@ -62,8 +70,11 @@ def fleet_factory(live_api: LiveApi, tmp_path: Path) -> Iterator:
 
 def test_enrollment_tokens_are_one_time_and_expire(live_api: LiveApi) -> None:
     admin = {"Authorization": f"Bearer {live_api.admin_key}"}
-    made = httpx.post(f"{live_api.url}/v1/devices", headers=admin,
-                      json={"name": "door", "group": "g", "token_ttl_seconds": 60}).json()
+    made = httpx.post(
+        f"{live_api.url}/v1/devices",
+        headers=admin,
+        json={"name": "door", "group": "g", "token_ttl_seconds": 60},
+    ).json()
     token = made["enrollment_token"]
     first = httpx.post(f"{live_api.url}/v1/device/enroll", json={"token": token})
     assert first.status_code == 200 and first.json()["credential"].startswith("ffd_")
@@ -72,12 +83,11 @@ def test_enrollment_tokens_are_one_time_and_expire(live_api: LiveApi) -> None:
     assert again.status_code == 401 and "already used" in again.json()["detail"]
     device = {"Authorization": f"Bearer {first.json()['credential']}"}
     assert httpx.get(f"{live_api.url}/v1/devices", headers=device).status_code == 403  # device cred: no admin
-    assert httpx.get(f"{live_api.url}/v1/device/assignment", headers=admin).status_code == 403  # key: no device
+    assert (
+        httpx.get(f"{live_api.url}/v1/device/assignment", headers=admin).status_code == 403
+    )  # key: no device
     assert httpx.get(f"{live_api.url}/v1/device/assignment", headers=device).json()["action"] == "none"
     with live_api.session() as session:  # an expired token is refused
-        from facefleet.platform.devices import service as devices
-        from facefleet.platform.db.base import utcnow
-        from datetime import timedelta
         late, late_token, _ = devices.register_device(session, name="late", group="g")
         late.enrollment_expires_at = utcnow() - timedelta(minutes=1)
         session.commit()
@@ -89,22 +99,25 @@ def test_enrollment_tokens_are_one_time_and_expire(live_api: LiveApi) -> None:
 
 
 def test_device_cannot_read_another_groups_assignment_or_artifacts(
-        live_api: LiveApi, fleet_factory, tmp_path: Path) -> None:
+    live_api: LiveApi, fleet_factory, tmp_path: Path
+) -> None:
     a_fleet, b_fleet = fleet_factory("a", 1), fleet_factory("b", 1)
     version = new_model(live_api, tmp_path / "m1")
     deploy(live_api, version, "a")
     b_credential = b_fleet.agents["b-0"].terminal.require_identity().credential
     b = {"Authorization": f"Bearer {b_credential}"}
     assert httpx.get(f"{live_api.url}/v1/device/assignment", headers=b).json()["action"] == "none"
-    stolen = httpx.get(f"{live_api.url}/v1/device/artifacts/model.onnx",
-                       params={"model_version_id": version}, headers=b)
+    stolen = httpx.get(
+        f"{live_api.url}/v1/device/artifacts/model.onnx", params={"model_version_id": version}, headers=b
+    )
     assert stolen.status_code == 403
     assert a_fleet.poll() == {"a-0": "installed"}
     assert b_fleet.poll() == {"b-0": "idle"}
 
 
 def test_canary_rollout_to_five_devices_re_extracts_templates(
-        live_api: LiveApi, fleet_factory, tmp_path: Path) -> None:
+    live_api: LiveApi, fleet_factory, tmp_path: Path
+) -> None:
     fleet = fleet_factory("lobby", 5)
     v1 = new_model(live_api, tmp_path / "m1", seed=1)
     first = deploy(live_api, v1, "lobby")
@@ -136,7 +149,8 @@ def test_canary_rollout_to_five_devices_re_extracts_templates(
 
 
 def test_failing_canary_stops_the_rollout_and_rolls_back(
-        live_api: LiveApi, fleet_factory, tmp_path: Path) -> None:
+    live_api: LiveApi, fleet_factory, tmp_path: Path
+) -> None:
     fleet = fleet_factory("shop", 5)
     v1 = new_model(live_api, tmp_path / "m1", seed=1)
     deploy(live_api, v1, "shop")
@@ -147,8 +161,13 @@ def test_failing_canary_stops_the_rollout_and_rolls_back(
     state = deployment_state(live_api, rollout)
     assert state["status"] == "stopped"
     assert "self-test failed" in state["devices"][0]["message"]
-    assert fleet.poll() == {"shop-0": "rolled_back", "shop-1": "idle", "shop-2": "idle", "shop-3": "idle",
-                            "shop-4": "idle"}
+    assert fleet.poll() == {
+        "shop-0": "rolled_back",
+        "shop-1": "idle",
+        "shop-2": "idle",
+        "shop-3": "idle",
+        "shop-4": "idle",
+    }
     assert set(fleet.current_versions().values()) == {v1}
     assert not fleet.agents["shop-0"].terminal.is_installed(bad)
     statuses = [d["status"] for d in deployment_state(live_api, rollout)["devices"]]
@@ -160,7 +179,8 @@ def test_failing_canary_stops_the_rollout_and_rolls_back(
 
 @pytest.mark.parametrize("tamper", ["artifact", "signature"])
 def test_tampered_artifact_or_wrong_signature_is_never_installed(
-        live_api: LiveApi, fleet_factory, tmp_path: Path, tamper: str) -> None:
+    live_api: LiveApi, fleet_factory, tmp_path: Path, tamper: str
+) -> None:
     fleet = fleet_factory("gate", 1)
     version_id = new_model(live_api, tmp_path / "m1")
     with live_api.session() as session:

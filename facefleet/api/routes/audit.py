@@ -27,6 +27,14 @@ def list_audit_events(
     since: datetime | None = None,
 ) -> Page[AuditEventRead]:
     """Filter ``action`` exactly (``runs.create``) or by prefix ending in a dot (``runs.``)."""
-    rows, total = audit.list_events(session, limit=page.limit, offset=page.offset, actor=actor, action=action,
-                                    target_type=target_type, target_id=target_id, since=since)
+    rows, total = audit.list_events(
+        session,
+        limit=page.limit,
+        offset=page.offset,
+        actor=actor,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        since=since,
+    )
     return make_page(rows, total, page, AuditEventRead.model_validate)

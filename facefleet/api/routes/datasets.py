@@ -45,24 +45,49 @@ def _dataset_out(session: Session, dataset: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(dataset).model_copy(update={"latest_version": latest})
 
 
-def _register(session: Session, store: ObjectStore, principal: Admin, body: RegisterRequest,
-              source: str, source_label: str) -> JSONResponse:
+def _register(
+    session: Session,
+    store: ObjectStore,
+    principal: Admin,
+    body: RegisterRequest,
+    source: str,
+    source_label: str,
+) -> JSONResponse:
     before = set(session.scalars(select(DatasetVersion.id).join(Dataset).where(Dataset.name == body.name)))
     version = service.register_dataset_version(
-        session, store, name=body.name, source=source, kind=body.kind, description=body.description,
-        tags=body.tags, min_images_per_identity=body.min_images_per_identity)
+        session,
+        store,
+        name=body.name,
+        source=source,
+        kind=body.kind,
+        description=body.description,
+        tags=body.tags,
+        min_images_per_identity=body.min_images_per_identity,
+    )
     created = version.id not in before
     if created:
-        audit.record(session, principal.actor, "datasets.register", "dataset_version", version.id,
-                     {"dataset": body.name, "version": version.version, "source": source_label})
+        audit.record(
+            session,
+            principal.actor,
+            "datasets.register",
+            "dataset_version",
+            version.id,
+            {"dataset": body.name, "version": version.version, "source": source_label},
+        )
     detail = DatasetVersionDetail.model_validate(version)
     # 201 for a new version; 200 when the same content was registered before (the existing version).
     return JSONResponse(detail.model_dump(mode="json"), status_code=201 if created else 200)
 
 
-@router.post("/v1/datasets", response_model=DatasetVersionDetail, status_code=status.HTTP_201_CREATED,
-             responses={200: {"model": DatasetVersionDetail, "description": "same content already registered"}})
-def register_dataset(body: RegisterRequest, session: DbSession, store: Store, principal: Admin) -> JSONResponse:
+@router.post(
+    "/v1/datasets",
+    response_model=DatasetVersionDetail,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": DatasetVersionDetail, "description": "same content already registered"}},
+)
+def register_dataset(
+    body: RegisterRequest, session: DbSession, store: Store, principal: Admin
+) -> JSONResponse:
     """Register a version from a path on the server, an archive, or an s3:// prefix."""
     return _register(session, store, principal, body, body.source, body.source)
 
@@ -82,8 +107,11 @@ def _spool_upload(upload: UploadFile, target: Path, limit: int) -> int:
         while chunk := upload.file.read(CHUNK):
             written += len(chunk)
             if written > limit:
-                raise PayloadTooLargeError(f"the archive is larger than the limit of {limit} bytes; split it or "
-                                           "register it from a path or s3:// URI", field="file")
+                raise PayloadTooLargeError(
+                    f"the archive is larger than the limit of {limit} bytes; split it or "
+                    "register it from a path or s3:// URI",
+                    field="file",
+                )
             out.write(chunk)
     if written == 0:
         raise InvalidInputError("the uploaded file is empty", field="file")
@@ -109,9 +137,14 @@ def upload_dataset(
     if declared and declared.isdigit() and int(declared) > limit + (1 << 20):
         raise PayloadTooLargeError(f"the request is larger than the limit of {limit} bytes", field="file")
     suffix = _safe_suffix(file.filename or "")
-    body = RegisterRequest(name=name, source="upload", kind=kind, description=description,
-                           tags=[t.strip() for t in tags.split(",") if t.strip()],
-                           min_images_per_identity=min_images_per_identity)
+    body = RegisterRequest(
+        name=name,
+        source="upload",
+        kind=kind,
+        description=description,
+        tags=[t.strip() for t in tags.split(",") if t.strip()],
+        min_images_per_identity=min_images_per_identity,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="facefleet-upload-"))
     try:
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file.filename or "upload").name)[:100]
@@ -125,13 +158,18 @@ def upload_dataset(
 def _list(session: Session, page: Pagination, kind: str | None) -> Page[DatasetOut]:
     rows, total = service.list_datasets(session, kind=kind, limit=page.limit, offset=page.offset)
     latest = service.latest_ready_versions(session, [d.id for d in rows])
-    return make_page(rows, total, page, lambda d: DatasetOut.model_validate(d).model_copy(
-        update={"latest_version": latest.get(d.id)}))
+    return make_page(
+        rows,
+        total,
+        page,
+        lambda d: DatasetOut.model_validate(d).model_copy(update={"latest_version": latest.get(d.id)}),
+    )
 
 
 @router.get("/v1/datasets", response_model=Page[DatasetOut])
-def list_datasets(session: DbSession, _principal: Viewer, page: Pagination,
-                  kind: Kind | None = None) -> Page[DatasetOut]:
+def list_datasets(
+    session: DbSession, _principal: Viewer, page: Pagination, kind: Kind | None = None
+) -> Page[DatasetOut]:
     return _list(session, page, kind)
 
 
@@ -147,8 +185,13 @@ def get_dataset(name: str, session: DbSession, _principal: Viewer) -> DatasetOut
 
 
 @router.get("/v1/datasets/{name}/versions", response_model=Page[DatasetVersionOut])
-def list_dataset_versions(name: str, session: DbSession, _principal: Viewer, page: Pagination,
-                          version_status: Annotated[str | None, Query(alias="status")] = None) -> Page[DatasetVersionOut]:
+def list_dataset_versions(
+    name: str,
+    session: DbSession,
+    _principal: Viewer,
+    page: Pagination,
+    version_status: Annotated[str | None, Query(alias="status")] = None,
+) -> Page[DatasetVersionOut]:
     versions = service.list_versions(session, name)
     if version_status:
         versions = [v for v in versions if v.status == version_status]
@@ -157,7 +200,9 @@ def list_dataset_versions(name: str, session: DbSession, _principal: Viewer, pag
 
 
 @router.get("/v1/datasets/{name}/versions/{version}", response_model=DatasetVersionDetail)
-def get_dataset_version(name: str, version: int, session: DbSession, _principal: Viewer) -> DatasetVersionDetail:
+def get_dataset_version(
+    name: str, version: int, session: DbSession, _principal: Viewer
+) -> DatasetVersionDetail:
     """One version with its validation report."""
     return DatasetVersionDetail.model_validate(service.get_version(session, name, version))
 

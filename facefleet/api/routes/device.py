@@ -1,4 +1,4 @@
-"""/v1/device: the terminal's own endpoints (device credential only): enroll, assignment, status, downloads."""
+"""/v1/device: the terminal's own endpoints (device credential only): enroll, assignment, status, files."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from fastapi.responses import StreamingResponse
 from facefleet.api.deps import DbSession, Store
 from facefleet.api.device_auth import CurrentDevice
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.platform.deployments import assignment, service as deployments
+from facefleet.platform.deployments import assignment
+from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import AssignmentRead, StatusReport
 from facefleet.platform.devices import service as devices
-from facefleet.platform.devices.schemas import EnrollRequest, EnrollResponse, HeartbeatRequest, HeartbeatResponse
+from facefleet.platform.devices.schemas import (
+    EnrollRequest,
+    EnrollResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+)
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.signing import public_key_pem
 
@@ -28,9 +34,14 @@ CHUNK = 256 * 1024
 def enroll(body: EnrollRequest, request: Request, session: DbSession) -> EnrollResponse:
     """Exchange the one-time enrollment token for this terminal's credential and the signing key to pin."""
     device, credential = devices.enroll(session, body.token)
-    return EnrollResponse(device_id=device.id, name=device.name, group=device.group, credential=credential,
-                          public_key_pem=public_key_pem(request.app.state.settings),
-                          adaptation_enabled=device.adaptation_enabled)
+    return EnrollResponse(
+        device_id=device.id,
+        name=device.name,
+        group=device.group,
+        credential=credential,
+        public_key_pem=public_key_pem(request.app.state.settings),
+        adaptation_enabled=device.adaptation_enabled,
+    )
 
 
 @router.get("/assignment", response_model=AssignmentRead)
@@ -39,39 +50,58 @@ def get_assignment(session: DbSession, device: CurrentDevice, store: Store) -> A
 
 
 @router.post("/status", response_model=AssignmentRead)
-def report_status(body: StatusReport, session: DbSession, device: CurrentDevice, store: Store) -> AssignmentRead:
+def report_status(
+    body: StatusReport, session: DbSession, device: CurrentDevice, store: Store
+) -> AssignmentRead:
     """Record progress; the answer is the (possibly changed) assignment."""
-    deployments.report_device_status(session, device, deployment_id=body.deployment_id, status=body.status,
-                                     message=body.message)
+    deployments.report_device_status(
+        session, device, deployment_id=body.deployment_id, status=body.status, message=body.message
+    )
     return assignment.device_assignment(session, device, store=store)
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse)
 def heartbeat(body: HeartbeatRequest, session: DbSession, device: CurrentDevice) -> HeartbeatResponse:
-    devices.record_heartbeat(session, device, agent_version=body.agent_version,
-                             model_version_id=body.model_version_id, health=body.health)
-    return HeartbeatResponse(device_id=device.id, status=device.status,
-                             adaptation_enabled=device.adaptation_enabled)
+    devices.record_heartbeat(
+        session,
+        device,
+        agent_version=body.agent_version,
+        model_version_id=body.model_version_id,
+        health=body.health,
+    )
+    return HeartbeatResponse(
+        device_id=device.id, status=device.status, adaptation_enabled=device.adaptation_enabled
+    )
 
 
 @router.get("/artifacts/{file}", response_class=StreamingResponse)
 def download_artifact(
-    file: str, session: DbSession, device: CurrentDevice, store: Store,
+    file: str,
+    session: DbSession,
+    device: CurrentDevice,
+    store: Store,
     model_version_id: int = Query(description="the version named in this device's assignment"),
     range_header: str | None = Header(default=None, alias="Range"),
 ) -> StreamingResponse:
     """Stream one artifact of the assigned version; ``Range: bytes=N-`` resumes an interrupted download."""
     location = assignment.artifact_for_device(session, device, file=file, model_version_id=model_version_id)
     offset = _parse_range(range_header, location.size)
-    headers = {"ETag": f'"{location.sha256}"', "Accept-Ranges": "bytes",
-               "Content-Length": str(location.size - offset)}
+    headers = {
+        "ETag": f'"{location.sha256}"',
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(location.size - offset),
+    }
     status_code = 200
     if range_header is not None:
         status_code = 206
         headers["Content-Range"] = f"bytes {offset}-{location.size - 1}/{location.size}"
     stream = store.open_stream(location.key)
-    return StreamingResponse(_chunks_from(stream, offset), status_code=status_code, headers=headers,
-                             media_type="application/octet-stream")
+    return StreamingResponse(
+        _chunks_from(stream, offset),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
 
 
 def _parse_range(value: str | None, size: int) -> int:
@@ -79,8 +109,9 @@ def _parse_range(value: str | None, size: int) -> int:
         return 0
     match = _RANGE.match(value.strip())
     if not match or int(match.group(1)) >= size:
-        raise InvalidInputError(f"Range must be 'bytes=N-' with N below the size {size}", field="Range",
-                                status_code=416)
+        raise InvalidInputError(
+            f"Range must be 'bytes=N-' with N below the size {size}", field="Range", status_code=416
+        )
     return int(match.group(1))
 
 

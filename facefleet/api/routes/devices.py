@@ -17,18 +17,32 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERROR_RESPO
 @router.post("", response_model=DeviceRegistered, status_code=status.HTTP_201_CREATED)
 def register_device(body: DeviceCreate, session: DbSession, principal: Admin) -> DeviceRegistered:
     device, token, expires_at = devices.register_device(
-        session, name=body.name, group=body.group, adaptation_enabled=body.adaptation_enabled,
+        session,
+        name=body.name,
+        group=body.group,
+        adaptation_enabled=body.adaptation_enabled,
         token_ttl_seconds=body.token_ttl_seconds,
     )
-    audit.record(session, principal.actor, "devices.register", "device", device.id,
-                 {"name": device.name, "group": device.group})
-    return DeviceRegistered(device=DeviceRead.model_validate(device), enrollment_token=token,
-                            enrollment_expires_at=expires_at)
+    audit.record(
+        session,
+        principal.actor,
+        "devices.register",
+        "device",
+        device.id,
+        {"name": device.name, "group": device.group},
+    )
+    return DeviceRegistered(
+        device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
+    )
 
 
 @router.get("", response_model=Page[DeviceRead])
-def list_devices(session: DbSession, _viewer: Viewer, page: Pagination,
-                 group: str | None = Query(default=None, description="only this group")) -> Page[DeviceRead]:
+def list_devices(
+    session: DbSession,
+    _viewer: Viewer,
+    page: Pagination,
+    group: str | None = Query(default=None, description="only this group"),
+) -> Page[DeviceRead]:
     rows, total = devices.list_devices(session, group=group, limit=page.limit, offset=page.offset)
     return make_page(rows, total, page, DeviceRead.model_validate)
 
@@ -48,6 +62,9 @@ def disable_device(device_id: int, session: DbSession, principal: Admin) -> Devi
 @router.post("/{device_id}/enrollment-token", response_model=DeviceRegistered)
 def reissue_token(device_id: int, session: DbSession, principal: Admin) -> DeviceRegistered:
     device, token, expires_at = devices.reissue_enrollment_token(session, device_id=device_id)
-    audit.record(session, principal.actor, "devices.reissue_token", "device", device.id, {"name": device.name})
-    return DeviceRegistered(device=DeviceRead.model_validate(device), enrollment_token=token,
-                            enrollment_expires_at=expires_at)
+    audit.record(
+        session, principal.actor, "devices.reissue_token", "device", device.id, {"name": device.name}
+    )
+    return DeviceRegistered(
+        device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
+    )

@@ -16,15 +16,19 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
 @router.post("", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
 def create_key(body: ApiKeyCreate, session: DbSession, principal: Admin) -> ApiKeyCreated:
     key, token = auth.create_api_key(session, name=body.name, role=body.role)
-    audit.record(session, principal.actor, "keys.create", "api_key", key.id, {"name": key.name, "role": key.role})
+    audit.record(
+        session, principal.actor, "keys.create", "api_key", key.id, {"name": key.name, "role": key.role}
+    )
     return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), key=token)
 
 
 @router.get("", response_model=Page[ApiKeyRead])
-def list_keys(session: DbSession, _principal: Admin, page: Pagination,
-              include_revoked: bool = True) -> Page[ApiKeyRead]:
-    rows, total = auth.list_api_keys(session, limit=page.limit, offset=page.offset,
-                                     include_revoked=include_revoked)
+def list_keys(
+    session: DbSession, _principal: Admin, page: Pagination, include_revoked: bool = True
+) -> Page[ApiKeyRead]:
+    rows, total = auth.list_api_keys(
+        session, limit=page.limit, offset=page.offset, include_revoked=include_revoked
+    )
     return make_page(rows, total, page, ApiKeyRead.model_validate)
 
 

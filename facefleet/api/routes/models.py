@@ -33,8 +33,9 @@ def list_models(session: DbSession, _principal: Viewer, page: Pagination) -> Pag
 
 
 @router.get("/{name}/versions", response_model=Page[ModelVersionView])
-def list_model_versions(name: str, session: DbSession, _principal: Viewer, page: Pagination,
-                        alias: str | None = None) -> Page[ModelVersionView]:
+def list_model_versions(
+    name: str, session: DbSession, _principal: Viewer, page: Pagination, alias: str | None = None
+) -> Page[ModelVersionView]:
     versions = registry.list_versions(session, name)
     if alias:
         versions = [v for v in versions if alias in registry.aliases_of(session, v)]
@@ -48,19 +49,29 @@ def get_model_version(name: str, version: str, session: DbSession, _principal: V
     return registry.version_view(session, registry.get_model_version(session, name, version))
 
 
-@router.get("/{name}/versions/{version}/artifacts/{file_name}", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
-def download_artifact(name: str, version: str, file_name: str, session: DbSession, store: Store,
-                      _principal: Viewer) -> StreamingResponse:
+@router.get(
+    "/{name}/versions/{version}/artifacts/{file_name}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_artifact(
+    name: str, version: str, file_name: str, session: DbSession, store: Store, _principal: Viewer
+) -> StreamingResponse:
     """Stream an artifact from the store; ``X-Checksum-SHA256`` lets the client verify it."""
     model = registry.get_model_version(session, name, version)
     info = (model.artifacts or {}).get(file_name)
     if info is None:
-        raise NotFoundError(f"{name} v{model.version} has no artifact {file_name!r}; it has "
-                            f"{', '.join(sorted(model.artifacts or {})) or 'none'}", field="file_name")
+        raise NotFoundError(
+            f"{name} v{model.version} has no artifact {file_name!r}; it has "
+            f"{', '.join(sorted(model.artifacts or {})) or 'none'}",
+            field="file_name",
+        )
     key = str(info["key"])
-    headers = {"Content-Disposition": f'attachment; filename="{file_name}"',
-               "X-Checksum-SHA256": str(info.get("sha256", "")), "Content-Length": str(store.size(key))}
+    headers = {
+        "Content-Disposition": f'attachment; filename="{file_name}"',
+        "X-Checksum-SHA256": str(info.get("sha256", "")),
+        "Content-Length": str(store.size(key)),
+    }
     media = "application/json" if file_name.endswith(".json") else "application/octet-stream"
     return StreamingResponse(store.iter_chunks(key), media_type=media, headers=headers)
 
@@ -74,7 +85,9 @@ def list_aliases(name: str, session: DbSession, _principal: Viewer) -> AliasMap:
 
 
 @router.put("/{name}/aliases/{alias}", response_model=ModelVersionView)
-def set_alias(name: str, alias: str, body: AliasUpdate, session: DbSession, principal: Admin) -> ModelVersionView:
+def set_alias(
+    name: str, alias: str, body: AliasUpdate, session: DbSession, principal: Admin
+) -> ModelVersionView:
     """Point an alias at a version; moving ``production`` is a promotion (and notifies)."""
     model = registry.get_model_version(session, name, body.version)
     _move_alias(session, principal.actor, name, alias, model.version)
@@ -88,26 +101,55 @@ def _move_alias(session: DbSession, actor: str, name: str, alias: str, version: 
         previous = None
     registry.set_alias(session, name, alias, version)
     details = {"alias": alias, "from": previous, "to": version}
-    audit.record(session, actor, "models.promote" if alias == PRODUCTION else "models.alias", "model",
-                 f"{name}:{version}", details)
+    audit.record(
+        session,
+        actor,
+        "models.promote" if alias == PRODUCTION else "models.alias",
+        "model",
+        f"{name}:{version}",
+        details,
+    )
     if alias == PRODUCTION and previous != version:
-        notifications.enqueue(session, event="model.promoted", payload={
-            "summary": f"{name} v{version} promoted to production by {actor}", "model": name, **details})
+        notifications.enqueue(
+            session,
+            event="model.promoted",
+            payload={
+                "summary": f"{name} v{version} promoted to production by {actor}",
+                "model": name,
+                **details,
+            },
+        )
 
 
 class PromoteRequest(StrictBody):
     alias: str = Field(PRODUCTION, description="the alias to move (default production)")
 
 
-def _promote(name: str, version: str, session: DbSession, principal: Admin,
-             body: Annotated[PromoteRequest | None, Body()] = None) -> ModelVersionView:
+def _promote(
+    name: str,
+    version: str,
+    session: DbSession,
+    principal: Admin,
+    body: Annotated[PromoteRequest | None, Body()] = None,
+) -> ModelVersionView:
     model = registry.get_model_version(session, name, version)
     _move_alias(session, principal.actor, name, body.alias if body else PRODUCTION, model.version)
     return registry.version_view(session, model)
 
 
-router.add_api_route("/{name}/versions/{version}:promote", _promote, methods=["POST"],
-                     response_model=ModelVersionView, name="promote_model_version",
-                     summary="Promote a version (to production unless another alias is given)")
-router.add_api_route("/{name}/versions/{version}/promote", _promote, methods=["POST"],
-                     response_model=ModelVersionView, name="promote_model_version_alias", include_in_schema=False)
+router.add_api_route(
+    "/{name}/versions/{version}:promote",
+    _promote,
+    methods=["POST"],
+    response_model=ModelVersionView,
+    name="promote_model_version",
+    summary="Promote a version (to production unless another alias is given)",
+)
+router.add_api_route(
+    "/{name}/versions/{version}/promote",
+    _promote,
+    methods=["POST"],
+    response_model=ModelVersionView,
+    name="promote_model_version_alias",
+    include_in_schema=False,
+)

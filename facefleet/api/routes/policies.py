@@ -22,8 +22,9 @@ def create_policy(body: PolicyCreate, session: DbSession, principal: Admin) -> P
 
 
 @router.get("", response_model=Page[PolicyRead])
-def list_policies(session: DbSession, _principal: Viewer, page: Pagination,
-                  enabled: bool | None = None) -> Page[PolicyRead]:
+def list_policies(
+    session: DbSession, _principal: Viewer, page: Pagination, enabled: bool | None = None
+) -> Page[PolicyRead]:
     rows, total = service.list_policies(session, limit=page.limit, offset=page.offset, enabled=enabled)
     return make_page(rows, total, page, PolicyRead.model_validate)
 
@@ -36,8 +37,14 @@ def get_policy(policy_id: int, session: DbSession, _principal: Viewer) -> Policy
 @router.patch("/{policy_id}", response_model=PolicyRead)
 def update_policy(policy_id: int, body: PolicyUpdate, session: DbSession, principal: Admin) -> PolicyRead:
     policy = service.update_policy(session, policy_id=policy_id, changes=body)
-    audit.record(session, principal.actor, "policies.update", "policy", policy.id,
-                 {"fields": sorted(body.model_dump(exclude_unset=True))})
+    audit.record(
+        session,
+        principal.actor,
+        "policies.update",
+        "policy",
+        policy.id,
+        {"fields": sorted(body.model_dump(exclude_unset=True))},
+    )
     return PolicyRead.model_validate(policy)
 
 
@@ -54,8 +61,21 @@ def _fire(policy_id: int, session: DbSession, principal: Admin) -> PolicyRead:
     return PolicyRead.model_validate(policy)
 
 
-router.add_api_route("/{policy_id}:fire", _fire, methods=["POST"], response_model=PolicyRead,
-                     status_code=status.HTTP_202_ACCEPTED, name="fire_policy",
-                     summary="Fire a policy now (merged with pending triggers; the scheduler starts the run)")
-router.add_api_route("/{policy_id}/fire", _fire, methods=["POST"], response_model=PolicyRead,
-                     status_code=status.HTTP_202_ACCEPTED, name="fire_policy_alias", include_in_schema=False)
+router.add_api_route(
+    "/{policy_id}:fire",
+    _fire,
+    methods=["POST"],
+    response_model=PolicyRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    name="fire_policy",
+    summary="Fire a policy now (merged with pending triggers; the scheduler starts the run)",
+)
+router.add_api_route(
+    "/{policy_id}/fire",
+    _fire,
+    methods=["POST"],
+    response_model=PolicyRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    name="fire_policy_alias",
+    include_in_schema=False,
+)

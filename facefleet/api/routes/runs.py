@@ -46,20 +46,35 @@ def _starter(request: Request) -> RunStarter:
     return starter or (lambda session, run: service.start_run(session, run))
 
 
-@router.post("", response_model=RunView, status_code=status.HTTP_201_CREATED,
-             openapi_extra={"x-config-schema": TrainingConfig.model_json_schema(by_alias=True)})
+@router.post(
+    "",
+    response_model=RunView,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"x-config-schema": TrainingConfig.model_json_schema(by_alias=True)},
+)
 def create_run(body: RunCreate, request: Request, session: DbSession, principal: Admin) -> RunView:
     """Validate datasets and config (422 naming the field), queue the run, then hand it to the launcher."""
     try:
-        run = service.create_run(session, dataset_names_or_version_ids=body.datasets,
-                                 verification_sets=body.verification_sets, config=body.config,
-                                 created_by=principal.actor, name=body.name)
+        run = service.create_run(
+            session,
+            dataset_names_or_version_ids=body.datasets,
+            verification_sets=body.verification_sets,
+            config=body.config,
+            created_by=principal.actor,
+            name=body.name,
+        )
     except InvalidInputError as exc:
         if exc.field and exc.field not in ("datasets", "verification_sets"):
             exc.field = f"config.{exc.field}"  # config problems are named by their path in the request body
         raise
-    audit.record(session, principal.actor, "runs.create", "run", run.id,
-                 {"datasets": [str(d) for d in body.datasets], "start": body.start})
+    audit.record(
+        session,
+        principal.actor,
+        "runs.create",
+        "run",
+        run.id,
+        {"datasets": [str(d) for d in body.datasets], "start": body.start},
+    )
     if body.start:
         # The worker reads the run from the database, so it must be committed before the launcher starts it.
         session.commit()
@@ -72,9 +87,13 @@ def create_run(body: RunCreate, request: Request, session: DbSession, principal:
 
 @router.get("", response_model=Page[RunView])
 def list_runs(
-    session: DbSession, _principal: Viewer, page: Pagination,
+    session: DbSession,
+    _principal: Viewer,
+    page: Pagination,
     run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
-    trigger: RunTrigger | None = None, policy_id: int | None = None, created_by: str | None = None,
+    trigger: RunTrigger | None = None,
+    policy_id: int | None = None,
+    created_by: str | None = None,
 ) -> Page[RunView]:
     stmt = select(Run)
     if run_status:
@@ -87,8 +106,12 @@ def list_runs(
         stmt = stmt.where(Run.created_by == created_by)
     total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
     runs = session.scalars(stmt.order_by(Run.id.desc()).limit(page.limit).offset(page.offset)).all()
-    return Page[RunView](items=[service.run_view(session, run) for run in runs], total=int(total),
-                         limit=page.limit, offset=page.offset)
+    return Page[RunView](
+        items=[service.run_view(session, run) for run in runs],
+        total=int(total),
+        limit=page.limit,
+        offset=page.offset,
+    )
 
 
 @router.get("/{run_id}", response_model=RunView)
@@ -100,14 +123,23 @@ def _run(session: Session, run_id: int) -> Run:
     try:
         return service.get_run(session, run_id)
     except NotFoundError as exc:
-        raise NotFoundError(f"run {run_id} does not exist; list runs with GET /v1/runs", field="run_id") from exc
+        raise NotFoundError(
+            f"run {run_id} does not exist; list runs with GET /v1/runs", field="run_id"
+        ) from exc
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsBody,
-            responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}})
-def get_run_metrics(run_id: int, session: DbSession, _principal: Viewer,
-                    names: Annotated[str | None, Query(description="comma-separated metric names")] = None,
-                    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json") -> Any:
+@router.get(
+    "/{run_id}/metrics",
+    response_model=MetricsBody,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}},
+)
+def get_run_metrics(
+    run_id: int,
+    session: DbSession,
+    _principal: Viewer,
+    names: Annotated[str | None, Query(description="comma-separated metric names")] = None,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Any:
     _run(session, run_id)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     series = service.run_metrics(session, run_id, wanted)
@@ -117,11 +149,18 @@ def get_run_metrics(run_id: int, session: DbSession, _principal: Viewer,
         writer.writerow(["step", "name", "value"])
         for name, points in series.items():
             writer.writerows((step, name, value) for step, value in points)
-        return Response(buffer.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
-    return MetricsBody(run_id=run_id, series={
-        name: [MetricPoint(step=step, name=name, value=value) for step, value in points]
-        for name, points in series.items()})
+        return Response(
+            buffer.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'},
+        )
+    return MetricsBody(
+        run_id=run_id,
+        series={
+            name: [MetricPoint(step=step, name=name, value=value) for step, value in points]
+            for name, points in series.items()
+        },
+    )
 
 
 @router.get("/{run_id}/plots", response_model=PlotList)
@@ -131,35 +170,50 @@ def list_run_plots(run_id: int, session: DbSession, store: Store, _principal: Vi
     return PlotList(run_id=run_id, plots=[key.removeprefix(prefix) for key in store.list(prefix)])
 
 
-@router.get("/{run_id}/plots/{file_name}", response_class=StreamingResponse,
-            responses={200: {"content": {"image/png": {}}}})
-def get_run_plot(run_id: int, file_name: str, session: DbSession, store: Store,
-                 _principal: Viewer) -> StreamingResponse:
+@router.get(
+    "/{run_id}/plots/{file_name}",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_run_plot(
+    run_id: int, file_name: str, session: DbSession, store: Store, _principal: Viewer
+) -> StreamingResponse:
     _run(session, run_id)
     key = validate_key(f"runs/{run_id}/plots/{file_name}")
     if "/" in file_name or not store.exists(key):
-        raise NotFoundError(f"run {run_id} has no plot {file_name!r}; list them with GET /v1/runs/{run_id}/plots",
-                            field="file_name")
+        raise NotFoundError(
+            f"run {run_id} has no plot {file_name!r}; list them with GET /v1/runs/{run_id}/plots",
+            field="file_name",
+        )
     media = "image/png" if file_name.endswith(".png") else "application/octet-stream"
     return StreamingResponse(store.iter_chunks(key), media_type=media)
 
 
 @router.get("/{run_id}/logs", response_class=PlainTextResponse)
-def get_run_logs(run_id: int, request: Request, session: DbSession, _principal: Viewer,
-                 tail: Annotated[int, Query(ge=1, le=100_000, description="last N lines")] = 1000) -> str:
+def get_run_logs(
+    run_id: int,
+    request: Request,
+    session: DbSession,
+    _principal: Viewer,
+    tail: Annotated[int, Query(ge=1, le=100_000, description="last N lines")] = 1000,
+) -> str:
     run = _run(session, run_id)
     path = Path(request.app.state.settings.data_dir).resolve() / "runs" / f"{run.id}.log"
     if not path.is_file():
-        raise NotFoundError(f"no logs for run {run_id} on this server yet (status {run.status}); runs started "
-                            "by the ray launchers keep their logs in the Ray dashboard", field="run_id")
+        raise NotFoundError(
+            f"no logs for run {run_id} on this server yet (status {run.status}); runs started "
+            "by the ray launchers keep their logs in the Ray dashboard",
+            field="run_id",
+        )
     with open(path, "rb") as handle:
         handle.seek(max(0, path.stat().st_size - 4 * 1024 * 1024))  # at most the last 4 MiB
         lines = handle.read().decode("utf-8", errors="replace").splitlines()
     return "\n".join(lines[-tail:]) + "\n"
 
 
-def _cancel(run_id: int, session: DbSession, principal: Admin,
-            body: Annotated[CancelRequest | None, Body()] = None) -> RunView:
+def _cancel(
+    run_id: int, session: DbSession, principal: Admin, body: Annotated[CancelRequest | None, Body()] = None
+) -> RunView:
     force = bool(body and body.force)
     _run(session, run_id)
     run = service.cancel_run(session, run_id, force=force)
@@ -167,7 +221,19 @@ def _cancel(run_id: int, session: DbSession, principal: Admin,
     return service.run_view(session, run)
 
 
-router.add_api_route("/{run_id}:cancel", _cancel, methods=["POST"], response_model=RunView, name="cancel_run",
-                     summary="Cancel a run (409 when it already finished)")
-router.add_api_route("/{run_id}/cancel", _cancel, methods=["POST"], response_model=RunView,
-                     name="cancel_run_alias", include_in_schema=False)
+router.add_api_route(
+    "/{run_id}:cancel",
+    _cancel,
+    methods=["POST"],
+    response_model=RunView,
+    name="cancel_run",
+    summary="Cancel a run (409 when it already finished)",
+)
+router.add_api_route(
+    "/{run_id}/cancel",
+    _cancel,
+    methods=["POST"],
+    response_model=RunView,
+    name="cancel_run_alias",
+    include_in_schema=False,
+)

@@ -43,8 +43,9 @@ class IResNet(Backbone):
     embedding layer.
     """
 
-    def __init__(self, layers: list[int], embedding_dim: int = 512, input_size: int = 112,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, layers: list[int], embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         require_multiple_of_16("iresnet", input_size)
         self.embedding_dim, self.input_size = embedding_dim, input_size

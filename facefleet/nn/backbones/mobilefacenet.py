@@ -11,8 +11,16 @@ from facefleet.nn.backbones.base import Backbone, register_backbone, require_mul
 class ConvBlock(nn.Sequential):
     """Conv-BN, followed by PReLU unless `linear`."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1, linear: bool = False) -> None:
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        linear: bool = False,
+    ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(in_c, out_c, kernel, stride, padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_c),

@@ -51,10 +51,13 @@ def authenticate(session: Session, token: str) -> ApiKey:
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
     # compare_digest guards the (already hashed) comparison against timing differences anyway.
     if key is None or not hmac.compare_digest(key.key_hash, digest):
-        raise AuthenticationError("unknown API key; check FACEFLEET_API_KEY or create a new key",
-                                  field="Authorization")
+        raise AuthenticationError(
+            "unknown API key; check FACEFLEET_API_KEY or create a new key", field="Authorization"
+        )
     if key.revoked_at is not None:
-        raise AuthenticationError(f"API key {key.name!r} was revoked; create a new key", field="Authorization")
+        raise AuthenticationError(
+            f"API key {key.name!r} was revoked; create a new key", field="Authorization"
+        )
     now = datetime.now(timezone.utc)
     last = key.last_used_at
     if last is not None and last.tzinfo is None:

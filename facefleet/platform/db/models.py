@@ -183,7 +183,9 @@ class RetrainPolicy(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    triggers: Mapped[list[str]] = mapped_column(JSON, default=list)  # dataset_added|schedule|metric_drop|manual
+    triggers: Mapped[list[str]] = mapped_column(
+        JSON, default=list
+    )  # dataset_added|schedule|metric_drop|manual
     cron: Mapped[str | None] = mapped_column(String(128), nullable=True)
     dataset_selector: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # names, glob, tags
     verification_sets: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -248,7 +250,9 @@ class Deployment(Base):
     strategy: Mapped[str] = mapped_column(String(16), default="all")  # all|canary
     canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
     max_failure_rate: Mapped[float] = mapped_column(Float, default=0.0)
-    status: Mapped[str] = mapped_column(String(16), default="in_progress")  # in_progress|completed|stopped|superseded
+    status: Mapped[str] = mapped_column(
+        String(16), default="in_progress"
+    )  # in_progress|completed|stopped|superseded
     created_by: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -304,7 +308,9 @@ class Notification(Base):
     __tablename__ = "notifications"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    event: Mapped[str] = mapped_column(String(64))  # run.succeeded|run.failed|model.promoted|deployment.finished
+    event: Mapped[str] = mapped_column(
+        String(64)
+    )  # run.succeeded|run.failed|model.promoted|deployment.finished
     channel: Mapped[str] = mapped_column(String(16))  # webhook|email
     target: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

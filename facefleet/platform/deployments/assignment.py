@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,20 +29,28 @@ class ArtifactLocation:
 def current_rollout(session: Session, device: Device) -> tuple[Deployment, DeviceDeployment] | None:
     """The device's row in its group's latest live deployment; a device that joined late is added to it."""
     deployment = session.scalar(
-        select(Deployment).where(Deployment.group == device.group, Deployment.status != "superseded")
-        .order_by(Deployment.id.desc()).limit(1)
+        select(Deployment)
+        .where(Deployment.group == device.group, Deployment.status != "superseded")
+        .order_by(Deployment.id.desc())
+        .limit(1)
     )
     if deployment is None:
         return None
-    row = session.scalar(select(DeviceDeployment).where(
-        DeviceDeployment.deployment_id == deployment.id, DeviceDeployment.device_id == device.id
-    ))
+    row = session.scalar(
+        select(DeviceDeployment).where(
+            DeviceDeployment.deployment_id == deployment.id, DeviceDeployment.device_id == device.id
+        )
+    )
     if row is None:
         if deployment.status == "stopped":
             return None
         row = DeviceDeployment(
-            deployment_id=deployment.id, device_id=device.id, phase="all", status="pending",
-            previous_model_version_id=device.model_version_id, message="joined after the rollout began",
+            deployment_id=deployment.id,
+            device_id=device.id,
+            phase="all",
+            status="pending",
+            previous_model_version_id=device.model_version_id,
+            message="joined after the rollout began",
             updated_at=utcnow(),
         )
         session.add(row)
@@ -58,7 +67,7 @@ def device_assignment(session: Session, device: Device, *, store: ObjectStore) -
     target_id = _target_version_id(session, deployment, row)
     if target_id is None and not (deployment.status == "stopped" and row.status == "failed"):
         return AssignmentRead(deployment_id=deployment.id, action="none", status=row.status)
-    action = "rollback" if row.status == "failed" else "install"
+    action: Literal["install", "rollback"] = "rollback" if row.status == "failed" else "install"
     model = _assigned_model(session, target_id, store=store) if target_id is not None else None
     return AssignmentRead(deployment_id=deployment.id, action=action, status=row.status, model=model)
 
@@ -82,14 +91,21 @@ def _assigned_model(session: Session, model_version_id: int, *, store: ObjectSto
     card_bytes = store.get_bytes(card_key(version))
     artifacts = [
         AssignedArtifact(
-            file=name, sha256=entry["sha256"], size=int(entry["size"]),
+            file=name,
+            sha256=entry["sha256"],
+            size=int(entry["size"]),
             url=f"/v1/device/artifacts/{name}?model_version_id={version.id}",
         )
-        for name, entry in sorted(version.artifacts.items()) if name != CARD_FILE
+        for name, entry in sorted(version.artifacts.items())
+        if name != CARD_FILE
     ]
     return AssignedModel(
-        model_version_id=version.id, name=version.name, version=version.version,
-        card_b64=base64.b64encode(card_bytes).decode(), signature=version.signature or "", artifacts=artifacts,
+        model_version_id=version.id,
+        name=version.name,
+        version=version.version,
+        card_b64=base64.b64encode(card_bytes).decode(),
+        signature=version.signature or "",
+        artifacts=artifacts,
     )
 
 
@@ -101,7 +117,9 @@ def card_key(version: ModelVersion) -> str:
     return any_key.rsplit("/", 1)[0] + "/" + CARD_FILE
 
 
-def artifact_for_device(session: Session, device: Device, *, file: str, model_version_id: int) -> ArtifactLocation:
+def artifact_for_device(
+    session: Session, device: Device, *, file: str, model_version_id: int
+) -> ArtifactLocation:
     """Where ``file`` of ``model_version_id`` lives, if and only if that version is this device's target."""
     found = current_rollout(session, device)
     target = _target_version_id(session, *found) if found else None

@@ -17,9 +17,14 @@ class DeploymentCreate(BaseModel):
     model_version_id: int
     group: str = Field(min_length=1, max_length=128)
     strategy: Literal["all", "canary"] = "all"
-    canary_percent: float = Field(default=0.0, ge=0.0, le=100.0, description="Share of the group updated first.")
+    canary_percent: float = Field(
+        default=0.0, ge=0.0, le=100.0, description="Share of the group updated first."
+    )
     max_failure_rate: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Stop and roll back when failed/updated devices exceeds this."
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Stop and roll back when failed/updated devices exceeds this.",
     )
 
     @model_validator(mode="after")

@@ -55,18 +55,30 @@ def create_deployment(
         raise InvalidInputError(f"group {group!r} has no enabled devices; register one first", field="group")
     _supersede_group(session, group=group)
     deployment = Deployment(
-        model_version_id=model_version_id, group=group, strategy=strategy, canary_percent=canary_percent,
-        max_failure_rate=max_failure_rate, status="in_progress", created_by=created_by,
+        model_version_id=model_version_id,
+        group=group,
+        strategy=strategy,
+        canary_percent=canary_percent,
+        max_failure_rate=max_failure_rate,
+        status="in_progress",
+        created_by=created_by,
     )
     session.add(deployment)
     session.flush()
     canary_count = math.ceil(len(devices) * canary_percent / 100) if strategy == "canary" else 0
     for index, device in enumerate(devices):
         phase = "all" if strategy == "all" else ("canary" if index < canary_count else "rest")
-        session.add(DeviceDeployment(
-            deployment_id=deployment.id, device_id=device.id, phase=phase, status="pending",
-            previous_model_version_id=device.model_version_id, message="", updated_at=utcnow(),
-        ))
+        session.add(
+            DeviceDeployment(
+                deployment_id=deployment.id,
+                device_id=device.id,
+                phase=phase,
+                status="pending",
+                previous_model_version_id=device.model_version_id,
+                message="",
+                updated_at=utcnow(),
+            )
+        )
     session.flush()
     return deployment
 
@@ -79,9 +91,12 @@ def _supersede_group(session: Session, *, group: str) -> None:
     for old in running:
         old.status = "superseded"
         old.finished_at = utcnow()
-        rows = session.scalars(select(DeviceDeployment).where(
-            DeviceDeployment.deployment_id == old.id, DeviceDeployment.status.in_(("pending", "downloading"))
-        )).all()
+        rows = session.scalars(
+            select(DeviceDeployment).where(
+                DeviceDeployment.deployment_id == old.id,
+                DeviceDeployment.status.in_(("pending", "downloading")),
+            )
+        ).all()
         for row in rows:
             row.status = "superseded"
             row.message = "superseded by a newer deployment"
@@ -112,14 +127,18 @@ def report_device_status(
     session: Session, device: Device, *, deployment_id: int, status: str, message: str = ""
 ) -> DeviceDeployment:
     """Record a device's progress, then advance, complete or stop the rollout."""
-    row = session.scalar(select(DeviceDeployment).where(
-        DeviceDeployment.deployment_id == deployment_id, DeviceDeployment.device_id == device.id
-    ))
+    row = session.scalar(
+        select(DeviceDeployment).where(
+            DeviceDeployment.deployment_id == deployment_id, DeviceDeployment.device_id == device.id
+        )
+    )
     if row is None:
         raise NotFoundError(f"this device has no part in deployment {deployment_id}")
     if row.status not in ALLOWED_TRANSITIONS[status]:
-        raise ConflictError(f"cannot report {status!r} while this device is {row.status!r} in deployment "
-                            f"{deployment_id}; fetch the assignment again")
+        raise ConflictError(
+            f"cannot report {status!r} while this device is {row.status!r} in deployment "
+            f"{deployment_id}; fetch the assignment again"
+        )
     deployment = session.get(Deployment, deployment_id)
     assert deployment is not None  # the row's foreign key guarantees it
     row.status = status
@@ -146,25 +165,42 @@ def _advance(session: Session, deployment: Deployment) -> None:
         deployment.status = "completed"
         deployment.finished_at = utcnow()
         installed = sum(row.status == "installed" for row in rows)
-        notify_admins(session, event="deployment.finished", payload={
-            "deployment_id": deployment.id, "group": deployment.group, "status": "completed",
-            "installed": installed, "failed": len(rows) - installed,
-        })
+        notify_admins(
+            session,
+            event="deployment.finished",
+            payload={
+                "deployment_id": deployment.id,
+                "group": deployment.group,
+                "status": "completed",
+                "installed": installed,
+                "failed": len(rows) - installed,
+            },
+        )
     session.flush()
 
 
 def _stop(session: Session, deployment: Deployment, *, failed: list[DeviceDeployment], released: int) -> None:
-    """Over the failure limit: no new installs; failed devices are told (via their assignment) to roll back."""
+    """Over the failure limit: no new installs; failed devices are told (by their assignment) to roll back."""
     deployment.status = "stopped"
     deployment.finished_at = utcnow()
     for row in failed:
-        row.message = (row.message + " | " if row.message else "") + "rollout stopped: roll back to previous version"
-    notify_admins(session, event="deployment.stopped", payload={
-        "deployment_id": deployment.id, "group": deployment.group, "model_version_id": deployment.model_version_id,
-        "failed": len(failed), "updated": released,
-        "failure_rate": round(len(failed) / released, 4), "max_failure_rate": deployment.max_failure_rate,
-        "failed_devices": [row.device_id for row in failed],
-    })
+        row.message = (
+            row.message + " | " if row.message else ""
+        ) + "rollout stopped: roll back to previous version"
+    notify_admins(
+        session,
+        event="deployment.stopped",
+        payload={
+            "deployment_id": deployment.id,
+            "group": deployment.group,
+            "model_version_id": deployment.model_version_id,
+            "failed": len(failed),
+            "updated": released,
+            "failure_rate": round(len(failed) / released, 4),
+            "max_failure_rate": deployment.max_failure_rate,
+            "failed_devices": [row.device_id for row in failed],
+        },
+    )
 
 
 def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
@@ -176,8 +212,10 @@ def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
 
 def _view(session: Session, deployment: Deployment) -> DeploymentView:
     query = (
-        select(DeviceDeployment, Device.name).join(Device, Device.id == DeviceDeployment.device_id)
-        .where(DeviceDeployment.deployment_id == deployment.id).order_by(DeviceDeployment.device_id)
+        select(DeviceDeployment, Device.name)
+        .join(Device, Device.id == DeviceDeployment.device_id)
+        .where(DeviceDeployment.deployment_id == deployment.id)
+        .order_by(DeviceDeployment.device_id)
     )
     pairs = [(row, name) for row, name in session.execute(query).all()]
     return DeploymentView(deployment, rollout_stage(deployment, [row for row, _ in pairs]), pairs)

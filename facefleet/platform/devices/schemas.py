@@ -14,7 +14,9 @@ class DeviceCreate(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._\-]+$")
     group: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._\-]+$")
     adaptation_enabled: bool = Field(default=False, description="Opt in to on-device adaptation (seed 000).")
-    token_ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400, description="Enrollment token lifetime.")
+    token_ttl_seconds: int = Field(
+        default=86400, ge=60, le=30 * 86400, description="Enrollment token lifetime."
+    )
 
 
 class DeviceRead(BaseModel):

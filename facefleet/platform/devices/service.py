@@ -34,19 +34,28 @@ def as_utc(moment: datetime) -> datetime:
 
 
 def register_device(
-    session: Session, *, name: str, group: str, adaptation_enabled: bool = False, token_ttl_seconds: int = 86400
+    session: Session,
+    *,
+    name: str,
+    group: str,
+    adaptation_enabled: bool = False,
+    token_ttl_seconds: int = 86400,
 ) -> tuple[Device, str, datetime]:
     """Create a device and return it with its one-time enrollment token (only its hash is stored)."""
     if session.scalar(select(Device.id).where(Device.name == name)) is not None:
         raise ConflictError(f"a device named {name!r} already exists; pick another name", field="name")
-    device = Device(name=name, group=group, adaptation_enabled=adaptation_enabled, status="registered", health={})
+    device = Device(
+        name=name, group=group, adaptation_enabled=adaptation_enabled, status="registered", health={}
+    )
     session.add(device)
     token, expires_at = _issue_token(device, token_ttl_seconds)
     session.flush()
     return device, token, expires_at
 
 
-def reissue_enrollment_token(session: Session, *, device_id: int, token_ttl_seconds: int = 86400) -> tuple[Device, str, datetime]:
+def reissue_enrollment_token(
+    session: Session, *, device_id: int, token_ttl_seconds: int = 86400
+) -> tuple[Device, str, datetime]:
     """A fresh enrollment token (e.g. a terminal was re-imaged); the old credential stops working."""
     device = get_device(session, device_id=device_id)
     if device.status == "disabled":
@@ -114,7 +123,12 @@ def set_adaptation(session: Session, *, device_id: int, enabled: bool) -> Device
 
 
 def record_heartbeat(
-    session: Session, device: Device, *, agent_version: str, model_version_id: int | None, health: dict[str, Any]
+    session: Session,
+    device: Device,
+    *,
+    agent_version: str,
+    model_version_id: int | None,
+    health: dict[str, Any],
 ) -> Device:
     device.agent_version = agent_version
     device.model_version_id = model_version_id

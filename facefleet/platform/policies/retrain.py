@@ -18,10 +18,14 @@ Evaluator = Callable[[Session, ModelVersion, Sequence[str], str], dict[str, floa
 def selected_training_datasets(session: Session, policy: RetrainPolicy) -> list[str]:
     """Names of the training datasets that match the policy's selector and have a ready version."""
     selector = DatasetSelector.model_validate(policy.dataset_selector or {})
-    ready = (select(Dataset)
-             .where(Dataset.kind == "train",
-                    Dataset.id.in_(select(DatasetVersion.dataset_id).where(DatasetVersion.status == "ready")))
-             .order_by(Dataset.name))
+    ready = (
+        select(Dataset)
+        .where(
+            Dataset.kind == "train",
+            Dataset.id.in_(select(DatasetVersion.dataset_id).where(DatasetVersion.status == "ready")),
+        )
+        .order_by(Dataset.name)
+    )
     return [d.name for d in session.scalars(ready) if selector.matches(d.name, list(d.tags or []))]
 
 
@@ -67,14 +71,17 @@ def metric_from_summary(summary: dict[str, Any], set_name: str, metric: str) -> 
     return None
 
 
-def summary_evaluator(_session: Session, model: ModelVersion, sets: Sequence[str], metric: str) -> dict[str, float]:
+def summary_evaluator(
+    _session: Session, model: ModelVersion, sets: Sequence[str], metric: str
+) -> dict[str, float]:
     """The evaluation recorded when the model was registered (no recomputation)."""
     found = {name: metric_from_summary(model.eval_summary or {}, name, metric) for name in sets}
     return {name: value for name, value in found.items() if value is not None}
 
 
-def model_scores(session: Session, model: ModelVersion, sets: Sequence[str], metric: str,
-                 evaluate: Evaluator) -> dict[str, float]:
+def model_scores(
+    session: Session, model: ModelVersion, sets: Sequence[str], metric: str, evaluate: Evaluator
+) -> dict[str, float]:
     """Scores on every set: from the model's summary where present, else from ``evaluate``."""
     scores = summary_evaluator(session, model, sets, metric)
     missing = [name for name in sets if name not in scores]
@@ -101,7 +108,8 @@ def run_dataset_labels(session: Session, run_id: int) -> list[str]:
         select(Dataset.name, DatasetVersion.version)
         .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
         .join(RunDataset, RunDataset.dataset_version_id == DatasetVersion.id)
-        .where(RunDataset.run_id == run_id, RunDataset.role == "train").order_by(RunDataset.position)
+        .where(RunDataset.run_id == run_id, RunDataset.role == "train")
+        .order_by(RunDataset.position)
     ).all()
     return [f"{name}:{version}" for name, version in rows]
 
@@ -112,16 +120,27 @@ def combination_ranking(session: Session, policy: RetrainPolicy, limit: int = 5)
     runs = session.scalars(select(Run).where(Run.policy_id == policy.id, Run.status == "succeeded")).all()
     ranked: list[dict[str, Any]] = []
     for run in runs:
-        model = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run.id)
-                                .order_by(ModelVersion.version.desc())).first()
+        model = session.scalars(
+            select(ModelVersion).where(ModelVersion.run_id == run.id).order_by(ModelVersion.version.desc())
+        ).first()
         summary = dict(run.summary or {}) | dict(model.eval_summary if model else {})
-        scores = {name: v for name in sets if (v := metric_from_summary(summary, name, policy.metric_name))
-                  is not None}
+        scores = {
+            name: v
+            for name in sets
+            if (v := metric_from_summary(summary, name, policy.metric_name)) is not None
+        }
         score = mean_score(scores, sets)
         if score is None:
             continue
-        ranked.append({"run_id": run.id, "datasets": run_dataset_labels(session, run.id),
-                       policy.metric_name: round(score, 6), "accuracy": round(score, 6), "per_set": scores,
-                       "model_version": model.version if model else None})
+        ranked.append(
+            {
+                "run_id": run.id,
+                "datasets": run_dataset_labels(session, run.id),
+                policy.metric_name: round(score, 6),
+                "accuracy": round(score, 6),
+                "per_set": scores,
+                "model_version": model.version if model else None,
+            }
+        )
     ranked.sort(key=lambda item: (-item["accuracy"], item["run_id"]))
     return ranked[:limit]

@@ -83,7 +83,9 @@ class PolicyFields(_Strict):
     @classmethod
     def _valid_cron(cls, cron: str | None) -> str | None:
         if cron is not None and not croniter.is_valid(cron):
-            raise ValueError(f"{cron!r} is not a cron expression; use 5 fields like '0 3 * * *' (03:00 UTC daily)")
+            raise ValueError(
+                f"{cron!r} is not a cron expression; use 5 fields like '0 3 * * *' (03:00 UTC daily)"
+            )
         return cron
 
     @model_validator(mode="after")
@@ -91,8 +93,10 @@ class PolicyFields(_Strict):
         if "schedule" in self.triggers and not self.cron:
             raise ValueError("trigger 'schedule' needs a cron expression in 'cron', e.g. '0 3 * * *'")
         if "metric_drop" in self.triggers and (self.metric_threshold is None or not self.verification_sets):
-            raise ValueError("trigger 'metric_drop' needs 'metric_threshold' (0-1) and at least one name in "
-                             "'verification_sets' to monitor")
+            raise ValueError(
+                "trigger 'metric_drop' needs 'metric_threshold' (0-1) and at least one name in "
+                "'verification_sets' to monitor"
+            )
         if self.auto_promote and not self.verification_sets:
             raise ValueError("auto_promote compares models on 'verification_sets'; name at least one")
         return self

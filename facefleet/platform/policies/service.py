@@ -43,7 +43,9 @@ def _apply(policy: RetrainPolicy, spec: PolicyFields, now: datetime) -> None:
     policy.debounce_seconds = spec.debounce_seconds
     policy.auto_promote = spec.auto_promote
     policy.notify = spec.notify.model_dump(mode="json")
-    policy.next_cron_at = next_cron_time(spec.cron, now) if spec.cron and "schedule" in spec.triggers else None
+    policy.next_cron_at = (
+        next_cron_time(spec.cron, now) if spec.cron and "schedule" in spec.triggers else None
+    )
 
 
 def _name_taken(session: Session, name: str, exclude_id: int | None = None) -> bool:
@@ -55,7 +57,9 @@ def _name_taken(session: Session, name: str, exclude_id: int | None = None) -> b
 
 def create_policy(session: Session, *, spec: PolicyCreate, now: datetime | None = None) -> RetrainPolicy:
     if _name_taken(session, spec.name):
-        raise ConflictError(f"a policy named {spec.name!r} exists; choose another name or update it", field="name")
+        raise ConflictError(
+            f"a policy named {spec.name!r} exists; choose another name or update it", field="name"
+        )
     policy = RetrainPolicy(pending_events=[])
     _apply(policy, spec, now or datetime.now(timezone.utc))
     session.add(policy)
@@ -66,8 +70,9 @@ def create_policy(session: Session, *, spec: PolicyCreate, now: datetime | None 
 def get_policy(session: Session, *, policy_id: int) -> RetrainPolicy:
     policy = session.get(RetrainPolicy, policy_id)
     if policy is None:
-        raise NotFoundError(f"retrain policy {policy_id} does not exist; list them with GET /v1/policies",
-                            field="policy_id")
+        raise NotFoundError(
+            f"retrain policy {policy_id} does not exist; list them with GET /v1/policies", field="policy_id"
+        )
     return policy
 
 
@@ -87,8 +92,9 @@ def policy_spec(policy: RetrainPolicy) -> dict[str, Any]:
     return {name: getattr(policy, name) for name in PolicyFields.model_fields}
 
 
-def update_policy(session: Session, *, policy_id: int, changes: PolicyUpdate,
-                  now: datetime | None = None) -> RetrainPolicy:
+def update_policy(
+    session: Session, *, policy_id: int, changes: PolicyUpdate, now: datetime | None = None
+) -> RetrainPolicy:
     policy = get_policy(session, policy_id=policy_id)
     merged = policy_spec(policy) | changes.model_dump(exclude_unset=True)
     try:
@@ -106,13 +112,22 @@ def update_policy(session: Session, *, policy_id: int, changes: PolicyUpdate,
 def delete_policy(session: Session, *, policy_id: int) -> None:
     policy = get_policy(session, policy_id=policy_id)
     if policy.active_run_id is not None:
-        raise ConflictError(f"policy {policy.name!r} has run {policy.active_run_id} in flight; cancel it or wait "
-                            "for it to finish, then delete the policy", field="policy_id")
+        raise ConflictError(
+            f"policy {policy.name!r} has run {policy.active_run_id} in flight; cancel it or wait "
+            "for it to finish, then delete the policy",
+            field="policy_id",
+        )
     session.delete(policy)
 
 
-def add_trigger(policy: RetrainPolicy, *, kind: str, now: datetime, detail: dict[str, Any] | None = None,
-                immediate: bool = False) -> None:
+def add_trigger(
+    policy: RetrainPolicy,
+    *,
+    kind: str,
+    now: datetime,
+    detail: dict[str, Any] | None = None,
+    immediate: bool = False,
+) -> None:
     """Merge a trigger into the policy's pending one; the debounce window runs from the first trigger."""
     events = list(policy.pending_events or [])
     events.append({"kind": kind, "at": now.isoformat(), **(detail or {})})
@@ -127,13 +142,22 @@ def add_trigger(policy: RetrainPolicy, *, kind: str, now: datetime, detail: dict
         policy.pending_trigger = kind
 
 
-def request_fire(session: Session, *, policy_id: int, requested_by: str,
-                 now: datetime | None = None) -> RetrainPolicy:
+def request_fire(
+    session: Session, *, policy_id: int, requested_by: str, now: datetime | None = None
+) -> RetrainPolicy:
     """An explicit request: the scheduler starts a run at its next tick (merged with anything pending)."""
     policy = get_policy(session, policy_id=policy_id)
     if not policy.enabled:
-        raise ConflictError(f"policy {policy.name!r} is disabled; enable it with PATCH "
-                            f"/v1/policies/{policy.id} {{\"enabled\": true}} first", field="policy_id")
-    add_trigger(policy, kind="manual", now=now or datetime.now(timezone.utc),
-                detail={"requested_by": requested_by}, immediate=True)
+        raise ConflictError(
+            f"policy {policy.name!r} is disabled; enable it with PATCH "
+            f'/v1/policies/{policy.id} {{"enabled": true}} first',
+            field="policy_id",
+        )
+    add_trigger(
+        policy,
+        kind="manual",
+        now=now or datetime.now(timezone.utc),
+        detail={"requested_by": requested_by},
+        immediate=True,
+    )
     return policy

@@ -142,6 +142,29 @@ def total_steps_for(config: TrainingConfig, image_count: int) -> int:
     return max(1, math.ceil((config.epochs or 1.0) * image_count / per_step))
 
 
+def run_dataset_rows(
+    train: Sequence[DatasetVersion], verification: Sequence[DatasetVersion]
+) -> list[RunDataset]:
+    """Training versions take consecutive class ranges in order (design §5.1); verification sets follow."""
+    rows, offset = [], 0
+    for position, version in enumerate(train):
+        rows.append(
+            RunDataset(
+                position=position,
+                role="train",
+                dataset_version_id=version.id,
+                class_offset=offset,
+                num_classes=version.identity_count,
+            )
+        )
+        offset += version.identity_count
+    rows += [
+        RunDataset(position=position, role="verification", dataset_version_id=version.id)
+        for position, version in enumerate(verification, start=len(train))
+    ]
+    return rows
+
+
 def create_run(
     session: Session,
     *,
@@ -178,29 +201,7 @@ def create_run(
         created_by=created_by,
         total_steps=total_steps_for(training_config, sum(v.image_count for v, _ in train)),
     )
-    offset = 0
-    rows: list[RunDataset] = []
-    for position, (version, _) in enumerate(train):
-        rows.append(
-            RunDataset(
-                position=position,
-                role="train",
-                dataset_version_id=version.id,
-                class_offset=offset,
-                num_classes=version.identity_count,
-            )
-        )
-        offset += version.identity_count
-    for position, (version, _) in enumerate(verification, start=len(train)):
-        rows.append(
-            RunDataset(
-                position=position,
-                role="verification",
-                dataset_version_id=version.id,
-                class_offset=0,
-                num_classes=0,
-            )
-        )
+    rows = run_dataset_rows([v for v, _ in train], [v for v, _ in verification])
     run.datasets = rows
     session.add(run)
     session.flush()
@@ -347,3 +348,19 @@ def latest_metrics(session: Session, run_id: int) -> dict[str, float]:
 
 def is_cancel_requested(session: Session, run_id: int) -> bool:
     return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+
+
+def reconcile_run(session: Session, run_id: int, *, launcher: Launcher | None = None) -> Run:
+    """Mark an active run failed when its job is gone without having said how it ended (e.g. killed -9)."""
+    from facefleet.platform.runs.launchers import get_launcher
+
+    run = get_run(session, run_id)
+    if run.status in FINISHED or run.launcher_job_id is None:
+        return run
+    launcher = launcher or get_launcher(run.launcher)
+    if launcher.status(run.launcher_job_id) == "finished":
+        session.refresh(run)  # the worker may have finished between our read and the launcher's answer
+        if run.status not in FINISHED:
+            status = "cancelled" if run.cancel_requested else "failed"
+            mark_finished(session, run, status, "the worker exited without recording the end of the run")
+    return run

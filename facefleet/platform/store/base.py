@@ -32,7 +32,9 @@ def validate_key(key: str) -> str:
         raise InvalidKeyError(f"object key {key!r} contains a backslash or NUL byte")
     parts = key.split("/")
     if any(part in ("..", ".") for part in parts):
-        raise InvalidKeyError(f"object key {key!r} contains '.' or '..' segments; keys may not leave the store")
+        raise InvalidKeyError(
+            f"object key {key!r} contains '.' or '..' segments; keys may not leave the store"
+        )
     if any(part == "" for part in parts):
         raise InvalidKeyError(f"object key {key!r} has an empty segment (leading, trailing or double '/')")
     if not _KEY_CHARS.match(key):

@@ -140,7 +140,9 @@ class S3Store(ObjectStore):
     def presigned_url(self, key: str, expires_seconds: int = 3600) -> str | None:
         return str(
             self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_seconds
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._full(key)},
+                ExpiresIn=expires_seconds,
             )
         )
 

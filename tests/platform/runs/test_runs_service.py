@@ -129,3 +129,15 @@ def test_kuberay_launcher_submits_a_rayjob_for_the_run(tmp_path: Path) -> None:
     manifest = KubeRayLauncher(settings).manifest(Run(id=12))
     assert manifest["kind"] == "RayJob" and manifest["metadata"]["namespace"] == "train"
     assert manifest["spec"]["entrypoint"] == "python -m facefleet.workers.train --run 12"
+
+
+def test_a_run_whose_worker_vanished_is_marked_failed(
+    session: Session, registered: tuple[list[str], str], tmp_path: Path
+) -> None:
+    from facefleet.platform.runs.launchers import LocalLauncher
+
+    names, _ = registered
+    run = service.create_run(session, dataset_names_or_version_ids=names[:2], config=tiny_config())
+    run.status, run.launcher_job_id = "running", "999999999"  # no such pid
+    service.reconcile_run(session, run.id, launcher=LocalLauncher())
+    assert run.status == "failed" and "exited without recording" in (run.error or "")
