@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +64,8 @@ def seed(env: dict[str, str]) -> tuple[str, int]:
         "migrate.upgrade(get_settings().effective_database_url)\n"
         "with session_scope() as s:\n"
         "    key, token = create_api_key(s, name='bench', role='admin')\n"
-        "    ids = [create_policy(s, spec=PolicyCreate(name=f'p{i}', triggers=['manual'])).id for i in range(20)]\n"
+        "    ids = [create_policy(s, spec=PolicyCreate(name=f'p{i}', triggers=['manual'])).id\n"
+        "           for i in range(20)]\n"
         "print(token, ids[0])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
@@ -70,7 +73,7 @@ def seed(env: dict[str, str]) -> tuple[str, int]:
     return token, int(policy_id)
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
         [
             sys.executable,
@@ -85,6 +88,8 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
             "--log-level",
             "warning",
             "--no-access-log",
+            "--workers",
+            str(workers),
         ],
         env=env,
         cwd=ROOT,
@@ -100,15 +105,11 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the server did not start")
 
 
-async def drive(
-    client: httpx.AsyncClient,
-    name: str,
-    method: str,
-    path: str,
-    rate: float,
-    seconds: float,
-    concurrency: int,
-) -> Result:
+Send = Callable[[str, str], Awaitable[int]]
+
+
+async def drive(send: Send, name: str, method: str, path: str, rate: float, seconds: float,
+                concurrency: int) -> Result:
     total = int(rate * seconds)
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -122,9 +123,8 @@ async def drive(
         await asyncio.sleep(max(0.0, due - loop.time()))
         async with gate:
             try:
-                response = await client.request(method, path)
-                ok = response.status_code < 400
-            except httpx.HTTPError:
+                ok = await send(method, path) < 400
+            except Exception:  # noqa: BLE001 - any transport error counts as a failed request
                 ok = False
         if ok:
             latencies.append(loop.time() - due)
@@ -135,34 +135,43 @@ async def drive(
     return Result(name, latencies, errors, loop.time() - start)
 
 
-async def bench(
-    base: str, token: str, policy_id: int, rate: float, seconds: float, concurrency: int
-) -> list[Result]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+@asynccontextmanager
+async def open_client(kind: str, base: str, token: str, concurrency: int) -> AsyncIterator[Send]:
     headers = {"Authorization": f"Bearer {token}"}
+    if kind == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(base, headers=headers, connector=connector) as session:
+
+            async def send_aiohttp(method: str, path: str) -> int:
+                async with session.request(method, path) as response:
+                    await response.read()
+                    return response.status
+
+            yield send_aiohttp
+        return
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
-        await drive(client, "warm-up", "GET", "/v1/policies", rate, 1.0, concurrency)
-        return [
-            await drive(client, "GET /healthz (baseline)", "GET", "/healthz", rate, seconds, concurrency),
-            await drive(
-                client,
-                "GET /v1/policies?limit=20 (read)",
-                "GET",
-                "/v1/policies?limit=20",
-                rate,
-                seconds,
-                concurrency,
-            ),
-            await drive(
-                client,
-                f"POST /v1/policies/{policy_id}:fire (write)",
-                "POST",
-                f"/v1/policies/{policy_id}:fire",
-                rate,
-                seconds,
-                concurrency,
-            ),
+
+        async def send_httpx(method: str, path: str) -> int:
+            return (await client.request(method, path)).status_code
+
+        yield send_httpx
+
+
+async def bench(base: str, token: str, policy_id: int, args: argparse.Namespace) -> list[Result]:
+    rate, seconds, concurrency = args.rate, args.seconds, args.concurrency
+    async with open_client(args.client, base, token, concurrency) as send:
+        await drive(send, "warm-up", "GET", "/v1/policies", rate, 1.0, concurrency)
+        routes = [
+            ("GET /healthz (baseline)", "GET", "/healthz"),
+            (f"GET /v1/policies/{policy_id} (read one)", "GET", f"/v1/policies/{policy_id}"),
+            ("GET /v1/policies?limit=20 (read list)", "GET", "/v1/policies?limit=20"),
+            (f"POST /v1/policies/{policy_id}:fire (write)", "POST", f"/v1/policies/{policy_id}:fire"),
         ]
+        return [await drive(send, name, method, path, rate, seconds, concurrency)
+                for name, method, path in routes]
 
 
 def main() -> None:
@@ -170,40 +179,39 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second per route")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64, help="most requests in flight")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--client", choices=["httpx", "aiohttp"], default="httpx",
+                        help="load generator's HTTP client (aiohttp costs the client less CPU)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="facefleet-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEFLEET_")}
         env.update(FACEFLEET_DATA_DIR=tmp, FACEFLEET_LOG_LEVEL="WARNING")
         token, policy_id = seed(env)
         port = free_port()
-        server = start_server(env, port)
+        server = start_server(env, port, args.workers)
         try:
-            results = asyncio.run(
-                bench(f"http://127.0.0.1:{port}", token, policy_id, args.rate, args.seconds, args.concurrency)
-            )
+            results = asyncio.run(bench(f"http://127.0.0.1:{port}", token, policy_id, args))
         finally:
             server.terminate()
             server.wait(timeout=10)
+    print_table(results, args)
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
     base = results[0]
-    print(
-        f"\nfacefleet API on loopback: uvicorn (1 process), SQLite, {args.rate:g} req/s for {args.seconds:g} s "
-        f"per route, at most {args.concurrency} in flight\n"
-    )
-    print(
-        f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
-        f"{'p99/base':>8}"
-    )
+    print(f"\nfacefleet API on loopback: uvicorn ({args.workers} process(es)), SQLite, {args.rate:g} req/s "
+          "for "
+          f"{args.seconds:g} s"
+          f" per route, at most {args.concurrency} in flight, {args.client} client\n")
+    print(f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
+          f"{'p99/base':>8}")
     for r in results:
-        print(
-            f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
-            f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}"
-        )
-    read = results[1]
-    verdict = "met" if read.pct(0.99) < 50 else "MISSED"
-    print(
-        f"\nread p99 {read.pct(0.99):.1f} ms: target < 50 ms {verdict}; "
-        f"mean read latency {statistics.mean(read.latencies) * 1000:.2f} ms"
-    )
+        print(f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
+              f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}")
+    worst = max(results[1:3], key=lambda r: r.pct(0.99))
+    verdict = "met" if worst.pct(0.99) < 50 else "MISSED"
+    print(f"\nworst read p99 {worst.pct(0.99):.1f} ms ({worst.name}): target < 50 ms {verdict}; "
+          f"its mean latency {statistics.mean(worst.latencies) * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""An HTTP client for the facefleet API, used by the CLI in remote mode (``--server URL``, FACEFLEET_API_KEY)."""
+"""An HTTP client for the facefleet API, used by the CLI in remote mode (--server URL, FACEFLEET_API_KEY)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ _ERRORS: dict[int, type[FacefleetError]] = {
 
 
 class FacefleetClient:
-    """Thin, synchronous: each method is one request; problem responses become FacefleetError with the detail."""
+    """Synchronous, one request per method; problem responses become FacefleetError with their detail."""
 
     def __init__(
         self,

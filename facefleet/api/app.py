@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from types import ModuleType
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from facefleet import __version__
 from facefleet.api.admission import AdmissionMiddleware, pool_capacity
+from facefleet.api.deps import PrincipalCache
 from facefleet.api.errors import install_error_handlers
 from facefleet.api.metrics import ApiMetrics, DatabaseCollector, PrometheusMiddleware
-from facefleet.api.routes import audit, health, keys
+from facefleet.api.routes import (
+    audit,
+    datasets,
+    deployments,
+    device,
+    devices,
+    health,
+    keys,
+    models,
+    policies,
+    runs,
+)
 from facefleet.platform.db.session import engine_for, session_factory
 from facefleet.platform.settings import Settings, get_settings
 from facefleet.platform.store import ObjectStore, get_store
 
 log = logging.getLogger("facefleet.api")
-
-# Domain routers; each module exports `router`.
-ROUTER_MODULES = (
-    "facefleet.api.routes.datasets",
-    "facefleet.api.routes.runs",
-    "facefleet.api.routes.models",
-    "facefleet.api.routes.policies",
-    "facefleet.api.routes.devices",
-    "facefleet.api.routes.deployments",
-    "facefleet.api.routes.device",
-)
-
-
-def _import_router(name: str) -> APIRouter:
-    module: ModuleType = importlib.import_module(name)
-    router: APIRouter = module.router
-    return router
-
 
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, store: ObjectStore | None = None
@@ -55,14 +47,12 @@ def create_app(
     app.state.session_factory = session_factory(engine)
     app.state.store = store or get_store(settings)
     app.state.metrics = ApiMetrics()
+    app.state.principal_cache = PrincipalCache()
     app.state.metrics.registry.register(DatabaseCollector(app.state.session_factory))
     install_error_handlers(app)
     # Added last = outermost: latencies include the time a request waits for admission.
     app.add_middleware(AdmissionMiddleware, limit=pool_capacity(engine))
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
-    app.include_router(health.router)
-    app.include_router(keys.router)
-    app.include_router(audit.router)
-    for name in ROUTER_MODULES:
-        app.include_router(_import_router(name))
+    for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, device):
+        app.include_router(module.router)
     return app

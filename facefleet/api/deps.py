@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from facefleet.platform import auth
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
@@ -18,15 +20,34 @@ DEVICE_ONLY_MESSAGE = (
 )
 
 
-def get_db_session(request: Request) -> Iterator[Session]:
-    """The request owns the transaction: commit when the handler succeeds, roll back when it raises."""
+async def get_db_session(request: Request) -> AsyncIterator[Session]:
+    """The request owns the transaction: commit when the handler succeeds, roll back when it raises.
+
+    An async generator so that opening the session costs no thread hop; commit/rollback and close are
+    blocking I/O and run together in one worker thread.
+    """
     session: Session = request.app.state.session_factory()
     try:
         yield session
+    except BaseException:
+        await run_in_threadpool(_rollback_and_close, session)
+        raise
+    await run_in_threadpool(_commit_and_close, session)
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    finally:
+        session.close()
+
+
+def _rollback_and_close(session: Session) -> None:
+    try:
+        session.rollback()
     finally:
         session.close()
 
@@ -73,7 +94,7 @@ def bearer_token(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def require_viewer(request: Request, session: DbSession) -> Principal:
+async def require_viewer(request: Request, session: DbSession) -> Principal:
     """Any valid API key (admin or viewer). 401 without one; 403 for device credentials."""
     token = bearer_token(request)
     if not token:
@@ -83,17 +104,49 @@ def require_viewer(request: Request, session: DbSession) -> Principal:
         )
     if token.startswith(auth.DEVICE_TOKEN_PREFIX):
         raise PermissionDeniedError(DEVICE_ONLY_MESSAGE, field="Authorization")
-    key = auth.authenticate(session, token)
-    principal = Principal(key_id=key.id, name=key.name, role=key.role)
+    cache: PrincipalCache = request.app.state.principal_cache
+    digest = auth.hash_token(token)
+    principal = cache.get(digest)
+    if principal is None:
+        key = await run_in_threadpool(auth.authenticate, session, token)
+        principal = Principal(key_id=key.id, name=key.name, role=key.role)
+        cache.put(digest, principal)
     request.state.principal = principal
     return principal
+
+
+class PrincipalCache:
+    """Authenticated keys for a few seconds, so most requests skip the key lookup.
+
+    Revoking through this process clears the cache at once; another API process notices within ``ttl``.
+    """
+
+    def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 1024) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, principal: Principal) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[digest] = (time.monotonic() + self.ttl, principal)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def require_admin(principal: Annotated[Principal, Depends(require_viewer)]) -> Principal:
     """An admin key; a viewer key gets 403 saying why."""
     if not principal.is_admin:
         raise PermissionDeniedError(
-            f"API key {principal.name!r} has role 'viewer', which is read-only; this request needs an admin key",
+            f"API key {principal.name!r} has role 'viewer', which is read-only; "
+            "this request needs an admin key",
             field="Authorization",
         )
     return principal

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facefleet.platform.errors import FacefleetError
@@ -97,12 +98,15 @@ async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse
     return problem_response(422, detail, field=first["field"], errors=errors)
 
 
-async def _facefleet_handler(_request: Request, exc: Exception) -> JSONResponse:
+async def _facefleet_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FacefleetError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return problem_response(
-        exc.status_code, exc.message, field=exc.field, title=type(exc).title, headers=headers
-    )
+    field = exc.field
+    if field is None and exc.status_code in (404, 409) and request.path_params:
+        # A service that did not name the field was looking up (or changing) what the path names.
+        field = list(request.path_params)[-1]
+    return problem_response(exc.status_code, exc.message, field=field, title=type(exc).title,
+                            headers=headers)
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -121,6 +125,20 @@ async def _store_handler(_request: Request, exc: Exception) -> JSONResponse:
     return problem_response(422, str(exc), field="key")
 
 
+async def _integrity_handler(_request: Request, exc: Exception) -> JSONResponse:
+    # A unique or foreign-key constraint caught a race the service's own checks could not see.
+    log.info("integrity error: %s", exc)
+    return problem_response(409, "the change conflicts with existing data "
+                                 "(a name or reference already exists "
+                                 "or is in use); reload and retry")
+
+
+async def _database_down_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(503, "the database is unavailable; retry shortly (nothing was changed)",
+                            title="Service unavailable")
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     # The client learns only that it was our fault; the traceback goes to the log, never the body.
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -133,6 +151,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(ObjectNotFoundError, _store_handler)
     app.add_exception_handler(InvalidKeyError, _store_handler)
+    app.add_exception_handler(IntegrityError, _integrity_handler)
+    app.add_exception_handler(OperationalError, _database_down_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

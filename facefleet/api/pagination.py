@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
@@ -43,7 +43,7 @@ class Page(BaseModel, Generic[T]):
 
 
 def make_page(
-    items: Sequence[object], total: int, params: PageParams, convert: Callable[[object], T]
+    items: Sequence[Any], total: int, params: PageParams, convert: Callable[[Any], T]
 ) -> Page[T]:
     return Page[T](
         items=[convert(item) for item in items], total=total, limit=params.limit, offset=params.offset

@@ -1,4 +1,4 @@
-"""Request and response bodies of the API's own resources (keys, audit, health). Unknown fields are rejected."""
+"""Bodies of the API's own resources (keys, audit, health, runs). Unknown fields are rejected."""
 
 from __future__ import annotations
 

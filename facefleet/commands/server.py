@@ -50,10 +50,12 @@ def scheduler(
     """Run the retraining scheduler: triggers -> runs, follows runs, auto-promotes, sends notifications."""
     from facefleet.platform.db.session import get_engine
     from facefleet.platform.scheduler import Scheduler
+    from facefleet.workers.monitor import evaluate_model_version
 
     if migrate:
         _migrate()
-    sched = Scheduler(get_engine())
+    # Metric-drop checks re-run the production model's ONNX graph on the latest verification data.
+    sched = Scheduler(get_engine(), evaluate=evaluate_model_version)
     if once:
         typer.echo(str(sched.tick()))
         return

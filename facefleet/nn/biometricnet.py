@@ -108,16 +108,31 @@ def make_pairs(
 
 
 def select_hard_pairs(
-    z: torch.Tensor, centre: float, keep_fraction: float = 0.5, min_keep: int = 2
+    z: torch.Tensor,
+    centre: float,
+    keep_fraction: float = 0.5,
+    min_keep: int = 2,
+    sigma: float | None = 1.0,
 ) -> torch.Tensor:
-    """Indices of the rows of z [P, m] farthest from `centre`·1 (the low-probability tail of their target):
-    the top `keep_fraction` by distance, at least `min_keep` (no fixed threshold, as the seed advises).
-    Call once with the matching outputs and mu_m, once with the non-matching outputs and mu_n."""
+    """Indices of the hard rows of z [P, m]: those in the low-probability region of their target
+    N(centre·1, sigma²·I), i.e. farther than sigma·√m from `centre`·1 (seed §[0047], FIG. 2), and at
+    least the farthest `keep_fraction` (and `min_keep`) so the batch statistics keep enough samples.
+
+    Keeping every pair that is not yet mapped onto its target matters early in training: while all
+    outputs sit far from both targets, a fixed top fraction would keep the matching pairs with the
+    largest z and the non-matching pairs with the smallest z, and pulling those towards their centres
+    shrinks every input-dependent variation of z — ModelNet collapses to one constant between the two
+    targets. `sigma=None` keeps exactly the top `keep_fraction`. Call once with the matching outputs and
+    mu_m, once with the non-matching outputs and mu_n.
+    """
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError("keep_fraction must lie in (0, 1]")
     distance = (z.detach() - centre).norm(dim=1)
-    keep = min(z.shape[0], max(min_keep, round(keep_fraction * z.shape[0])))
-    return torch.topk(distance, keep).indices
+    keep = max(min_keep, round(keep_fraction * z.shape[0]))
+    if sigma is not None:
+        outside = int((distance > sigma * z.shape[1] ** 0.5).sum())
+        keep = max(keep, outside)
+    return torch.topk(distance, min(z.shape[0], keep)).indices
 
 
 def match_score(z: torch.Tensor, mu_m: float = 0.0) -> torch.Tensor:

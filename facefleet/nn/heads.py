@@ -15,6 +15,8 @@ HEAD_KINDS: tuple[str, ...] = ("softmax", "sphereface", "cosface", "arcface", "c
 
 # acos has an infinite derivative at ±1; keeping cos a hair inside keeps gradients finite.
 _COS_CLAMP = 1.0 - 1e-7
+# F.normalize's default eps: weight rows are divided by max(‖W_j‖, eps)
+_NORM_EPS = 1e-12
 
 
 def margin_target_cos(cos_target: torch.Tensor, kind: str, m1: float, m2: float, m3: float) -> torch.Tensor:
@@ -96,14 +98,17 @@ class _MarginSpec:
     m2: float
     m3: float
 
-    @property
-    def normalised(self) -> bool:
-        return self.kind != "softmax"
 
+@dataclass
+class _Operands:
+    """Weight, bias and spec of one call; for margin kinds also 1/‖W_j‖ (clamped like F.normalize) and
+    `norm_slope`, the same where the norm gets a gradient and 0 for rows shorter than eps."""
 
-# (1/‖W_j‖ clamped like F.normalize, and the same where the norm gets a gradient, 0 elsewhere)
-_Norms = tuple[torch.Tensor | None, torch.Tensor | None]
-_NORM_EPS = 1e-12
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    spec: _MarginSpec
+    inv_norm: torch.Tensor | None = None
+    norm_slope: torch.Tensor | None = None
 
 
 @dataclass
@@ -122,14 +127,23 @@ class _Group:
 
 @dataclass
 class _GroupState:
-    """What the backward of one group needs: cos θ (or raw logits for softmax) of the dense block, the
-    log-sum-exp per row, the target logit and dψ/dcos, and the logits of the crossing entries."""
+    """What the backward of one group needs: cos θ (raw logits for softmax) of the dense block, the
+    log-sum-exp per sample, the target logit and dψ/dcos, and the logits of the crossing entries."""
 
     cos: torch.Tensor
     lse: torch.Tensor
     target_logit: torch.Tensor
     target_slope: torch.Tensor | None
     extra_logits: torch.Tensor | None
+
+
+@dataclass
+class _Grads:
+    """The gradient buffers being filled (None where that input needs no gradient)."""
+
+    x: torch.Tensor | None
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
 
 
 def _target_psi_and_slope(cos_target: torch.Tensor, spec: _MarginSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,48 +155,33 @@ def _target_psi_and_slope(cos_target: torch.Tensor, spec: _MarginSpec) -> tuple[
     return psi.detach(), slope
 
 
-def _extra_logits(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    inv_norm: torch.Tensor | None,
-    group: _Group,
-    spec: _MarginSpec,
-) -> torch.Tensor:
+def _extra_logits(x: torch.Tensor, ops: _Operands, group: _Group) -> torch.Tensor:
     """Logits of the crossing entries: one dot product per (row, drawn class), never a row × column block."""
     assert group.extra_rows is not None and group.extra_cols is not None
-    dots = (x.index_select(0, group.extra_rows) * weight.index_select(0, group.extra_cols)).sum(dim=1)
-    if spec.normalised:
-        assert inv_norm is not None
-        return dots * (spec.s * inv_norm.index_select(0, group.extra_cols))
-    return dots if bias is None else dots + bias.index_select(0, group.extra_cols)
+    cols = group.extra_cols
+    dots = (x.index_select(0, group.extra_rows) * ops.weight.index_select(0, cols)).sum(dim=1)
+    if ops.inv_norm is not None:
+        return dots * (ops.spec.s * ops.inv_norm.index_select(0, cols))
+    return dots if ops.bias is None else dots + ops.bias.index_select(0, cols)
 
 
-def _group_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    inv_norm: torch.Tensor | None,
-    group: _Group,
-    spec: _MarginSpec,
-) -> tuple[_GroupState, torch.Tensor]:
+def _group_forward(x: torch.Tensor, ops: _Operands, group: _Group) -> tuple[_GroupState, torch.Tensor]:
     """Summed cross-entropy of one group (x = its rows) and what its backward needs.
 
     The block is kept class-major, [C_k, n_k] = W_k·xᵀ: with few rows per dataset that product runs
-    markedly faster on the CPU than x·W_kᵀ, and the backward products want this layout too.
+    faster on the CPU than x·W_kᵀ, and the backward products take this layout as it is.
     """
     target = group.target[None, :]
-    cos = torch.mm(weight[group.lo : group.hi], x.t())
+    cos = torch.mm(ops.weight[group.lo : group.hi], x.t())
     slope = None
-    if spec.normalised:
-        assert inv_norm is not None
-        cos.mul_(inv_norm[group.lo : group.hi, None])
-        psi, slope = _target_psi_and_slope(cos.gather(0, target), spec)
-        target_logit = spec.s * psi
-        logits = cos * spec.s
+    if ops.inv_norm is not None:
+        cos.mul_(ops.inv_norm[group.lo : group.hi, None])
+        psi, slope = _target_psi_and_slope(cos.gather(0, target), ops.spec)
+        target_logit = ops.spec.s * psi
+        logits = cos * ops.spec.s
     else:
-        if bias is not None:
-            cos.add_(bias[group.lo : group.hi, None])
+        if ops.bias is not None:
+            cos.add_(ops.bias[group.lo : group.hi, None])
         target_logit = cos.gather(0, target)
         logits = cos.clone()
     # in place on one scratch block: no further C_k × n_k temporaries; backward reuses `cos`
@@ -192,7 +191,7 @@ def _group_forward(
     del logits
     extra = None
     if group.extra_rows is not None and group.extra_rows.numel() > 0:
-        extra = _extra_logits(x, weight, bias, inv_norm, group, spec)
+        extra = _extra_logits(x, ops, group)
         rows = group.extra_rows
         # shift by max(dense lse, largest entry) so no exp overflows; rows without entries add −inf
         shift = lse.scatter_reduce(0, rows, extra, "amax", include_self=True)
@@ -202,109 +201,85 @@ def _group_forward(
     return _GroupState(cos, lse, target_logit, slope, extra), (lse - target_logit).sum()
 
 
-def _dense_backward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    norms: _Norms,
-    group: _Group,
-    state: _GroupState,
-    scale: torch.Tensor,
-    spec: _MarginSpec,
-    grad_weight: torch.Tensor,
-    grad_bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """Write d(loss)/d(weight rows lo:hi) (and bias) into the shared buffers; return d(loss)/dx of the rows.
+def _dense_backward(x: torch.Tensor, ops: _Operands, group: _Group, state: _GroupState,
+                    scale: torch.Tensor, grads: _Grads) -> None:
+    """Fill the weight rows lo:hi (and bias) of the buffers and the group's rows of the x gradient.
 
     softmax − one-hot is formed in one [C_k, n_k] buffer; for margin kinds it becomes diag(1/‖W_j‖)·H with
     H = dL/dcos, so dL/dx̂ = H′ᵀW and dL/dW_j = (H′x̂)_j − (Σ_i H′_ji cos_ji)·W_j/‖W_j‖.
     """
-    target = group.target[None, :]
-    w = weight[group.lo : group.hi]
-    grad = state.cos * spec.s if spec.normalised else state.cos.clone()
+    target, s = group.target[None, :], ops.spec.s
+    w = ops.weight[group.lo : group.hi]
+    grad = state.cos * s if ops.inv_norm is not None else state.cos.clone()
     grad.scatter_(0, target, state.target_logit[None, :])
     grad.sub_(state.lse).exp_()
     target_grad = grad.gather(0, target) - 1.0
     if state.target_slope is not None:
         target_grad = target_grad * state.target_slope
     grad.scatter_(0, target, target_grad)
-    out = grad_weight[group.lo : group.hi]
-    inv_norm, norm_slope = norms
-    if inv_norm is not None and norm_slope is not None:
-        grad.mul_(inv_norm[group.lo : group.hi, None] * (spec.s * scale))
-        coef = torch.einsum("ji,ji->j", grad, state.cos).mul_(norm_slope[group.lo : group.hi])
-        torch.mm(grad, x, out=out)
-        out.addcmul_(w, coef[:, None], value=-1.0)
+    if ops.inv_norm is not None:
+        grad.mul_(ops.inv_norm[group.lo : group.hi, None] * (s * scale))
     else:
         grad.mul_(scale)
+    if grads.weight is not None:
+        out = grads.weight[group.lo : group.hi]
         torch.mm(grad, x, out=out)
-        if grad_bias is not None:
-            torch.sum(grad, dim=1, out=grad_bias[group.lo : group.hi])
-    return torch.mm(grad.t(), w)
+        if ops.norm_slope is not None:
+            coef = torch.einsum("ji,ji->j", grad, state.cos).mul_(ops.norm_slope[group.lo : group.hi])
+            out.addcmul_(w, coef[:, None], value=-1.0)
+    if grads.bias is not None:
+        torch.sum(grad, dim=1, out=grads.bias[group.lo : group.hi])
+    if grads.x is not None:
+        grads.x.index_copy_(0, group.members, torch.mm(grad.t(), w))
 
 
-def _extra_backward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    norms: _Norms,
-    group: _Group,
-    state: _GroupState,
-    scale: torch.Tensor,
-    spec: _MarginSpec,
-    grad_x: torch.Tensor,
-    grad_weight: torch.Tensor,
-    grad_bias: torch.Tensor | None,
-) -> None:
-    """Add the crossing entries' gradients into the drawn weight rows only (index_put_ with accumulate:
-    on the CPU index_add_ into a large tensor costs about a pass over all of it)."""
+def _extra_backward(x: torch.Tensor, ops: _Operands, group: _Group, state: _GroupState,
+                    scale: torch.Tensor, grads: _Grads) -> None:
+    """Add the crossing entries' gradients, into the drawn weight rows only (index_put_ with accumulate:
+    on the CPU, index_add_ into a large tensor costs about a pass over all of it)."""
     assert group.extra_rows is not None and group.extra_cols is not None and state.extra_logits is not None
     rows, cols = group.extra_rows, group.extra_cols
     grad = (state.extra_logits - state.lse[rows]).exp_().mul_(scale)
-    w = weight.index_select(0, cols)
-    x_rows = x.index_select(0, rows)
-    inv_norm, norm_slope = norms
-    if inv_norm is not None and norm_slope is not None:
-        grad = grad * (spec.s * inv_norm.index_select(0, cols))
-        # logit = s·cos, so the norm term's coefficient is H′·cos/‖W_j‖ = H′·logit·slope/s
-        coef = grad * state.extra_logits * norm_slope.index_select(0, cols) * (1.0 / spec.s)
-        grad_weight.index_put_((cols,), grad[:, None] * x_rows - coef[:, None] * w, accumulate=True)
-    else:
-        grad_weight.index_put_((cols,), grad[:, None] * x_rows, accumulate=True)
-        if grad_bias is not None:
-            grad_bias.index_put_((cols,), grad, accumulate=True)
-    grad_x.index_add_(0, rows, grad[:, None] * w)
+    w = ops.weight.index_select(0, cols)
+    if ops.inv_norm is not None:
+        grad = grad * (ops.spec.s * ops.inv_norm.index_select(0, cols))
+    if grads.weight is not None:
+        update = grad[:, None] * x.index_select(0, rows)
+        if ops.norm_slope is not None:
+            # logit = s·cos, so the norm term's coefficient H′·cos/‖W_j‖ is H′·logit·slope/s
+            coef = grad * state.extra_logits * ops.norm_slope.index_select(0, cols) * (1.0 / ops.spec.s)
+            update -= coef[:, None] * w
+        grads.weight.index_put_((cols,), update, accumulate=True)
+    if grads.bias is not None:
+        grads.bias.index_put_((cols,), grad, accumulate=True)
+    if grads.x is not None:
+        grads.x.index_add_(0, group.members[rows], grad[:, None] * w)
 
 
 class _BlockwiseCrossEntropy(torch.autograd.Function):
     """Summed dataset-aware margin cross-entropy over groups, with a hand-written backward.
 
-    Autograd through the block-wise ops would store several N_k × C_k intermediates, copy normalised
-    weights and assemble K full-size weight gradients; here the weight gradient is written once, block by
-    block, into a single [C, D] buffer, and crossing entries index_add_ into their rows only.
+    Autograd through the block-wise ops would store several C_k × N_k intermediates and assemble K
+    full-size weight gradients; here each group keeps one block (cos θ), and the weight gradient is written
+    once, block by block, into a single [C, D] buffer, crossing entries adding into their rows only.
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        spec: _MarginSpec,
-        groups: list[_Group],
-    ) -> torch.Tensor:
-        inv_norm = norm_slope = None
-        if spec.normalised:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                spec: _MarginSpec, groups: list[_Group]) -> torch.Tensor:
+        ops = _Operands(weight, bias, spec)
+        if spec.kind != "softmax":
             norm = torch.linalg.vector_norm(weight, dim=1)
-            inv_norm = norm.clamp_min(_NORM_EPS).reciprocal_()
+            ops.inv_norm = norm.clamp_min(_NORM_EPS).reciprocal_()
             # like F.normalize: a row shorter than eps is divided by eps, so no gradient flows via its norm
-            norm_slope = torch.where(norm > _NORM_EPS, inv_norm, 0.0)
+            ops.norm_slope = torch.where(norm > _NORM_EPS, ops.inv_norm, 0.0)
         total = x.new_zeros(())
         states = []
         for group in groups:
-            rows = x.index_select(0, group.members)
-            state, loss = _group_forward(rows, weight, bias, inv_norm, group, spec)
+            state, loss = _group_forward(x.index_select(0, group.members), ops, group)
             states.append(state)
             total += loss
-        ctx.save_for_backward(x, weight, bias, inv_norm, norm_slope)
+        ctx.save_for_backward(x, weight, bias, ops.inv_norm, ops.norm_slope)
         ctx.spec, ctx.groups, ctx.states = spec, groups, states
         return total
 
@@ -312,38 +287,21 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
-        spec, groups, states = ctx.spec, ctx.groups, ctx.states
-        norms = (inv_norm, norm_slope)
-        grad_x = torch.zeros_like(x)
-        grad_weight = torch.empty_like(weight)
-        grad_bias = torch.zeros_like(bias) if bias is not None else None
-        covered = torch.zeros(weight.shape[0], dtype=torch.bool)
-        for group, state in zip(groups, states, strict=True):
-            rows = x.index_select(0, group.members)
-            grad_rows = _dense_backward(
-                rows, weight, norms, group, state, grad_total, spec, grad_weight, grad_bias
-            )
-            grad_x.index_copy_(0, group.members, grad_rows)
+        ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
+        needs = ctx.needs_input_grad
+        grads = _Grads(torch.zeros_like(x) if needs[0] else None,
+                       torch.empty_like(weight) if needs[1] else None,
+                       torch.zeros_like(bias) if bias is not None and needs[2] else None)
+        covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+        for group, state in zip(ctx.groups, ctx.states, strict=True):
+            _dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
             covered[group.lo : group.hi] = True
-        if not bool(covered.all()):  # datasets absent from the batch
-            grad_weight[~covered.to(weight.device)] = 0.0
-        for group, state in zip(groups, states, strict=True):
+        if grads.weight is not None and not bool(covered.all()):
+            grads.weight[~covered] = 0.0  # classes of datasets absent from the batch
+        for group, state in zip(ctx.groups, ctx.states, strict=True):
             if state.extra_logits is not None:
-                grad_rows = torch.zeros(group.members.numel(), x.shape[1], dtype=x.dtype, device=x.device)
-                _extra_backward(
-                    x.index_select(0, group.members),
-                    weight,
-                    norms,
-                    group,
-                    state,
-                    grad_total,
-                    spec,
-                    grad_rows,
-                    grad_weight,
-                    grad_bias,
-                )
-                grad_x.index_add_(0, group.members, grad_rows)
-        return grad_x, grad_weight, grad_bias, None, None
+                _extra_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
+        return grads.x, grads.weight, grads.bias, None, None
 
 
 class DatasetAwareMarginHead(nn.Module):

@@ -21,12 +21,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit, notifications
-from facefleet.platform.db.models import ModelVersion, OutboxEvent, RetrainPolicy, Run
+from facefleet.platform.db.models import OutboxEvent, RetrainPolicy, Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import FacefleetError, NotFoundError
 from facefleet.platform.leases import acquire_lease
 from facefleet.platform.models import registry
-from facefleet.platform.policies import retrain
+from facefleet.platform.policies import outcomes, retrain
 from facefleet.platform.policies.service import add_trigger, as_utc, next_cron_time
 from facefleet.platform.runs import service as runs_service
 from facefleet.platform.settings import Settings, get_settings
@@ -130,7 +130,7 @@ class Scheduler:
     # ------------------------------------------------------------------ triggers
 
     def consume_dataset_events(self, now: datetime, report: TickReport) -> None:
-        """Each ready dataset version triggers the enabled policies whose selector it matches, exactly once."""
+        """Each ready dataset version triggers the enabled policies it matches, exactly once."""
         with session_scope(self.engine) as session:
             events = session.scalars(
                 self._claim(
@@ -309,7 +309,7 @@ class Scheduler:
                 report.started_runs.append(run.id)
 
     def follow_active_runs(self, now: datetime, report: TickReport) -> None:
-        """When a policy's run ends: free the policy, auto-promote if it won, notify with the best combination."""
+        """When a policy's run ends: free the policy, auto-promote if it won, notify the best combination."""
         with session_scope(self.engine) as session:
             policies = session.scalars(
                 self._claim(
@@ -325,106 +325,14 @@ class Scheduler:
                 policy.active_run_id = None
                 if run is None:
                     continue
-                promoted = self._maybe_promote(session, policy, run) if run.status == "succeeded" else None
-                self._notify_run_finished(session, policy, run, promoted, now)
+                promoted = None
+                if run.status == "succeeded":
+                    promoted = outcomes.auto_promote(session, policy, run, evaluate=self.evaluate,
+                                                     settings=self.settings, now=now)
+                outcomes.notify_run_finished(session, policy, run, promoted, settings=self.settings, now=now)
                 report.finished_runs.append(run.id)
                 if promoted:
                     report.promoted.append(promoted)
-
-    def _maybe_promote(self, session: Session, policy: RetrainPolicy, run: Run) -> str | None:
-        if not policy.auto_promote:
-            return None
-        new = session.scalars(
-            select(ModelVersion).where(ModelVersion.run_id == run.id).order_by(ModelVersion.version.desc())
-        ).first()
-        if new is None:
-            return None
-        sets = list(policy.verification_sets or [])
-        new_score = retrain.mean_score(
-            retrain.model_scores(session, new, sets, policy.metric_name, self.evaluate), sets
-        )
-        try:
-            current: ModelVersion | None = registry.get_model_version(session, new.name, "production")
-        except NotFoundError:
-            current = None
-        current_score = (
-            None
-            if current is None
-            else retrain.mean_score(
-                retrain.model_scores(session, current, sets, policy.metric_name, self.evaluate), sets
-            )
-        )
-        if (
-            current is not None
-            and current.id == new.id
-            or not retrain.should_promote(new_score, current_score)
-        ):
-            return None
-        registry.set_alias(session, new.name, "production", new.version)
-        details = {
-            "from": current.version if current else None,
-            "to": new.version,
-            "score": new_score,
-            "previous_score": current_score,
-            "verification_sets": sets,
-        }
-        audit.record(session, ACTOR, "models.promote", "model", f"{new.name}:{new.version}", details)
-        self._enqueue(
-            session,
-            policy,
-            "model.promoted",
-            {
-                "summary": f"{new.name} v{new.version} promoted to production",
-                "model": new.name,
-                "version": new.version,
-                "policy": policy.name,
-                **details,
-            },
-        )
-        return f"{new.name}:{new.version}"
-
-    def _notify_run_finished(
-        self, session: Session, policy: RetrainPolicy, run: Run, promoted: str | None, now: datetime
-    ) -> None:
-        ranking = retrain.combination_ranking(session, policy)
-        self._enqueue(
-            session,
-            policy,
-            f"run.{run.status}",
-            {
-                "summary": f"run {run.id} of policy {policy.name} {run.status}",
-                "run_id": run.id,
-                "status": run.status,
-                "policy": policy.name,
-                "trigger": run.trigger,
-                "error": run.error,
-                "datasets": retrain.run_dataset_labels(session, run.id),
-                "promoted": promoted,
-                "best_combination": ranking[0] if ranking else None,
-                "ranking": ranking,
-                "url": f"{self.settings.public_url.rstrip('/')}/v1/runs/{run.id}",
-            },
-            now=now,
-        )
-
-    def _enqueue(
-        self,
-        session: Session,
-        policy: RetrainPolicy,
-        event: str,
-        payload: dict[str, Any],
-        now: datetime | None = None,
-    ) -> None:
-        notify = policy.notify or {}
-        notifications.enqueue(
-            session,
-            event=event,
-            payload=payload,
-            webhooks=notify.get("webhooks", []),
-            emails=notify.get("emails", []),
-            settings=self.settings,
-            now=now or self.clock(),
-        )
 
     def deliver_notifications(self, now: datetime, report: TickReport) -> None:
         with session_scope(self.engine) as session:

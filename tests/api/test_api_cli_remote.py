@@ -76,3 +76,16 @@ def test_keys_bootstrap_locally_then_work_remotely(server: str, monkeypatch: pyt
     assert httpx.get(f"{server}/v1/runs", headers={"Authorization": f"Bearer {viewer}"}).status_code == 401
     missing = runner.invoke(keys.app, ["revoke", "99"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_scheduler_command_runs_one_tick_on_a_fresh_database() -> None:
+    import typer
+
+    from facefleet.commands import server as server_commands
+
+    app = typer.Typer()
+    app.command()(server_commands.scheduler)
+    app.command()(server_commands.serve)  # two commands, so typer keeps the command names
+    result = runner.invoke(app, ["scheduler", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "TickReport(skipped=False" in result.output

@@ -31,7 +31,8 @@ def test_register_list_show_and_delete(api: Api) -> None:
     detail = api.client.get("/v1/datasets/faces-a/versions/1", headers=api.viewer).json()
     assert detail["report"]["identity_count"] == 3
     assert api.client.get("/v1/datasets/faces-a/versions/7", headers=api.viewer).status_code == 404
-    assert api.client.get("/v1/datasets/nope", headers=api.viewer).status_code == 404
+    missing = api.client.get("/v1/datasets/nope", headers=api.viewer)
+    assert missing.status_code == 404 and missing.json()["field"] == "name"
 
     assert api.client.delete("/v1/datasets/lfw", headers=api.admin).status_code == 204
     assert api.client.get("/v1/datasets/lfw", headers=api.viewer).status_code == 404
@@ -52,6 +53,7 @@ def test_delete_of_a_dataset_in_use_is_409(api: Api) -> None:
     assert run.status_code == 201, run.text
     conflict = api.client.delete("/v1/datasets/faces-a", headers=api.admin)
     assert conflict.status_code == 409 and "run(s)" in conflict.json()["detail"]
+    assert conflict.json()["field"] == "name"
 
 
 def test_bad_sources_are_422_and_change_nothing(api: Api) -> None:

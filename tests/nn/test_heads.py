@@ -107,28 +107,66 @@ def test_full_crossing_and_single_dataset_equal_plain_cross_entropy(kind: str) -
             assert torch.allclose(g, w, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["softmax", "arcface"])
+def replay_crossing(classes: list[int], dataset_index: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """The N×C inclusion mask of the documented draw order: own dataset k ascending, then each other
+    dataset ascending, one `sample_crossing_positions(n_k, C_other, p)` each."""
+    replay = torch.Generator().manual_seed(seed)
+    include = torch.zeros(dataset_index.numel(), sum(classes), dtype=torch.bool)
+    offsets = [sum(classes[:k]) for k in range(len(classes))]
+    for k in range(len(classes)):
+        members = (dataset_index == k).nonzero().flatten()
+        for other in range(len(classes)):
+            if other == k or members.numel() == 0:
+                continue
+            positions = sample_crossing_positions(members.numel(), classes[other], p, replay)
+            rows, cols = positions // classes[other], positions % classes[other]
+            include[members[rows], offsets[other] + cols] = True
+    return include
+
+
+@pytest.mark.parametrize("kind", ["softmax", "arcface", "sphereface"])
 def test_partial_crossing_equals_reference_with_the_same_draws(kind: str) -> None:
     classes = [6, 30, 12]
     x, labels, dataset_index, class_dataset = make_batch(classes, 18, 5, seed=7)
+    x.requires_grad_(True)
     head = make_head(classes, 5, kind, p=0.3)
     head.generator = torch.Generator().manual_seed(11)
+    params = [x, head.weight] + ([head.bias] if head.bias is not None else [])
     loss = head(x, labels, dataset_index)
-    # replay the documented draw order: own dataset k ascending, then each other dataset ascending
-    replay = torch.Generator().manual_seed(11)
-    include = torch.zeros(18, sum(classes), dtype=torch.bool)
-    offsets = [0, 6, 36]
-    for k in range(3):
-        members = (dataset_index == k).nonzero().flatten()
-        for other in range(3):
-            if other == k or members.numel() == 0:
-                continue
-            positions = sample_crossing_positions(members.numel(), classes[other], 0.3, replay)
-            rows, cols = positions // classes[other], positions % classes[other]
-            include[members[rows], offsets[other] + cols] = True
+    include = replay_crossing(classes, dataset_index, 0.3, seed=11)
     expected = reference_loss(x, head.weight, head.bias, labels, dataset_index, class_dataset, kind, include)
     assert include.any()
     assert torch.allclose(loss, expected, atol=1e-6, rtol=0)
+    for got, want in zip(grads(loss, params), grads(expected, params), strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "cosface"])
+def test_dataset_absent_from_batch_and_frozen_inputs(kind: str) -> None:
+    """Classes of a dataset with no sample get a gradient only where a crossing draw included them (exact
+    zeros elsewhere); a frozen x or weight still gives the right gradient to the other."""
+    classes = [5, 7, 4]
+    x, labels, dataset_index, class_dataset = make_batch(classes, 16, 6, seed=5)
+    keep = dataset_index != 1
+    x, labels, dataset_index = x[keep], labels[keep], dataset_index[keep]
+    head = make_head(classes, 6, kind, p=0.25)
+    include = replay_crossing(classes, dataset_index, 0.25, seed=3)
+    drawn_absent_classes = include[:, 5:12].any(dim=0)
+    assert drawn_absent_classes.any() and not drawn_absent_classes.all()
+    for frozen in ("weight", "x", None):
+        x.requires_grad_(frozen != "x")
+        head.weight.requires_grad_(frozen != "weight")
+        head.generator = torch.Generator().manual_seed(3)
+        trainable = [t for t in (x, head.weight) if t.requires_grad]
+        loss = head(x, labels, dataset_index)
+        weight, bias = head.weight, head.bias
+        expected = reference_loss(x, weight, bias, labels, dataset_index, class_dataset, kind, include)
+        assert torch.allclose(loss, expected, atol=1e-6, rtol=0)
+        got, want = grads(loss, trainable), grads(expected, trainable)
+        for g, w in zip(got, want, strict=True):
+            assert torch.allclose(g, w, atol=1e-6, rtol=0)
+        if frozen != "weight":
+            assert torch.equal(got[-1][5:12].abs().sum(dim=1) > 0, drawn_absent_classes)
 
 
 @pytest.mark.parametrize("p", [0.02, 0.3, 0.8])

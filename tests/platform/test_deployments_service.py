@@ -13,8 +13,16 @@ from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.assignment import artifact_for_device, device_assignment
 from facefleet.platform.devices import service as devices
 from facefleet.platform.errors import ConflictError, InvalidInputError, PermissionDeniedError
+from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore
 from tests.terminal.model_factory import register_test_model
+
+
+@pytest.fixture(autouse=True)
+def _admin_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Admins are notified through the configured channels; give them one."""
+    monkeypatch.setenv("FACEFLEET_NOTIFY_WEBHOOKS", '["http://127.0.0.1:9/admin-hook"]')
+    get_settings.cache_clear()
 
 
 def _fleet(session: Session, count: int, group: str = "lobby") -> list[Device]:
@@ -84,6 +92,7 @@ def test_failure_over_the_limit_stops_and_rolls_back_failed_devices(
     deployments.report_device_status(session, fleet[0], deployment_id=second.id, status="rolled_back")
     assert session.get(Device, fleet[0].id).model_version_id == old.id  # type: ignore[union-attr]
     stopped = session.scalars(select(Notification).where(Notification.event == "deployment.stopped")).one()
+    assert stopped.channel == "webhook" and stopped.target.endswith("/admin-hook")
     assert stopped.payload["failed_devices"] == [fleet[0].id]
     with pytest.raises(ConflictError):
         deployments.report_device_status(session, fleet[0], deployment_id=second.id, status="installed")

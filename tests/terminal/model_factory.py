@@ -88,7 +88,14 @@ def register_test_model(
         model_name=name, backbone="tiny", embedding_dim=net.embedding_dim, input_size=net.input_size
     )
     version, _parity = export_and_register(
-        session, store, run_id=run.id, backbone=net, config=config, datasets=[], metrics={}, threshold=threshold
+        session,
+        store,
+        run_id=run.id,
+        backbone=net,
+        config=config,
+        datasets=[],
+        metrics={},
+        threshold=threshold,
     )
     return version
 

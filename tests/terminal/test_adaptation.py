@@ -96,7 +96,8 @@ def test_adaptation_raises_genuine_scores_under_drift_and_keeps_impostors_low(tm
     assert genuine_after.mean() > genuine_before.mean() + 0.3
     assert np.mean(genuine_after >= THRESHOLD) >= 0.9 > np.mean(genuine_before >= THRESHOLD)
     assert impostor_after.mean() < THRESHOLD - 0.3
-    assert np.mean(impostor_after >= THRESHOLD) <= 0.2  # a few look-alike pairs do cross: see the report
+    # With this model seed no impostor crosses; with other seeds 2-4 of 24 look-alike pairs did (see report).
+    assert np.mean(impostor_after >= THRESHOLD) <= 0.2
     # Templates were re-extracted from the stored middle features; the platform's files are untouched.
     assert not np.allclose(templates_before, [t.embedding for t in terminal.db.templates("1")], atol=1e-3)
     assert (terminal.model_dir(1) / ADAPTED_FILE).exists()

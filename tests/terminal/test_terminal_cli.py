@@ -58,7 +58,7 @@ def test_register_run_enroll_verify_status(live_api: LiveApi, tmp_path: Path) ->
     status = runner.invoke(app, ["terminal", "status", "--data-dir", data_dir])
     assert "alice" in status.output and str(version_id) in status.output
     listed = runner.invoke(app, ["devices", "list"])
-    assert "kiosk" in listed.output and "active" in listed.output
+    assert "kiosk" in listed.output and "active" in listed.output and "0.1.0" in listed.output  # heartbeat
     assert runner.invoke(app, ["devices", "disable", "1"]).exit_code == 0
     again = runner.invoke(app, ["terminal", "run", "--data-dir", data_dir, "--once"])
     assert again.exit_code == 1 and "403" in again.output

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, DeviceDeployment, ModelVersion, Notification
 from facefleet.platform.devices import service as devices
+from facefleet.platform.settings import get_settings
 from facefleet.terminal.agent import TerminalAgent
 from facefleet.terminal.fleet import SimulatedFleet, register_devices
 from facefleet.terminal.local import Terminal
@@ -149,8 +150,10 @@ def test_canary_rollout_to_five_devices_re_extracts_templates(
 
 
 def test_failing_canary_stops_the_rollout_and_rolls_back(
-    live_api: LiveApi, fleet_factory, tmp_path: Path
+    live_api: LiveApi, fleet_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("FACEFLEET_NOTIFY_WEBHOOKS", '["http://127.0.0.1:9/admin-hook"]')
+    get_settings.cache_clear()
     fleet = fleet_factory("shop", 5)
     v1 = new_model(live_api, tmp_path / "m1", seed=1)
     deploy(live_api, v1, "shop")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from facefleet.api.deps import Admin, DbSession
 from facefleet.api.errors import ERROR_RESPONSES
@@ -33,7 +33,8 @@ def list_keys(
 
 
 @router.delete("/{key_id}", response_model=ApiKeyRead)
-def revoke_key(key_id: int, session: DbSession, principal: Admin) -> ApiKeyRead:
+def revoke_key(key_id: int, request: Request, session: DbSession, principal: Admin) -> ApiKeyRead:
     key = auth.revoke_api_key(session, key_id=key_id)
+    request.app.state.principal_cache.clear()  # this process stops accepting the key at once
     audit.record(session, principal.actor, "keys.revoke", "api_key", key.id, {"name": key.name})
     return ApiKeyRead.model_validate(key)

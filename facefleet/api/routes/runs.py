@@ -43,7 +43,11 @@ class PlotList(BaseModel):
 
 def _starter(request: Request) -> RunStarter:
     starter: RunStarter | None = getattr(request.app.state, "run_starter", None)
-    return starter or (lambda session, run: service.start_run(session, run))
+    return starter or _start_with_launcher
+
+
+def _start_with_launcher(session: Session, run: Run) -> None:
+    service.start_run(session, run)
 
 
 @router.post(

@@ -30,7 +30,7 @@ def selected_training_datasets(session: Session, policy: RetrainPolicy) -> list[
 
 
 def event_matches(policy: RetrainPolicy, payload: dict[str, Any]) -> bool:
-    """Does a ``dataset_version.ready`` event concern this policy (a selected training set or a monitored one)?"""
+    """Does a ``dataset_version.ready`` event concern this policy (a selected or a monitored set)?"""
     name = str(payload.get("dataset", ""))
     if payload.get("kind", "train") == "verification":
         return name in (policy.verification_sets or [])
@@ -58,7 +58,7 @@ def _from_entry(entry: Any, metric: str) -> float | None:
 
 
 def metric_from_summary(summary: dict[str, Any], set_name: str, metric: str) -> float | None:
-    """``metric`` for verification set ``set_name`` in an evaluation summary (nested by set and mode, or flat)."""
+    """``metric`` for verification set ``set_name`` in an evaluation summary (nested or flat)."""
     for container in (summary, summary.get("evaluation"), summary.get("verification"), summary.get("eval")):
         if not isinstance(container, dict):
             continue

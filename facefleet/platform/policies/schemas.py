@@ -68,7 +68,7 @@ class PolicyFields(_Strict):
     enabled: bool = True
     triggers: list[TriggerKind] = Field(min_length=1, description="manual firing is always allowed")
     cron: str | None = Field(None, description="5-field cron expression (UTC), needed by 'schedule'")
-    dataset_selector: DatasetSelector = Field(default_factory=DatasetSelector)
+    dataset_selector: DatasetSelector = Field(default_factory=lambda: DatasetSelector(glob=None))
     verification_sets: list[str] = Field(default_factory=list, description="verification dataset names")
     base_config: TrainingConfig = Field(default_factory=TrainingConfig)
     model_name: str = Field("facefleet", min_length=1, max_length=128, pattern=NAME_PATTERN)

@@ -1,0 +1,38 @@
+"""The demo's terminal act: deploy to two simulated terminals, enroll and verify on each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from facefleet.api.app import create_app
+from facefleet.platform import auth
+from facefleet.platform.store import ObjectStore
+from facefleet.terminal.demo import deploy_to_simulated_terminals, serve_in_background
+from tests.terminal.model_factory import register_test_model, trained_backbone
+from tests.terminal.synthetic_faces import face
+
+
+def test_deploy_to_two_terminals_then_enroll_and_verify(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    with Session(sqlite_engine) as session:
+        _key, admin_key = auth.create_api_key(session, name="demo", role="admin")
+        net = trained_backbone(0, identities=32, steps=100)
+        version_id = register_test_model(session, local_store, tmp_path / "m", net=net, threshold=0.6).id
+        session.commit()
+    with serve_in_background(create_app(engine=sqlite_engine, store=local_store)) as url:
+        results = deploy_to_simulated_terminals(
+            url,
+            admin_key,
+            model_version_id=version_id,
+            root=tmp_path / "terminals",
+            enroll_images=[face(1, 0), face(1, 1)],
+            genuine_image=face(1, 5),
+            impostor_image=face(2, 0),
+        )
+    assert [r.model_version_id for r in results] == [version_id, version_id]
+    assert all(r.genuine_match and not r.impostor_match for r in results)
+    assert all(r.genuine_score > r.impostor_score for r in results)
