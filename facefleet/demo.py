@@ -239,6 +239,16 @@ def run_demo(
         )
     plots = [plot for run in runs for plot in run.summary.get("plots", [])]
     console.print("plots:\n  " + "\n  ".join(plot_locations(settings.effective_store_url, plots)))
+    model = runs[0].summary.get("model") if runs[0].status == "succeeded" else None
+    if model:
+        from facefleet.demo_terminals import run_terminal_act
+
+        run_terminal_act(
+            model_name=model["name"],
+            model_version=model["version"],
+            verification_dir=settings.data_dir / "demo" / "synthetic" / "verification",
+            console=console,
+        )
     return DemoResult(runs=runs, verification_set=verification_name, plots=plots, dataset_aware_wins=wins)
 
 
