@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
-FACEFLEET_DATABASE_URL="sqlite:///$tmp/gen.db" .venv/bin/alembic revision --autogenerate -m "initial schema" --rev-id 0001_tmp >/dev/null
-mv alembic/versions/0001_tmp_initial_schema.py alembic/versions/0001_initial_schema.py.new
-rm -f alembic/versions/0001_initial_schema.py
-sed -e "s/^revision = '0001_tmp'/revision = '0001'/" -e "s/Revision ID: 0001_tmp/Revision ID: 0001/" \
-  alembic/versions/0001_initial_schema.py.new > alembic/versions/0001_initial_schema.py
-rm -f alembic/versions/0001_initial_schema.py.new
-rm -rf "$tmp"
-echo "regenerated alembic/versions/0001_initial_schema.py"
+trap 'rm -rf "$tmp"' EXIT
+current=alembic/versions/0001_initial_schema.py
+# Autogenerate compares against an empty database, so the old initial migration must be out of the way.
+[ -f "$current" ] && mv "$current" "$tmp/backup.py"
+if ! FACEFLEET_DATABASE_URL="sqlite:///$tmp/gen.db" .venv/bin/alembic revision --autogenerate \
+     -m "initial schema" --rev-id 0001 >"$tmp/log" 2>&1; then
+  cat "$tmp/log" >&2
+  [ -f "$tmp/backup.py" ] && mv "$tmp/backup.py" "$current"
+  echo "regeneration failed; the old migration is restored" >&2
+  exit 1
+fi
+.venv/bin/ruff format -q "$current" || true
+echo "regenerated $current"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:10:01.561634
+Create Date: 2026-11-23 16:48:59.946192
 """
 
 from __future__ import annotations

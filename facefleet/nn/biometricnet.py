@@ -15,9 +15,23 @@ class ModelNet(nn.Module):
     `layers` linear layers whose widths shrink geometrically from 2·feature_dim to out_dim, ReLU and
     dropout (keep probability `keep_prob`) after each but the last (seed: 7 layers, m = 1, keep 0.8).
     Note the input order matters: use `four_way_flip_average` / symmetric pairs at test time.
+
+    Initialisation: He-normal weights and zero biases in the ReLU layers (PyTorch's default shrinks the
+    signal ~2.5x per layer, so z starts nearly constant and the pair-dependent part learns slowly), and
+    the output bias at `output_init` — pass the midpoint of the two targets, (mu_m + mu_n) / 2. Starting
+    at 0 = mu_m, the first steps shift every output by ~20 together; under SGD momentum that shift
+    overshoots and leaves most units of the narrow layers dead, and a dead ModelNet is a constant.
     """
 
-    def __init__(self, feature_dim: int, out_dim: int = 1, layers: int = 7, keep_prob: float = 0.8) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        out_dim: int = 1,
+        layers: int = 7,
+        keep_prob: float = 0.8,
+        *,
+        output_init: float = 0.0,
+    ) -> None:
         super().__init__()
         if layers < 1 or not 0.0 < keep_prob <= 1.0:
             raise ValueError("ModelNet needs layers >= 1 and keep_prob in (0, 1]")
@@ -26,9 +40,14 @@ class ModelNet(nn.Module):
         widths[-1] = out_dim
         modules: list[nn.Module] = []
         for i in range(layers):
-            modules.append(nn.Linear(widths[i], widths[i + 1]))
+            linear = nn.Linear(widths[i], widths[i + 1])
+            modules.append(linear)
             if i < layers - 1:
+                nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+                nn.init.zeros_(linear.bias)
                 modules += [nn.ReLU(), nn.Dropout(p=1.0 - keep_prob)]
+            else:
+                nn.init.constant_(linear.bias, output_init)
         self.net = nn.Sequential(*modules)
         self.feature_dim, self.out_dim = feature_dim, out_dim
 

@@ -44,7 +44,17 @@ class FaceTrainingModel(nn.Module):
         )
         self.switch_step = config.switch_step(total_steps) if config.reversal.enabled else None
         bio = config.biometric
-        self.model_net = ModelNet(dim, bio.output_dim, bio.layers, bio.keep_prob) if bio.enabled else None
+        self.model_net = (
+            ModelNet(
+                dim,
+                bio.output_dim,
+                bio.layers,
+                bio.keep_prob,
+                output_init=(bio.mu_match + bio.mu_nonmatch) / 2,  # start between the two targets
+            )
+            if bio.enabled
+            else None
+        )
 
     def stage(self, step: int) -> int:
         return 2 if in_reversal_stage(step, self.switch_step) else 1
@@ -85,8 +95,9 @@ class FaceTrainingModel(nn.Module):
             return sum(p.sum() for p in self.model_net.parameters()) * 0.0  # type: ignore[return-value]
         z_match = self.model_net(features[pairs.match[:, 0]], features[pairs.match[:, 1]])
         z_non = self.model_net(features[pairs.nonmatch[:, 0]], features[pairs.nonmatch[:, 1]])
-        z_match = z_match[select_hard_pairs(z_match, bio.mu_match, bio.hard_fraction)]
-        z_non = z_non[select_hard_pairs(z_non, bio.mu_nonmatch, bio.hard_fraction)]
+        # Hard mining: every pair outside its target's 1-sigma region, at least the farthest hard_fraction.
+        z_match = z_match[select_hard_pairs(z_match, bio.mu_match, bio.hard_fraction, sigma=bio.sigma)]
+        z_non = z_non[select_hard_pairs(z_non, bio.mu_nonmatch, bio.hard_fraction, sigma=bio.sigma)]
         return biometricnet_kl_loss(z_match, z_non, bio.mu_match, bio.mu_nonmatch, bio.sigma, bio.sigma)
 
 

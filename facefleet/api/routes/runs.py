@@ -11,12 +11,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.api.pagination import Page, Pagination
+from facefleet.api.pagination import Page, Pagination, make_page, paginate_query
 from facefleet.api.schemas import CancelRequest, RunCreate
 from facefleet.platform import audit
 from facefleet.platform.db.models import Run
@@ -108,14 +108,8 @@ def list_runs(
         stmt = stmt.where(Run.policy_id == policy_id)
     if created_by:
         stmt = stmt.where(Run.created_by == created_by)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    runs = session.scalars(stmt.order_by(Run.id.desc()).limit(page.limit).offset(page.offset)).all()
-    return Page[RunView](
-        items=[service.run_view(session, run) for run in runs],
-        total=int(total),
-        limit=page.limit,
-        offset=page.offset,
-    )
+    runs, total = paginate_query(session, stmt.order_by(Run.id.desc()), page)
+    return make_page(runs, total, page, lambda run: service.run_view(session, run))
 
 
 @router.get("/{run_id}", response_model=RunView)
