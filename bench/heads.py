@@ -32,8 +32,13 @@ S, M2 = 64.0, 0.5
 VARIANTS = ("masked_full", "head", "head_crossing_1e-4")
 
 
-def masked_full_softmax_loss(weight: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
-                             dataset_index: torch.Tensor, class_dataset: torch.Tensor) -> torch.Tensor:
+def masked_full_softmax_loss(
+    weight: torch.Tensor,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    dataset_index: torch.Tensor,
+    class_dataset: torch.Tensor,
+) -> torch.Tensor:
     """The same dataset-aware ArcFace loss computed the direct way: an N×C logit matrix with a mask."""
     cos = F.normalize(x, dim=1) @ F.normalize(weight, dim=1).t()
     target = margin_target_cos(cos.gather(1, labels[:, None]), "arcface", 1.0, M2, 0.0)
@@ -58,8 +63,9 @@ def make_steps(variants: tuple[str, ...]) -> dict[str, Callable[[], float]]:
         if variant == "masked_full":
             if weight is None:
                 weight = torch.nn.Parameter(torch.empty(CLASSES, DIM).normal_(std=0.01))
-            losses[variant] = partial(masked_full_softmax_loss, weight, x, labels, dataset_index,
-                                      class_dataset)
+            losses[variant] = partial(
+                masked_full_softmax_loss, weight, x, labels, dataset_index, class_dataset
+            )
             continue
         crossing = 1e-4 if variant == "head_crossing_1e-4" else 0.0
         head = DatasetAwareMarginHead(DIM, [per] * DATASETS, "arcface", S, 1.0, M2, 0.0, crossing_p=crossing)
@@ -91,9 +97,14 @@ def measure_times(rounds: int) -> dict[str, dict[str, float]]:
             if round_index > 0:
                 seconds[variant].append(time.perf_counter() - start)
     base = seconds["masked_full"]
-    return {v: {"seconds": statistics.median(seconds[v]), "loss": losses[v],
-                "ratio": statistics.median(t / b for t, b in zip(seconds[v], base, strict=True))}
-            for v in VARIANTS}
+    return {
+        v: {
+            "seconds": statistics.median(seconds[v]),
+            "loss": losses[v],
+            "ratio": statistics.median(t / b for t, b in zip(seconds[v], base, strict=True)),
+        }
+        for v in VARIANTS
+    }
 
 
 def measure_peak_mib(variant: str) -> float:
@@ -113,18 +124,29 @@ def main() -> None:
     if args.peak_mib_of:
         print(json.dumps(measure_peak_mib(args.peak_mib_of)))
         return
-    peaks = {v: json.loads(subprocess.run([sys.executable, __file__, "--peak-mib-of", v], check=True,
-                                          capture_output=True, text=True).stdout.strip().splitlines()[-1])
-             for v in VARIANTS}
+    peaks = {
+        v: json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--peak-mib-of", v], check=True, capture_output=True, text=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for v in VARIANTS
+    }
     results = measure_times(args.rounds)
     load = os.getloadavg()
-    print(f"C={CLASSES:,} D={DIM} N={BATCH} K={DATASETS} arcface, CPU threads={torch.get_num_threads()}, "
-          f"{args.rounds} interleaved rounds of forward+backward, load average {load[0]:.1f}/{load[1]:.1f}")
+    print(
+        f"C={CLASSES:,} D={DIM} N={BATCH} K={DATASETS} arcface, CPU threads={torch.get_num_threads()}, "
+        f"{args.rounds} interleaved rounds of forward+backward, load average {load[0]:.1f}/{load[1]:.1f}"
+    )
     print(f"{'variant':<22}{'fwd+bwd s':>11}{'ratio':>8}{'peak MiB':>11}{'mem ratio':>11}{'loss':>10}")
     for variant in VARIANTS:
         r = results[variant]
-        print(f"{variant:<22}{r['seconds']:>11.3f}{r['ratio']:>8.2f}{peaks[variant]:>11.0f}"
-              f"{peaks[variant] / peaks['masked_full']:>11.2f}{r['loss']:>10.4f}")
+        print(
+            f"{variant:<22}{r['seconds']:>11.3f}{r['ratio']:>8.2f}{peaks[variant]:>11.0f}"
+            f"{peaks[variant] / peaks['masked_full']:>11.2f}{r['loss']:>10.4f}"
+        )
     print("ratio = median over rounds of variant time / baseline time in that round; target head <= 0.35")
     print("the crossing row is compared with the p=0 baseline (a masked baseline with crossing costs more)")
 

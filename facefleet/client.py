@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,23 @@ _ERRORS: dict[int, type[FacefleetError]] = {
     409: ConflictError,
     422: InvalidInputError,
 }
+# Registering validates the whole dataset inside the request, which can take far longer than a read.
+SLOW_REQUEST_TIMEOUT = httpx.Timeout(60.0, read=3600.0)
+UploadProgress = Callable[[int, int], None]
+
+
+class _ProgressFile(io.FileIO):
+    """A file that reports how far httpx has read it (bytes sent so far, total) while it streams."""
+
+    def __init__(self, path: Path, progress: UploadProgress) -> None:
+        super().__init__(path, "rb")
+        self._progress = progress
+        self._total = path.stat().st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self._progress(self.tell(), self._total)
+        return chunk
 
 
 class FacefleetClient:
@@ -65,8 +83,11 @@ class FacefleetClient:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self.request("POST", path, json=body)
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, *, timeout: httpx.Timeout | None = None
+    ) -> Any:
+        extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        response = self.request("POST", path, json=body, **extra)
         return response.json() if response.content else None
 
     def put(self, path: str, body: dict[str, Any]) -> Any:
@@ -79,11 +100,14 @@ class FacefleetClient:
         response = self.request("DELETE", path)
         return response.json() if response.content else None
 
-    def iter_pages(self, path: str, page_size: int = 200, **params: Any) -> Iterator[dict[str, Any]]:
-        """Every item of a paginated list."""
+    def iter_pages(
+        self, path: str, page_size: int = 200, *, max_items: int | None = None, **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated list (or the first ``max_items``)."""
         offset = 0
-        while True:
-            page = self.get(path, limit=page_size, offset=offset, **params)
+        while max_items is None or offset < max_items:
+            limit = page_size if max_items is None else min(page_size, max_items - offset)
+            page = self.get(path, limit=limit, offset=offset, **params)
             yield from page["items"]
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
@@ -97,13 +121,25 @@ class FacefleetClient:
         kind: str = "train",
         tags: list[str] | None = None,
         description: str = "",
+        min_images_per_identity: int = 1,
+        progress: UploadProgress | None = None,
     ) -> Any:
-        with open(archive, "rb") as handle:
+        """Stream ``archive`` to the server, which validates and registers it (a dataset version dict)."""
+        form = {
+            "name": name,
+            "kind": kind,
+            "tags": ",".join(tags or []),
+            "description": description,
+            "min_images_per_identity": str(min_images_per_identity),
+        }
+        handle = _ProgressFile(archive, progress) if progress else open(archive, "rb")  # noqa: SIM115
+        with handle:
             response = self.request(
                 "POST",
                 "/v1/datasets/upload",
                 files={"file": (archive.name, handle)},
-                data={"name": name, "kind": kind, "tags": ",".join(tags or []), "description": description},
+                data=form,
+                timeout=SLOW_REQUEST_TIMEOUT,
             )
         return response.json()
 

@@ -1,28 +1,39 @@
-"""`facefleet datasets ...`: register, list, show and generate synthetic face datasets (embedded mode)."""
+"""`facefleet datasets ...`: register, list, show (locally or against the API) and synthesise datasets."""
 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from facefleet.client import SLOW_REQUEST_TIMEOUT, FacefleetClient
+from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
 from facefleet.platform.datasets import service
+from facefleet.platform.datasets.schemas import DatasetOut, DatasetVersionDetail, RegisterRequest
 from facefleet.platform.datasets.validation import StageProgress
-from facefleet.platform.db import migrate
-from facefleet.platform.db.models import DatasetVersion
-from facefleet.platform.db.session import session_scope
-from facefleet.platform.errors import FacefleetError
-from facefleet.platform.settings import get_settings
+from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.store import get_store
 
 app = typer.Typer(help="Register, inspect and generate face datasets.", no_args_is_help=True)
 console = Console()
+# Archives the upload route takes as they are; anything else local (a folder) is zipped first.
+UPLOADABLE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
+MIB = 1 << 20
+
+
+class DatasetRow(NamedTuple):
+    dataset: DatasetOut
+    version_count: int
 
 
 def _progress_bar() -> Progress:
@@ -50,11 +61,6 @@ def _stage_progress() -> Iterator[StageProgress]:
         yield update
 
 
-def _fail(error: FacefleetError) -> None:
-    console.print(f"[red]error:[/red] {error.message}")
-    raise typer.Exit(code=1)
-
-
 @app.command("register")
 def register(
     source: str = typer.Argument(
@@ -65,57 +71,139 @@ def register(
     min_images: int = typer.Option(1, "--min-images", help="Skip identities with fewer usable images."),
     description: str = typer.Option("", "--description"),
     tag: list[str] = typer.Option([], "--tag", help="Tag (repeatable)."),
+    server: ServerOption = None,
 ) -> None:
-    """Validate SOURCE and register it as the next version of dataset NAME."""
-    migrate.upgrade(get_settings().effective_database_url)  # embedded mode: the schema follows the code
-    store = get_store()
-    try:
-        with _stage_progress() as progress, session_scope() as session:
-            version = service.register_dataset_version(
-                session,
-                store,
-                name=name,
-                source=source,
-                kind=kind,  # type: ignore[arg-type]
-                description=description,
-                tags=tag,
-                min_images_per_identity=min_images,
-                progress=progress,
-            )
-            number, status, images, identities, pairs = (
-                version.version,
-                version.status,
-                version.image_count,
-                version.identity_count,
-                version.pair_count,
-            )
-            corrupt, small = (
-                version.report.get("corrupt_count", 0),
-                version.report.get("small_identity_count", 0),
-            )
-    except FacefleetError as error:
-        _fail(error)
-    extra = f", {pairs} pairs" if kind == "verification" else ""
+    """Validate SOURCE and register it as the next version of dataset NAME (remote: upload it)."""
+    with reported_errors(), connect(server) as client:
+        # Not validated here: the service (local) or the API (remote) says what is wrong, in its words.
+        request = RegisterRequest.model_construct(
+            name=name,
+            source=source,
+            kind=kind,  # type: ignore[arg-type]
+            description=description,
+            tags=tag,
+            min_images_per_identity=min_images,
+        )
+        version = _register_remotely(client, request) if client else _register_locally(request)
+    report = version.report
+    extra = f", {version.pair_count} pairs" if kind == "verification" else ""
     console.print(
-        f"{name}@{number} {status}: {identities} identities, {images} images{extra}"
-        f" ({corrupt} corrupt files and {small} small identities skipped)"
+        f"{name}@{version.version} {version.status}: {version.identity_count} identities, "
+        f"{version.image_count} images{extra} ({report.get('corrupt_count', 0)} corrupt files and "
+        f"{report.get('small_identity_count', 0)} small identities skipped)"
     )
 
 
+def _register_locally(request: RegisterRequest) -> DatasetVersionDetail:
+    with _stage_progress() as progress, local_session() as session:
+        version = service.register_dataset_version(
+            session,
+            get_store(),
+            name=request.name,
+            source=request.source,
+            kind=request.kind,
+            description=request.description,
+            tags=request.tags,
+            min_images_per_identity=request.min_images_per_identity,
+            progress=progress,
+        )
+        return DatasetVersionDetail.model_validate(version)
+
+
+def _register_remotely(client: FacefleetClient, request: RegisterRequest) -> DatasetVersionDetail:
+    """An s3:// URI is registered by the server itself; a local folder or archive is uploaded."""
+    if request.source.startswith("s3://"):
+        with console.status("the server is validating the dataset"):
+            created = client.post("/v1/datasets", request.model_dump(), timeout=SLOW_REQUEST_TIMEOUT)
+        return DatasetVersionDetail.model_validate(created)
+    path = Path(request.source).expanduser()
+    if not path.exists():
+        raise InvalidInputError(
+            f"{request.source} does not exist on this machine; in remote mode give a local folder or "
+            "archive (it is uploaded) or an s3:// URI the server can read",
+            field="source",
+        )
+    with tempfile.TemporaryDirectory(prefix="facefleet-upload-") as tmp, _progress_bar() as bar:
+        archive = path if _uploadable(path) else _zip_folder(path, Path(tmp) / f"{request.name}.zip", bar)
+        total_mib = max(1, math.ceil(archive.stat().st_size / MIB))
+        upload = bar.add_task("uploading (MiB)", total=total_mib)
+        validating: list[TaskID] = []
+
+        def sent(done: int, total: int) -> None:
+            bar.update(upload, completed=math.ceil(done / MIB))
+            if done >= total and not validating:  # the server validates before it answers
+                validating.append(bar.add_task("validating on the server", total=None))
+
+        created = client.upload_dataset(
+            archive,
+            name=request.name,
+            kind=request.kind,
+            tags=request.tags,
+            description=request.description,
+            min_images_per_identity=request.min_images_per_identity,
+            progress=sent,
+        )
+    return DatasetVersionDetail.model_validate(created)
+
+
+def _uploadable(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(UPLOADABLE_SUFFIXES)
+
+
+def _zip_folder(folder: Path, target: Path, bar: Progress) -> Path:
+    """Zip a folder's files (stored, not compressed: images are compressed already) under its root."""
+    if not folder.is_dir():
+        raise InvalidInputError(
+            f"{folder} is neither a folder nor a {'/'.join(UPLOADABLE_SUFFIXES)} archive", field="source"
+        )
+    root = folder.resolve()
+    files = [path for path in sorted(root.rglob("*")) if path.is_file()]
+    packing = bar.add_task("packing", total=len(files))
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for path in files:
+            # A link out of the folder would upload files the user never meant to share.
+            if path.resolve().is_relative_to(root):
+                archive.write(path, path.relative_to(root).as_posix())
+            bar.advance(packing)
+    return target
+
+
 @app.command("list")
-def list_datasets(kind: str | None = typer.Option(None, "--kind", help="train | verification")) -> None:
+def list_datasets(
+    kind: str | None = typer.Option(None, "--kind", help="train | verification"), server: ServerOption = None
+) -> None:
     """List datasets with their latest ready version."""
-    migrate.upgrade(get_settings().effective_database_url)
-    with session_scope() as session:
+    with reported_errors(), connect(server) as client:
+        rows, total = _remote_rows(client, kind) if client else _local_rows(kind)
+    table = Table("name", "kind", "latest ready", "versions", "tags", title=f"{total} datasets")
+    for row in rows:
+        dataset = row.dataset
+        latest = "-" if dataset.latest_version is None else str(dataset.latest_version)
+        table.add_row(dataset.name, dataset.kind, latest, str(row.version_count), ", ".join(dataset.tags))
+    console.print(table)
+
+
+def _local_rows(kind: str | None) -> tuple[list[DatasetRow], int]:
+    with local_session() as session:
         items, total = service.list_datasets(session, kind=kind, limit=1000, offset=0)
         latest = service.latest_ready_versions(session, [item.id for item in items])
-        table = Table("name", "kind", "latest ready", "versions", "tags", title=f"{total} datasets")
-        for item in items:
-            versions = service.list_versions(session, item.name)
-            table.add_row(
-                item.name, item.kind, str(latest.get(item.id, "-")), str(len(versions)), ", ".join(item.tags)
+        rows = [
+            DatasetRow(
+                DatasetOut.model_validate(item).model_copy(update={"latest_version": latest.get(item.id)}),
+                len(service.list_versions(session, item.name)),
             )
-    console.print(table)
+            for item in items
+        ]
+    return rows, total
+
+
+def _remote_rows(client: FacefleetClient, kind: str | None) -> tuple[list[DatasetRow], int]:
+    datasets = [DatasetOut.model_validate(item) for item in client.iter_pages("/v1/datasets", kind=kind)]
+    rows = [
+        DatasetRow(dataset, client.get(f"/v1/datasets/{segment(dataset.name)}/versions", limit=1)["total"])
+        for dataset in datasets
+    ]
+    return rows, len(rows)
 
 
 def _split_ref(ref: str) -> tuple[str, int | None]:
@@ -129,15 +217,12 @@ def _split_ref(ref: str) -> tuple[str, int | None]:
 def show(
     ref: str = typer.Argument(..., help="NAME or NAME@VERSION (default: latest ready)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    server: ServerOption = None,
 ) -> None:
     """Show a dataset version and its validation report."""
     name, number = _split_ref(ref)
-    migrate.upgrade(get_settings().effective_database_url)
-    try:
-        with session_scope() as session:
-            version = service.get_version(session, name, number)
-    except FacefleetError as error:
-        _fail(error)
+    with reported_errors(), connect(server) as client:
+        version = _remote_version(client, name, number) if client else _local_version(name, number)
     if as_json:
         console.print_json(
             json.dumps(
@@ -153,7 +238,20 @@ def show(
     _print_version(name, version)
 
 
-def _print_version(name: str, version: DatasetVersion) -> None:
+def _local_version(name: str, number: int | None) -> DatasetVersionDetail:
+    with local_session() as session:
+        return DatasetVersionDetail.model_validate(service.get_version(session, name, number))
+
+
+def _remote_version(client: FacefleetClient, name: str, number: int | None) -> DatasetVersionDetail:
+    if number is None:
+        number = DatasetOut.model_validate(client.get(f"/v1/datasets/{segment(name)}")).latest_version
+        if number is None:  # the service's own words, so both modes read the same
+            raise NotFoundError(f"dataset {name!r} has no ready version; register valid data first")
+    return DatasetVersionDetail.model_validate(client.get(f"/v1/datasets/{segment(name)}/versions/{number}"))
+
+
+def _print_version(name: str, version: DatasetVersionDetail) -> None:
     report = version.report
     console.print(
         f"[bold]{name}@{version.version}[/bold] {version.status} ({version.format}) from {version.source_uri}"

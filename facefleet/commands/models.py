@@ -1,4 +1,4 @@
-"""`facefleet models ...`: list registered models, show a version, promote (move an alias)."""
+"""`facefleet models ...`: list registered models, show a version, promote (locally or against the API)."""
 
 from __future__ import annotations
 
@@ -8,56 +8,80 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from facefleet.platform.db.session import session_scope
-from facefleet.platform.errors import FacefleetError
+from facefleet.client import FacefleetClient
+from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
 from facefleet.platform.models import registry
+from facefleet.platform.models.schemas import ModelSummary, ModelVersionView
 
 app = typer.Typer(help="Registered models: list, show, promote.", no_args_is_help=True)
 console = Console()
 
 
-def _fail(error: FacefleetError) -> None:
-    console.print(f"[red]error:[/red] {error.message}")
-    raise typer.Exit(code=1)
-
-
 @app.command("list")
-def list_(name: str | None = typer.Argument(None, help="Model name: list its versions.")) -> None:
+def list_(
+    name: str | None = typer.Argument(None, help="Model name: list its versions."),
+    server: ServerOption = None,
+) -> None:
     """List models, or the versions of model NAME."""
-    try:
-        with session_scope() as session:
-            if name is None:
-                table = Table("model", "latest version", "versions", "aliases")
-                for summary in registry.list_models(session):
-                    aliases = ", ".join(
-                        f"{alias}=v{version}" for alias, version in sorted(summary.aliases.items())
-                    )
-                    table.add_row(summary.name, str(summary.latest_version), str(summary.versions), aliases)
-            else:
-                table = Table("version", "run", "aliases", "created", "card sha256")
-                for model in registry.list_versions(session, name):
-                    table.add_row(
-                        str(model.version),
-                        str(model.run_id or ""),
-                        ", ".join(registry.aliases_of(session, model)),
-                        model.created_at.strftime("%Y-%m-%d %H:%M"),
-                        model.card_sha256[:16],
-                    )
-    except FacefleetError as error:
-        _fail(error)
+    with reported_errors(), connect(server) as client:
+        if name is None:
+            table = _models_table(_summaries(client))
+        else:
+            table = _versions_table(_versions(client, name))
     console.print(table)
+
+
+def _summaries(client: FacefleetClient | None) -> list[ModelSummary]:
+    if client is not None:
+        return [ModelSummary.model_validate(item) for item in client.iter_pages("/v1/models")]
+    with local_session() as session:
+        return registry.list_models(session)
+
+
+def _versions(client: FacefleetClient | None, name: str) -> list[ModelVersionView]:
+    if client is not None:
+        path = f"/v1/models/{segment(name)}/versions"
+        return [ModelVersionView.model_validate(item) for item in client.iter_pages(path)]
+    with local_session() as session:
+        return [registry.version_view(session, model) for model in registry.list_versions(session, name)]
+
+
+def _models_table(summaries: list[ModelSummary]) -> Table:
+    table = Table("model", "latest version", "versions", "aliases")
+    for summary in summaries:
+        aliases = ", ".join(f"{alias}=v{version}" for alias, version in sorted(summary.aliases.items()))
+        table.add_row(summary.name, str(summary.latest_version), str(summary.versions), aliases)
+    return table
+
+
+def _versions_table(versions: list[ModelVersionView]) -> Table:
+    table = Table("version", "run", "aliases", "created", "card sha256")
+    for model in versions:
+        table.add_row(
+            str(model.version),
+            str(model.run_id or ""),
+            ", ".join(model.aliases),
+            model.created_at.strftime("%Y-%m-%d %H:%M"),
+            model.card_sha256[:16],
+        )
+    return table
 
 
 @app.command("show")
 def show(
-    name: str = typer.Argument(...), version: str = typer.Argument("latest", help="Number or alias.")
+    name: str = typer.Argument(...),
+    version: str = typer.Argument("latest", help="Number or alias."),
+    server: ServerOption = None,
 ) -> None:
     """One model version: artifacts, aliases, evaluation summary."""
-    try:
-        with session_scope() as session:
-            view = registry.version_view(session, registry.get_model_version(session, name, version))
-    except FacefleetError as error:
-        _fail(error)
+    with reported_errors(), connect(server) as client:
+        if client is not None:
+            view = ModelVersionView.model_validate(
+                client.get(f"/v1/models/{segment(name)}/versions/{segment(version)}")
+            )
+        else:
+            with local_session() as session:
+                view = registry.version_view(session, registry.get_model_version(session, name, version))
     console.print(
         f"{view.name} v{view.version} (run {view.run_id}) aliases: {', '.join(view.aliases) or '-'}"
     )
@@ -73,13 +97,16 @@ def promote(
     name: str = typer.Argument(...),
     version: str = typer.Argument(..., help="Number or alias."),
     alias: str = typer.Option("production", "--alias", help="Alias to move."),
+    server: ServerOption = None,
 ) -> None:
     """Point ALIAS (default production) at VERSION of model NAME."""
-    try:
-        with session_scope() as session:
-            target = registry.get_model_version(session, name, version)
-            registry.set_alias(session, name, alias, target.version)
-            number = target.version
-    except FacefleetError as error:
-        _fail(error)
+    with reported_errors(), connect(server) as client:
+        if client is not None:
+            path = f"/v1/models/{segment(name)}/versions/{segment(version)}:promote"
+            number = ModelVersionView.model_validate(client.post(path, {"alias": alias})).version
+        else:
+            with local_session() as session:
+                target = registry.get_model_version(session, name, version)
+                registry.set_alias(session, name, alias, target.version)
+                number = target.version
     console.print(f"{name}: {alias} -> v{number}")

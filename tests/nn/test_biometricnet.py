@@ -86,3 +86,27 @@ def test_modelnet_shapes_decision_and_flip_average() -> None:
     z = torch.tensor([[0.5], [-2.0], [39.0]])
     assert decide_match(z, threshold=1.0).tolist() == [True, False, False]
     assert match_score(z).tolist() == [-0.5, -2.0, -39.0]
+
+
+def test_hard_mining_keeps_every_pair_not_yet_on_its_target() -> None:
+    # All outputs halfway between the targets: every pair is in a low-probability region, so all are kept
+    # (a fixed top half would keep the largest matching and smallest non-matching outputs and contract z).
+    z = 20.0 + torch.linspace(-1.0, 1.0, 10).unsqueeze(1)
+    assert sorted(select_hard_pairs(z, 0.0, keep_fraction=0.5).tolist()) == list(range(10))
+    assert select_hard_pairs(z, 0.0, keep_fraction=0.5, sigma=None).numel() == 5
+    near = torch.tensor([[0.1], [-0.3], [2.5], [0.2], [-1.5], [0.0]])  # two rows beyond 1 sigma
+    assert sorted(select_hard_pairs(near, 0.0, keep_fraction=0.2, sigma=1.0).tolist()) == [2, 4]
+
+
+def test_modelnet_starts_at_output_init_and_keeps_pair_dependence() -> None:
+    torch.manual_seed(0)
+    net = ModelNet(feature_dim=32, out_dim=1, layers=3, keep_prob=1.0, output_init=20.0).eval()
+    features = torch.nn.functional.normalize(torch.randn(256, 32), dim=1)
+    z = net(features[:128], features[128:])
+    assert abs(z.mean().item() - 20.0) < 1.0
+    he_std = z.std().item()
+    for module in net.net:
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()  # PyTorch's default init, for comparison
+    default_std = net(features[:128], features[128:]).std().item()
+    assert he_std > 3 * default_std  # the pair-dependent part of z is not squashed at the start
