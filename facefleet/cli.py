@@ -9,7 +9,18 @@ from rich.console import Console
 from rich.table import Table
 
 from facefleet import __version__
-from facefleet.commands import datasets, db, devices, keys, models, runs, server, terminal
+from facefleet.commands import (
+    datasets,
+    db,
+    deployments,
+    devices,
+    keys,
+    models,
+    policies,
+    runs,
+    server,
+    terminal,
+)
 from facefleet.platform.settings import get_settings
 
 app = typer.Typer(
@@ -21,6 +32,8 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(devices.app, name="devices")
+app.add_typer(deployments.app, name="deployments")
+app.add_typer(policies.app, name="policies")
 app.add_typer(terminal.app, name="terminal")
 app.command("serve")(server.serve)
 app.command("scheduler")(server.scheduler)

@@ -1,0 +1,175 @@
+"""`facefleet deployments ...`: roll a model version out to a device group, list rollouts, show per device."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from facefleet.client import FacefleetClient
+from facefleet.commands._remote import (
+    ServerOption,
+    connect,
+    local_session,
+    reported_errors,
+    segment,
+    validated,
+)
+from facefleet.platform import audit
+from facefleet.platform.deployments import service as deployments
+from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead
+from facefleet.platform.errors import InvalidInputError
+from facefleet.platform.models import registry
+from facefleet.platform.models.schemas import ModelVersionView
+
+app = typer.Typer(
+    help="Deployments: roll a model version out to a device group (all or canary), follow each device.",
+    no_args_is_help=True,
+)
+console = Console()
+
+
+def _to_read(view: deployments.DeploymentView) -> DeploymentRead:
+    # The API's own conversion, so both modes render the same DeploymentRead; imported late because
+    # the API package pulls in FastAPI, which the other commands do not need.
+    from facefleet.api.routes.deployments import to_read
+
+    return to_read(view)
+
+
+def _version_or_alias(version: str | None, alias: str | None) -> str:
+    if (version is None) == (alias is None):
+        raise InvalidInputError("name exactly one of --version N or --alias NAME", field="version")
+    return version if version is not None else str(alias)
+
+
+def _resolve_model(client: FacefleetClient | None, name: str, version_or_alias: str) -> ModelVersionView:
+    if client is not None:
+        path = f"/v1/models/{segment(name)}/versions/{segment(version_or_alias)}"
+        return ModelVersionView.model_validate(client.get(path))
+    with local_session() as session:
+        return registry.version_view(session, registry.get_model_version(session, name, version_or_alias))
+
+
+@app.command("create")
+def create(
+    model: Annotated[str, typer.Option("--model", help="registered model name")],
+    group: Annotated[str, typer.Option("--group", help="device group to update, e.g. lobby")],
+    version: Annotated[str | None, typer.Option("--version", help="model version number")] = None,
+    alias: Annotated[str | None, typer.Option("--alias", help="model alias, e.g. production")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", help="all | canary")] = "all",
+    canary_percent: Annotated[
+        float, typer.Option("--canary-percent", help="share of the group updated first (canary)")
+    ] = 0.0,
+    max_failure_rate: Annotated[
+        float, typer.Option("--max-failure-rate", help="stop and roll back above this failed share (0-1)")
+    ] = 0.0,
+    server: ServerOption = None,
+) -> None:
+    """Roll a model version out to a device group; the group's running deployment is superseded."""
+    with reported_errors(), connect(server) as client:
+        target = _resolve_model(client, model, _version_or_alias(version, alias))
+        body = validated(
+            DeploymentCreate,
+            model_version_id=target.id,
+            group=group,
+            strategy=strategy,
+            canary_percent=canary_percent,
+            max_failure_rate=max_failure_rate,
+        )
+        if client is not None:
+            created = DeploymentRead.model_validate(client.post("/v1/deployments", body.model_dump()))
+        else:
+            created = _create_locally(body)
+    console.print(
+        f"deployment {created.id}: {target.name} v{target.version} -> group {created.group} "
+        f"({created.strategy}, {len(created.devices)} devices, stage {created.stage})"
+    )
+
+
+def _create_locally(body: DeploymentCreate) -> DeploymentRead:
+    with local_session() as session:
+        deployment = deployments.create_deployment(
+            session,
+            model_version_id=body.model_version_id,
+            group=body.group,
+            strategy=body.strategy,
+            canary_percent=body.canary_percent,
+            max_failure_rate=body.max_failure_rate,
+            created_by="cli",
+        )
+        audit.record(session, "cli", "deployments.create", "deployment", deployment.id, body.model_dump())
+        return _to_read(deployments.get_deployment(session, deployment_id=deployment.id))
+
+
+@app.command("list")
+def list_(
+    group: Annotated[str | None, typer.Option("--group")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="in_progress | completed | stopped | superseded")
+    ] = None,
+    server: ServerOption = None,
+) -> None:
+    """List deployments, newest first."""
+    with reported_errors(), connect(server) as client:
+        if client is not None:
+            rows = [
+                DeploymentRead.model_validate(item)
+                for item in client.iter_pages("/v1/deployments", group=group)
+            ]
+        else:
+            with local_session() as session:
+                views, _total = deployments.list_deployments(session, group=group, limit=10_000)
+                rows = [_to_read(view) for view in views]
+    # Neither the service nor the API filters by status, so both modes filter the same full list here.
+    rows = [row for row in rows if status is None or row.status == status]
+    table = Table(
+        "id", "model version", "group", "strategy", "status", "stage", "devices", "installed", "created"
+    )
+    for row in rows:
+        installed = sum(device.status == "installed" for device in row.devices)
+        table.add_row(
+            str(row.id),
+            str(row.model_version_id),
+            row.group,
+            row.strategy if row.strategy == "all" else f"canary {row.canary_percent:g}%",
+            row.status,
+            row.stage,
+            str(len(row.devices)),
+            str(installed),
+            row.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    deployment_id: Annotated[int, typer.Argument(help="deployment id")], server: ServerOption = None
+) -> None:
+    """One deployment and the status of each device in it."""
+    with reported_errors(), connect(server) as client:
+        if client is not None:
+            view = DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}"))
+        else:
+            with local_session() as session:
+                view = _to_read(deployments.get_deployment(session, deployment_id=deployment_id))
+    finished = f", finished {view.finished_at:%Y-%m-%d %H:%M}" if view.finished_at else ""
+    console.print(
+        f"deployment {view.id}: model version {view.model_version_id} -> group {view.group} "
+        f"[bold]{view.status}[/bold] (stage {view.stage}, {view.strategy}, max failure rate "
+        f"{view.max_failure_rate:g}, by {view.created_by or '-'}{finished})"
+    )
+    table = Table("device", "name", "phase", "status", "previous version", "message", "updated")
+    for device in view.devices:
+        table.add_row(
+            str(device.device_id),
+            device.device_name,
+            device.phase,
+            device.status,
+            str(device.previous_model_version_id or "-"),
+            device.message or "-",
+            device.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
