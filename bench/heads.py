@@ -1,10 +1,10 @@
 """Benchmark: the dataset-aware head (block-wise logits) vs a masked full-softmax of the same loss, on CPU.
 
 C = 200,000 classes, D = 512, N = 256, K = 4 equal datasets, ArcFace, forward+backward.
-Times: all variants run in one process, interleaved round by round, so a load change on a shared machine
-hits them alike; each round gives a ratio to the baseline, and the table shows the medians. Peak memory:
-each variant once more in its own subprocess, as the rise of its max RSS over two steps from weights and
-batch allocated (the weight gradient is set to None before each step, as zero_grad() does).
+Times: all variants run in one process, interleaved round by round (order rotated), so a load change on a
+shared machine hits them alike; each round gives a ratio to the baseline, and the table shows the medians.
+Peak memory: each variant once more in its own subprocess, as the rise of its max RSS over two steps from
+weights and batch allocated (the weight gradient is set to None before each step, as zero_grad() does).
 Run: .venv/bin/python bench/heads.py [--rounds N]
 """
 
@@ -91,7 +91,10 @@ def measure_times(rounds: int) -> dict[str, dict[str, float]]:
     seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     losses: dict[str, float] = {}
     for round_index in range(rounds + 1):
-        for variant, step in steps.items():
+        # rotate the order each round, so no variant always runs right after the baseline's big frees
+        for offset in range(len(VARIANTS)):
+            variant = VARIANTS[(round_index + offset) % len(VARIANTS)]
+            step = steps[variant]
             start = time.perf_counter()
             losses[variant] = step()
             if round_index > 0:

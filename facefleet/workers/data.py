@@ -26,6 +26,7 @@ from facefleet.platform.datasets.shards import read_manifest, read_pairs
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.store import ObjectStore, store_from_url
 from facefleet.workers.data_cache import ShardReader
+from facefleet.workers.prefetch import PrefetchingDataLoader
 
 
 class LabelSpaceEntry(BaseModel):
@@ -301,7 +302,7 @@ def make_train_loader(
     if num_workers > 0:
         common["prefetch_factor"] = 4
     if balanced is None:
-        return DataLoader(stream, batch_size=batch_size, drop_last=True, **common)
+        return PrefetchingDataLoader(stream, batch_size=batch_size, drop_last=True, **common)
     identities, per_identity = balanced
     sampler = BalancedBatchSampler(
         index,
@@ -313,7 +314,7 @@ def make_train_loader(
         epochs=epochs,
         start_epoch=start_epoch,
     )
-    return DataLoader(ShardMapDataset(stream), batch_sampler=sampler, **common)
+    return PrefetchingDataLoader(ShardMapDataset(stream), batch_sampler=sampler, **common)
 
 
 # ---------------------------------------------------------------- verification pairs
