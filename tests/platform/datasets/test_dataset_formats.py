@@ -28,7 +28,21 @@ from tests.platform.datasets.conftest import (
     make_recordio,
 )
 
-ORL = Path(__file__).resolve().parents[3].parent / "shared" / "benchdata" / "orl_faces"
+
+def _find_orl() -> Path:
+    """The real ORL faces: FACEFLEET_BENCHDATA, ../shared beside the checkout, or /work/shared."""
+    candidates = [Path(os.environ["FACEFLEET_BENCHDATA"])] if os.environ.get("FACEFLEET_BENCHDATA") else []
+    candidates += [
+        Path(__file__).resolve().parents[3].parent / "shared" / "benchdata",
+        Path("/work/shared/benchdata"),
+    ]
+    for folder in candidates:
+        if (folder / "orl_faces").is_dir():
+            return folder / "orl_faces"
+    return candidates[0] / "orl_faces"
+
+
+ORL = _find_orl()
 
 
 def register(session: Session, store: ObjectStore, source: Path | str, **kwargs: object) -> DatasetVersion:
