@@ -66,7 +66,7 @@ def config() -> None:
 def demo(
     steps: int = typer.Option(0, help="Training steps per run (0: the demo's default)."),
 ) -> None:
-    """Run the main job end to end on the embedded defaults: synthetic datasets -> train -> evaluate -> deploy."""
+    """Run the main job end to end on the embedded defaults: synthetic data, train, evaluate, deploy."""
     from facefleet.demo import run_demo
 
     run_demo(steps=steps or None)

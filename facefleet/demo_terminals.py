@@ -34,7 +34,9 @@ def run_terminal_act(
 
     with session_scope() as session:
         version_id = session.scalars(
-            select(ModelVersion.id).where(ModelVersion.name == model_name, ModelVersion.version == model_version)
+            select(ModelVersion.id).where(
+                ModelVersion.name == model_name, ModelVersion.version == model_version
+            )
         ).one()
         _row, admin_key = create_api_key(session, name="demo-terminal-act", role="admin")
     enroll, genuine, impostor, user = pick_demo_faces(verification_dir)
@@ -52,14 +54,25 @@ def run_terminal_act(
                 user=user,
             )
     table = Table(
-        "terminal", "model version id", "genuine score", "genuine match", "impostor score", "impostor match",
-        "threshold", title=f"terminals: enrolled {user} (3 images), then verified a new image of {user} "
+        "terminal",
+        "model version id",
+        "genuine score",
+        "genuine match",
+        "impostor score",
+        "impostor match",
+        "threshold",
+        title=f"terminals: enrolled {user} (3 images), then verified a new image of {user} "
         "and an image of another person",
     )
     for r in results:
         table.add_row(
-            r.terminal, str(r.model_version_id), f"{r.genuine_score:.3f}", "yes" if r.genuine_match else "no",
-            f"{r.impostor_score:.3f}", "yes" if r.impostor_match else "no", f"{r.threshold:.3f}",
+            r.terminal,
+            str(r.model_version_id),
+            f"{r.genuine_score:.3f}",
+            "yes" if r.genuine_match else "no",
+            f"{r.impostor_score:.3f}",
+            "yes" if r.impostor_match else "no",
+            f"{r.threshold:.3f}",
         )
     console.print(table)
     console.print(f"terminal data (installed models, templates): {root}")

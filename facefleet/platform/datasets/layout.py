@@ -1,4 +1,4 @@
-"""Where a dataset version's objects live in the store (design.md §4). One place, used by writer and readers."""
+"""Where a dataset version's objects live in the store (design.md §4), for writer and readers alike."""
 
 from __future__ import annotations
 
