@@ -63,6 +63,7 @@ class DemoResult(BaseModel):
     verification_set: str
     plots: list[str]
     dataset_aware_wins: bool | None
+    terminals: list[dict[str, Any]] = []
 
 
 def baseline_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -240,16 +241,23 @@ def run_demo(
     plots = [plot for run in runs for plot in run.summary.get("plots", [])]
     console.print("plots:\n  " + "\n  ".join(plot_locations(settings.effective_store_url, plots)))
     model = runs[0].summary.get("model") if runs[0].status == "succeeded" else None
+    terminals: list[dict[str, Any]] = []
     if model:
         from facefleet.demo_terminals import run_terminal_act
 
-        run_terminal_act(
+        terminals = run_terminal_act(
             model_name=model["name"],
             model_version=model["version"],
             verification_dir=settings.data_dir / "demo" / "synthetic" / "verification",
             console=console,
         )
-    return DemoResult(runs=runs, verification_set=verification_name, plots=plots, dataset_aware_wins=wins)
+    return DemoResult(
+        runs=runs,
+        verification_set=verification_name,
+        plots=plots,
+        dataset_aware_wins=wins,
+        terminals=terminals,
+    )
 
 
 if __name__ == "__main__":

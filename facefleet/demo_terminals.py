@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,7 +29,7 @@ def pick_demo_faces(verification_dir: Path) -> tuple[list[bytes], bytes, bytes, 
 
 def run_terminal_act(
     *, model_name: str, model_version: int, verification_dir: Path, console: Console
-) -> None:
+) -> list[dict[str, Any]]:
     """Serve the API in-process, deploy (canary) to two terminals, enroll + verify on each, print a table."""
     from facefleet.api.app import create_app
     from facefleet.terminal.demo import deploy_to_simulated_terminals, serve_in_background
@@ -76,3 +78,4 @@ def run_terminal_act(
         )
     console.print(table)
     console.print(f"terminal data (installed models, templates): {root}")
+    return [asdict(result) for result in results]

@@ -1,4 +1,4 @@
-"""PrefetchingDataLoader: same batches as a DataLoader, errors re-raised, a restarted pass, threads released."""
+"""PrefetchingDataLoader: same batches as a DataLoader, errors re-raised, restarts, threads released."""
 
 from __future__ import annotations
 
