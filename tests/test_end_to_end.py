@@ -26,7 +26,7 @@ from facefleet.platform.store import get_store
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_loop() -> None:
-    result = run_demo(steps=40, identities=12, images=6)
+    result = run_demo(steps=40, identities=16, images=6)
 
     assert [run.status for run in result.runs] == ["succeeded", "succeeded"]
     with session_scope() as session:

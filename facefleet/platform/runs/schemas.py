@@ -47,7 +47,12 @@ class BiometricConfig(_Strict):
     mu_match: float = 0.0
     mu_nonmatch: float = 40.0
     sigma: float = Field(default=1.0, gt=0.0)
-    hard_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="share of pairs kept (hard mining)")
+    hard_fraction: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="hard mining: pairs farther than sigma*sqrt(m) from their target are kept, and at least this share",
+    )
     images_per_identity: int = Field(default=4, ge=1, description="K of the P x K balanced batch")
 
 
