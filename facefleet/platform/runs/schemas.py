@@ -51,7 +51,7 @@ class BiometricConfig(_Strict):
         default=0.5,
         gt=0.0,
         le=1.0,
-        description="hard mining: pairs farther than sigma*sqrt(m) from their target are kept, and at least this share",
+        description="hard mining: keep pairs farther than sigma*sqrt(m) from target, at least this share",
     )
     images_per_identity: int = Field(default=4, ge=1, description="K of the P x K balanced batch")
 
