@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from facefleet.platform.db import models  # noqa: F401  (registers the tables)
-from facefleet.platform.db.base import Base
+from facefleet.platform.db.base import Base, UTCDateTime
 from facefleet.platform.db.session import make_engine
 from facefleet.platform.settings import get_settings
 
@@ -17,8 +17,21 @@ def _url() -> str:
     return config.attributes.get("url") or get_settings().effective_database_url
 
 
+def _render_item(kind: str, item: object, autogen_context: object) -> str | bool:
+    """UTCDateTime only changes how values are read and written: the column is a plain DateTime."""
+    if kind == "type" and isinstance(item, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, render_as_batch=True, literal_binds=True)
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        render_as_batch=True,
+        render_item=_render_item,
+        literal_binds=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -26,13 +39,20 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            render_item=_render_item,
+        )
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = make_engine(_url())
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
+        context.configure(
+            connection=conn, target_metadata=target_metadata, render_as_batch=True, render_item=_render_item
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

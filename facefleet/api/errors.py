@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facefleet.platform.errors import FacefleetError
@@ -133,6 +133,14 @@ async def _integrity_handler(_request: Request, exc: Exception) -> JSONResponse:
                                  "or is in use); reload and retry")
 
 
+async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value its column cannot hold (a number out of range, a NUL character in
+    # text on PostgreSQL) that the request's validation let through; nothing was written.
+    log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(422, "a value in the request cannot be stored (a number out of range or a "
+                                 "control character in text); fix the value and retry")
+
+
 async def _database_down_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     return problem_response(503, "the database is unavailable; retry shortly (nothing was changed)",
@@ -152,6 +160,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ObjectNotFoundError, _store_handler)
     app.add_exception_handler(InvalidKeyError, _store_handler)
     app.add_exception_handler(IntegrityError, _integrity_handler)
+    app.add_exception_handler(DataError, _data_error_handler)
     app.add_exception_handler(OperationalError, _database_down_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 

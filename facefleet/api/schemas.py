@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from facefleet.platform.db.base import DB_INT_MAX
+
 
 class StrictBody(BaseModel):
     """Base of every request body: an unknown field is an error, not silently ignored."""
@@ -67,4 +69,4 @@ class CancelRequest(StrictBody):
 
 
 class AliasUpdate(StrictBody):
-    version: int = Field(ge=1, description="the model version the alias should point at")
+    version: int = Field(ge=1, le=DB_INT_MAX, description="the model version the alias should point at")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
+from facefleet.api.params import PathId
 from facefleet.platform import audit
 from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import (
@@ -201,7 +202,7 @@ def list_dataset_versions(
 
 @router.get("/v1/datasets/{name}/versions/{version}", response_model=DatasetVersionDetail)
 def get_dataset_version(
-    name: str, version: int, session: DbSession, _principal: Viewer
+    name: str, version: PathId, session: DbSession, _principal: Viewer
 ) -> DatasetVersionDetail:
     """One version with its validation report."""
     return DatasetVersionDetail.model_validate(service.get_version(session, name, version))

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, status
 from facefleet.api.deps import Admin, DbSession, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination
+from facefleet.api.params import PathId
 from facefleet.platform import audit
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead, DeviceRolloutRead
@@ -71,5 +72,5 @@ def list_deployments(
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)
-def get_deployment(deployment_id: int, session: DbSession, _viewer: Viewer) -> DeploymentRead:
+def get_deployment(deployment_id: PathId, session: DbSession, _viewer: Viewer) -> DeploymentRead:
     return to_read(deployments.get_deployment(session, deployment_id=deployment_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from facefleet.api.deps import DbSession, Store
 from facefleet.api.device_auth import CurrentDevice
 from facefleet.api.errors import ERROR_RESPONSES
+from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.deployments import assignment
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import AssignmentRead, StatusReport
@@ -80,7 +81,9 @@ def download_artifact(
     session: DbSession,
     device: CurrentDevice,
     store: Store,
-    model_version_id: int = Query(description="the version named in this device's assignment"),
+    model_version_id: Annotated[
+        int, Query(ge=1, le=DB_INT_MAX, description="the version named in this device's assignment")
+    ],
     range_header: str | None = Header(default=None, alias="Range"),
 ) -> StreamingResponse:
     """Stream one artifact of the assigned version; ``Range: bytes=N-`` resumes an interrupted download."""

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, status
 from facefleet.api.deps import Admin, DbSession, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.api.params import PathId
 from facefleet.platform import audit
 from facefleet.platform.devices import service as devices
 from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceRegistered
@@ -48,19 +49,19 @@ def list_devices(
 
 
 @router.get("/{device_id}", response_model=DeviceRead)
-def get_device(device_id: int, session: DbSession, _viewer: Viewer) -> DeviceRead:
+def get_device(device_id: PathId, session: DbSession, _viewer: Viewer) -> DeviceRead:
     return DeviceRead.model_validate(devices.get_device(session, device_id=device_id))
 
 
 @router.post("/{device_id}/disable", response_model=DeviceRead)
-def disable_device(device_id: int, session: DbSession, principal: Admin) -> DeviceRead:
+def disable_device(device_id: PathId, session: DbSession, principal: Admin) -> DeviceRead:
     device = devices.disable_device(session, device_id=device_id)
     audit.record(session, principal.actor, "devices.disable", "device", device.id, {"name": device.name})
     return DeviceRead.model_validate(device)
 
 
 @router.post("/{device_id}/enrollment-token", response_model=DeviceRegistered)
-def reissue_token(device_id: int, session: DbSession, principal: Admin) -> DeviceRegistered:
+def reissue_token(device_id: PathId, session: DbSession, principal: Admin) -> DeviceRegistered:
     device, token, expires_at = devices.reissue_enrollment_token(session, device_id=device_id)
     audit.record(
         session, principal.actor, "devices.reissue_token", "device", device.id, {"name": device.name}

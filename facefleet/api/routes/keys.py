@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, status
 from facefleet.api.deps import Admin, DbSession
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.api.params import PathId
 from facefleet.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from facefleet.platform import audit, auth
 
@@ -33,7 +34,7 @@ def list_keys(
 
 
 @router.delete("/{key_id}", response_model=ApiKeyRead)
-def revoke_key(key_id: int, request: Request, session: DbSession, principal: Admin) -> ApiKeyRead:
+def revoke_key(key_id: PathId, request: Request, session: DbSession, principal: Admin) -> ApiKeyRead:
     key = auth.revoke_api_key(session, key_id=key_id)
     request.app.state.principal_cache.clear()  # this process stops accepting the key at once
     audit.record(session, principal.actor, "keys.revoke", "api_key", key.id, {"name": key.name})

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response, status
 from facefleet.api.deps import Admin, DbSession, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.api.params import PathId
 from facefleet.platform import audit
 from facefleet.platform.policies import service
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyRead, PolicyUpdate
@@ -30,12 +31,12 @@ def list_policies(
 
 
 @router.get("/{policy_id}", response_model=PolicyRead)
-def get_policy(policy_id: int, session: DbSession, _principal: Viewer) -> PolicyRead:
+def get_policy(policy_id: PathId, session: DbSession, _principal: Viewer) -> PolicyRead:
     return PolicyRead.model_validate(service.get_policy(session, policy_id=policy_id))
 
 
 @router.patch("/{policy_id}", response_model=PolicyRead)
-def update_policy(policy_id: int, body: PolicyUpdate, session: DbSession, principal: Admin) -> PolicyRead:
+def update_policy(policy_id: PathId, body: PolicyUpdate, session: DbSession, principal: Admin) -> PolicyRead:
     policy = service.update_policy(session, policy_id=policy_id, changes=body)
     audit.record(
         session,
@@ -49,13 +50,13 @@ def update_policy(policy_id: int, body: PolicyUpdate, session: DbSession, princi
 
 
 @router.delete("/{policy_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def delete_policy(policy_id: int, session: DbSession, principal: Admin) -> Response:
+def delete_policy(policy_id: PathId, session: DbSession, principal: Admin) -> Response:
     service.delete_policy(session, policy_id=policy_id)
     audit.record(session, principal.actor, "policies.delete", "policy", policy_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _fire(policy_id: int, session: DbSession, principal: Admin) -> PolicyRead:
+def _fire(policy_id: PathId, session: DbSession, principal: Admin) -> PolicyRead:
     policy = service.request_fire(session, policy_id=policy_id, requested_by=principal.actor)
     audit.record(session, principal.actor, "policies.fire", "policy", policy.id)
     return PolicyRead.model_validate(policy)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page, paginate_query
+from facefleet.api.params import PathId, QueryId
 from facefleet.api.schemas import CancelRequest, RunCreate
 from facefleet.platform import audit
 from facefleet.platform.db.models import Run
@@ -96,7 +97,7 @@ def list_runs(
     page: Pagination,
     run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
     trigger: RunTrigger | None = None,
-    policy_id: int | None = None,
+    policy_id: QueryId | None = None,
     created_by: str | None = None,
 ) -> Page[RunView]:
     stmt = select(Run)
@@ -113,7 +114,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunView)
-def get_run(run_id: int, session: DbSession, _principal: Viewer) -> RunView:
+def get_run(run_id: PathId, session: DbSession, _principal: Viewer) -> RunView:
     return service.run_view(session, _run(session, run_id))
 
 
@@ -132,7 +133,7 @@ def _run(session: Session, run_id: int) -> Run:
     responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with format=csv"}},
 )
 def get_run_metrics(
-    run_id: int,
+    run_id: PathId,
     session: DbSession,
     _principal: Viewer,
     names: Annotated[str | None, Query(description="comma-separated metric names")] = None,
@@ -162,7 +163,7 @@ def get_run_metrics(
 
 
 @router.get("/{run_id}/plots", response_model=PlotList)
-def list_run_plots(run_id: int, session: DbSession, store: Store, _principal: Viewer) -> PlotList:
+def list_run_plots(run_id: PathId, session: DbSession, store: Store, _principal: Viewer) -> PlotList:
     _run(session, run_id)
     prefix = f"runs/{run_id}/plots/"
     return PlotList(run_id=run_id, plots=[key.removeprefix(prefix) for key in store.list(prefix)])
@@ -174,7 +175,7 @@ def list_run_plots(run_id: int, session: DbSession, store: Store, _principal: Vi
     responses={200: {"content": {"image/png": {}}}},
 )
 def get_run_plot(
-    run_id: int, file_name: str, session: DbSession, store: Store, _principal: Viewer
+    run_id: PathId, file_name: str, session: DbSession, store: Store, _principal: Viewer
 ) -> StreamingResponse:
     _run(session, run_id)
     key = validate_key(f"runs/{run_id}/plots/{file_name}")
@@ -189,7 +190,7 @@ def get_run_plot(
 
 @router.get("/{run_id}/logs", response_class=PlainTextResponse)
 def get_run_logs(
-    run_id: int,
+    run_id: PathId,
     request: Request,
     session: DbSession,
     _principal: Viewer,
@@ -210,7 +211,7 @@ def get_run_logs(
 
 
 def _cancel(
-    run_id: int, session: DbSession, principal: Admin, body: Annotated[CancelRequest | None, Body()] = None
+    run_id: PathId, session: DbSession, principal: Admin, body: Annotated[CancelRequest | None, Body()] = None
 ) -> RunView:
     force = bool(body and body.force)
     _run(session, run_id)

@@ -119,7 +119,8 @@ def _keep_identities(
 
 def _identity_order(identity: str) -> tuple[int, int | str]:
     """Numeric identities (RecordIO labels) sort as numbers, names as text."""
-    return (0, int(identity)) if identity.isdigit() else (1, identity)
+    # ASCII digits only: str.isdigit() also accepts a folder named '²', which int() refuses.
+    return (0, int(identity)) if identity.isascii() and identity.isdigit() else (1, identity)
 
 
 def _pairs(scanned: ScannedSource, kept: list[CheckedImage]) -> tuple[list[tuple[int, int, bool]], list[str]]:

@@ -108,7 +108,8 @@ def load_bin(path: Path) -> tuple[list[bytes], list[bool]]:
 
 
 def _is_int(text: str) -> bool:
-    return text.isdigit()
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+    return text.isascii() and text.isdigit()
 
 
 _TRUE = {"1", "true", "same", "yes"}

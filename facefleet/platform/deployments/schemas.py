@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from facefleet.platform.db.base import DB_INT_MAX
+
 DeviceRolloutStatus = Literal["pending", "downloading", "installed", "failed", "rolled_back", "superseded"]
 ReportableStatus = Literal["downloading", "installed", "failed", "rolled_back"]
 
@@ -14,7 +16,7 @@ ReportableStatus = Literal["downloading", "installed", "failed", "rolled_back"]
 class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_version_id: int
+    model_version_id: int = Field(ge=1, le=DB_INT_MAX)
     group: str = Field(min_length=1, max_length=128)
     strategy: Literal["all", "canary"] = "all"
     canary_percent: float = Field(
@@ -87,6 +89,6 @@ class AssignmentRead(BaseModel):
 class StatusReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    deployment_id: int
+    deployment_id: int = Field(ge=1, le=DB_INT_MAX)
     status: ReportableStatus
     message: str = Field(default="", max_length=2000)

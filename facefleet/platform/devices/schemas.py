@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from facefleet.platform.db.base import DB_INT_MAX
+
 
 class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -61,7 +63,7 @@ class HeartbeatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_version: str = Field(max_length=64)
-    model_version_id: int | None = None
+    model_version_id: int | None = Field(None, ge=1, le=DB_INT_MAX)
     health: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from facefleet.platform.db.base import utcnow
+from facefleet.platform.db.base import DB_INT_MAX, utcnow
 from facefleet.platform.db.models import ModelAlias, ModelVersion
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.models.card import ArtifactInfo, ModelCard
@@ -112,8 +113,10 @@ def get_model_version(session: Session, name: str, version_or_alias: str | int) 
     """A version by number (``3``) or alias (``production``); ``latest`` is the highest number."""
     text = str(version_or_alias)
     query = select(ModelVersion).where(ModelVersion.name == name)
-    if text.isdigit():
-        query = query.where(ModelVersion.version == int(text))
+    if re.fullmatch(r"[0-9]+", text):  # ASCII only: str.isdigit() also accepts '²', which int() refuses
+        # A number too large for the database cannot be a version; 0 finds nothing, like it.
+        number = int(text) if len(text) <= 10 and int(text) <= DB_INT_MAX else 0
+        query = query.where(ModelVersion.version == number)
     elif text == "latest":
         query = query.order_by(ModelVersion.version.desc()).limit(1)
     else:
@@ -128,8 +131,6 @@ def get_model_version(session: Session, name: str, version_or_alias: str | int) 
 
 def set_alias(session: Session, name: str, alias: str, version: int | str) -> ModelAlias:
     """Point ``alias`` (e.g. ``production``: a promotion) at a version of model ``name``."""
-    import re
-
     if not re.match(ALIAS_PATTERN, alias) or alias.isdigit() or alias == "latest":
         raise InvalidInputError(
             f"alias {alias!r} must be lower-case letters, digits, - or _, starting with a "

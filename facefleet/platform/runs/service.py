@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 from facefleet.platform.runs.schemas import RunDatasetView, RunView, TrainingConfig
@@ -95,20 +97,29 @@ def check_pair_batches(config: TrainingConfig, identity_counts: Sequence[int]) -
         )
 
 
+def _small_number(text: str) -> int | None:
+    """``text`` as an id or version number when it is ASCII digits that fit a database integer."""
+    if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) > DB_INT_MAX:
+        return None
+    return int(text)
+
+
 def resolve_dataset_version(session: Session, ref: str | int) -> DatasetVersion:
     """A dataset version from an id (int or digits), ``name`` (latest ready) or ``name:version``."""
     text = str(ref).strip()
-    if text.isdigit():
-        found = session.get(DatasetVersion, int(text))
+    if re.fullmatch(r"[0-9]+", text):
+        # Too many digits for an id: no such version (a lookup would overflow the database integer).
+        number = _small_number(text)
+        found = session.get(DatasetVersion, number) if number is not None else None
         if found is None:
             raise NotFoundError(f"no dataset version with id {text}", field="datasets")
         return found
     name, _, version = text.partition(":")
     query = select(DatasetVersion).join(Dataset).where(Dataset.name == name)
     if version:
-        if not version.isdigit():
+        if not re.fullmatch(r"[0-9]+", version):
             raise InvalidInputError(f"dataset reference {text!r}: version must be a number", field="datasets")
-        query = query.where(DatasetVersion.version == int(version))
+        query = query.where(DatasetVersion.version == (_small_number(version) or 0))
     else:
         query = query.where(DatasetVersion.status == "ready")
     found = session.scalars(query.order_by(DatasetVersion.version.desc()).limit(1)).first()
