@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alembic import context
-
 from facefleet.platform.db import models  # noqa: F401  (registers the tables)
 from facefleet.platform.db.base import Base, UTCDateTime
 from facefleet.platform.db.session import make_engine

@@ -8,8 +8,8 @@ Create Date: 2026-11-23 16:48:59.946192
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
 
+from alembic import op
 
 revision = "0001"
 down_revision = None

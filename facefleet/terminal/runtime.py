@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -14,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from facefleet.nn.backbones import Backbone, get_backbone
 from facefleet.nn.probe import make_probe_input
 from facefleet.terminal.bundle import ONNX_FILE, WEIGHTS_FILE, TerminalCard, VerificationError
-from facefleet.terminal.onnx_fast import decompose_prelu
+from facefleet.terminal.onnx_fast import open_terminal_session
 
 ADAPTED_FILE = "adapted_upper.safetensors"  # written on the device only; never uploaded
 
@@ -37,13 +36,7 @@ class TerminalModel:
     def __init__(self, model_dir: Path, card: TerminalCard, *, threads: int = 1) -> None:
         self.model_dir = model_dir
         self.card = card
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Denormal floats (from near-zero activations) are far slower on CPUs and matter nothing here.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        graph = decompose_prelu((model_dir / ONNX_FILE).read_bytes())
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.session = open_terminal_session((model_dir / ONNX_FILE).read_bytes(), threads)
         self.input_name = self.session.get_inputs()[0].name
         self._backbone: Backbone | None = None
 

@@ -44,6 +44,10 @@ def write_onnx(backbone: nn.Module, input_size: int, path: Path) -> None:
         output_names=["embeddings"],
         dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
         opset_version=17,
+        do_constant_folding=True,
+        # Eval semantics whatever mode the module is in: BatchNorm exported with running statistics,
+        # so onnxruntime folds every BN that follows a Conv into that Conv.
+        training=torch.onnx.TrainingMode.EVAL,
         dynamo=False,
     )
 
