@@ -9,6 +9,7 @@ The run ends by deploying the model to two simulated terminals. Everything else 
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,8 @@ def run_demo(
     *, steps: int | None = None, identities: int = 40, images: int = 10, console: Console | None = None
 ) -> DemoResult:
     """The whole demo on the configured (embedded by default) database and store."""
-    console = console or Console()
+    # wide enough for the results tables even when stdout is not a terminal (make, CI logs)
+    console = console or Console(width=max(shutil.get_terminal_size((160, 24)).columns, 160))
     settings = get_settings()
     migrate.upgrade(settings.effective_database_url)
     datasets, verification = prepare_datasets(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +45,11 @@ class TerminalDemoResult:
     model_version_id: int | None
     genuine_match: bool
     genuine_score: float
-    impostor_match: bool
-    impostor_score: float
+    impostor_match: bool  # any impostor accepted
+    impostor_score: float  # the highest impostor score
     threshold: float
+    impostors_tried: int = 1
+    impostors_accepted: int = 0
 
 
 def deploy_to_simulated_terminals(
@@ -58,7 +60,7 @@ def deploy_to_simulated_terminals(
     root: Path,
     enroll_images: list[Image.Image | bytes],
     genuine_image: Image.Image | bytes,
-    impostor_image: Image.Image | bytes,
+    impostor_image: Image.Image | bytes | Sequence[Image.Image | bytes],
     count: int = 2,
     group: str = "demo-terminals",
     user: str = "demo-user",
@@ -85,16 +87,24 @@ def deploy_to_simulated_terminals(
         for name, agent in fleet.agents.items():
             agent.terminal.enroll_user(user, list(enroll_images))
             genuine = agent.terminal.verify_user(user, genuine_image)
-            impostor = agent.terminal.verify_user(user, impostor_image)
+            impostor_images = (
+                list(impostor_image)
+                if isinstance(impostor_image, Sequence) and not isinstance(impostor_image, bytes)
+                else [impostor_image]
+            )
+            impostors = [agent.terminal.verify_user(user, image) for image in impostor_images]
+            accepted = sum(attempt.match for attempt in impostors)
             results.append(
                 TerminalDemoResult(
                     name,
                     agent.terminal.current_version_id(),
                     genuine.match,
                     genuine.score,
-                    impostor.match,
-                    impostor.score,
+                    accepted > 0,
+                    max(attempt.score for attempt in impostors),
                     genuine.threshold,
+                    impostors_tried=len(impostors),
+                    impostors_accepted=accepted,
                 )
             )
         return results

@@ -12,6 +12,7 @@ a <= 1 it is (a - 1) * y, giving a * y; for a > 1 it is (1 - a) * y, subtracted,
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 
-def terminal_session_options(threads: int = 1, optimized_model_path: Path | None = None) -> ort.SessionOptions:
+def terminal_session_options(
+    threads: int = 1, optimized_model_path: Path | None = None
+) -> ort.SessionOptions:
     """The options every terminal session uses (bench/terminal.py measures exactly these)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -43,7 +46,7 @@ def open_terminal_session(
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session of the rewritten graph with the terminal's options."""
     return ort.InferenceSession(
-        rewrite_prelu(onnx_bytes),
+        rewrite_for_inference(onnx_bytes),
         terminal_session_options(threads, optimized_model_path),
         providers=["CPUExecutionProvider"],
     )
@@ -95,8 +98,49 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
         graph.initializer.remove(init)
 
 
-def rewrite_prelu(model_bytes: bytes) -> bytes:
-    """The same graph with every constant-slope PRelu replaced by ops that stay in the NCHWc layout."""
+def _is_linear(gemm: onnx.NodeProto) -> bool:
+    """A Gemm as torch.nn.Linear exports it: x @ W.T + b, no scaling."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+    return plain and not attrs.get("transA", 0) and attrs.get("transB", 0) == 1
+
+
+def _fold_batchnorm_into_gemm(graph: onnx.GraphProto) -> bool:
+    """Fold BatchNormalization that directly follows a Linear-style Gemm into the Gemm (exact, inference
+    only); onnxruntime folds BN into Conv itself but leaves it after Gemm (the embedding's BatchNorm1d)."""
+    inits = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    readers = collections.Counter(name for node in graph.node for name in node.input)
+    changed = False
+    for bn in [node for node in graph.node if node.op_type == "BatchNormalization"]:
+        gemm = producers.get(bn.input[0])
+        if gemm is None or gemm.op_type != "Gemm" or readers[bn.input[0]] != 1 or len(bn.output) != 1:
+            continue
+        if not _is_linear(gemm) or not all(name in inits for name in [*gemm.input[1:], *bn.input[1:]]):
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[name]) for name in bn.input[1:5])
+        eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        weight = numpy_helper.to_array(inits[gemm.input[1]])
+        bias = numpy_helper.to_array(inits[gemm.input[2]]) if len(gemm.input) > 2 else np.zeros_like(mean)
+        prefix = f"{bn.output[0]}__gemm_bn"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array((weight * scale[:, None]).astype(np.float32), prefix + "_w"),
+                numpy_helper.from_array(((bias - mean) * scale + beta).astype(np.float32), prefix + "_b"),
+            ]
+        )
+        del gemm.input[1:]
+        gemm.input.extend([prefix + "_w", prefix + "_b"])
+        gemm.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        changed = True
+    return changed
+
+
+def rewrite_for_inference(model_bytes: bytes) -> bytes:
+    """The same function with every constant-slope PRelu replaced by ops that stay in the NCHWc layout
+    and a BatchNormalization after a Gemm folded into it."""
     model = onnx.load_from_string(model_bytes)
     constants = _constant_initialisers(model.graph)
     nodes: list[onnx.NodeProto] = []
@@ -109,10 +153,10 @@ def rewrite_prelu(model_bytes: bytes) -> bytes:
         replacement, added = _prelu_nodes(node, slopes, f"{node.output[0]}__prelu{index}")
         nodes += replacement
         new_constants += added
-    if not new_constants:
-        return model_bytes
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(new_constants)
+    if not _fold_batchnorm_into_gemm(model.graph) and not new_constants:
+        return model_bytes
     _drop_unused(model.graph)
     return model.SerializeToString()
