@@ -30,6 +30,7 @@ from facefleet.platform.store import ObjectStore, get_store
 
 log = logging.getLogger("facefleet.api")
 
+
 def create_app(
     settings: Settings | None = None, *, engine: Engine | None = None, store: ObjectStore | None = None
 ) -> FastAPI:

@@ -105,8 +105,7 @@ async def _facefleet_handler(request: Request, exc: Exception) -> JSONResponse:
     if field is None and exc.status_code in (404, 409) and request.path_params:
         # A service that did not name the field was looking up (or changing) what the path names.
         field = list(request.path_params)[-1]
-    return problem_response(exc.status_code, exc.message, field=field, title=type(exc).title,
-                            headers=headers)
+    return problem_response(exc.status_code, exc.message, field=field, title=type(exc).title, headers=headers)
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -128,23 +127,30 @@ async def _store_handler(_request: Request, exc: Exception) -> JSONResponse:
 async def _integrity_handler(_request: Request, exc: Exception) -> JSONResponse:
     # A unique or foreign-key constraint caught a race the service's own checks could not see.
     log.info("integrity error: %s", exc)
-    return problem_response(409, "the change conflicts with existing data "
-                                 "(a name or reference already exists "
-                                 "or is in use); reload and retry")
+    return problem_response(
+        409,
+        "the change conflicts with existing data "
+        "(a name or reference already exists "
+        "or is in use); reload and retry",
+    )
 
 
 async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # The database refused a value its column cannot hold (a number out of range, a NUL character in
     # text on PostgreSQL) that the request's validation let through; nothing was written.
     log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(422, "a value in the request cannot be stored (a number out of range or a "
-                                 "control character in text); fix the value and retry")
+    return problem_response(
+        422,
+        "a value in the request cannot be stored (a number out of range or a "
+        "control character in text); fix the value and retry",
+    )
 
 
 async def _database_down_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-    return problem_response(503, "the database is unavailable; retry shortly (nothing was changed)",
-                            title="Service unavailable")
+    return problem_response(
+        503, "the database is unavailable; retry shortly (nothing was changed)", title="Service unavailable"
+    )
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:

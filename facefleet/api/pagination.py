@@ -44,9 +44,7 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
-def make_page(
-    items: Sequence[Any], total: int, params: PageParams, convert: Callable[[Any], T]
-) -> Page[T]:
+def make_page(items: Sequence[Any], total: int, params: PageParams, convert: Callable[[Any], T]) -> Page[T]:
     return Page[T](
         items=[convert(item) for item in items], total=total, limit=params.limit, offset=params.offset
     )

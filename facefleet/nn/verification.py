@@ -26,6 +26,11 @@ class VerificationMetrics(BaseModel):
     tar_at_far_1e4: float
     threshold: float
     higher_is_same: bool
+    operating_far: float = Field(default=0.01, description="the false-accept rate of the operating point")
+    threshold_at_operating_far: float = Field(
+        default=0.0, description="threshold whose false-accept rate on these pairs is <= operating_far"
+    )
+    tar_at_operating_far: float = 0.0
     roc_fpr: list[float] = Field(description=f"ROC points for plotting (at most {MAX_ROC_POINTS})")
     roc_tpr: list[float]
 
@@ -100,15 +105,34 @@ def _subsample_roc(fpr: np.ndarray, tpr: np.ndarray) -> tuple[list[float], list[
     return fpr[keep].tolist(), tpr[keep].tolist()
 
 
+def threshold_at_far(oriented: np.ndarray, is_same: np.ndarray, far: float) -> tuple[float, float]:
+    """(threshold, TAR) of the operating point accepting at most ``far`` of the different pairs.
+
+    Scores are oriented (higher = same) and a pair is accepted when score >= threshold. The threshold sits
+    just above the (k+1)-th highest different-pair score, k = floor(far * number of different pairs).
+    """
+    negatives = np.sort(oriented[~is_same])[::-1]
+    allowed = int(np.floor(far * negatives.size))
+    threshold = float(np.nextafter(negatives[allowed], np.inf)) if allowed < negatives.size else -np.inf
+    return threshold, float(np.mean(oriented[is_same] >= threshold))
+
+
 def verification_metrics(
-    scores: ArrayLike, is_same: ArrayLike, *, higher_is_same: bool = True, folds: int = 10
+    scores: ArrayLike,
+    is_same: ArrayLike,
+    *,
+    higher_is_same: bool = True,
+    folds: int = 10,
+    operating_far: float = 0.01,
 ) -> VerificationMetrics:
     """Metrics of pair scores (e.g. cosine similarities) against same/different labels.
 
     accuracy ± accuracy_std: `folds`-fold accuracy over contiguous folds (fewer folds when there are
     fewer pairs), each fold's threshold chosen on the rest; auc; eer; TAR at FAR 1e-3 / 1e-4 (the largest
     TPR with FPR <= FAR: with fewer than 1/FAR different pairs this is the TPR at FPR 0); threshold: the
-    best on all pairs, in the caller's score units. Set higher_is_same=False for distances.
+    best on all pairs, in the caller's score units; threshold_at_operating_far / tar_at_operating_far: the
+    operating point for authentication (false accepts <= operating_far on these pairs).
+    Set higher_is_same=False for distances.
     Needs at least one same and one different pair.
     """
     score_arr = _as_numpy(scores, np.float64)
@@ -124,6 +148,7 @@ def verification_metrics(
     accuracy, accuracy_std = _kfold_accuracy(oriented, same_arr, max(2, min(folds, score_arr.size)))
     threshold, _ = best_threshold(oriented, same_arr)
     roc_fpr, roc_tpr = _subsample_roc(fpr, tpr)
+    far_threshold, far_tar = threshold_at_far(oriented, same_arr, operating_far)
     return VerificationMetrics(
         num_pairs=int(score_arr.size),
         accuracy=accuracy,
@@ -134,6 +159,9 @@ def verification_metrics(
         tar_at_far_1e4=_tar_at_far(fpr, tpr, 1e-4),
         threshold=threshold if higher_is_same else -threshold,
         higher_is_same=higher_is_same,
+        operating_far=operating_far,
+        threshold_at_operating_far=far_threshold if higher_is_same else -far_threshold,
+        tar_at_operating_far=far_tar,
         roc_fpr=roc_fpr,
         roc_tpr=roc_tpr,
     )

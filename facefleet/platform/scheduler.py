@@ -327,8 +327,9 @@ class Scheduler:
                     continue
                 promoted = None
                 if run.status == "succeeded":
-                    promoted = outcomes.auto_promote(session, policy, run, evaluate=self.evaluate,
-                                                     settings=self.settings, now=now)
+                    promoted = outcomes.auto_promote(
+                        session, policy, run, evaluate=self.evaluate, settings=self.settings, now=now
+                    )
                 outcomes.notify_run_finished(session, policy, run, promoted, settings=self.settings, now=now)
                 report.finished_runs.append(run.id)
                 if promoted:

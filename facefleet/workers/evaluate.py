@@ -54,12 +54,19 @@ class EvalResults(BaseModel):
             for name, modes in self.sets.items()
         }
 
-    def cosine_threshold(self) -> float:
-        """The threshold of the first verification set (else the first set); 0.5 when none."""
+    def cosine_threshold(self, operating_far: float | None = None) -> float:
+        """The card's threshold from the first verification set (else the first set); 0.5 when none.
+
+        With ``operating_far`` it is the threshold accepting at most that share of impostor pairs (what an
+        authentication terminal needs), else the best-accuracy threshold.
+        """
         ordered = sorted(self.sets, key=lambda name: name.startswith("train-pairs:"))
         for name in ordered:
             if "cosine" in self.sets[name]:
-                return float(self.sets[name]["cosine"].threshold)
+                metrics = self.sets[name]["cosine"]
+                if operating_far is not None:
+                    return float(metrics.threshold_at_operating_far)
+                return float(metrics.threshold)
         return 0.5
 
 
@@ -115,7 +122,11 @@ def evaluate_model(
     for eval_set in sets:
         left = _chunked(lambda x: fuse_flip(features, x), eval_set.left)
         right = _chunked(lambda x: fuse_flip(features, x), eval_set.right)
-        modes = {"cosine": verification_metrics(cosine_scores(left, right).cpu(), eval_set.is_same)}
+        modes = {
+            "cosine": verification_metrics(
+                cosine_scores(left, right).cpu(), eval_set.is_same, operating_far=config.operating_far or 0.01
+            )
+        }
         if model_net is not None:
             model_net.eval()
             mu = config.biometric.mu_match

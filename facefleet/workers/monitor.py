@@ -34,14 +34,17 @@ def _onnx_embedder(store: ObjectStore, model: ModelVersion) -> tuple[ort.Inferen
 
 def _embed(session: ort.InferenceSession, images: torch.Tensor) -> torch.Tensor:
     name = session.get_inputs()[0].name
-    outputs = [session.run(None, {name: images[i : i + CHUNK].numpy().astype(np.float32)})[0]
-               for i in range(0, images.shape[0], CHUNK)]
+    outputs = [
+        session.run(None, {name: images[i : i + CHUNK].numpy().astype(np.float32)})[0]
+        for i in range(0, images.shape[0], CHUNK)
+    ]
     # Normalised per view before flip fusion, as the training evaluation does (workers/evaluate.py).
     return F.normalize(torch.from_numpy(np.concatenate(outputs)).float(), dim=1)
 
 
-def evaluate_model_version(session: Session, model: ModelVersion, sets: Sequence[str], metric: str,
-                           store: ObjectStore | None = None) -> dict[str, float]:
+def evaluate_model_version(
+    session: Session, model: ModelVersion, sets: Sequence[str], metric: str, store: ObjectStore | None = None
+) -> dict[str, float]:
     """``metric`` (e.g. ``accuracy``) of ``model`` on each named verification set's latest ready version."""
     from facefleet.workers.data import load_verification_set
 
@@ -50,8 +53,9 @@ def evaluate_model_version(session: Session, model: ModelVersion, sets: Sequence
     scores: dict[str, float] = {}
     for name in sets:
         version = get_version(session, name)  # latest ready version
-        left, right, same = load_verification_set(store, str(version.manifest_key),
-                                                  layout.pairs_key(name, version.version), input_size)
+        left, right, same = load_verification_set(
+            store, str(version.manifest_key), layout.pairs_key(name, version.version), input_size
+        )
         fused_left = fuse_flip(lambda x: _embed(onnx_session, x), left)
         fused_right = fuse_flip(lambda x: _embed(onnx_session, x), right)
         result = verification_metrics(cosine_scores(fused_left, fused_right), same)

@@ -176,7 +176,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             config=job.config,
             datasets=dataset_entries(session, job.run_id),
             metrics=results.summary(),
-            threshold=results.cosine_threshold(),
+            threshold=results.cosine_threshold(job.config.operating_far),
         )
         return {
             "evaluation": results.summary(),
@@ -184,5 +184,5 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             "checkpoint_path": outcome.storage_path,
             "model": {"name": model_version.name, "version": model_version.version},
             "onnx_max_abs_diff": parity,
-            "threshold": results.cosine_threshold(),
+            "threshold": results.cosine_threshold(job.config.operating_far),
         }

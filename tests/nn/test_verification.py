@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facefleet.nn.verification import cosine_scores, fuse_flip, verification_metrics
+from facefleet.nn.verification import cosine_scores, fuse_flip, threshold_at_far, verification_metrics
 
 
 def test_perfect_separation() -> None:
@@ -66,3 +66,18 @@ def test_fuse_flip_and_cosine() -> None:
     expected = net(images) + net(images.flip(3))
     assert torch.allclose(fused, expected / expected.norm(dim=1, keepdim=True), atol=1e-6)
     assert torch.allclose(cosine_scores(fused, fused), torch.ones(3), atol=1e-6)
+
+
+def test_operating_point_accepts_at_most_the_requested_share_of_impostors() -> None:
+    rng = np.random.default_rng(0)
+    impostors, genuine = rng.normal(0.0, 1.0, 1000), rng.normal(2.0, 1.0, 1000)
+    scores = np.concatenate([genuine, impostors])
+    is_same = np.concatenate([np.ones(1000, bool), np.zeros(1000, bool)])
+    threshold, tar = threshold_at_far(scores, is_same, 0.01)
+    assert np.mean(impostors >= threshold) <= 0.01
+    assert np.mean(impostors >= np.nextafter(threshold, -np.inf) - 1e-9) > 0.01 - 1e-3  # tight, not just safe
+    assert tar == np.mean(genuine >= threshold)
+    metrics = verification_metrics(scores, is_same, operating_far=0.01)
+    assert metrics.threshold_at_operating_far == threshold and metrics.tar_at_operating_far == tar
+    distance = verification_metrics(-scores, is_same, higher_is_same=False, operating_far=0.01)
+    assert distance.threshold_at_operating_far == -threshold

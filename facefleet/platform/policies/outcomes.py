@@ -26,14 +26,22 @@ def _production(session: Session, name: str) -> ModelVersion | None:
         return None
 
 
-def auto_promote(session: Session, policy: RetrainPolicy, run: Run, *, evaluate: retrain.Evaluator,
-                 settings: Settings, now: datetime) -> str | None:
+def auto_promote(
+    session: Session,
+    policy: RetrainPolicy,
+    run: Run,
+    *,
+    evaluate: retrain.Evaluator,
+    settings: Settings,
+    now: datetime,
+) -> str | None:
     """Point ``production`` at the run's model when the policy allows it and the model beats the current
     production on the policy's verification sets (scores from the model summaries, else ``evaluate``)."""
     if not policy.auto_promote:
         return None
-    new = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run.id)
-                          .order_by(ModelVersion.version.desc())).first()
+    new = session.scalars(
+        select(ModelVersion).where(ModelVersion.run_id == run.id).order_by(ModelVersion.version.desc())
+    ).first()
     if new is None:
         return None
     sets = list(policy.verification_sets or [])
@@ -45,34 +53,86 @@ def auto_promote(session: Session, policy: RetrainPolicy, run: Run, *, evaluate:
         if current.id == new.id:
             return None
         current_score = retrain.mean_score(
-            retrain.model_scores(session, current, sets, policy.metric_name, evaluate), sets)
+            retrain.model_scores(session, current, sets, policy.metric_name, evaluate), sets
+        )
     if not retrain.should_promote(new_score, current_score):
         return None
     registry.set_alias(session, new.name, PRODUCTION, new.version)
-    details = {"from": current.version if current else None, "to": new.version, "score": new_score,
-               "previous_score": current_score, "verification_sets": sets}
+    details = {
+        "from": current.version if current else None,
+        "to": new.version,
+        "score": new_score,
+        "previous_score": current_score,
+        "verification_sets": sets,
+    }
     audit.record(session, ACTOR, "models.promote", "model", f"{new.name}:{new.version}", details)
-    notify_policy(session, policy, "model.promoted", {
-        "summary": f"{new.name} v{new.version} promoted to production", "model": new.name,
-        "version": new.version, "policy": policy.name, **details}, settings=settings, now=now)
+    notify_policy(
+        session,
+        policy,
+        "model.promoted",
+        {
+            "summary": f"{new.name} v{new.version} promoted to production",
+            "model": new.name,
+            "version": new.version,
+            "policy": policy.name,
+            **details,
+        },
+        settings=settings,
+        now=now,
+    )
     return f"{new.name}:{new.version}"
 
 
-def notify_run_finished(session: Session, policy: RetrainPolicy, run: Run, promoted: str | None, *,
-                        settings: Settings, now: datetime) -> None:
+def notify_run_finished(
+    session: Session,
+    policy: RetrainPolicy,
+    run: Run,
+    promoted: str | None,
+    *,
+    settings: Settings,
+    now: datetime,
+) -> None:
     """run.succeeded|failed|cancelled, with the best dataset combination the policy has seen so far."""
     ranking = retrain.combination_ranking(session, policy)
-    notify_policy(session, policy, f"run.{run.status}", {
-        "summary": f"run {run.id} of policy {policy.name} {run.status}", "run_id": run.id,
-        "status": run.status, "policy": policy.name, "trigger": run.trigger, "error": run.error,
-        "datasets": retrain.run_dataset_labels(session, run.id), "promoted": promoted,
-        "best_combination": ranking[0] if ranking else None, "ranking": ranking,
-        "url": f"{settings.public_url.rstrip('/')}/v1/runs/{run.id}"}, settings=settings, now=now)
+    notify_policy(
+        session,
+        policy,
+        f"run.{run.status}",
+        {
+            "summary": f"run {run.id} of policy {policy.name} {run.status}",
+            "run_id": run.id,
+            "status": run.status,
+            "policy": policy.name,
+            "trigger": run.trigger,
+            "error": run.error,
+            "datasets": retrain.run_dataset_labels(session, run.id),
+            "promoted": promoted,
+            "best_combination": ranking[0] if ranking else None,
+            "ranking": ranking,
+            "url": f"{settings.public_url.rstrip('/')}/v1/runs/{run.id}",
+        },
+        settings=settings,
+        now=now,
+    )
 
 
-def notify_policy(session: Session, policy: RetrainPolicy, event: str, payload: dict[str, Any], *,
-                  settings: Settings, now: datetime) -> None:
+def notify_policy(
+    session: Session,
+    policy: RetrainPolicy,
+    event: str,
+    payload: dict[str, Any],
+    *,
+    settings: Settings,
+    now: datetime,
+) -> None:
     """Queue ``event`` for the policy's webhooks and e-mail addresses (and the global ones)."""
     notify = policy.notify or {}
-    notifications.enqueue(session, event=event, payload=payload, webhooks=notify.get("webhooks", []),
-                          emails=notify.get("emails", []), settings=settings, now=now)
+    notifications.enqueue(
+        session,
+        event=event,
+        payload=payload,
+        webhooks=notify.get("webhooks", []),
+        emails=notify.get("emails", []),
+        settings=settings,
+        now=now,
+    )

@@ -105,6 +105,13 @@ class TrainingConfig(_Strict):
     cache_bytes: int = Field(default=256 << 20, ge=0, description="per-worker shard cache size")
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
     eval_pairs_per_dataset: int = Field(default=300, ge=0, description="pairs drawn per training dataset")
+    operating_far: float | None = Field(
+        default=0.01,
+        gt=0.0,
+        lt=1.0,
+        description="the model card's threshold accepts at most this share of impostor pairs of the first "
+        "verification set; None: the best-accuracy threshold",
+    )
 
     @model_validator(mode="after")
     def _self_consistent(self) -> TrainingConfig:
