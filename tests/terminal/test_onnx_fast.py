@@ -39,21 +39,32 @@ class PreluNet(nn.Module):
         return self.bn(self.linear(torch.flatten(out, 1)))
 
 
-@pytest.mark.parametrize("slopes", [[0.0, 0.1, 0.25, 0.5, 0.9, 1.0, -0.2, 0.3], [0.1, 1.5, 2.0, -0.5, 0.3, 1.0, 0.0, 3.0]])
+@pytest.mark.parametrize(
+    "slopes", [[0.0, 0.1, 0.25, 0.5, 0.9, 1.0, -0.2, 0.3], [0.1, 1.5, 2.0, -0.5, 0.3, 1.0, 0.0, 3.0]]
+)
 def test_rewrite_matches_original_graph(slopes: list[float], tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = PreluNet(torch.tensor(slopes)).eval()
     buffer = io.BytesIO()
-    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), buffer, dynamo=False, opset_version=17,
-                      input_names=["images"], output_names=["embeddings"],
-                      dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}})
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 8, 8),),
+        buffer,
+        dynamo=False,
+        opset_version=17,
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
+    )
     original = buffer.getvalue()
     rewritten = onnx.load_from_string(rewrite_for_inference(original))
     onnx.checker.check_model(rewritten)
     assert not [n for n in rewritten.graph.node if n.op_type in ("PRelu", "BatchNormalization")]
 
     images = (torch.rand(4, 3, 8, 8) * 4 - 2).numpy()
-    reference = ort.InferenceSession(original, providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+    reference = ort.InferenceSession(original, providers=["CPUExecutionProvider"]).run(
+        None, {"images": images}
+    )[0]
     optimised_path = tmp_path / "optimised.onnx"
     session = open_terminal_session(original, optimized_model_path=optimised_path)
     actual = session.run(None, {"images": images})[0]
