@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from facefleet.demo import DEMO_CONFIG, DemoRun, baseline_config, plot_locations, verdict
+from facefleet.demo import (
+    DEMO_CONFIG,
+    DemoRun,
+    baseline_config,
+    describe_comparison,
+    metric_wins,
+    plot_locations,
+    verdict,
+)
 from facefleet.platform.runs.schemas import TrainingConfig
 
 
-def _run(label: str, accuracy: float | None) -> DemoRun:
-    evaluation = {} if accuracy is None else {"verif": {"cosine": {"accuracy": accuracy}}}
-    return DemoRun(label=label, run_id=1, status="succeeded", seconds=1.0, summary={"evaluation": evaluation})
+def _run(label: str, accuracy: float | None, eer: float = 0.2) -> DemoRun:
+    if accuracy is None:
+        return DemoRun(label=label, run_id=1, status="failed", seconds=1.0, summary={})
+    cosine = {"accuracy": accuracy, "auc": accuracy, "eer": eer, "tar_at_operating_far": 0.5}
+    return DemoRun(
+        label=label,
+        run_id=1,
+        status="succeeded",
+        seconds=1.0,
+        summary={"evaluation": {"verif": {"cosine": cosine}}},
+    )
 
 
 def test_baseline_only_switches_off_the_dataset_aware_parts() -> None:
@@ -26,6 +42,14 @@ def test_verdict_says_when_the_method_loses() -> None:
     assert verdict([_run("ours", 0.7), _run("naive", 0.6)], "verif") is True
     assert verdict([_run("ours", 0.6), _run("naive", 0.6)], "verif") is False
     assert verdict([_run("ours", None), _run("naive", 0.6)], "verif") is None
+
+
+def test_comparison_names_every_metric_the_method_does_not_win() -> None:
+    wins = metric_wins([_run("ours", 0.6, eer=0.1), _run("naive", 0.7, eer=0.2)], "verif")
+    assert wins == {"accuracy": False, "auc": False, "eer": True, "tar_at_operating_far": False}
+    text = describe_comparison(wins)
+    assert "better on eer" in text and "not better on accuracy, auc, tar_at_operating_far" in text
+    assert "no comparison" in describe_comparison(None)
 
 
 def test_plot_locations_are_paths_for_a_local_store() -> None:
