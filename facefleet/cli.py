@@ -45,7 +45,9 @@ def _main() -> None:
     logging.basicConfig(
         level=get_settings().log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the output
+    # one INFO line per HTTP request / migration step drowns the commands' own output
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @app.command()

@@ -1,8 +1,11 @@
-"""Identity-balanced batches (design.md §5.4): P identities x K images, one dataset per batch.
+"""Identity-balanced batches (design.md §5.4): P identities x K images, in groups of one dataset each.
 
 Negative pairs may only be formed within one dataset (across datasets two labels can be the same person),
-so every batch draws its P identities from a single dataset. Ranks own disjoint identity subsets, so each
-rank reads mostly its own shards (images of one identity are packed together).
+so the P identities come in groups (at least 2 identities each), every group from a single dataset, and
+pairs are formed within a group's dataset (`make_pairs`). Mixing several datasets' groups in one batch
+keeps the dataset classifier of the reversal stage from seeing one-dataset batches, which made its signal
+(and its accuracy) swing from batch to batch. Ranks own disjoint identity subsets, so each rank reads
+mostly its own shards (images of one identity are packed together).
 """
 
 from __future__ import annotations
@@ -40,15 +43,8 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.rank, self.seed, self.epochs, self.start_epoch = rank, seed, epochs, start_epoch
         self._passes = 0
         self.groups = self._identity_groups(index, rank, world_size)  # dataset -> [sample ids per identity]
-        eligible = {d: g for d, g in self.groups.items() if len(g) >= identities}
-        if not eligible:
-            raise InvalidInputError(
-                f"no dataset has {identities} identities for each of {world_size} workers; lower P or the "
-                f"number of workers",
-                field="balanced",
-            )
-        self.datasets = sorted(eligible)
-        sizes = np.array([sum(len(ids) for ids in eligible[d]) for d in self.datasets], dtype=np.float64)
+        self.group_sizes, self.datasets = self._plan_groups(identities, world_size)
+        sizes = np.array([sum(len(ids) for ids in self.groups[d]) for d in self.datasets], dtype=np.float64)
         self.dataset_weights = sizes / sizes.sum()
         self.batches_per_epoch = max(1, len(index) // (world_size * identities * images_per_identity))
 
@@ -88,14 +84,29 @@ class BalancedBatchSampler(Sampler[list[int]]):
                 yield self._batch(rng)
             epoch += 1
 
+    def _plan_groups(self, identities: int, world_size: int) -> tuple[list[int], list[int]]:
+        """(group sizes, datasets to draw groups from): as many groups of >= 2 identities as datasets can
+        fill, each dataset holding at least the largest group's identities on this rank."""
+        for count in range(max(1, min(len(self.groups), identities // 2)), 0, -1):
+            sizes = [len(part) for part in np.array_split(np.arange(identities), count)]
+            eligible = sorted(d for d, g in self.groups.items() if len(g) >= max(sizes))
+            if len(eligible) >= count:
+                return sizes, eligible
+        raise InvalidInputError(
+            f"no dataset has {identities} identities for each of {world_size} workers; lower P or the "
+            f"number of workers",
+            field="balanced",
+        )
+
     def _batch(self, rng: np.random.Generator) -> list[int]:
-        dataset = self.datasets[int(rng.choice(len(self.datasets), p=self.dataset_weights))]
-        group = self.groups[dataset]
+        chosen = rng.choice(len(self.datasets), len(self.group_sizes), replace=False, p=self.dataset_weights)
         batch: list[int] = []
-        for identity in rng.choice(len(group), self.identities, replace=False):
-            samples = group[int(identity)]
-            picks = rng.choice(
-                samples, self.images_per_identity, replace=len(samples) < self.images_per_identity
-            )
-            batch.extend(int(s) for s in picks)
+        for dataset_position, size in zip(chosen, self.group_sizes, strict=True):
+            group = self.groups[self.datasets[int(dataset_position)]]
+            for identity in rng.choice(len(group), size, replace=False):
+                samples = group[int(identity)]
+                picks = rng.choice(
+                    samples, self.images_per_identity, replace=len(samples) < self.images_per_identity
+                )
+                batch.extend(int(s) for s in picks)
         return batch

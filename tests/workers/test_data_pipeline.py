@@ -199,6 +199,20 @@ def test_balanced_batches(store: ObjectStore, tmp_path: Path) -> None:
         )
 
 
+def test_balanced_batches_mix_datasets_in_groups_of_one_dataset(local_store: ObjectStore) -> None:
+    index = SampleIndex(local_store, _three_datasets(local_store))  # 3, 5 and 2 identities
+    sampler = BalancedBatchSampler(index, identities=4, images_per_identity=2, epochs=3)
+    assert sampler.group_sizes == [2, 2]
+    seen: set[int] = set()
+    for batch in sampler:
+        assert len(batch) == 8
+        labels, datasets = index.label[batch], index.dataset[batch]
+        groups = {int(d): len(set(labels[datasets == d].tolist())) for d in set(datasets.tolist())}
+        assert sorted(groups.values()) == [2, 2]  # two groups of 2 identities, each from its own dataset
+        seen |= set(groups)
+    assert seen == {0, 1, 2}  # every dataset takes part
+
+
 def test_balanced_ranks_own_disjoint_identities(local_store: ObjectStore) -> None:
     index = SampleIndex(local_store, _three_datasets(local_store))
     labels_by_rank = []
@@ -209,7 +223,7 @@ def test_balanced_ranks_own_disjoint_identities(local_store: ObjectStore) -> Non
         labels_by_rank.append({int(index.label[s]) for batch in sampler for s in batch})
     assert not labels_by_rank[0] & labels_by_rank[1]
     with pytest.raises(InvalidInputError, match="identities"):
-        BalancedBatchSampler(index, identities=6, images_per_identity=2)
+        BalancedBatchSampler(index, identities=12, images_per_identity=2)  # no grouping can hold 12
 
 
 def test_cache_stays_under_its_bound(store: ObjectStore, tmp_path: Path) -> None:
