@@ -110,8 +110,9 @@ def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Pop
 Send = Callable[[str, str], Awaitable[int]]
 
 
-async def drive(send: Send, name: str, method: str, path: str, rate: float, seconds: float,
-                concurrency: int) -> Result:
+async def drive(
+    send: Send, name: str, method: str, path: str, rate: float, seconds: float, concurrency: int
+) -> Result:
     total = int(rate * seconds)
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -172,8 +173,9 @@ async def bench(base: str, token: str, policy_id: int, args: argparse.Namespace)
             ("GET /v1/policies?limit=20 (read list)", "GET", "/v1/policies?limit=20"),
             (f"POST /v1/policies/{policy_id}:fire (write)", "POST", f"/v1/policies/{policy_id}:fire"),
         ]
-        return [await drive(send, name, method, path, rate, seconds, concurrency)
-                for name, method, path in routes]
+        return [
+            await drive(send, name, method, path, rate, seconds, concurrency) for name, method, path in routes
+        ]
 
 
 def main() -> None:
@@ -182,8 +184,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64, help="most requests in flight")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    parser.add_argument("--client", choices=["httpx", "aiohttp"], default="aiohttp",
-                        help="load generator's HTTP client (aiohttp costs the client less CPU)")
+    parser.add_argument(
+        "--client",
+        choices=["httpx", "aiohttp"],
+        default="aiohttp",
+        help="load generator's HTTP client (aiohttp costs the client less CPU)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="facefleet-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEFLEET_")}
@@ -201,19 +207,27 @@ def main() -> None:
 
 def print_table(results: list[Result], args: argparse.Namespace) -> None:
     base = results[0]
-    print(f"\nfacefleet API on loopback: uvicorn ({args.workers} process(es)), SQLite, {args.rate:g} req/s "
-          "for "
-          f"{args.seconds:g} s"
-          f" per route, at most {args.concurrency} in flight, {args.client} client\n")
-    print(f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
-          f"{'p99/base':>8}")
+    print(
+        f"\nfacefleet API on loopback: uvicorn ({args.workers} process(es)), SQLite, {args.rate:g} req/s "
+        "for "
+        f"{args.seconds:g} s"
+        f" per route, at most {args.concurrency} in flight, {args.client} client\n"
+    )
+    print(
+        f"{'route':44} {'ok':>6} {'err':>4} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p50/base':>8} "
+        f"{'p99/base':>8}"
+    )
     for r in results:
-        print(f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
-              f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}")
+        print(
+            f"{r.name:44} {len(r.latencies):6d} {r.errors:4d} {r.throughput:7.1f} {r.pct(0.5):7.2f} "
+            f"{r.pct(0.99):7.2f} {r.pct(0.5) / base.pct(0.5):8.2f} {r.pct(0.99) / base.pct(0.99):8.2f}"
+        )
     worst = max(results[1:3], key=lambda r: r.pct(0.99))
     verdict = "met" if worst.pct(0.99) < 50 else "MISSED"
-    print(f"\nworst read p99 {worst.pct(0.99):.1f} ms ({worst.name}): target < 50 ms {verdict}; "
-          f"its mean latency {statistics.mean(worst.latencies) * 1000:.2f} ms")
+    print(
+        f"\nworst read p99 {worst.pct(0.99):.1f} ms ({worst.name}): target < 50 ms {verdict}; "
+        f"its mean latency {statistics.mean(worst.latencies) * 1000:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

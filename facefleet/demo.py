@@ -94,15 +94,16 @@ def prepare_datasets(
             seed=0,
         )
     names: list[str] = []
+    store = get_store()
     with console.status("registering datasets"), session_scope() as session:
         for directory in result.dataset_dirs:
             version = register_dataset_version(
-                session, get_store(), name=f"demo-{directory.name}", source=directory, kind="train"
+                session, store, name=f"demo-{directory.name}", source=directory, kind="train"
             )
             names.append(f"demo-{directory.name}:{version.version}")
         verification = register_dataset_version(
             session,
-            get_store(),
+            store,
             name="demo-verification",
             source=result.verification_dir,
             kind="verification",

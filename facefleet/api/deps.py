@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from facefleet.platform import auth
+from facefleet.platform.db.session import commit_and_close, rollback_and_close
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 from facefleet.platform.store import ObjectStore
 
@@ -30,26 +31,9 @@ async def get_db_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     except BaseException:
-        await run_in_threadpool(_rollback_and_close, session)
+        await run_in_threadpool(rollback_and_close, session)
         raise
-    await run_in_threadpool(_commit_and_close, session)
-
-
-def _commit_and_close(session: Session) -> None:
-    try:
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-def _rollback_and_close(session: Session) -> None:
-    try:
-        session.rollback()
-    finally:
-        session.close()
+    await run_in_threadpool(commit_and_close, session)
 
 
 # scope="function": the commit runs before the response is sent, so a failed commit is reported to the

@@ -7,10 +7,11 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.db.paging import fetch_page
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -50,11 +51,9 @@ def make_page(items: Sequence[Any], total: int, params: PageParams, convert: Cal
     )
 
 
-def paginate_query(session: Session, stmt: Select, params: PageParams) -> tuple[list, int]:  # type: ignore[type-arg]
+def paginate_query(session: Session, stmt: Select[T], params: PageParams) -> tuple[list[T], int]:
     """Run ``stmt`` for one page (it must be ordered) and count all matching rows."""
-    total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
-    rows = session.scalars(stmt.limit(params.limit).offset(params.offset)).all()
-    return list(rows), int(total)
+    return fetch_page(session, stmt, limit=params.limit, offset=params.offset)
 
 
 def slice_page(items: Sequence[object], params: PageParams) -> tuple[list, int]:  # type: ignore[type-arg]

@@ -31,14 +31,6 @@ app = typer.Typer(
 console = Console()
 
 
-def _to_read(view: deployments.DeploymentView) -> DeploymentRead:
-    # The API's own conversion, so both modes render the same DeploymentRead; imported late because
-    # the API package pulls in FastAPI, which the other commands do not need.
-    from facefleet.api.routes.deployments import to_read
-
-    return to_read(view)
-
-
 def _version_or_alias(version: str | None, alias: str | None) -> str:
     if (version is None) == (alias is None):
         raise InvalidInputError("name exactly one of --version N or --alias NAME", field="version")
@@ -101,7 +93,7 @@ def _create_locally(body: DeploymentCreate) -> DeploymentRead:
             created_by="cli",
         )
         audit.record(session, "cli", "deployments.create", "deployment", deployment.id, body.model_dump())
-        return _to_read(deployments.get_deployment(session, deployment_id=deployment.id))
+        return deployments.deployment_read(deployments.get_deployment(session, deployment_id=deployment.id))
 
 
 @app.command("list")
@@ -122,7 +114,7 @@ def list_(
         else:
             with local_session() as session:
                 views, _total = deployments.list_deployments(session, group=group, limit=10_000)
-                rows = [_to_read(view) for view in views]
+                rows = [deployments.deployment_read(view) for view in views]
     # Neither the service nor the API filters by status, so both modes filter the same full list here.
     rows = [row for row in rows if status is None or row.status == status]
     table = Table(
@@ -154,7 +146,9 @@ def show(
             view = DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}"))
         else:
             with local_session() as session:
-                view = _to_read(deployments.get_deployment(session, deployment_id=deployment_id))
+                view = deployments.deployment_read(
+                    deployments.get_deployment(session, deployment_id=deployment_id)
+                )
     finished = f", finished {view.finished_at:%Y-%m-%d %H:%M}" if view.finished_at else ""
     console.print(
         f"deployment {view.id}: model version {view.model_version_id} -> group {view.group} "

@@ -43,7 +43,7 @@ def _versions(client: FacefleetClient | None, name: str) -> list[ModelVersionVie
         path = f"/v1/models/{segment(name)}/versions"
         return [ModelVersionView.model_validate(item) for item in client.iter_pages(path)]
     with local_session() as session:
-        return [registry.version_view(session, model) for model in registry.list_versions(session, name)]
+        return registry.version_views(session, registry.list_versions(session, name))
 
 
 def _models_table(summaries: list[ModelSummary]) -> Table:

@@ -174,5 +174,16 @@ def four_way_flip_average(
     """BioMetricNet-M: mean z over (a, b), (flip a, b), (a, flip b), (flip a, flip b); images [P, 3, H, W]."""
     feats_a, feats_a_flip = feature_fn(images_a), feature_fn(torch.flip(images_a, dims=[3]))
     feats_b, feats_b_flip = feature_fn(images_b), feature_fn(torch.flip(images_b, dims=[3]))
+    return four_way_average(model_net, feats_a, feats_a_flip, feats_b, feats_b_flip)
+
+
+def four_way_average(
+    model_net: ModelNet,
+    feats_a: torch.Tensor,
+    feats_a_flip: torch.Tensor,
+    feats_b: torch.Tensor,
+    feats_b_flip: torch.Tensor,
+) -> torch.Tensor:
+    """`four_way_flip_average` from features already computed for the images and their flips."""
     outputs = [model_net(fa, fb) for fa in (feats_a, feats_a_flip) for fb in (feats_b, feats_b_flip)]
     return torch.stack(outputs).mean(dim=0)

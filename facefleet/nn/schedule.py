@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 
 def warmup_cosine_factor(
     step: int, *, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
@@ -18,15 +16,3 @@ def warmup_cosine_factor(
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def warmup_cosine_scheduler(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR applying `warmup_cosine_factor`; call `.step()` once per optimiser step."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: warmup_cosine_factor(
-            step, total_steps=total_steps, warmup_steps=warmup_steps, min_ratio=min_ratio
-        ),
-    )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.db.models import AuditEvent
+from facefleet.platform.db.paging import fetch_page
 
 
 def record(
@@ -57,6 +58,4 @@ def list_events(
         stmt = stmt.where(AuditEvent.target_id == target_id)
     if since:
         stmt = stmt.where(AuditEvent.created_at >= since)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+    return fetch_page(session, stmt.order_by(AuditEvent.id.desc()), limit=limit, offset=offset)

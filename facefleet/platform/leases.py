@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,3 @@ def acquire_lease(session: Session, *, name: str, owner: str, ttl_seconds: float
     except IntegrityError:
         return False
     return True
-
-
-def release_lease(session: Session, *, name: str, owner: str) -> None:
-    session.execute(delete(Lease).where(Lease.name == name, Lease.owner == owner))

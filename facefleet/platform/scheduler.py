@@ -21,13 +21,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit, notifications
+from facefleet.platform.db.base import as_utc
 from facefleet.platform.db.models import OutboxEvent, RetrainPolicy, Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import FacefleetError, NotFoundError
 from facefleet.platform.leases import acquire_lease
 from facefleet.platform.models import registry
 from facefleet.platform.policies import outcomes, retrain
-from facefleet.platform.policies.service import add_trigger, as_utc, next_cron_time
+from facefleet.platform.policies.service import add_trigger, next_cron_time
 from facefleet.platform.runs import service as runs_service
 from facefleet.platform.settings import Settings, get_settings
 

@@ -193,8 +193,8 @@ class Terminal:
         if model is None:
             raise RuntimeError("no model installed yet; wait for a deployment before enrolling users")
         pngs = [to_png(image) for image in images]
-        ids = self.db.add_samples(user, pngs)
-        samples = [s for s in self.db.samples() if s.id in set(ids)]
+        ids = set(self.db.add_samples(user, pngs))
+        samples = [s for s in self.db.samples() if s.id in ids]
         self.db.add_templates(str(self.current_version_id()), self._extract(model, samples))
         return len(ids)
 
@@ -227,11 +227,11 @@ class Terminal:
             return False
         model.save_adapted_upper()
         templates = self.db.templates(key)
-        rows: list[tuple[int, np.ndarray, np.ndarray | None]] = [
-            (t.sample_id, model.embed_middle(torch.from_numpy(t.middle)[None])[0], t.middle)
-            for t in templates
-            if t.middle is not None
-        ]
+        stored = [(t.sample_id, t.middle) for t in templates if t.middle is not None]
+        rows: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        if stored:  # one forward of the upper layers over every stored middle feature
+            embeddings = model.embed_middle(torch.from_numpy(np.stack([middle for _, middle in stored])))
+            rows = [(sid, emb, middle) for (sid, middle), emb in zip(stored, embeddings, strict=True)]
         without_middle = {t.sample_id for t in templates if t.middle is None}
         rows += self._extract(model, [s for s in self.db.samples() if s.id in without_middle])
         self.db.replace_templates(key, rows)  # templates follow the adapted upper layers

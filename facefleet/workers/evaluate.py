@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch import nn
 
-from facefleet.nn.biometricnet import ModelNet, four_way_flip_average, match_score
-from facefleet.nn.verification import VerificationMetrics, cosine_scores, fuse_flip, verification_metrics
+from facefleet.nn.biometricnet import ModelNet, four_way_average, match_score
+from facefleet.nn.verification import VerificationMetrics, cosine_scores, verification_metrics
 from facefleet.platform.datasets import layout
+from facefleet.platform.datasets.shards import read_manifest
 from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore, store_from_url
@@ -93,8 +94,6 @@ def load_eval_sets(
             )
             sets.append(EvalSet(name, left, right, same))
         elif config.eval_pairs_per_dataset:
-            from facefleet.platform.datasets.shards import read_manifest
-
             pairs = pairs_within_dataset(
                 read_manifest(store, manifest_key), config.eval_pairs_per_dataset, config.seed
             )
@@ -111,7 +110,10 @@ def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -
 def evaluate_model(
     backbone: nn.Module, model_net: ModelNet | None, sets: list[EvalSet], config: TrainingConfig
 ) -> EvalResults:
-    """Metrics of every set; the modules are put in eval mode (callers restore train mode)."""
+    """Metrics of every set; the modules are put in eval mode (callers restore train mode).
+
+    The backbone runs once per image and once per flipped image; every mode reuses those features.
+    """
     backbone.eval()
     device = next(backbone.parameters()).device
     results = EvalResults()
@@ -119,31 +121,29 @@ def evaluate_model(
     def features(images: torch.Tensor) -> torch.Tensor:
         return F.normalize(backbone(images.to(device)).float(), dim=1)
 
+    def flipped(images: torch.Tensor) -> torch.Tensor:
+        return features(torch.flip(images, dims=[3]))
+
     for eval_set in sets:
-        left = _chunked(lambda x: fuse_flip(features, x), eval_set.left)
-        right = _chunked(lambda x: fuse_flip(features, x), eval_set.right)
+        left, left_flip = _chunked(features, eval_set.left), _chunked(flipped, eval_set.left)
+        right, right_flip = _chunked(features, eval_set.right), _chunked(flipped, eval_set.right)
+        # flip fusion as `fuse_flip` does it
+        fused_left, fused_right = F.normalize(left + left_flip, dim=1), F.normalize(right + right_flip, dim=1)
         modes = {
             "cosine": verification_metrics(
-                cosine_scores(left, right).cpu(), eval_set.is_same, operating_far=config.operating_far or 0.01
+                cosine_scores(fused_left, fused_right).cpu(),
+                eval_set.is_same,
+                operating_far=config.operating_far or 0.01,
             )
         }
         if model_net is not None:
             model_net.eval()
             mu = config.biometric.mu_match
-            single = torch.cat(
-                [
-                    model_net(features(eval_set.left[i : i + CHUNK]), features(eval_set.right[i : i + CHUNK]))
-                    for i in range(0, eval_set.left.shape[0], CHUNK)
-                ]
-            )
+            chunks = [slice(i, i + CHUNK) for i in range(0, left.shape[0], CHUNK)]
+            single = torch.cat([model_net(left[c], right[c]) for c in chunks])
             modes["biometricnet-1"] = verification_metrics(match_score(single, mu).cpu(), eval_set.is_same)
             multi = torch.cat(
-                [
-                    four_way_flip_average(
-                        features, model_net, eval_set.left[i : i + CHUNK], eval_set.right[i : i + CHUNK]
-                    )
-                    for i in range(0, eval_set.left.shape[0], CHUNK)
-                ]
+                [four_way_average(model_net, left[c], left_flip[c], right[c], right_flip[c]) for c in chunks]
             )
             modes["biometricnet-M"] = verification_metrics(match_score(multi, mu).cpu(), eval_set.is_same)
         results.sets[eval_set.name] = modes

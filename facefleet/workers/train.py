@@ -41,17 +41,23 @@ def _finish(run_id: int, status: str, *, error: str | None = None, summary: dict
         service.mark_finished(session, run, status, error)
 
 
-def _train_evaluate_export(run_id: int) -> str:
+def _cancel_if_requested(run_id: int) -> bool:
+    """Record the run as cancelled when a cancel was requested; True then."""
     with session_scope() as session:
-        if service.is_cancel_requested(session, run_id):
-            _finish(run_id, "cancelled")
-            return "cancelled"
+        requested = service.is_cancel_requested(session, run_id)
+    if requested:
+        _finish(run_id, "cancelled")
+    return requested
+
+
+def _train_evaluate_export(run_id: int) -> str:
+    if _cancel_if_requested(run_id):
+        return "cancelled"
+    with session_scope() as session:
         job = train_driver.prepare_job(session, run_id)
     outcome = train_driver.run_trainer(job)
-    with session_scope() as session:
-        if service.is_cancel_requested(session, run_id):
-            _finish(run_id, "cancelled")
-            return "cancelled"
+    if _cancel_if_requested(run_id):
+        return "cancelled"
     _finish(run_id, "succeeded", summary=train_driver.finish_run(job, outcome))
     return "succeeded"
 

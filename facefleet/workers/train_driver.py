@@ -161,6 +161,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             session, job.run_id, job.config, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url
         )
     results = evaluate_model(model.backbone, model.model_net, sets, job.config)
+    summary, threshold = results.summary(), results.cosine_threshold(job.config.operating_far)
     with session_scope() as session:
         service.record_metrics(session, job.run_id, job.total_steps, results.flat_metrics())
         plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
@@ -175,14 +176,14 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             backbone=model.backbone,
             config=job.config,
             datasets=dataset_entries(session, job.run_id),
-            metrics=results.summary(),
-            threshold=results.cosine_threshold(job.config.operating_far),
+            metrics=summary,
+            threshold=threshold,
         )
         return {
-            "evaluation": results.summary(),
+            "evaluation": summary,
             "plots": plots,
             "checkpoint_path": outcome.storage_path,
             "model": {"name": model_version.name, "version": model_version.version},
             "onnx_max_abs_diff": parity,
-            "threshold": results.cosine_threshold(job.config.operating_far),
+            "threshold": threshold,
         }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +10,7 @@ from facefleet.nn.backbones import get_backbone
 from facefleet.nn.biometricnet import ModelNet, biometricnet_kl_loss, make_pairs, select_hard_pairs
 from facefleet.nn.domain import DatasetClassifier, domain_loss, in_reversal_stage
 from facefleet.nn.heads import DatasetAwareMarginHead
+from facefleet.nn.schedule import warmup_cosine_factor
 from facefleet.platform.runs.schemas import TrainingConfig
 
 
@@ -110,11 +109,11 @@ def build_training_model(
 def lr_factor(config: TrainingConfig, step: int, total_steps: int) -> float:
     """Multiplier of the base learning rate at ``step`` (linear warm-up, then the configured decay)."""
     schedule = config.schedule
+    if schedule.kind == "cosine":
+        return warmup_cosine_factor(step, total_steps=total_steps, warmup_steps=schedule.warmup_steps)
     if schedule.warmup_steps and step < schedule.warmup_steps:
         return (step + 1) / schedule.warmup_steps
     progress = min(1.0, (step - schedule.warmup_steps) / max(1, total_steps - schedule.warmup_steps))
-    if schedule.kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule.kind == "step":
         return schedule.step_gamma ** sum(progress >= milestone for milestone in schedule.step_milestones)
     return 1.0

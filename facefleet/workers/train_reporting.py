@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +25,8 @@ class RankZeroReporter:
         self.job = job
         self.world_size = world_size
         self.engine: Engine = make_engine(job.database_url)
-        self.sums: dict[str, float] = defaultdict(float)
+        # device tensors: reading a loss as a float each step would wait for the GPU every step
+        self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.images = 0
         self.data_wait = 0.0
@@ -45,7 +45,8 @@ class RankZeroReporter:
         self, step: int, losses: dict[str, torch.Tensor], images: int, data_wait: float, lr: float, stage: int
     ) -> None:
         for name, value in losses.items():
-            self.sums[name] += float(value.detach())
+            value = value.detach().double()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += 1
         self.images += images
         self.data_wait += data_wait
@@ -55,7 +56,7 @@ class RankZeroReporter:
         """Write the window's metrics and the progress; True when a cancel was requested."""
         now = time.perf_counter()
         elapsed = max(now - self.window_started, 1e-9)
-        metrics = {name: total / max(self.count, 1) for name, total in self.sums.items()}
+        metrics = {name: float(total) / max(self.count, 1) for name, total in self.sums.items()}
         metrics.update(
             {
                 "lr": self.lr,

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from facefleet.api.deps import DbSession, Store
 from facefleet.api.device_auth import CurrentDevice
 from facefleet.api.errors import ERROR_RESPONSES
+from facefleet.platform import audit
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.deployments import assignment
 from facefleet.platform.deployments import service as deployments
@@ -35,6 +36,15 @@ CHUNK = 256 * 1024
 def enroll(body: EnrollRequest, request: Request, session: DbSession) -> EnrollResponse:
     """Exchange the one-time enrollment token for this terminal's credential and the signing key to pin."""
     device, credential = devices.enroll(session, body.token)
+    # A credential was issued: security-relevant, so it is audited like an admin's change.
+    audit.record(
+        session,
+        f"device:{device.id}:{device.name}",
+        "devices.enroll",
+        "device",
+        device.id,
+        {"group": device.group},
+    )
     return EnrollResponse(
         device_id=device.id,
         name=device.name,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from facefleet.api.action_routes import add_action_route
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
@@ -36,11 +37,11 @@ def list_models(session: DbSession, _principal: Viewer, page: Pagination) -> Pag
 def list_model_versions(
     name: str, session: DbSession, _principal: Viewer, page: Pagination, alias: str | None = None
 ) -> Page[ModelVersionView]:
-    versions = registry.list_versions(session, name)
+    views = registry.version_views(session, registry.list_versions(session, name))
     if alias:
-        versions = [v for v in versions if alias in registry.aliases_of(session, v)]
-    rows, total = slice_page(versions, page)
-    return make_page(rows, total, page, lambda v: registry.version_view(session, v))
+        views = [view for view in views if alias in view.aliases]
+    rows, total = slice_page(views, page)
+    return make_page(rows, total, page, lambda view: view)
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionView)
@@ -137,19 +138,12 @@ def _promote(
     return registry.version_view(session, model)
 
 
-router.add_api_route(
-    "/{name}/versions/{version}:promote",
+add_action_route(
+    router,
+    "/{name}/versions/{version}",
+    "promote",
     _promote,
-    methods=["POST"],
-    response_model=ModelVersionView,
     name="promote_model_version",
-    summary="Promote a version (to production unless another alias is given)",
-)
-router.add_api_route(
-    "/{name}/versions/{version}/promote",
-    _promote,
-    methods=["POST"],
     response_model=ModelVersionView,
-    name="promote_model_version_alias",
-    include_in_schema=False,
+    summary="Promote a version (to production unless another alias is given)",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
+from facefleet.api.action_routes import add_action_route
 from facefleet.api.deps import Admin, DbSession, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
@@ -62,21 +63,13 @@ def _fire(policy_id: PathId, session: DbSession, principal: Admin) -> PolicyRead
     return PolicyRead.model_validate(policy)
 
 
-router.add_api_route(
-    "/{policy_id}:fire",
+add_action_route(
+    router,
+    "/{policy_id}",
+    "fire",
     _fire,
-    methods=["POST"],
-    response_model=PolicyRead,
-    status_code=status.HTTP_202_ACCEPTED,
     name="fire_policy",
-    summary="Fire a policy now (merged with pending triggers; the scheduler starts the run)",
-)
-router.add_api_route(
-    "/{policy_id}/fire",
-    _fire,
-    methods=["POST"],
     response_model=PolicyRead,
     status_code=status.HTTP_202_ACCEPTED,
-    name="fire_policy_alias",
-    include_in_schema=False,
+    summary="Fire a policy now (merged with pending triggers; the scheduler starts the run)",
 )

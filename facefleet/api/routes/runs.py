@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facefleet.api.action_routes import add_action_route
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page, paginate_query
@@ -110,7 +111,7 @@ def list_runs(
     if created_by:
         stmt = stmt.where(Run.created_by == created_by)
     runs, total = paginate_query(session, stmt.order_by(Run.id.desc()), page)
-    return make_page(runs, total, page, lambda run: service.run_view(session, run))
+    return make_page(service.run_views(session, runs), total, page, lambda view: view)
 
 
 @router.get("/{run_id}", response_model=RunView)
@@ -220,19 +221,12 @@ def _cancel(
     return service.run_view(session, run)
 
 
-router.add_api_route(
-    "/{run_id}:cancel",
+add_action_route(
+    router,
+    "/{run_id}",
+    "cancel",
     _cancel,
-    methods=["POST"],
-    response_model=RunView,
     name="cancel_run",
-    summary="Cancel a run (409 when it already finished)",
-)
-router.add_api_route(
-    "/{run_id}/cancel",
-    _cancel,
-    methods=["POST"],
     response_model=RunView,
-    name="cancel_run_alias",
-    include_in_schema=False,
+    summary="Cancel a run (409 when it already finished)",
 )

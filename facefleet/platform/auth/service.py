@@ -7,10 +7,11 @@ import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.db.models import ApiKey
+from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import AuthenticationError, InvalidInputError, NotFoundError
 
 API_KEY_PREFIX = "ffk_"
@@ -74,9 +75,7 @@ def list_api_keys(
     stmt = select(ApiKey)
     if not include_revoked:
         stmt = stmt.where(ApiKey.revoked_at.is_(None))
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(ApiKey.id.desc()).limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+    return fetch_page(session, stmt.order_by(ApiKey.id.desc()), limit=limit, offset=offset)
 
 
 def get_api_key(session: Session, *, key_id: int) -> ApiKey:

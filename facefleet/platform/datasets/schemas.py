@@ -115,10 +115,3 @@ class DatasetOut(BaseModel):
     tags: list[str]
     created_at: datetime
     latest_version: int | None = Field(None, description="Highest ready version, if any.")
-
-
-class DatasetPage(BaseModel):
-    items: list[DatasetOut]
-    total: int
-    limit: int
-    offset: int

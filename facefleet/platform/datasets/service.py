@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select, text
@@ -45,6 +46,7 @@ from facefleet.platform.datasets.validation import (
 )
 from facefleet.platform.datasets.verification import VerificationFormatError
 from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion, OutboxEvent, RunDataset
+from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 from facefleet.platform.store.base import ObjectStore
 
@@ -232,27 +234,24 @@ def _next_version_number(session: Session, dataset_id: int) -> int:
     return int(current or 0) + 1
 
 
-class _cleanup_on_error:  # noqa: N801 - used like a function: `with _cleanup_on_error(...)`
+@contextmanager
+def _cleanup_on_error(
+    session: Session, store: ObjectStore, version: DatasetVersion, prefix: str
+) -> Iterator[None]:
     """If the block fails: delete every object under the version prefix and the claimed row."""
-
-    def __init__(self, session: Session, store: ObjectStore, version: DatasetVersion, prefix: str) -> None:
-        self.session, self.store, self.version, self.prefix = session, store, version, prefix + "/"
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            return
+    try:
+        yield
+    except BaseException:
         try:
-            self.store.delete_prefix(self.prefix)
+            store.delete_prefix(prefix + "/")
         except Exception:  # noqa: BLE001 - keep the original error; log the cleanup failure
-            log.exception("could not delete %s after a failed registration", self.prefix)
+            log.exception("could not delete %s/ after a failed registration", prefix)
         try:  # the caller rolls back on the error; removing the row also covers a caller that commits anyway
-            self.session.delete(self.version)
-            self.session.flush()
+            session.delete(version)
+            session.flush()
         except Exception:  # noqa: BLE001 - a broken transaction is rolled back by the caller
             log.debug("could not delete the claimed version row", exc_info=True)
+        raise
 
 
 def _packing_records(content: ValidatedContent) -> Iterator[shards.ImageRecord]:
@@ -353,9 +352,7 @@ def list_datasets(
     query = select(Dataset)
     if kind is not None:
         query = query.where(Dataset.kind == kind)
-    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
-    items = list(session.scalars(query.order_by(Dataset.name).limit(limit).offset(offset)))
-    return items, total
+    return fetch_page(session, query.order_by(Dataset.name), limit=limit, offset=offset)
 
 
 def latest_ready_versions(session: Session, dataset_ids: Sequence[int]) -> dict[int, int]:
@@ -408,19 +405,14 @@ def get_version(session: Session, name: str, version: int | None = None) -> Data
 def delete_dataset(session: Session, store: ObjectStore, name: str) -> None:
     """Delete a dataset, its versions and their objects; refused while a run (or its model) uses it."""
     dataset = get_dataset(session, name)
-    version_ids = list(
-        session.scalars(select(DatasetVersion.id).where(DatasetVersion.dataset_id == dataset.id))
-    )
-    run_ids = (
-        sorted(
-            set(
-                session.scalars(
-                    select(RunDataset.run_id).where(RunDataset.dataset_version_id.in_(version_ids))
-                )
-            )
+    run_ids = list(
+        session.scalars(
+            select(RunDataset.run_id)
+            .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
+            .where(DatasetVersion.dataset_id == dataset.id)
+            .distinct()
+            .order_by(RunDataset.run_id)
         )
-        if version_ids
-        else []
     )
     if run_ids:
         models = session.scalar(

@@ -48,15 +48,32 @@ def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
     return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
 
 
-@contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on error. For CLI commands and workers."""
-    session = session_factory(engine)()
+def commit_and_close(session: Session) -> None:
+    """End a unit of work that succeeded: commit (rolling back if the commit fails) and close."""
     try:
-        yield session
         session.commit()
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+
+
+def rollback_and_close(session: Session) -> None:
+    """End a unit of work that failed: nothing it wrote is kept."""
+    try:
+        session.rollback()
+    finally:
+        session.close()
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on error. For CLI commands and workers."""
+    session = session_factory(engine)()
+    try:
+        yield session
+    except BaseException:
+        rollback_and_close(session)
+        raise
+    commit_and_close(session)

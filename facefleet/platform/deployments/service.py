@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
+from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.deployments.notify import notify_admins
+from facefleet.platform.deployments.schemas import DeploymentRead, DeviceRolloutRead
 from facefleet.platform.devices.service import group_devices
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -203,6 +205,36 @@ def _stop(session: Session, deployment: Deployment, *, failed: list[DeviceDeploy
     )
 
 
+def deployment_read(view: DeploymentView) -> DeploymentRead:
+    """The deployment with each device's rollout row, as the API and CLI show it."""
+    d = view.deployment
+    return DeploymentRead(
+        id=d.id,
+        model_version_id=d.model_version_id,
+        group=d.group,
+        strategy=d.strategy,
+        canary_percent=d.canary_percent,
+        max_failure_rate=d.max_failure_rate,
+        status=d.status,
+        stage=view.stage,
+        created_by=d.created_by,
+        created_at=d.created_at,
+        finished_at=d.finished_at,
+        devices=[
+            DeviceRolloutRead(
+                device_id=row.device_id,
+                device_name=name,
+                phase=row.phase,
+                status=row.status,
+                previous_model_version_id=row.previous_model_version_id,
+                message=row.message,
+                updated_at=row.updated_at,
+            )
+            for row, name in view.rows
+        ],
+    )
+
+
 def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
     deployment = session.get(Deployment, deployment_id)
     if deployment is None:
@@ -227,6 +259,5 @@ def list_deployments(
     query = select(Deployment)
     if group is not None:
         query = query.where(Deployment.group == group)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    deployments = session.scalars(query.order_by(Deployment.id.desc()).limit(limit).offset(offset)).all()
+    deployments, total = fetch_page(session, query.order_by(Deployment.id.desc()), limit=limit, offset=offset)
     return [_view(session, deployment) for deployment in deployments], total

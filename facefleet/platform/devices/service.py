@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from facefleet.platform.db.base import utcnow
+from facefleet.platform.auth.service import hash_token
+from facefleet.platform.db.base import as_utc, utcnow
 from facefleet.platform.db.models import Device
+from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import (
     AuthenticationError,
     ConflictError,
@@ -21,16 +22,6 @@ from facefleet.platform.errors import (
 
 ENROLLMENT_PREFIX = "ffe_"
 CREDENTIAL_PREFIX = "ffd_"
-
-
-def hash_secret(secret: str) -> str:
-    """SHA-256 hex: tokens are long random strings, so a fast hash is enough (no guessable input)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def register_device(
@@ -70,14 +61,14 @@ def reissue_enrollment_token(
 def _issue_token(device: Device, ttl_seconds: int) -> tuple[str, datetime]:
     token = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
     expires_at = utcnow() + timedelta(seconds=ttl_seconds)
-    device.enrollment_token_hash = hash_secret(token)
+    device.enrollment_token_hash = hash_token(token)
     device.enrollment_expires_at = expires_at
     return token, expires_at
 
 
 def enroll(session: Session, token: str) -> tuple[Device, str]:
     """Exchange a one-time enrollment token for the device's own credential (``ffd_...``)."""
-    device = session.scalar(select(Device).where(Device.enrollment_token_hash == hash_secret(token)))
+    device = session.scalar(select(Device).where(Device.enrollment_token_hash == hash_token(token)))
     if device is None:
         raise AuthenticationError("enrollment token is unknown or already used; ask an admin for a new one")
     if device.status == "disabled":
@@ -86,7 +77,7 @@ def enroll(session: Session, token: str) -> tuple[Device, str]:
     if expires_at is None or as_utc(expires_at) <= utcnow():
         raise AuthenticationError("enrollment token has expired; ask an admin to re-issue one")
     credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
-    device.credential_hash = hash_secret(credential)
+    device.credential_hash = hash_token(credential)
     device.enrollment_token_hash = None  # one-time: a second exchange finds nothing
     device.enrollment_expires_at = None
     device.status = "active"
@@ -99,7 +90,7 @@ def authenticate_device(session: Session, credential: str) -> Device:
     """The device owning ``credential``; 401 when unknown, 403 when disabled."""
     if not credential.startswith(CREDENTIAL_PREFIX):
         raise AuthenticationError("not a device credential; send 'Authorization: Bearer ffd_...'")
-    device = session.scalar(select(Device).where(Device.credential_hash == hash_secret(credential)))
+    device = session.scalar(select(Device).where(Device.credential_hash == hash_token(credential)))
     if device is None:
         raise AuthenticationError("unknown device credential; enroll the terminal again")
     if device.status == "disabled":
@@ -111,13 +102,6 @@ def disable_device(session: Session, *, device_id: int) -> Device:
     device = get_device(session, device_id=device_id)
     device.status = "disabled"
     device.enrollment_token_hash = None
-    session.flush()
-    return device
-
-
-def set_adaptation(session: Session, *, device_id: int, enabled: bool) -> Device:
-    device = get_device(session, device_id=device_id)
-    device.adaptation_enabled = enabled
     session.flush()
     return device
 
@@ -151,9 +135,7 @@ def list_devices(
     query = select(Device)
     if group is not None:
         query = query.where(Device.group == group)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
-    return list(rows), total
+    return fetch_page(session, query.order_by(Device.id), limit=limit, offset=offset)
 
 
 def group_devices(session: Session, *, group: str) -> list[Device]:

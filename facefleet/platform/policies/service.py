@@ -7,21 +7,16 @@ from typing import Any
 
 from croniter import croniter
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facefleet.platform.db.base import as_utc
 from facefleet.platform.db.models import RetrainPolicy
+from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyFields, PolicyUpdate
 
 MAX_PENDING_EVENTS = 100
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def next_cron_time(cron: str, after: datetime) -> datetime:
@@ -82,9 +77,7 @@ def list_policies(
     stmt = select(RetrainPolicy)
     if enabled is not None:
         stmt = stmt.where(RetrainPolicy.enabled.is_(enabled))
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = session.scalars(stmt.order_by(RetrainPolicy.id).limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+    return fetch_page(session, stmt.order_by(RetrainPolicy.id), limit=limit, offset=offset)
 
 
 def policy_spec(policy: RetrainPolicy) -> dict[str, Any]:

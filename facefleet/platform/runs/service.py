@@ -234,27 +234,35 @@ def list_runs(session: Session, *, status: str | None = None, limit: int = 50, o
 
 
 def run_view(session: Session, run: Run) -> RunView:
+    return run_views(session, [run])[0]
+
+
+def run_views(session: Session, runs: Sequence[Run]) -> list[RunView]:
+    """Views of ``runs`` with their datasets named, in one query for the whole list (no N+1)."""
     rows = session.execute(
         select(RunDataset, DatasetVersion.version, Dataset.name)
         .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
         .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id == run.id)
-        .order_by(RunDataset.position)
+        .where(RunDataset.run_id.in_([run.id for run in runs]))
+        .order_by(RunDataset.run_id, RunDataset.position)
     ).all()
-    datasets = [
-        RunDatasetView(
-            position=row.position,
-            role=row.role,
-            dataset_version_id=row.dataset_version_id,
-            dataset=name,
-            version=version,
-            class_offset=row.class_offset,
-            num_classes=row.num_classes,
+    datasets: dict[int, list[RunDatasetView]] = {run.id: [] for run in runs}
+    for row, version, name in rows:
+        datasets[row.run_id].append(
+            RunDatasetView(
+                position=row.position,
+                role=row.role,
+                dataset_version_id=row.dataset_version_id,
+                dataset=name,
+                version=version,
+                class_offset=row.class_offset,
+                num_classes=row.num_classes,
+            )
         )
-        for row, version, name in rows
+    fields = [field for field in RunView.model_fields if field != "datasets"]
+    return [
+        RunView(**{field: getattr(run, field) for field in fields}, datasets=datasets[run.id]) for run in runs
     ]
-    data = {field: getattr(run, field) for field in RunView.model_fields if field != "datasets"}
-    return RunView(**data, datasets=datasets)
 
 
 def start_run(session: Session, run: Run, launcher: Launcher | None = None) -> Run:
