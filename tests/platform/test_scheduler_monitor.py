@@ -19,8 +19,9 @@ from tests.platform.scheduler_support import register
 from tests.terminal.model_factory import register_test_model, tiny_backbone
 
 
-def test_onnx_re_evaluation_matches_the_torch_model(sqlite_engine: Engine, local_store: ObjectStore,
-                                                    tmp_path: Path) -> None:
+def test_onnx_re_evaluation_matches_the_torch_model(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
     register(sqlite_engine, local_store, tmp_path, "lfw", kind="verification")
     with Session(sqlite_engine) as session:
         model = register_test_model(session, local_store, tmp_path / "model", seed=3)
@@ -28,11 +29,14 @@ def test_onnx_re_evaluation_matches_the_torch_model(sqlite_engine: Engine, local
         scores = evaluate_model_version(session, model, ["lfw"], "auc", store=local_store)
         version = get_version(session, "lfw")
         net = tiny_backbone(3)
-        left, right, same = load_verification_set(local_store, str(version.manifest_key),
-                                                  layout.pairs_key("lfw", version.version), net.input_size)
+        left, right, same = load_verification_set(
+            local_store, str(version.manifest_key), layout.pairs_key("lfw", version.version), net.input_size
+        )
     with torch.no_grad():
+
         def embed(x: torch.Tensor) -> torch.Tensor:
             return F.normalize(net(x), dim=1)
+
         expected = verification_metrics(cosine_scores(fuse_flip(embed, left), fuse_flip(embed, right)), same)
     assert set(scores) == {"lfw"}
     assert abs(scores["lfw"] - expected.auc) < 1e-6
