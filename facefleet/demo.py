@@ -212,6 +212,19 @@ def verdict(runs: list[DemoRun], verification_set: str) -> bool | None:
     return None if wins is None else wins["accuracy"]
 
 
+def model_to_deploy(runs: list[DemoRun], verification_set: str) -> DemoRun | None:
+    """The succeeded run whose model accepts the most genuine pairs at the operating point (ties: first)."""
+    succeeded = [run for run in runs if run.status == "succeeded" and run.summary.get("model")]
+    if not succeeded:
+        return None
+
+    def tar(run: DemoRun) -> float:
+        cosine = run.summary.get("evaluation", {}).get(verification_set, {}).get("cosine", {})
+        return float(cosine.get("tar_at_operating_far", 0.0))
+
+    return max(succeeded, key=tar)
+
+
 def describe_comparison(wins: dict[str, bool] | None) -> str:
     if wins is None:
         return "[yellow]no comparison: a run did not finish[/yellow]"
@@ -261,9 +274,15 @@ def run_demo(
     wins = verdict(runs, verification_name)
     plots = [plot for run in runs for plot in run.summary.get("plots", [])]
     console.print("plots:\n  " + "\n  ".join(plot_locations(settings.effective_store_url, plots)))
-    model = runs[0].summary.get("model") if runs[0].status == "succeeded" else None
+    chosen = model_to_deploy(runs, verification_name)
     terminals: list[dict[str, Any]] = []
-    if model:
+    if chosen is not None:
+        model = chosen.summary["model"]
+        console.print(
+            f"deploying {chosen.label}'s model ({model['name']} v{model['version']}): the higher true-accept "
+            "rate at the card's operating point (1% false accepts) on the verification set, the rule a "
+            "retrain policy's auto-promote applies"
+        )
         from facefleet.demo_terminals import run_terminal_act
 
         terminals = run_terminal_act(

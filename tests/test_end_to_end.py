@@ -9,7 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from facefleet.demo import run_demo
+from facefleet.demo import model_to_deploy, run_demo
 from facefleet.platform.db.models import (
     DatasetVersion,
     DeviceDeployment,
@@ -47,6 +47,12 @@ def test_demo_runs_the_whole_loop() -> None:
         assert alias is not None and alias.model_version_id == version.id
         installs = session.scalars(select(DeviceDeployment.status)).all()
         assert installs == ["installed", "installed"]
+        deployed_model = model_to_deploy(result.runs, result.verification_set).summary["model"]
+        deployed = session.scalars(
+            select(ModelVersion.id).where(
+                ModelVersion.name == deployed_model["name"], ModelVersion.version == deployed_model["version"]
+            )
+        ).one()
 
     store = get_store()
     card_bytes = store.get_bytes(version.artifacts["model_card.json"]["key"])
@@ -57,6 +63,6 @@ def test_demo_runs_the_whole_loop() -> None:
 
     assert len(result.terminals) == 2
     for terminal in result.terminals:
-        assert terminal["model_version_id"] == version.id
+        assert terminal["model_version_id"] == deployed
         assert -1.0 <= terminal["genuine_score"] <= 1.0
     assert (get_settings().data_dir / "demo" / "terminals").is_dir()

@@ -8,6 +8,7 @@ from facefleet.demo import (
     baseline_config,
     describe_comparison,
     metric_wins,
+    model_to_deploy,
     plot_locations,
     verdict,
 )
@@ -57,3 +58,11 @@ def test_plot_locations_are_paths_for_a_local_store() -> None:
         "/data/store/runs/1/plots/roc.png"
     ]
     assert plot_locations("s3://b/p", ["runs/1/plots/roc.png"]) == ["s3://b/p/runs/1/plots/roc.png"]
+
+
+def test_the_model_with_the_higher_operating_point_tar_is_deployed() -> None:
+    ours, naive = _run("ours", 0.9), _run("naive", 0.8)
+    ours.summary["model"], naive.summary["model"] = {"name": "a", "version": 1}, {"name": "b", "version": 1}
+    naive.summary["evaluation"]["verif"]["cosine"]["tar_at_operating_far"] = 0.7
+    assert model_to_deploy([ours, naive], "verif") is naive
+    assert model_to_deploy([_run("ours", None), _run("naive", None)], "verif") is None
