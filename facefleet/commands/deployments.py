@@ -17,7 +17,6 @@ from facefleet.commands._remote import (
     segment,
     validated,
 )
-from facefleet.platform import audit
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead
 from facefleet.platform.errors import InvalidInputError
@@ -83,17 +82,7 @@ def create(
 
 def _create_locally(body: DeploymentCreate) -> DeploymentRead:
     with local_session() as session:
-        deployment = deployments.create_deployment(
-            session,
-            model_version_id=body.model_version_id,
-            group=body.group,
-            strategy=body.strategy,
-            canary_percent=body.canary_percent,
-            max_failure_rate=body.max_failure_rate,
-            created_by="cli",
-        )
-        audit.record(session, "cli", "deployments.create", "deployment", deployment.id, body.model_dump())
-        return deployments.deployment_read(deployments.get_deployment(session, deployment_id=deployment.id))
+        return deployments.create_deployment_audited(session, body, actor="cli")
 
 
 @app.command("list")

@@ -48,19 +48,7 @@ def register(
 
 def _register_locally(body: DeviceCreate) -> DeviceRegistered:
     with local_session() as session:
-        device, token, expires_at = devices.register_device(
-            session,
-            name=body.name,
-            group=body.group,
-            adaptation_enabled=body.adaptation_enabled,
-            token_ttl_seconds=body.token_ttl_seconds,
-        )
-        audit.record(
-            session, "cli", "devices.register", "device", device.id, {"name": body.name, "group": body.group}
-        )
-        return DeviceRegistered(
-            device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
-        )
+        return devices.register_device_audited(session, body, actor="cli")
 
 
 @app.command("list")

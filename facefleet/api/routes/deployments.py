@@ -8,7 +8,6 @@ from facefleet.api.deps import Admin, DbSession, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
 from facefleet.api.params import PathId
-from facefleet.platform import audit
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead
 
@@ -17,19 +16,7 @@ router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERR
 
 @router.post("", response_model=DeploymentRead, status_code=status.HTTP_201_CREATED)
 def create_deployment(body: DeploymentCreate, session: DbSession, principal: Admin) -> DeploymentRead:
-    deployment = deployments.create_deployment(
-        session,
-        model_version_id=body.model_version_id,
-        group=body.group,
-        strategy=body.strategy,
-        canary_percent=body.canary_percent,
-        max_failure_rate=body.max_failure_rate,
-        created_by=principal.actor,
-    )
-    audit.record(
-        session, principal.actor, "deployments.create", "deployment", deployment.id, body.model_dump()
-    )
-    return deployments.deployment_read(deployments.get_deployment(session, deployment_id=deployment.id))
+    return deployments.create_deployment_audited(session, body, actor=principal.actor)
 
 
 @router.get("", response_model=Page[DeploymentRead])

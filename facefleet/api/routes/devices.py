@@ -17,24 +17,7 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERROR_RESPO
 
 @router.post("", response_model=DeviceRegistered, status_code=status.HTTP_201_CREATED)
 def register_device(body: DeviceCreate, session: DbSession, principal: Admin) -> DeviceRegistered:
-    device, token, expires_at = devices.register_device(
-        session,
-        name=body.name,
-        group=body.group,
-        adaptation_enabled=body.adaptation_enabled,
-        token_ttl_seconds=body.token_ttl_seconds,
-    )
-    audit.record(
-        session,
-        principal.actor,
-        "devices.register",
-        "device",
-        device.id,
-        {"name": device.name, "group": device.group},
-    )
-    return DeviceRegistered(
-        device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
-    )
+    return devices.register_device_audited(session, body, actor=principal.actor)
 
 
 @router.get("", response_model=Page[DeviceRead])

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facefleet.platform import audit
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.deployments.notify import notify_admins
-from facefleet.platform.deployments.schemas import DeploymentRead, DeviceRolloutRead
+from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead, DeviceRolloutRead
 from facefleet.platform.devices.service import group_devices
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -261,3 +262,18 @@ def list_deployments(
         query = query.where(Deployment.group == group)
     deployments, total = fetch_page(session, query.order_by(Deployment.id.desc()), limit=limit, offset=offset)
     return [_view(session, deployment) for deployment in deployments], total
+
+
+def create_deployment_audited(session: Session, body: DeploymentCreate, *, actor: str) -> DeploymentRead:
+    """Create a deployment from a validated request and record who did it (the API and CLI path)."""
+    deployment = create_deployment(
+        session,
+        model_version_id=body.model_version_id,
+        group=body.group,
+        strategy=body.strategy,
+        canary_percent=body.canary_percent,
+        max_failure_rate=body.max_failure_rate,
+        created_by=actor,
+    )
+    audit.record(session, actor, "deployments.create", "deployment", deployment.id, body.model_dump())
+    return deployment_read(get_deployment(session, deployment_id=deployment.id))

@@ -9,10 +9,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facefleet.platform import audit
 from facefleet.platform.auth.service import hash_token
 from facefleet.platform.db.base import as_utc, utcnow
 from facefleet.platform.db.models import Device
 from facefleet.platform.db.paging import fetch_page
+from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceRegistered
 from facefleet.platform.errors import (
     AuthenticationError,
     ConflictError,
@@ -142,3 +144,20 @@ def group_devices(session: Session, *, group: str) -> list[Device]:
     """Devices of ``group`` that can take a deployment (not disabled), in id order."""
     query = select(Device).where(Device.group == group, Device.status != "disabled").order_by(Device.id)
     return list(session.scalars(query).all())
+
+
+def register_device_audited(session: Session, body: DeviceCreate, *, actor: str) -> DeviceRegistered:
+    """Register a terminal from a validated request, record who did it, return its one-time token."""
+    device, token, expires_at = register_device(
+        session,
+        name=body.name,
+        group=body.group,
+        adaptation_enabled=body.adaptation_enabled,
+        token_ttl_seconds=body.token_ttl_seconds,
+    )
+    audit.record(
+        session, actor, "devices.register", "device", device.id, {"name": device.name, "group": device.group}
+    )
+    return DeviceRegistered(
+        device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
+    )
