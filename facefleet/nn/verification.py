@@ -87,11 +87,23 @@ def best_threshold(scores: np.ndarray, is_same: np.ndarray) -> tuple[float, floa
     return threshold, float(accuracy[best])
 
 
-def _kfold_accuracy(scores: np.ndarray, is_same: np.ndarray, folds: int) -> tuple[float, float]:
-    """Contiguous folds (the LFW protocol): threshold from the other folds, accuracy on the held-out one."""
-    fold_of = np.arange(scores.size) * folds // scores.size
+def stratified_folds(is_same: np.ndarray, folds: int) -> np.ndarray:
+    """Fold index per pair: same pairs and different pairs are each cut into ``folds`` contiguous runs, in
+    file order. On a file in LFW's layout (per fold: n same lines, then n different lines) these are
+    exactly the folds the file declares; on any other order every fold still holds both kinds of pair,
+    which contiguous cuts of the whole list do not (a fold of only same pairs trains its threshold on
+    the wrong mix and the estimate drops)."""
+    fold_of = np.empty(is_same.size, dtype=np.int64)
+    for kind in (True, False):
+        members = np.flatnonzero(is_same == kind)
+        fold_of[members] = np.arange(members.size) * folds // max(1, members.size)
+    return fold_of
+
+
+def _kfold_accuracy(scores: np.ndarray, is_same: np.ndarray, fold_of: np.ndarray) -> tuple[float, float]:
+    """Threshold from the other folds, accuracy on the held-out one (the LFW protocol)."""
     accuracies = []
-    for fold in range(folds):
+    for fold in np.unique(fold_of):
         test = fold_of == fold
         threshold, _ = best_threshold(scores[~test], is_same[~test])
         accuracies.append(float(((scores[test] >= threshold) == is_same[test]).mean()))
@@ -123,12 +135,15 @@ def verification_metrics(
     *,
     higher_is_same: bool = True,
     folds: int = 10,
+    fold_ids: ArrayLike | None = None,
     operating_far: float = 0.01,
 ) -> VerificationMetrics:
     """Metrics of pair scores (e.g. cosine similarities) against same/different labels.
 
-    accuracy ± accuracy_std: `folds`-fold accuracy over contiguous folds (fewer folds when there are
-    fewer pairs), each fold's threshold chosen on the rest; auc; eer; TAR at FAR 1e-3 / 1e-4 (the largest
+    accuracy ± accuracy_std: `folds`-fold accuracy, each fold's threshold chosen on the rest; the folds are
+    ``fold_ids`` when given (e.g. declared by a pairs file), else stratified (see ``stratified_folds``:
+    LFW's own folds on a file in LFW's layout; fewer folds when a kind of pair has fewer members);
+    auc; eer; TAR at FAR 1e-3 / 1e-4 (the largest
     TPR with FPR <= FAR: with fewer than 1/FAR different pairs this is the TPR at FPR 0); threshold: the
     best on all pairs, in the caller's score units; threshold_at_operating_far / tar_at_operating_far: the
     operating point for authentication (false accepts <= operating_far on these pairs).
@@ -145,7 +160,14 @@ def verification_metrics(
         raise ValueError("verification scores must be finite")
     oriented = score_arr if higher_is_same else -score_arr
     fpr, tpr, _ = roc_curve(oriented, same_arr)
-    accuracy, accuracy_std = _kfold_accuracy(oriented, same_arr, max(2, min(folds, score_arr.size)))
+    if fold_ids is None:
+        smaller_kind = int(min(same_arr.sum(), (~same_arr).sum()))
+        fold_of = stratified_folds(same_arr, max(2, min(folds, smaller_kind)))
+    else:
+        fold_of = _as_numpy(fold_ids, np.int64)
+        if fold_of.size != score_arr.size or np.unique(fold_of).size < 2:
+            raise ValueError("fold_ids must give every pair a fold, with at least two folds")
+    accuracy, accuracy_std = _kfold_accuracy(oriented, same_arr, fold_of)
     threshold, _ = best_threshold(oriented, same_arr)
     roc_fpr, roc_tpr = _subsample_roc(fpr, tpr)
     far_threshold, far_tar = threshold_at_far(oriented, same_arr, operating_far)

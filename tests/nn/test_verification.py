@@ -81,3 +81,54 @@ def test_operating_point_accepts_at_most_the_requested_share_of_impostors() -> N
     assert metrics.threshold_at_operating_far == threshold and metrics.tar_at_operating_far == tar
     distance = verification_metrics(-scores, is_same, higher_is_same=False, operating_far=0.01)
     assert distance.threshold_at_operating_far == -threshold
+
+
+def _insightface_lfw_accuracy(distances: np.ndarray, is_same: np.ndarray, folds: int = 10) -> float:
+    """insightface's eval/verification.py calculate_roc, reduced to its accuracy: KFold(n_splits=10,
+    shuffle=False) over the pairs in file order, thresholds np.arange(0, 4, 0.01) on distances, the first
+    best threshold of the training folds applied to the test fold."""
+    thresholds = np.arange(0, 4, 0.01)
+    fold_size = distances.size // folds
+    accuracies = []
+    for fold in range(folds):
+        test = np.zeros(distances.size, dtype=bool)
+        test[fold * fold_size : (fold + 1) * fold_size] = True
+        train_acc = [np.mean((distances[~test] < t) == is_same[~test]) for t in thresholds]
+        best = thresholds[int(np.argmax(train_acc))]
+        accuracies.append(np.mean((distances[test] < best) == is_same[test]))
+    return float(np.mean(accuracies))
+
+
+def _lfw_layout(rng: np.random.Generator, folds: int, per_fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of a pairs file in LFW's layout: per fold, ``per_fold`` same then ``per_fold`` different.
+    Scores sit on a 0.01 grid offset by 0.005 so no threshold of insightface's grid ties with a score."""
+    is_same = np.tile(np.repeat([True, False], per_fold), folds)
+    raw = np.where(is_same, rng.normal(0.55, 0.2, is_same.size), rng.normal(0.25, 0.2, is_same.size))
+    scores = np.clip(np.floor(raw * 100) / 100 + 0.005, -0.995, 0.995)
+    return scores, is_same
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_folds_equal_insightface_lfw_protocol_on_lfw_layout(seed: int) -> None:
+    scores, is_same = _lfw_layout(np.random.default_rng(seed), folds=10, per_fold=30)
+    ours = verification_metrics(scores, is_same).accuracy
+    assert ours == pytest.approx(_insightface_lfw_accuracy(1.0 - scores, is_same), abs=1e-12)
+
+
+def test_fold_estimate_does_not_depend_on_pair_order() -> None:
+    # The same pairs listed "all same, then all different": contiguous cuts of the whole list give folds
+    # of one kind only, and each fold's threshold is learned on the wrong mix. Stratified folds do not care.
+    scores, is_same = _lfw_layout(np.random.default_rng(3), folds=10, per_fold=30)
+    lfw = verification_metrics(scores, is_same).accuracy
+    grouped = np.argsort(~is_same, kind="stable")
+    assert verification_metrics(scores[grouped], is_same[grouped]).accuracy == pytest.approx(lfw, abs=1e-12)
+
+
+def test_declared_fold_ids_are_honoured_and_checked() -> None:
+    scores, is_same = _lfw_layout(np.random.default_rng(4), folds=10, per_fold=30)
+    declared = np.repeat(np.arange(10), 60)
+    assert verification_metrics(scores, is_same, fold_ids=declared).accuracy == pytest.approx(
+        _insightface_lfw_accuracy(1.0 - scores, is_same), abs=1e-12
+    )
+    with pytest.raises(ValueError, match="fold_ids"):
+        verification_metrics(scores, is_same, fold_ids=np.zeros(scores.size, dtype=int))
