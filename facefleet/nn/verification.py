@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +32,13 @@ class VerificationMetrics(BaseModel):
         default=0.0, description="threshold whose false-accept rate on these pairs is <= operating_far"
     )
     tar_at_operating_far: float = 0.0
+    impostor_pairs: int = Field(default=0, description="different pairs the operating point was measured on")
+    operating_point_reliable: bool = Field(
+        default=True,
+        description="False when there are fewer than 1/operating_far different pairs: so small a FAR cannot "
+        "be measured, and the threshold falls back to just above the highest impostor score (no impostor "
+        "of this set accepted)",
+    )
     roc_fpr: list[float] = Field(description=f"ROC points for plotting (at most {MAX_ROC_POINTS})")
     roc_tpr: list[float]
 
@@ -122,6 +130,7 @@ def threshold_at_far(oriented: np.ndarray, is_same: np.ndarray, far: float) -> t
 
     Scores are oriented (higher = same) and a pair is accepted when score >= threshold. The threshold sits
     just above the (k+1)-th highest different-pair score, k = floor(far * number of different pairs).
+    With fewer than 1/far different pairs, k = 0: the stated fallback is "no impostor of this set accepted".
     """
     negatives = np.sort(oriented[~is_same])[::-1]
     allowed = int(np.floor(far * negatives.size))
@@ -184,6 +193,8 @@ def verification_metrics(
         operating_far=operating_far,
         threshold_at_operating_far=far_threshold if higher_is_same else -far_threshold,
         tar_at_operating_far=far_tar,
+        impostor_pairs=int((~same_arr).sum()),
+        operating_point_reliable=bool((~same_arr).sum() >= math.ceil(1.0 / operating_far - 1e-9)),
         roc_fpr=roc_fpr,
         roc_tpr=roc_tpr,
     )

@@ -132,3 +132,15 @@ def test_declared_fold_ids_are_honoured_and_checked() -> None:
     )
     with pytest.raises(ValueError, match="fold_ids"):
         verification_metrics(scores, is_same, fold_ids=np.zeros(scores.size, dtype=int))
+
+
+def test_operating_point_says_when_too_few_impostor_pairs_measure_the_far() -> None:
+    rng = np.random.default_rng(5)
+    few = np.r_[np.ones(40, bool), np.zeros(40, bool)]  # 40 impostor pairs < 1 / 0.01
+    scores = np.where(few, rng.uniform(0.5, 1.0, 80), rng.uniform(0.0, 0.6, 80))
+    m = verification_metrics(scores, few, operating_far=0.01)
+    assert not m.operating_point_reliable and m.impostor_pairs == 40
+    assert m.threshold_at_operating_far > scores[~few].max()  # the fallback: no impostor accepted
+    many = np.r_[np.ones(40, bool), np.zeros(100, bool)]
+    m = verification_metrics(rng.uniform(0, 1, 140), many, operating_far=0.01)
+    assert m.operating_point_reliable and m.impostor_pairs == 100
