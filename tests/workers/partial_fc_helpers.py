@@ -110,8 +110,9 @@ def _check_case(rank: int, world: int, case_index: int, case: dict[str, Any]) ->
     loss.backward()
 
     where = f"case {case} rank {rank}"
-    assert abs(float(loss) - float(expected_loss)) < TOLERANCE, where
-    for (name, got), expected in zip(backbone.named_parameters(), reference_backbone.parameters(), strict=True):
+    assert abs(float(loss.detach()) - float(expected_loss.detach())) < TOLERANCE, where
+    pairs = zip(backbone.named_parameters(), reference_backbone.parameters(), strict=True)
+    for (name, got), expected in pairs:
         assert got.grad is not None and expected.grad is not None
         error = float((got.grad - expected.grad).abs().max())
         assert error < TOLERANCE, f"{where}: backbone {name} gradient off by {error}"
@@ -147,7 +148,7 @@ def sampling_worker(rank: int, world: int, port: int) -> None:
         x = embeddings[mine].clone().requires_grad_(True)
         loss = head(x, labels[mine], datasets[mine], step)
         loss.backward()
-        assert abs(float(loss) - float(expected)) < TOLERANCE
+        assert abs(float(loss.detach()) - float(expected.detach())) < TOLERANCE
         assert x.grad is not None and full_x.grad is not None and whole.weight.grad is not None
         assert float((x.grad - full_x.grad[mine]).abs().max()) < TOLERANCE
         assert head.weight.grad is not None
