@@ -212,7 +212,12 @@ class _ShardCrossEntropy(torch.autograd.Function):
         for group, state in zip(ctx.groups, ctx.states, strict=True):
             if state.extra_logits is not None:
                 _extra_backward(
-                    x.index_select(0, group.members), ops, group, state, grad_total, grads  # type: ignore[arg-type]
+                    x.index_select(0, group.members),
+                    ops,
+                    group,
+                    state,
+                    grad_total,
+                    grads,  # type: ignore[arg-type]
                 )
         return grads.x, grads.weight, grads.bias, None, None, None
 
