@@ -143,8 +143,11 @@ class ShardedMarginHead(nn.Module):
             labels, dataset_index, self.classes_per_dataset, self.crossing_p, generator, self.weight.device
         )
         weight, bias, shard_groups = self._columns(groups, labels, step)
-        x = embeddings if self.kind == "softmax" else F.normalize(embeddings, dim=1)
-        total = shard_cross_entropy(x, weight, bias, self.spec, shard_groups, reducer or LocalReducer())
+        # the logits and their exp stay in the parameters' precision even inside a mixed-precision region
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = embeddings.to(weight.dtype)
+            x = x if self.kind == "softmax" else F.normalize(x, dim=1)
+            total = shard_cross_entropy(x, weight, bias, self.spec, shard_groups, reducer or LocalReducer())
         return total / embeddings.shape[0]
 
     def _columns(
