@@ -33,7 +33,7 @@ scheduler: $(STAMP)
 	$(BIN)/facefleet scheduler
 
 bench: $(STAMP)  ## benchmark tables (ratios against in-process baselines)
-	@for b in heads data train api terminal; do \
+	@for b in heads partial_fc data train api terminal; do \
 	  echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 lint: $(STAMP)

@@ -20,6 +20,7 @@ __all__ = [
     "DatasetAwareMarginHead",
     "HeadKind",
     "margin_target_cos",
+    "plan_groups",
     "sample_crossing_positions",
 ]
 
@@ -66,6 +67,73 @@ def _uniform_subset(total: int, count: int, generator: torch.Generator | None) -
         draws = torch.randint(0, total, (missing,), generator=generator)
         chosen = torch.unique(torch.cat([chosen, draws]))
     return chosen
+
+
+def plan_groups(
+    labels: torch.Tensor,
+    dataset_index: torch.Tensor,
+    classes_per_dataset: list[int],
+    crossing_p: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> list[Group]:
+    """The denominators of one batch in global class indices: one group per dataset present (with its
+    crossing draws), or a single group over all classes when crossing_p = 1. Raises ValueError when a
+    label lies outside its dataset's classes."""
+    offsets = [sum(classes_per_dataset[:k]) for k in range(len(classes_per_dataset))]
+    by_dataset = _group_by_dataset(labels, dataset_index, classes_per_dataset, offsets)
+    if crossing_p >= 1.0:
+        everyone = torch.arange(labels.shape[0], device=labels.device)
+        return [Group(everyone, 0, sum(classes_per_dataset), labels)]
+    groups = []
+    for k, members, local in by_dataset:
+        group = Group(members, offsets[k], offsets[k] + classes_per_dataset[k], local)
+        if crossing_p > 0.0:
+            group.extra_rows, group.extra_cols = _draw_crossing(
+                k, members.numel(), classes_per_dataset, offsets, crossing_p, generator, device
+            )
+        groups.append(group)
+    return groups
+
+
+def _group_by_dataset(
+    labels: torch.Tensor, dataset_index: torch.Tensor, classes_per_dataset: list[int], offsets: list[int]
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(k, row indices, labels local to dataset k) for every dataset present in the batch."""
+    groups = []
+    for k, count in enumerate(classes_per_dataset):
+        members = (dataset_index == k).nonzero().flatten()
+        if members.numel() == 0:
+            continue
+        local = labels[members] - offsets[k]
+        if bool(((local < 0) | (local >= count)).any()):
+            raise ValueError(f"labels of dataset {k} must lie in [{offsets[k]}, {offsets[k] + count})")
+        groups.append((k, members, local))
+    return groups
+
+
+def _draw_crossing(
+    k: int,
+    rows: int,
+    classes_per_dataset: list[int],
+    offsets: list[int],
+    crossing_p: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row within the group, global class) of the crossing-dropout entries of dataset k's `rows`
+    samples, drawn per other dataset ascending (the documented order)."""
+    entry_rows, entry_cols = [], []
+    for other, cols in enumerate(classes_per_dataset):
+        if other == k:
+            continue
+        positions = sample_crossing_positions(rows, cols, crossing_p, generator, device)
+        entry_rows.append(positions // cols)
+        entry_cols.append(positions % cols + offsets[other])
+    if not entry_rows:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty
+    return torch.cat(entry_rows), torch.cat(entry_cols)
 
 
 class DatasetAwareMarginHead(nn.Module):
@@ -134,53 +202,15 @@ class DatasetAwareMarginHead(nn.Module):
         return total / embeddings.shape[0]
 
     def _plan_groups(self, labels: torch.Tensor, dataset_index: torch.Tensor) -> list[Group]:
-        """The denominators of this call: one group per dataset present (with its crossing draws), or a
-        single group over all classes when crossing_p = 1."""
-        by_dataset = self._group_by_dataset(labels, dataset_index)
-        if self.crossing_p >= 1.0:
-            return [Group(torch.arange(labels.shape[0], device=labels.device), 0, self.num_classes, labels)]
-        groups = []
-        for k, members, local in by_dataset:
-            group = Group(members, self.offsets[k], self.offsets[k] + self.classes_per_dataset[k], local)
-            if self.crossing_p > 0.0:
-                group.extra_rows, group.extra_cols = self._draw_crossing(k, members.numel())
-            groups.append(group)
-        return groups
-
-    def _group_by_dataset(
-        self, labels: torch.Tensor, dataset_index: torch.Tensor
-    ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        """(k, row indices, labels local to dataset k) for every dataset present in the batch."""
-        groups = []
-        for k in range(self.num_datasets):
-            members = (dataset_index == k).nonzero().flatten()
-            if members.numel() == 0:
-                continue
-            local = labels[members] - self.offsets[k]
-            if bool(((local < 0) | (local >= self.classes_per_dataset[k])).any()):
-                raise ValueError(
-                    f"labels of dataset {k} must lie in [{self.offsets[k]}, "
-                    f"{self.offsets[k] + self.classes_per_dataset[k]})"
-                )
-            groups.append((k, members, local))
-        return groups
-
-    def _draw_crossing(self, k: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row within the group, global class) of the crossing-dropout entries of dataset k's `rows`
-        samples, drawn per other dataset ascending (the documented order)."""
-        entry_rows, entry_cols = [], []
-        device = self.weight.device
-        for other in range(self.num_datasets):
-            if other == k:
-                continue
-            cols = self.classes_per_dataset[other]
-            positions = sample_crossing_positions(rows, cols, self.crossing_p, self.generator, device)
-            entry_rows.append(positions // cols)
-            entry_cols.append(positions % cols + self.offsets[other])
-        if not entry_rows:
-            empty = torch.empty(0, dtype=torch.long, device=device)
-            return empty, empty
-        return torch.cat(entry_rows), torch.cat(entry_cols)
+        """The denominators of this call (see `plan_groups`), crossing entries drawn with `generator`."""
+        return plan_groups(
+            labels,
+            dataset_index,
+            self.classes_per_dataset,
+            self.crossing_p,
+            self.generator,
+            self.weight.device,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.workers.data import LabelSpaceEntry
+from facefleet.workers.partial_fc import DistributedMarginHead, ignore_head_in_ddp
 from facefleet.workers.train_model import FaceTrainingModel, build_optimizer, build_training_model
 from facefleet.workers.train_reporting import RankZeroReporter
 from facefleet.workers.train_state import TrainState, restore_state, save_checkpoint
@@ -95,6 +96,8 @@ def any_rank_says(flag: bool, device: torch.device) -> bool:
 def wrap_distributed(model: FaceTrainingModel, device: torch.device) -> torch.nn.Module:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         device_ids = [device.index] if device.type == "cuda" else None
+        if model.sharded_head:
+            ignore_head_in_ddp(model)
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return model
 
@@ -107,13 +110,16 @@ def train_func(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = pick_device(cfg)
     torch.manual_seed(cfg.seed + rank)
-    model = build_training_model(cfg, [entry.num_classes for entry in job.entries], job.total_steps).to(
-        device
-    )
+    sharded = cfg.head.sharded and world_size > 1
+    classes = [entry.num_classes for entry in job.entries]
+    model = build_training_model(cfg, classes, job.total_steps, sharded_head=sharded).to(device)
     optimizer, scheduler = build_optimizer(cfg, model, job.total_steps)
     use_amp = cfg.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+    if sharded:
+        assert isinstance(model.head, DistributedMarginHead)
+        state.sharded_head = model.head
     start_step = restore_state(ray.train.get_checkpoint(), state, device)
     ddp = wrap_distributed(model, device)
     reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
@@ -150,7 +156,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             if reporter is not None and cfg.eval_interval and step % cfg.eval_interval == 0 and not last:
                 reporter.evaluate(step, model)
         if step % cfg.checkpoint_interval == 0 or last:
-            checkpoint = save_checkpoint(state, step) if rank == 0 else None
+            checkpoint = save_checkpoint(state, step, writer=rank == 0)
             ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
             if fail_pending and rank == 0 and step >= (job.fail_once_after_step or 0) and not last:
                 inject_failure_after_commit(step)

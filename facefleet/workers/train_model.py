@@ -12,13 +12,20 @@ from facefleet.nn.domain import DatasetClassifier, domain_loss, in_reversal_stag
 from facefleet.nn.heads import DatasetAwareMarginHead
 from facefleet.nn.schedule import warmup_cosine_factor
 from facefleet.platform.runs.schemas import TrainingConfig
+from facefleet.workers.partial_fc import DistributedMarginHead
 
 
 class FaceTrainingModel(nn.Module):
     """G_f (backbone) + G_y (dataset-aware head) + G_d (dataset classifier) + optional ModelNet, one module
     so that DDP synchronises every gradient. ``forward`` returns the named losses of one batch."""
 
-    def __init__(self, config: TrainingConfig, classes_per_dataset: list[int], total_steps: int) -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        classes_per_dataset: list[int],
+        total_steps: int,
+        sharded_head: bool = False,
+    ) -> None:
         super().__init__()
         self.config = config
         self.backbone = get_backbone(
@@ -26,16 +33,33 @@ class FaceTrainingModel(nn.Module):
         )
         dim = int(self.backbone.embedding_dim)
         head = config.head
-        self.head = DatasetAwareMarginHead(
-            dim,
-            classes_per_dataset,
-            kind=head.kind,
-            s=head.s,
-            m1=head.m1,
-            m2=head.m2,
-            m3=head.m3,
-            crossing_p=head.crossing_p,
-        )
+        self.sharded_head = sharded_head
+        self.head: nn.Module
+        if sharded_head:
+            # the worker's slice of the classes (Partial FC); checkpoints still hold the full matrix
+            self.head = DistributedMarginHead(
+                dim,
+                classes_per_dataset,
+                kind=head.kind,
+                s=head.s,
+                m1=head.m1,
+                m2=head.m2,
+                m3=head.m3,
+                crossing_p=head.crossing_p,
+                sample_rate=head.sample_rate,
+                seed=config.seed,
+            )
+        else:
+            self.head = DatasetAwareMarginHead(
+                dim,
+                classes_per_dataset,
+                kind=head.kind,
+                s=head.s,
+                m1=head.m1,
+                m2=head.m2,
+                m3=head.m3,
+                crossing_p=head.crossing_p,
+            )
         # With K >= 2 the classifier always trains (on detached embeddings without reversal), so its
         # accuracy is logged for baselines too; reversal only decides whether its gradient reaches G_f.
         self.dataset_classifier = (
@@ -62,7 +86,10 @@ class FaceTrainingModel(nn.Module):
         self, images: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor, step: int
     ) -> dict[str, torch.Tensor]:
         embeddings = self.backbone(images)
-        identity = self.head(embeddings.float(), labels, dataset_index)
+        if self.sharded_head:
+            identity = self.head(embeddings.float(), labels, dataset_index, step)
+        else:
+            identity = self.head(embeddings.float(), labels, dataset_index)
         losses = {"identity_loss": identity}
         total = identity
         if self.dataset_classifier is not None:
@@ -101,9 +128,10 @@ class FaceTrainingModel(nn.Module):
 
 
 def build_training_model(
-    config: TrainingConfig, classes_per_dataset: list[int], total_steps: int
+    config: TrainingConfig, classes_per_dataset: list[int], total_steps: int, sharded_head: bool = False
 ) -> FaceTrainingModel:
-    return FaceTrainingModel(config, classes_per_dataset, total_steps)
+    """The training model; `sharded_head` (inside a worker group only) holds this worker's classes."""
+    return FaceTrainingModel(config, classes_per_dataset, total_steps, sharded_head)
 
 
 def lr_factor(config: TrainingConfig, step: int, total_steps: int) -> float:

@@ -71,6 +71,25 @@ def test_impossible_configs_and_datasets_are_422_with_the_field(api: Api) -> Non
     assert api.client.get("/v1/runs", headers=api.viewer).json()["total"] == 0
 
 
+def test_sharded_heads_that_cannot_run_are_422_before_queueing(api: Api) -> None:
+    register_folder(api, "faces-a")  # 3 identities
+
+    def post(config: dict) -> dict:
+        body = {"datasets": ["faces-a"], "config": {**TINY, **config}, "start": False}
+        response = api.client.post("/v1/runs", headers=api.admin, json=body)
+        assert response.status_code == 422, response.text
+        return response.json()
+
+    assert "every shard needs at least one class" in post(
+        {"head": {"sharded": True}, "scaling": {"num_workers": 4}}
+    )["detail"]
+    assert "num_workers >= 2" in post({"head": {"sharded": True}, "scaling": {"num_workers": 1}})["detail"]
+    assert post({"head": {"sharded": True, "sample_rate": 0}, "scaling": {"num_workers": 2}})["field"] == (
+        "config.head.sample_rate"
+    )
+    assert api.client.get("/v1/runs", headers=api.viewer).json()["total"] == 0
+
+
 def test_metrics_plots_and_logs(api: Api) -> None:
     register_folder(api, "faces-a")
     run = api.client.post(

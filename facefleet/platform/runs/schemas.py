@@ -23,6 +23,16 @@ class HeadConfig(_Strict):
     m2: float = Field(default=0.5, ge=0.0, lt=3.1416, description="ArcFace additive angular margin")
     m3: float = Field(default=0.0, ge=0.0, description="CosFace additive cosine margin")
     crossing_p: float = Field(default=1e-4, ge=0.0, le=1.0, description="0 dataset-aware, 1 plain softmax")
+    sharded: bool = Field(
+        default=False,
+        description="Partial FC: the class matrix split across the Ray Train workers (needs >= 2 workers)",
+    )
+    sample_rate: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of negative classes per step (positives always kept); < 1 needs sharded",
+    )
 
 
 class ReversalConfig(_Strict):
@@ -129,6 +139,16 @@ class TrainingConfig(_Strict):
                     f"batch_size {self.batch_size} cannot hold whole groups of {k} images of one identity "
                     f"and at least two identities: use a multiple of {k} that is at least {2 * k}"
                 )
+        if self.head.sharded and self.scaling.num_workers < 2:
+            raise ValueError(
+                f"head.sharded splits the classes across workers but scaling.num_workers is "
+                f"{self.scaling.num_workers}: set scaling.num_workers >= 2 or head.sharded=false"
+            )
+        if self.head.sample_rate < 1.0 and not self.head.sharded:
+            raise ValueError(
+                "head.sample_rate < 1 samples negative classes of the sharded head: set head.sharded=true "
+                "(with scaling.num_workers >= 2) or head.sample_rate=1"
+            )
         if self.scaling.gpus_per_worker and self.scaling.num_workers == 0:
             raise ValueError("scaling.gpus_per_worker needs num_workers >= 1 (local mode runs on the CPU)")
         return self

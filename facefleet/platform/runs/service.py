@@ -97,6 +97,17 @@ def check_pair_batches(config: TrainingConfig, identity_counts: Sequence[int]) -
         )
 
 
+def check_head_shards(config: TrainingConfig, num_classes: int) -> None:
+    """A sharded head puts at least one class on every worker: refuse more shards than classes."""
+    workers = config.scaling.num_workers
+    if config.head.sharded and workers > num_classes:
+        raise InvalidInputError(
+            f"head.sharded splits {num_classes} classes across {workers} workers, but every shard needs at "
+            "least one class: lower scaling.num_workers or set head.sharded=false",
+            field="head.sharded",
+        )
+
+
 def _small_number(text: str) -> int | None:
     """``text`` as an id or version number when it is ASCII digits that fit a database integer."""
     if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) > DB_INT_MAX:
@@ -202,6 +213,7 @@ def create_run(
         training_config, train_dataset_count=len(train), local_machine=settings.launcher == "local"
     )
     check_pair_batches(training_config, [version.identity_count for version, _ in train])
+    check_head_shards(training_config, sum(version.identity_count for version, _ in train))
     run = Run(
         name=name or "+".join(dataset.name for _, dataset in train),
         status="queued",

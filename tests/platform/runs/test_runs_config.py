@@ -82,3 +82,29 @@ def test_create_run_rejects_a_pair_batch_no_dataset_can_fill(
         service.create_run(session, dataset_names_or_version_ids=names, config=too_many)
     with pytest.raises(InvalidInputError, match="at least two training datasets"):
         service.create_run(session, dataset_names_or_version_ids=names[:1], config=tiny_config())
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"head": {"sharded": True}, "scaling": {"num_workers": 1}}, "scaling.num_workers >= 2"),
+        ({"head": {"sharded": True}, "scaling": {"num_workers": 0}}, "scaling.num_workers >= 2"),
+        ({"head": {"sharded": True, "sample_rate": 0.0}, "scaling": {"num_workers": 2}}, "sample_rate"),
+        ({"head": {"sharded": True, "sample_rate": 1.5}, "scaling": {"num_workers": 2}}, "sample_rate"),
+        ({"head": {"sample_rate": 0.1}, "scaling": {"num_workers": 2}}, "head.sharded=true"),
+    ],
+)
+def test_sharded_head_configs_that_cannot_run_are_refused(change: dict, text: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        service.parse_config(tiny_config(**change))
+    assert text in caught.value.message
+
+
+def test_a_sharded_head_needs_a_class_per_worker() -> None:
+    config = service.parse_config(
+        tiny_config(head={"sharded": True, "sample_rate": 0.1}, scaling={"num_workers": 4})
+    )
+    service.check_head_shards(config, 4)  # one class each: fine
+    with pytest.raises(InvalidInputError, match="every shard needs at least one class") as caught:
+        service.check_head_shards(config, 3)
+    assert caught.value.field == "head.sharded"
