@@ -40,6 +40,7 @@ class Problem(BaseModel):
     detail: str
     field: str | None = None
     errors: list[dict[str, Any]] | None = None
+    report: dict[str, Any] | None = None
 
 
 def problem_response(
@@ -50,6 +51,7 @@ def problem_response(
     title: str | None = None,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> JSONResponse:
     title = title or _TITLES.get(status, "Error")
     body = Problem(
@@ -59,6 +61,7 @@ def problem_response(
         detail=detail,
         field=field,
         errors=errors,
+        report=report,
     )
     return JSONResponse(
         body.model_dump(exclude_none=True),
@@ -105,7 +108,9 @@ async def _facefleet_handler(request: Request, exc: Exception) -> JSONResponse:
     if field is None and exc.status_code in (404, 409) and request.path_params:
         # A service that did not name the field was looking up (or changing) what the path names.
         field = list(request.path_params)[-1]
-    return problem_response(exc.status_code, exc.message, field=field, title=type(exc).title, headers=headers)
+    return problem_response(
+        exc.status_code, exc.message, field=field, title=type(exc).title, headers=headers, report=exc.report
+    )
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.names import Name
 
 
 class StrictBody(BaseModel):
@@ -17,7 +18,7 @@ class StrictBody(BaseModel):
 
 
 class ApiKeyCreate(StrictBody):
-    name: str = Field(min_length=1, max_length=128, description="who or what uses the key, e.g. 'ci-bot'")
+    name: Name = Field(description="who or what uses the key, e.g. 'ci-bot'")
     role: Literal["admin", "viewer"] = Field(description="admin: everything; viewer: read-only")
 
 

@@ -84,7 +84,9 @@ def seed_key(engine: Engine, role: str, name: str) -> dict[str, str]:
 
 
 def _client(engine: Engine, store: ObjectStore, tmp_path: Path) -> Iterator[Api]:
-    app = create_app(get_settings(), engine=engine, store=store)
+    # The server reads dataset folders only under FACEFLEET_DATASET_ROOTS: here the test's temp folder.
+    settings = get_settings().model_copy(update={"dataset_roots": [str(tmp_path)]})
+    app = create_app(settings, engine=engine, store=store)
     starter = RecordingStarter()
     app.state.run_starter = starter
     with TestClient(app) as client:
