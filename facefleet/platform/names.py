@@ -20,6 +20,8 @@ NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or d
 Name = Annotated[
     str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN, description=NAME_RULE)
 ]
+# Free text shown to people (a run's display name): any characters but control characters, 128 at most.
+Label = Annotated[str, Field(max_length=NAME_MAX_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 def name_problem(value: object) -> str | None:

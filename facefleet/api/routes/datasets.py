@@ -26,8 +26,10 @@ from facefleet.platform.datasets.schemas import (
     RegisterRequest,
 )
 from facefleet.platform.datasets.source_policy import SourcePolicy
+from facefleet.platform.datasets.sources import ArchiveLimits
 from facefleet.platform.db.models import Dataset
 from facefleet.platform.errors import InvalidInputError, PayloadTooLargeError
+from facefleet.platform.settings import Settings
 from facefleet.platform.store import ObjectStore
 
 router = APIRouter(tags=["datasets"], responses=ERROR_RESPONSES)
@@ -49,6 +51,7 @@ def _register(
     source: str,
     source_label: str,
     policy: SourcePolicy,
+    settings: Settings,
 ) -> JSONResponse:
     version, created = service.register_dataset_version_audited(
         session,
@@ -62,6 +65,7 @@ def _register(
         tags=body.tags,
         min_images_per_identity=body.min_images_per_identity,
         policy=policy,
+        limits=ArchiveLimits.from_settings(settings),
     )
     detail = DatasetVersionDetail.model_validate(version)
     # 201 for a new version; 200 when the same content was registered before (the existing version).
@@ -81,8 +85,9 @@ def register_dataset(
 
     The server reads only under FACEFLEET_DATASET_ROOTS (403 otherwise, whether or not the path exists).
     """
-    policy = SourcePolicy.for_server(request.app.state.settings)
-    return _register(session, store, principal, body, body.source, body.source, policy)
+    settings: Settings = request.app.state.settings
+    policy = SourcePolicy.for_server(settings)
+    return _register(session, store, principal, body, body.source, body.source, policy, settings)
 
 
 def _safe_suffix(filename: str) -> str:
@@ -143,8 +148,10 @@ def upload_dataset(
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file.filename or "upload").name)[:100]
         target = tmp / (safe_name if safe_name.lower().endswith(suffix) else f"upload{suffix}")
         _spool_upload(file, target, limit)
-        policy = SourcePolicy.for_upload(request.app.state.settings)
-        return _register(session, store, principal, body, str(target), f"upload:{safe_name}", policy)
+        settings: Settings = request.app.state.settings
+        policy = SourcePolicy.for_upload(settings)
+        label = f"upload:{safe_name}"
+        return _register(session, store, principal, body, str(target), label, policy, settings)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
