@@ -91,9 +91,7 @@ def test_scheduler_command_runs_one_tick_on_a_fresh_database() -> None:
     assert "TickReport(skipped=False" in result.output
 
 
-def test_keys_create_without_a_name_as_the_readme_shows(
-    server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_keys_create_without_a_name_as_the_readme_shows(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """README: `facefleet keys create --role admin` (no --name) prints the first key, locally and remotely."""
     created = runner.invoke(keys.app, ["create", "--role", "admin"])
     assert created.exit_code == 0, created.output

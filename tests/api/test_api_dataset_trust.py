@@ -263,9 +263,7 @@ def test_a_refused_registration_leaves_no_dataset_and_is_audited(sqlite_api: Api
         json={"name": "fresh", "source": str(make_imagefolder(api.tmp / "good"))},
     )
     assert good.status_code == 201
-    again = api.client.post(
-        "/v1/datasets", headers=api.admin, json={"name": "fresh", "source": str(folder)}
-    )
+    again = api.client.post("/v1/datasets", headers=api.admin, json={"name": "fresh", "source": str(folder)})
     assert_problem(again, 422, "source")
     versions = api.client.get("/v1/datasets/fresh/versions", headers=api.viewer).json()
     assert [(v["version"], v["status"]) for v in versions["items"]] == [(1, "ready")]

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
-from facefleet.api.errors import ERROR_RESPONSES
+from facefleet.api.errors import ERROR_RESPONSES, Problem
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
 from facefleet.api.params import PathId
 from facefleet.platform import audit
@@ -32,7 +32,13 @@ from facefleet.platform.errors import InvalidInputError, PayloadTooLargeError
 from facefleet.platform.settings import Settings
 from facefleet.platform.store import ObjectStore
 
-router = APIRouter(tags=["datasets"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    tags=["datasets"],
+    responses={
+        **ERROR_RESPONSES,
+        413: {"model": Problem, "description": "an upload or archive past a limit (the setting is named)"},
+    },
+)
 UPLOAD_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 CHUNK = 1 << 20
 Kind = Literal["train", "verification"]
