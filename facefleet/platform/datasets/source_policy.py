@@ -44,7 +44,7 @@ class SourcePolicy:
     protected_files: tuple[Path, ...] = ()  # refused: themselves (any name) and what contains them
     protected_containers: tuple[Path, ...] = ()  # refused: themselves and what contains them
     protected_s3: tuple[str, ...] = ()
-    _ids: frozenset[tuple[int, int]] = field(default=frozenset(), compare=False)
+    protected_ids: frozenset[tuple[int, int]] = field(default=frozenset(), compare=False)  # (device, inode)
 
     @classmethod
     def for_server(cls, settings: Settings) -> SourcePolicy:
@@ -96,7 +96,7 @@ class SourcePolicy:
         for item in (*self.protected_files, *self.protected_containers):
             if _within(item, resolved):
                 raise self._refusal("it holds facefleet's own files (database, signing key or data dir)")
-        if self._ids:
+        if self.protected_ids:
             self._check_no_link_to_protected(resolved)
 
     def _check_no_link_to_protected(self, resolved: Path) -> None:
@@ -119,7 +119,7 @@ class SourcePolicy:
                 info = candidate.stat()
             except OSError:
                 continue
-            if (info.st_dev, info.st_ino) in self._ids:
+            if (info.st_dev, info.st_ino) in self.protected_ids:
                 raise self._refusal("it is (or holds a link to) facefleet's database or signing key")
 
     def _refusal(self, reason: str) -> PermissionDeniedError:
@@ -193,7 +193,7 @@ def _build(settings: Settings, roots: tuple[str, ...] | None) -> SourcePolicy:
         protected_files=tuple(files),
         protected_containers=(data_dir,),
         protected_s3=tuple(protected_s3),
-        _ids=frozenset(ids),
+        protected_ids=frozenset(ids),
     )
 
 
