@@ -159,3 +159,19 @@ def test_request_errors_record_nothing(
             sqlite_session, local_store, name="t", source=tmp_path / "f", kind="verification"
         )
     assert _count(sqlite_session, Dataset) == 1 and _count(sqlite_session, DatasetVersion) == 1
+
+
+def test_the_local_cli_reads_any_folder_but_never_facefleet_files(
+    sqlite_session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    """Without --server the user's own readable paths are fine (no roots); facefleet's files never are."""
+    from facefleet.platform.errors import PermissionDeniedError
+
+    session, store = sqlite_session, local_store
+    elsewhere = make_imagefolder(tmp_path / "anywhere" / "faces", identities=2, images=2)
+    assert service.register_dataset_version(session, store, name="mine", source=elsewhere).status == "ready"
+    database = Path(session.get_bind().url.database or "")
+    for source in (database, tmp_path, tmp_path / "store"):
+        with pytest.raises(PermissionDeniedError, match="cannot be registered") as caught:
+            service.register_dataset_version(session, store, name="nope", source=source)
+        assert caught.value.status_code == 403 and caught.value.field == "source"
