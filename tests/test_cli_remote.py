@@ -244,10 +244,13 @@ def test_devices_register_list_disable_remotely(server: Server, monkeypatch: pyt
     assert registered.exit_code == 0, registered.output
     assert "registered device 1 (kiosk) in group front" in registered.output
     assert registered.output.strip().splitlines()[-1].strip()  # the one-time token, on its own line
-    listed = cli(monkeypatch, ["devices", "list", "--group", "front", *remote], server.viewer)
+    assert_clean_failure(
+        cli(monkeypatch, ["devices", "list", *remote], server.viewer), "read-only", "admin key"
+    )  # README: devices are admin only, reads included
+    listed = cli(monkeypatch, ["devices", "list", "--group", "front", *remote], server.admin)
     assert listed.exit_code == 0 and "kiosk" in listed.output
     disabled = cli(monkeypatch, ["devices", "disable", "1", *remote], server.admin)
     assert disabled.exit_code == 0 and "device 1 disabled" in disabled.output
-    listed = cli(monkeypatch, ["devices", "list", *remote], server.viewer)
+    listed = cli(monkeypatch, ["devices", "list", *remote], server.admin)
     assert "disabled" in listed.output
     assert_clean_failure(cli(monkeypatch, ["devices", "disable", "9", *remote], server.admin), "9")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -40,6 +41,7 @@ class Problem(BaseModel):
     detail: str
     field: str | None = None
     errors: list[dict[str, Any]] | None = None
+    report: dict[str, Any] | None = None
 
 
 def problem_response(
@@ -50,6 +52,7 @@ def problem_response(
     title: str | None = None,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    report: dict[str, Any] | None = None,
 ) -> JSONResponse:
     title = title or _TITLES.get(status, "Error")
     body = Problem(
@@ -59,6 +62,7 @@ def problem_response(
         detail=detail,
         field=field,
         errors=errors,
+        report=report,
     )
     return JSONResponse(
         body.model_dump(exclude_none=True),
@@ -105,7 +109,9 @@ async def _facefleet_handler(request: Request, exc: Exception) -> JSONResponse:
     if field is None and exc.status_code in (404, 409) and request.path_params:
         # A service that did not name the field was looking up (or changing) what the path names.
         field = list(request.path_params)[-1]
-    return problem_response(exc.status_code, exc.message, field=field, title=type(exc).title, headers=headers)
+    return problem_response(
+        exc.status_code, exc.message, field=field, title=type(exc).title, headers=headers, report=exc.report
+    )
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -124,9 +130,13 @@ async def _store_handler(_request: Request, exc: Exception) -> JSONResponse:
     return problem_response(422, str(exc), field="key")
 
 
+def _short(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 async def _integrity_handler(_request: Request, exc: Exception) -> JSONResponse:
     # A unique or foreign-key constraint caught a race the service's own checks could not see.
-    log.info("integrity error: %s", exc)
+    log.info("integrity error: %s", _short(str(exc)))
     return problem_response(
         409,
         "the change conflicts with existing data "
@@ -138,7 +148,9 @@ async def _integrity_handler(_request: Request, exc: Exception) -> JSONResponse:
 async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # The database refused a value its column cannot hold (a number out of range, a NUL character in
     # text on PostgreSQL) that the request's validation let through; nothing was written.
-    log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    log.warning(
+        "database refused a value on %s %s: %s", request.method, _short(request.url.path), _short(str(exc))
+    )
     return problem_response(
         422,
         "a value in the request cannot be stored (a number out of range or a "
@@ -147,7 +159,7 @@ async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_down_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    log.error("database unavailable on %s %s: %s", request.method, _short(request.url.path), _short(str(exc)))
     return problem_response(
         503, "the database is unavailable; retry shortly (nothing was changed)", title="Service unavailable"
     )
@@ -155,7 +167,14 @@ async def _database_down_handler(request: Request, exc: Exception) -> JSONRespon
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     # The client learns only that it was our fault; the traceback goes to the log, never the body.
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Each line is cut: an exception can quote a huge input (a 10 MB path) that must not flood the log.
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    log.error(
+        "unhandled error on %s %s\n%s",
+        request.method,
+        _short(request.url.path),
+        "".join(_short(line, 2000) for line in lines),
+    )
     return problem_response(500, "internal error; the server logged the details (nothing was changed)")
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.names import Label, Name
 
 
 class StrictBody(BaseModel):
@@ -17,7 +18,7 @@ class StrictBody(BaseModel):
 
 
 class ApiKeyCreate(StrictBody):
-    name: str = Field(min_length=1, max_length=128, description="who or what uses the key, e.g. 'ci-bot'")
+    name: Name = Field(description="who or what uses the key, e.g. 'ci-bot'")
     role: Literal["admin", "viewer"] = Field(description="admin: everything; viewer: read-only")
 
 
@@ -57,10 +58,12 @@ class HealthStatus(BaseModel):
 class RunCreate(StrictBody):
     """Start a training run over dataset versions (``name``, ``name:version`` or a version id)."""
 
-    datasets: list[str | int] = Field(min_length=1, description="training datasets, in class-offset order")
-    verification_sets: list[str | int] = Field(default_factory=list)
+    datasets: list[str | int] = Field(
+        min_length=1, max_length=256, description="training datasets, in class-offset order"
+    )
+    verification_sets: list[str | int] = Field(default_factory=list, max_length=64)
     config: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields (see the schema)")
-    name: str = Field("", max_length=128)
+    name: Label = Field("", description="display name; default: the datasets' names joined by '+'")
     start: bool = Field(True, description="hand the run to the launcher now (false: leave it queued)")
 
 

@@ -96,9 +96,11 @@ def register(
 
 def _register_locally(request: RegisterRequest) -> DatasetVersionDetail:
     with _stage_progress() as progress, local_session() as session:
-        version = service.register_dataset_version(
+        version, _created = service.register_dataset_version_audited(
             session,
             get_store(),
+            actor="cli",
+            source_label=request.source,
             name=request.name,
             source=request.source,
             kind=request.kind,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +32,12 @@ def _local_session():  # type: ignore[no-untyped-def]
     return session_scope()
 
 
+def default_key_name(role: str) -> str:
+    """``admin-20260101-120000``: a valid name that says what the key is and when it was made."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{role if role.isalnum() else 'key'}-{stamp}"
+
+
 def _fail(error: FacefleetError) -> None:
     console.print(f"[red]error:[/red] {error.message}")
     raise typer.Exit(code=1)
@@ -38,11 +45,15 @@ def _fail(error: FacefleetError) -> None:
 
 @app.command("create")
 def create(
-    name: Annotated[str, typer.Option("--name", help="who uses the key, e.g. ci-bot")],
     role: Annotated[str, typer.Option("--role", help="admin (everything) or viewer (read-only)")] = "viewer",
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="who uses the key, e.g. ci-bot; default: <role>-<UTC time>"),
+    ] = None,
     server: ServerOption = None,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
+    name = name if name is not None else default_key_name(role)
     try:
         client = remote_client(server)
         if client is not None:

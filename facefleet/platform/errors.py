@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FacefleetError(Exception):
     """Base error: a message that says what to fix, an HTTP status, optionally the offending field."""
@@ -9,10 +11,18 @@ class FacefleetError(Exception):
     status_code: int = 400
     title: str = "Bad request"
 
-    def __init__(self, message: str, *, field: str | None = None, status_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status_code: int | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.report = report  # what was found, when it helps fix the input (a dataset's validation report)
         if status_code is not None:
             self.status_code = status_code
 
@@ -40,3 +50,8 @@ class AuthenticationError(FacefleetError):
 class PermissionDeniedError(FacefleetError):
     status_code = 403
     title = "Forbidden"
+
+
+class PayloadTooLargeError(FacefleetError):
+    status_code = 413
+    title = "Payload too large"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LauncherName = Literal["local", "ray", "kuberay"]
 
@@ -64,7 +65,38 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Addresses told about every event (JSON list), besides policy targets.",
     )
-    upload_max_bytes: int = Field(default=10 << 30, description="Largest dataset archive the API accepts.")
+    upload_max_bytes: int = Field(
+        default=10 << 30, ge=1, description="Largest dataset archive the API accepts."
+    )
+    dataset_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Folders and s3:// prefixes the API may register datasets from (JSON list or "
+        "comma-separated); empty: the API registers uploads only. The CLI without --server reads any "
+        "path its user can.",
+    )
+    archive_max_bytes: int = Field(
+        default=32 << 30, ge=1, description="Most bytes a dataset archive may expand to (all entries)."
+    )
+    archive_max_entry_bytes: int = Field(
+        default=1 << 30, ge=1, description="Most bytes one archive entry may expand to."
+    )
+    archive_max_entries: int = Field(default=200_000, ge=1, description="Most entries in a dataset archive.")
+    archive_max_ratio: float = Field(
+        default=100.0,
+        ge=1.0,
+        allow_inf_nan=False,
+        description="Most an archive (or one entry over 1 MiB) may expand, as expanded / compressed size.",
+    )
+
+    @field_validator("dataset_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("log_level")
     @classmethod

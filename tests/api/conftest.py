@@ -84,7 +84,11 @@ def seed_key(engine: Engine, role: str, name: str) -> dict[str, str]:
 
 
 def _client(engine: Engine, store: ObjectStore, tmp_path: Path) -> Iterator[Api]:
-    app = create_app(get_settings(), engine=engine, store=store)
+    # The server reads dataset folders only under FACEFLEET_DATASET_ROOTS: here the test's temp folder.
+    # (Set on the process's settings object, which the autouse fixture makes fresh for every test.)
+    settings = get_settings()
+    settings.dataset_roots = [str(tmp_path)]
+    app = create_app(settings, engine=engine, store=store)
     starter = RecordingStarter()
     app.state.run_starter = starter
     with TestClient(app) as client:

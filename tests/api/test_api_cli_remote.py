@@ -89,3 +89,19 @@ def test_scheduler_command_runs_one_tick_on_a_fresh_database() -> None:
     result = runner.invoke(app, ["scheduler", "--once"])
     assert result.exit_code == 0, result.output
     assert "TickReport(skipped=False" in result.output
+
+
+def test_keys_create_without_a_name_as_the_readme_shows(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: `facefleet keys create --role admin` (no --name) prints the first key, locally and remotely."""
+    created = runner.invoke(keys.app, ["create", "--role", "admin"])
+    assert created.exit_code == 0, created.output
+    assert "created admin key 1 (admin-" in created.output
+    monkeypatch.setenv("FACEFLEET_API_KEY", _token(created.output))
+    get_settings.cache_clear()
+    remote = runner.invoke(keys.app, ["create", "--role", "viewer", "--server", server])
+    assert remote.exit_code == 0, remote.output
+    with FacefleetClient(server, _token(created.output)) as client:
+        names = [k["name"] for k in client.iter_pages("/v1/keys")]
+    assert len(names) == 2 and names[0].startswith("viewer-") and names[1].startswith("admin-")
+    bad = runner.invoke(keys.app, ["create", "--role", "admin", "--name", "ci\x00bot"])
+    assert bad.exit_code == 1 and "name" in bad.output

@@ -58,7 +58,9 @@ class Fuzzed:
 
 @pytest.fixture
 def fuzzed(sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path) -> Fuzzed:
-    app = create_app(get_settings(), engine=sqlite_engine, store=local_store)
+    settings = get_settings()
+    settings.dataset_roots = [str(tmp_path)]  # the prepared sources below are under this root
+    app = create_app(settings, engine=sqlite_engine, store=local_store)
     # POST /v1/runs defaults to start=true; this hook (the one the API tests use) keeps the launcher out.
     app.state.run_starter = _no_launch
     with Session(sqlite_engine) as session:

@@ -10,11 +10,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
-from facefleet.api.errors import ERROR_RESPONSES
+from facefleet.api.errors import ERROR_RESPONSES, Problem
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
 from facefleet.api.params import PathId
 from facefleet.platform import audit
@@ -26,19 +25,23 @@ from facefleet.platform.datasets.schemas import (
     DatasetVersionOut,
     RegisterRequest,
 )
-from facefleet.platform.db.models import Dataset, DatasetVersion
-from facefleet.platform.errors import FacefleetError, InvalidInputError
+from facefleet.platform.datasets.source_policy import SourcePolicy
+from facefleet.platform.datasets.sources import ArchiveLimits
+from facefleet.platform.db.models import Dataset
+from facefleet.platform.errors import InvalidInputError, PayloadTooLargeError
+from facefleet.platform.settings import Settings
 from facefleet.platform.store import ObjectStore
 
-router = APIRouter(tags=["datasets"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    tags=["datasets"],
+    responses={
+        **ERROR_RESPONSES,
+        413: {"model": Problem, "description": "an upload or archive past a limit (the setting is named)"},
+    },
+)
 UPLOAD_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 CHUNK = 1 << 20
 Kind = Literal["train", "verification"]
-
-
-class PayloadTooLargeError(FacefleetError):
-    status_code = 413
-    title = "Payload too large"
 
 
 def _dataset_out(session: Session, dataset: Dataset) -> DatasetOut:
@@ -53,28 +56,23 @@ def _register(
     body: RegisterRequest,
     source: str,
     source_label: str,
+    policy: SourcePolicy,
+    settings: Settings,
 ) -> JSONResponse:
-    before = set(session.scalars(select(DatasetVersion.id).join(Dataset).where(Dataset.name == body.name)))
-    version = service.register_dataset_version(
+    version, created = service.register_dataset_version_audited(
         session,
         store,
+        actor=principal.actor,
+        source_label=source_label,
         name=body.name,
         source=source,
         kind=body.kind,
         description=body.description,
         tags=body.tags,
         min_images_per_identity=body.min_images_per_identity,
+        policy=policy,
+        limits=ArchiveLimits.from_settings(settings),
     )
-    created = version.id not in before
-    if created:
-        audit.record(
-            session,
-            principal.actor,
-            "datasets.register",
-            "dataset_version",
-            version.id,
-            {"dataset": body.name, "version": version.version, "source": source_label},
-        )
     detail = DatasetVersionDetail.model_validate(version)
     # 201 for a new version; 200 when the same content was registered before (the existing version).
     return JSONResponse(detail.model_dump(mode="json"), status_code=201 if created else 200)
@@ -87,10 +85,15 @@ def _register(
     responses={200: {"model": DatasetVersionDetail, "description": "same content already registered"}},
 )
 def register_dataset(
-    body: RegisterRequest, session: DbSession, store: Store, principal: Admin
+    request: Request, body: RegisterRequest, session: DbSession, store: Store, principal: Admin
 ) -> JSONResponse:
-    """Register a version from a path on the server, an archive, or an s3:// prefix."""
-    return _register(session, store, principal, body, body.source, body.source)
+    """Register a version from a path on the server, an archive, or an s3:// prefix.
+
+    The server reads only under FACEFLEET_DATASET_ROOTS (403 otherwise, whether or not the path exists).
+    """
+    settings: Settings = request.app.state.settings
+    policy = SourcePolicy.for_server(settings)
+    return _register(session, store, principal, body, body.source, body.source, policy, settings)
 
 
 def _safe_suffix(filename: str) -> str:
@@ -126,9 +129,9 @@ def upload_dataset(
     store: Store,
     principal: Admin,
     file: Annotated[UploadFile, File(description="a .zip, .tar(.gz) or .bin archive")],
-    name: Annotated[str, Form(pattern=DATASET_NAME_PATTERN)],
+    name: Annotated[str, Form(min_length=1, max_length=128, pattern=DATASET_NAME_PATTERN)],
     kind: Annotated[Kind, Form()] = "train",
-    description: Annotated[str, Form()] = "",
+    description: Annotated[str, Form(max_length=2000)] = "",
     tags: Annotated[str, Form(description="comma-separated")] = "",
     min_images_per_identity: Annotated[int, Form(ge=1, le=100_000)] = 1,
 ) -> JSONResponse:
@@ -151,7 +154,10 @@ def upload_dataset(
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file.filename or "upload").name)[:100]
         target = tmp / (safe_name if safe_name.lower().endswith(suffix) else f"upload{suffix}")
         _spool_upload(file, target, limit)
-        return _register(session, store, principal, body, str(target), f"upload:{safe_name}")
+        settings: Settings = request.app.state.settings
+        policy = SourcePolicy.for_upload(settings)
+        label = f"upload:{safe_name}"
+        return _register(session, store, principal, body, str(target), label, policy, settings)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,10 +1,13 @@
-"""/v1/deployments: roll a model version out to a device group (all or canary) and watch each device."""
+"""/v1/deployments: roll a model version out to a device group (all or canary) and watch each device.
+
+Admin only, reads included: deployments name devices and groups, which are the fleet's layout.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from facefleet.api.deps import Admin, DbSession, Viewer
+from facefleet.api.deps import Admin, DbSession
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
 from facefleet.api.params import PathId
@@ -21,12 +24,12 @@ def create_deployment(body: DeploymentCreate, session: DbSession, principal: Adm
 
 @router.get("", response_model=Page[DeploymentRead])
 def list_deployments(
-    session: DbSession, _viewer: Viewer, page: Pagination, group: str | None = Query(default=None)
+    session: DbSession, _admin: Admin, page: Pagination, group: str | None = Query(default=None)
 ) -> Page[DeploymentRead]:
     views, total = deployments.list_deployments(session, group=group, limit=page.limit, offset=page.offset)
     return make_page(views, total, page, deployments.deployment_read)
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)
-def get_deployment(deployment_id: PathId, session: DbSession, _viewer: Viewer) -> DeploymentRead:
+def get_deployment(deployment_id: PathId, session: DbSession, _admin: Admin) -> DeploymentRead:
     return deployments.deployment_read(deployments.get_deployment(session, deployment_id=deployment_id))

@@ -1,10 +1,10 @@
-"""/v1/devices: register terminals (one-time enrollment token), list, inspect, disable. Admin writes."""
+"""/v1/devices: register terminals (one-time enrollment token), list, inspect, disable. Admin only."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from facefleet.api.deps import Admin, DbSession, Viewer
+from facefleet.api.deps import Admin, DbSession
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
 from facefleet.api.params import PathId
@@ -23,7 +23,7 @@ def register_device(body: DeviceCreate, session: DbSession, principal: Admin) ->
 @router.get("", response_model=Page[DeviceRead])
 def list_devices(
     session: DbSession,
-    _viewer: Viewer,
+    _admin: Admin,
     page: Pagination,
     group: str | None = Query(default=None, description="only this group"),
 ) -> Page[DeviceRead]:
@@ -32,7 +32,7 @@ def list_devices(
 
 
 @router.get("/{device_id}", response_model=DeviceRead)
-def get_device(device_id: PathId, session: DbSession, _viewer: Viewer) -> DeviceRead:
+def get_device(device_id: PathId, session: DbSession, _admin: Admin) -> DeviceRead:
     return DeviceRead.model_validate(devices.get_device(session, device_id=device_id))
 
 

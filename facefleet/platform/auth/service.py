@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from facefleet.platform.db.models import ApiKey
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import AuthenticationError, InvalidInputError, NotFoundError
+from facefleet.platform.names import check_name
 
 API_KEY_PREFIX = "ffk_"
 DEVICE_TOKEN_PREFIX = "ffd_"
@@ -30,9 +31,7 @@ def create_api_key(session: Session, *, name: str, role: str) -> tuple[ApiKey, s
     """Create a key; return the row and the plaintext token, which is never stored and shown only once."""
     if role not in ROLES:
         raise InvalidInputError(f"role {role!r} is unknown; use one of {', '.join(ROLES)}", field="role")
-    name = name.strip()
-    if not name or len(name) > 128:
-        raise InvalidInputError("name must be 1-128 characters, e.g. 'ci-bot'", field="name")
+    check_name(name, what="API key")
     token = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(name=name, role=role, prefix=token[:12], key_hash=hash_token(token))
     session.add(key)

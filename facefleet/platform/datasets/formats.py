@@ -43,8 +43,19 @@ class ScannedSource:
     properties: dict[str, int] = field(default_factory=dict)
 
 
+# Memory stays bounded whatever a source holds: no image file is read past this size.
+IMAGE_MAX_BYTES = 16 << 20
+
+
 def _file_reader(path: Path) -> Callable[[], bytes]:
-    return path.read_bytes
+    def read() -> bytes:
+        with path.open("rb") as handle:
+            data = handle.read(IMAGE_MAX_BYTES + 1)
+        if len(data) > IMAGE_MAX_BYTES:
+            raise OSError(f"larger than {IMAGE_MAX_BYTES >> 20} MiB (face images are far smaller)")
+        return data
+
+    return read
 
 
 def _bytes_reader(data: bytes) -> Callable[[], bytes]:

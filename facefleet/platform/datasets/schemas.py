@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+from facefleet.platform.names import NAME_PATTERN, Name
+
+DATASET_NAME_PATTERN = NAME_PATTERN
 
 
 class ProblemFile(BaseModel):
@@ -71,13 +73,16 @@ class RegisterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=DATASET_NAME_PATTERN, description="Dataset name (letters, digits, . _ -).")
+    name: Name = Field(description="Dataset name (letters, digits, . _ -).")
     source: str = Field(
-        min_length=1, description="Folder, .zip/.tar(.gz), .bin, RecordIO folder or s3://bucket/prefix."
+        min_length=1,
+        max_length=4096,
+        description="Folder, .zip/.tar(.gz), .bin, RecordIO folder or s3://bucket/prefix; on the server "
+        "only under FACEFLEET_DATASET_ROOTS.",
     )
     kind: Literal["train", "verification"] = "train"
-    description: str = ""
-    tags: list[str] = Field(default_factory=list)
+    description: str = Field("", max_length=2000)
+    tags: list[Name] = Field(default_factory=list, max_length=64)
     min_images_per_identity: int = Field(1, ge=1, le=100_000)
 
 

@@ -1,13 +1,13 @@
 """Dataset service: register immutable, content-addressed versions; list, read and delete datasets.
 
-Failure policy (design.md §10, issue 4):
-- Problems with the request itself (bad name, wrong kind for an existing dataset, a path or s3 prefix
-  that does not exist) raise InvalidInputError and record nothing.
-- Problems with the data (unsafe archive or link, unknown layout, no usable images, a bad .bin) are
-  recorded as a version with status ``invalid`` and the message in ``error``; it has no objects in the
-  store. The record is committed in its own short transaction (the caller's transaction is rolled back
-  by the error), then InvalidInputError is raised with the same message. Registering the same invalid
-  content again raises the recorded message without a new row.
+Failure policy (design.md §10, issues 4 and 11):
+- A registration that fails changes no dataset: a new name leaves no dataset row and no version, an
+  existing name keeps exactly the versions it had. The error says what to fix and carries the
+  validation report when there is one; ``register_dataset_version_audited`` records the attempt as an
+  audit event (in its own short transaction, since the caller's is rolled back).
+- Which sources may be read is decided first (``SourcePolicy``: allow-listed roots on the server, never
+  facefleet's own database, store, data dir or signing key), before any file of the source is opened.
+- Archives are extracted under limits (``ArchiveLimits``); one past a limit is a 413 naming the setting.
 - Non-fatal problems (corrupt files, small identities) are skipped and listed in the report.
 - Objects written before a later failure are deleted: nothing half-written remains.
 Services never commit the caller's transaction; they flush when ids are needed.
@@ -15,27 +15,32 @@ Services never commit the caller's transaction; they flush when ids are needed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from facefleet.platform import audit
 from facefleet.platform.datasets import layout, shards
 from facefleet.platform.datasets.formats import DatasetKind, UnknownLayoutError, scan_source
 from facefleet.platform.datasets.recordio import RecordIOError
-from facefleet.platform.datasets.schemas import DATASET_NAME_PATTERN
-from facefleet.platform.datasets.sources import SourceNotFoundError, UnsafeSourceError, materialize
+from facefleet.platform.datasets.source_policy import SourcePolicy, shorten
+from facefleet.platform.datasets.sources import (
+    ArchiveLimitError,
+    ArchiveLimits,
+    SourceNotFoundError,
+    UnsafeSourceError,
+    materialize,
+)
 from facefleet.platform.datasets.validation import (
     DatasetInvalidError,
     StageProgress,
@@ -47,11 +52,20 @@ from facefleet.platform.datasets.validation import (
 from facefleet.platform.datasets.verification import VerificationFormatError
 from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion, OutboxEvent, RunDataset
 from facefleet.platform.db.paging import fetch_page
-from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
+from facefleet.platform.errors import (
+    ConflictError,
+    FacefleetError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from facefleet.platform.names import check_name
+from facefleet.platform.settings import get_settings
 from facefleet.platform.store.base import ObjectStore
 
 log = logging.getLogger(__name__)
 READY_EVENT = "dataset_version.ready"
+MAX_MIN_IMAGES = 100_000
 # Corrupt archives count as bad data too (the container could not be read).
 _FATAL_SOURCE_ERRORS = (
     UnsafeSourceError,
@@ -65,21 +79,13 @@ _FATAL_SOURCE_ERRORS = (
 
 
 def _check_request(name: str, kind: str, min_images_per_identity: int) -> None:
-    if not re.match(DATASET_NAME_PATTERN, name):
-        raise InvalidInputError(
-            f"dataset name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            field="name",
-        )
+    check_name(name, what="dataset")
     if kind not in ("train", "verification"):
         raise InvalidInputError(f"kind {kind!r} is unknown: use 'train' or 'verification'", field="kind")
-    if min_images_per_identity < 1:
-        raise InvalidInputError("min_images_per_identity must be at least 1", field="min_images_per_identity")
-
-
-def _source_uri(source: str | os.PathLike[str]) -> str:
-    text_source = os.fspath(source)
-    return text_source if text_source.startswith("s3://") else str(Path(text_source).expanduser().resolve())
+    if not 1 <= min_images_per_identity <= MAX_MIN_IMAGES:
+        raise InvalidInputError(
+            f"min_images_per_identity must be 1-{MAX_MIN_IMAGES}", field="min_images_per_identity"
+        )
 
 
 def register_dataset_version(
@@ -93,20 +99,29 @@ def register_dataset_version(
     tags: Sequence[str] = (),
     min_images_per_identity: int = 1,
     progress: StageProgress | None = None,
+    policy: SourcePolicy | None = None,
+    limits: ArchiveLimits | None = None,
 ) -> DatasetVersion:
-    """Validate ``source``, pack it into shards and record version n+1 (or return the same-content one)."""
+    """Validate ``source``, pack it into shards and record version n+1 (or return the same-content one).
+
+    ``policy`` decides which sources may be read (default: what the local user can read, never
+    facefleet's own files); ``limits`` bound archive expansion (default: from the settings).
+    """
     _check_request(name, kind, min_images_per_identity)
+    settings = get_settings()
+    policy = policy or SourcePolicy.for_local_user(settings)
+    limits = limits or ArchiveLimits.from_settings(settings)
+    uri = policy.check(source)  # before anything of the source is opened
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is not None and dataset.kind != kind:
         raise InvalidInputError(
             f"dataset {name!r} is a {dataset.kind} dataset; register {kind} data under another name",
             field="kind",
         )
-    uri = _source_uri(source)
     with tempfile.TemporaryDirectory(prefix="facefleet-register-") as tmp:
         try:
             digest, content, source_format = _inspect(
-                source, Path(tmp), kind, min_images_per_identity, progress
+                uri, Path(tmp), kind, min_images_per_identity, progress, limits
             )
             existing = _version_by_hash(session, dataset, digest)
             if existing is not None:
@@ -114,19 +129,12 @@ def register_dataset_version(
             if isinstance(content, DatasetInvalidError):
                 raise content
         except SourceNotFoundError as error:
-            raise InvalidInputError(str(error), field="source") from None
+            raise InvalidInputError(shorten(str(error), 400), field="source") from None
+        except ArchiveLimitError as error:
+            raise PayloadTooLargeError(str(error), field="source") from None
         except DatasetInvalidError as error:
-            _record_invalid(
-                session,
-                name=name,
-                kind=kind,
-                description=description,
-                tags=tags,
-                source_uri=uri,
-                message=str(error),
-                digest=error.content_hash,
-            )
-            raise InvalidInputError(str(error), field="source") from None
+            report = error.report.model_dump(mode="json") if error.report is not None else None
+            raise InvalidInputError(str(error), field="source", report=report) from None
         if dataset is None:
             dataset = Dataset(name=name, kind=kind, description=description, tags=list(tags))
             session.add(dataset)
@@ -149,6 +157,61 @@ def register_dataset_version(
             )
             session.flush()
     return version
+
+
+def register_dataset_version_audited(
+    session: Session,
+    store: ObjectStore,
+    *,
+    actor: str,
+    source_label: str,
+    **registration: Any,
+) -> tuple[DatasetVersion, bool]:
+    """The one use case every transport calls: register, audit a new version, audit a refused attempt.
+
+    Returns the version and whether it is new. On a rejected registration the caller's transaction is
+    rolled back at once (it changed nothing worth keeping and may hold a SQLite write lock), the attempt
+    is recorded in a short transaction of its own, and the error is raised again.
+    """
+    name = str(registration.get("name", ""))
+    before = set(session.scalars(select(DatasetVersion.id).join(Dataset).where(Dataset.name == name)))
+    try:
+        version = register_dataset_version(session, store, **registration)
+    except FacefleetError as error:
+        session.rollback()
+        _record_refused(session, actor=actor, name=name, source_label=source_label, error=error)
+        raise
+    created = version.id not in before
+    if created:
+        audit.record(
+            session,
+            actor,
+            "datasets.register",
+            "dataset_version",
+            version.id,
+            {"dataset": name, "version": version.version, "source": shorten(source_label, 400)},
+        )
+    return version, created
+
+
+def _record_refused(
+    session: Session, *, actor: str, name: str, source_label: str, error: FacefleetError
+) -> None:
+    """Commit a ``datasets.register_failed`` audit event on its own; best effort."""
+    details = {
+        "dataset": shorten(name, 200),
+        "source": shorten(source_label, 400),
+        "status": error.status_code,
+        "error": shorten(error.message, 2000),
+    }
+    try:
+        with Session(bind=session.get_bind(), expire_on_commit=False) as side:
+            if side.get_bind().dialect.name == "postgresql":
+                side.execute(text("SET LOCAL lock_timeout = '3s'"))
+            audit.record(side, actor, "datasets.register_failed", "dataset", None, details)
+            side.commit()
+    except Exception:  # noqa: BLE001 - recording is best effort; the client still gets the 4xx
+        log.warning("could not audit the refused registration of %r", shorten(name, 200), exc_info=True)
 
 
 def _claim_version(
@@ -190,13 +253,16 @@ def _inspect(
     kind: DatasetKind,
     min_images: int,
     progress: StageProgress | None,
+    limits: ArchiveLimits,
 ) -> tuple[str, ValidatedContent | DatasetInvalidError, str]:
     """(content hash, validated content or the fatal error found after hashing, format)."""
     try:
-        location, left_out = materialize(source, workdir)
+        location, left_out = materialize(source, workdir, limits)
         scanned = scan_source(location, kind)
+    except ArchiveLimitError:
+        raise
     except _FATAL_SOURCE_ERRORS as error:
-        raise DatasetInvalidError(str(error)) from None
+        raise DatasetInvalidError(shorten(str(error), 2000)) from None
     checked = check_images(scanned, progress)
     digest = content_hash(scanned, checked, kind=kind, min_images=min_images)
     try:
@@ -290,56 +356,6 @@ def _write_objects(
         content_type="application/json",
     )
     return manifest_key
-
-
-def _record_invalid(
-    session: Session,
-    *,
-    name: str,
-    kind: str,
-    description: str,
-    tags: Sequence[str],
-    source_uri: str,
-    message: str,
-    digest: str | None,
-) -> None:
-    """Commit an ``invalid`` version (no objects) in a separate short transaction; best effort.
-
-    Lock waits are bounded so a caller holding uncommitted writes on the same dataset cannot deadlock us;
-    if recording fails the error is logged and the caller still gets the InvalidInputError.
-    """
-    bind = session.get_bind()
-    try:
-        with Session(bind=bind, expire_on_commit=False) as side:
-            if side.get_bind().dialect.name == "postgresql":
-                side.execute(text("SET LOCAL lock_timeout = '3s'"))
-            dataset = side.scalar(select(Dataset).where(Dataset.name == name))
-            if dataset is None:
-                dataset = Dataset(name=name, kind=kind, description=description, tags=list(tags))
-                side.add(dataset)
-                side.flush()
-            digest = digest or _failure_hash(source_uri, message)
-            if _version_by_hash(side, dataset, digest) is None:
-                side.add(
-                    DatasetVersion(
-                        dataset_id=dataset.id,
-                        version=_next_version_number(side, dataset.id),
-                        source_uri=source_uri,
-                        format="unknown",
-                        status="invalid",
-                        content_hash=digest,
-                        manifest_key=None,
-                        report={},
-                        error=message,
-                    )
-                )
-            side.commit()
-    except Exception:  # noqa: BLE001 - recording is best effort; the InvalidInputError is what matters
-        log.warning("could not record the invalid registration of %r", name, exc_info=True)
-
-
-def _failure_hash(source_uri: str, message: str) -> str:
-    return hashlib.sha256(json.dumps(["invalid", source_uri, message]).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- reading and deleting

@@ -11,10 +11,13 @@ import os
 import shutil
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import urlparse
 
 from facefleet.platform.datasets.verification import IMAGE_SUFFIXES
+from facefleet.platform.settings import Settings
 
 _SKIPPED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
 _COPY_CHUNK = 1 << 20
@@ -54,10 +57,105 @@ def _link_escapes(member_name: PurePosixPath, target: str, *, relative_to_member
     return False
 
 
-def _copy_stream(source, destination: Path) -> None:  # type: ignore[no-untyped-def]
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How far an archive may expand; checked before and while extracting, so memory stays bounded."""
+
+    max_bytes: int = 32 << 30
+    max_entry_bytes: int = 1 << 30
+    max_entries: int = 200_000
+    max_ratio: float = 100.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ArchiveLimits:
+        return cls(
+            max_bytes=settings.archive_max_bytes,
+            max_entry_bytes=settings.archive_max_entry_bytes,
+            max_entries=settings.archive_max_entries,
+            max_ratio=settings.archive_max_ratio,
+        )
+
+
+class ArchiveLimitError(UnsafeSourceError):
+    """An archive expands past a limit (a zip bomb, or data to split): 413 naming the setting."""
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(f"{message}; the limit is FACEFLEET_{setting.upper()}")
+        self.setting = setting
+
+
+class _Budget:
+    """Counts entries and expanded bytes against the limits as they are written."""
+
+    def __init__(self, archive: Path, limits: ArchiveLimits) -> None:
+        self.archive = archive
+        self.limits = limits
+        self.archive_bytes = max(archive.stat().st_size, 1)
+        self.entries = 0
+        self.total = 0
+
+    def entry(self, name: str, declared: int, compressed: int | None) -> None:
+        """Before an entry is read: its count, its declared size and (zip) its own expansion ratio."""
+        self.entries += 1
+        if self.entries > self.limits.max_entries:
+            raise ArchiveLimitError(
+                f"{self.archive.name} holds more than {self.limits.max_entries} entries; split it "
+                "or register a folder or s3:// prefix",
+                setting="archive_max_entries",
+            )
+        self._check_entry_size(name, declared)
+        if compressed is not None and declared > _RATIO_FLOOR:
+            ratio = declared / max(compressed, 1)
+            if ratio > self.limits.max_ratio:
+                raise ArchiveLimitError(
+                    f"entry {_short(name)!r} expands {ratio:.0f} times ({compressed} to {declared} bytes),"
+                    f" more than {self.limits.max_ratio:g} (a compression bomb?)",
+                    setting="archive_max_ratio",
+                )
+
+    def _check_entry_size(self, name: str, size: int) -> None:
+        if size > self.limits.max_entry_bytes:
+            raise ArchiveLimitError(
+                f"entry {_short(name)!r} expands to more than {self.limits.max_entry_bytes} bytes",
+                setting="archive_max_entry_bytes",
+            )
+
+    def expanded(self, name: str, entry_bytes: int, added: int) -> None:
+        """After more bytes of an entry were produced (declared sizes can lie: count what comes out)."""
+        self._check_entry_size(name, entry_bytes)
+        self.total += added
+        self.check_total(self.total)
+
+    def check_total(self, total: int) -> None:
+        """Expanded bytes so far (declared or written) against the total and the whole-archive ratio."""
+        if total > self.limits.max_bytes:
+            raise ArchiveLimitError(
+                f"{self.archive.name} expands to more than {self.limits.max_bytes} bytes",
+                setting="archive_max_bytes",
+            )
+        if total > _RATIO_FLOOR and total / self.archive_bytes > self.limits.max_ratio:
+            raise ArchiveLimitError(
+                f"{self.archive.name} ({self.archive_bytes} bytes) expands more than "
+                f"{self.limits.max_ratio:g} times (a compression bomb?)",
+                setting="archive_max_ratio",
+            )
+
+
+_RATIO_FLOOR = 1 << 20  # small entries (a pairs.txt) may compress well; ratios count above 1 MiB
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else name[:80] + "..."
+
+
+def _copy_stream(source: IO[bytes], destination: Path, name: str, budget: _Budget) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
     with destination.open("xb") as out:
-        shutil.copyfileobj(source, out, _COPY_CHUNK)
+        while chunk := source.read(_COPY_CHUNK):
+            written += len(chunk)
+            budget.expanded(name, written, len(chunk))
+            out.write(chunk)
 
 
 def _check_free_space(folder: Path, needed: int, archive: Path) -> None:
@@ -69,13 +167,32 @@ def _check_free_space(folder: Path, needed: int, archive: Path) -> None:
         )
 
 
-def extract_zip(archive: Path, destination: Path) -> list[str]:
+def _zip_entry_count(archive: Path) -> int | None:
+    """Entries the zip's end record declares, read before zipfile loads the whole central directory."""
+    try:
+        with archive.open("rb") as handle:
+            end = zipfile._EndRecData(handle)  # type: ignore[attr-defined]  # noqa: SLF001 - stable helper
+    except (OSError, AttributeError):
+        return None
+    return int(end[4]) if end else None  # _ECD_ENTRIES_TOTAL
+
+
+def extract_zip(archive: Path, destination: Path, limits: ArchiveLimits | None = None) -> list[str]:
     """Extract regular files of a zip under ``destination``; returns names of entries not extracted."""
+    budget = _Budget(archive, limits or ArchiveLimits())
+    declared_entries = _zip_entry_count(archive)
+    if declared_entries is not None and declared_entries > budget.limits.max_entries:
+        raise ArchiveLimitError(
+            f"{archive.name} holds {declared_entries} entries, more than {budget.limits.max_entries}; "
+            "split it or register a folder or s3:// prefix",
+            setting="archive_max_entries",
+        )
     skipped: list[str] = []
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         for info in infos:  # check everything before writing anything
             relative = _safe_relative(info.filename, "zip entry")
+            budget.entry(info.filename, info.file_size, info.compress_size)
             mode = info.external_attr >> 16
             if (mode & 0o170000) == 0o120000:
                 target = zf.read(info).decode("utf-8", "replace")
@@ -83,7 +200,9 @@ def extract_zip(archive: Path, destination: Path) -> list[str]:
                     raise UnsafeSourceError(
                         f"zip entry {info.filename!r} is a link to {target!r} outside the archive"
                     )
-        _check_free_space(destination, sum(info.file_size for info in infos), archive)
+        declared_total = sum(info.file_size for info in infos)
+        budget.check_total(declared_total)
+        _check_free_space(destination, declared_total, archive)
         for info in infos:
             relative = _safe_relative(info.filename, "zip entry")
             if info.is_dir() or not relative.parts:
@@ -92,7 +211,7 @@ def extract_zip(archive: Path, destination: Path) -> list[str]:
                 skipped.append(f"{info.filename}: symbolic link inside the archive (not followed)")
                 continue
             with zf.open(info) as source:
-                _copy_stream(source, destination.joinpath(*relative.parts))
+                _copy_stream(source, destination.joinpath(*relative.parts), info.filename, budget)
     return skipped
 
 
@@ -114,13 +233,20 @@ def _check_tar_member(member: tarfile.TarInfo) -> PurePosixPath:
     return relative
 
 
-def extract_tar(archive: Path, destination: Path) -> list[str]:
+def extract_tar(archive: Path, destination: Path, limits: ArchiveLimits | None = None) -> list[str]:
     """Extract a tar(.gz/.bz2/.xz) under ``destination`` as regular files; returns names not extracted."""
+    budget = _Budget(archive, limits or ArchiveLimits())
     skipped: list[str] = []
     with tarfile.open(archive, mode="r:*") as tar:
-        members = tar.getmembers()
-        checked = [(member, _check_tar_member(member)) for member in members]  # all checks before any write
-        _check_free_space(destination, sum(member.size for member in members if member.isreg()), archive)
+        checked: list[tuple[tarfile.TarInfo, PurePosixPath]] = []
+        declared_total = 0
+        for member in tar:  # headers one by one: a limit stops the listing before it grows further
+            checked.append((member, _check_tar_member(member)))  # all checks before any write
+            size = member.size if member.isreg() else 0
+            budget.entry(member.name, size, None)
+            declared_total += size
+            budget.check_total(declared_total)
+        _check_free_space(destination, declared_total, archive)
         for member, relative in checked:
             if member.isdir() or not relative.parts:
                 continue
@@ -133,7 +259,7 @@ def extract_tar(archive: Path, destination: Path) -> list[str]:
                 skipped.append(f"{member.name}: not a regular file")
                 continue
             with source:
-                _copy_stream(source, destination.joinpath(*relative.parts))
+                _copy_stream(source, destination.joinpath(*relative.parts), member.name, budget)
     return skipped
 
 
@@ -186,7 +312,9 @@ def download_s3_prefix(uri: str, destination: Path) -> None:
         raise SourceNotFoundError(f"{uri} could not be read: {error}") from None
 
 
-def materialize(source: str | os.PathLike[str], workdir: Path) -> tuple[Path, list[str]]:
+def materialize(
+    source: str | os.PathLike[str], workdir: Path, limits: ArchiveLimits | None = None
+) -> tuple[Path, list[str]]:
     """A local folder or file holding the source's content, plus names of entries left out.
 
     Folders and ``.bin`` files are used in place; archives (recognised by content, so uploads saved
@@ -208,9 +336,9 @@ def materialize(source: str | os.PathLike[str], workdir: Path) -> tuple[Path, li
     target = workdir / "extracted"
     target.mkdir()
     if zipfile.is_zipfile(path):
-        return target, extract_zip(path, target)
+        return target, extract_zip(path, target, limits)
     if _is_tar(path):
-        return target, extract_tar(path, target)
+        return target, extract_tar(path, target, limits)
     return path, []
 
 

@@ -24,6 +24,7 @@ from facefleet.platform.datasets.schemas import (
 )
 
 MAX_LISTED = 500  # report lists are capped so a huge broken dataset still gives a readable report
+IMAGE_MAX_PIXELS = 4096 * 4096  # decoded RGB stays under 50 MB; face crops are far smaller
 
 StageProgress = Callable[[str, int, int], None]
 
@@ -31,9 +32,12 @@ StageProgress = Callable[[str, int, int], None]
 class DatasetInvalidError(ValueError):
     """A fatal problem: no version can be made from this content. ``content_hash`` if content was read."""
 
-    def __init__(self, message: str, *, content_hash: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, content_hash: str | None = None, report: ValidationReport | None = None
+    ) -> None:
         super().__init__(message)
         self.content_hash = content_hash
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ def check_image(image: SourceImage) -> CheckedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as decoded:
+                if decoded.width * decoded.height > IMAGE_MAX_PIXELS:
+                    raise ValueError(
+                        f"{decoded.width}x{decoded.height} pixels is more than {IMAGE_MAX_PIXELS} "
+                        "(decoding it would take too much memory)"
+                    )
                 decoded.load()  # a full decode: header-only checks miss truncated JPEGs
                 width, height = decoded.size
     except Exception as error:  # noqa: BLE001 - PIL raises many types for bad input; all mean "skip this file"
@@ -150,40 +159,50 @@ def validate(
         ProblemFile(path=item.source.relpath, reason=item.error or "") for item in checked if item.error
     ]
     all_ignored = [*ignored, *scanned.ignored]
-    if not checked and not all_ignored:
-        raise DatasetInvalidError(
-            "the source holds no files; give <identity>/<image> folders with images", content_hash=digest
+    small: list[SmallIdentity] = []
+
+    def invalid(message: str) -> DatasetInvalidError:
+        # The report of what was found goes with the error, so the client sees why nothing was usable.
+        report = build_report(
+            scanned,
+            [],
+            {},
+            kind=kind,
+            corrupt=corrupt,
+            small=small,
+            pairs=[],
+            dropped_pairs=[],
+            ignored=all_ignored,
+            candidates=len(checked),
         )
+        return DatasetInvalidError(message, content_hash=digest, report=report)
+
+    if not checked and not all_ignored:
+        raise invalid("the source holds no files; give <identity>/<image> folders with images")
     if not good:
         hint = (
             f"; e.g. {corrupt[0].path}: {corrupt[0].reason}"
             if corrupt
             else (f"; ignored e.g. {all_ignored[0]}" if all_ignored else "")
         )
-        raise DatasetInvalidError(
+        raise invalid(
             f"no usable images found ({len(checked)} image files, {len(all_ignored)} other entries){hint}. "
-            "Expected <identity>/<image> folders, a RecordIO pair, pairs.txt + folders or a .bin",
-            content_hash=digest,
+            "Expected <identity>/<image> folders, a RecordIO pair, pairs.txt + folders or a .bin"
         )
-    small: list[SmallIdentity] = []
     kept = good
     if kind == "train":
         kept, small = _keep_identities(good, min_images)
         if not kept:
-            raise DatasetInvalidError(
+            raise invalid(
                 f"no identity has at least {min_images} usable images (largest has "
-                f"{max(s.images for s in small)}); lower min_images_per_identity or add images",
-                content_hash=digest,
+                f"{max(s.images for s in small)}); lower min_images_per_identity or add images"
             )
     identities = sorted({item.source.identity for item in kept}, key=_identity_order)
     labels = {identity: label for label, identity in enumerate(identities)}
     kept.sort(key=lambda item: (labels[item.source.identity], item.source.relpath))
     pairs, dropped_pairs = _pairs(scanned, kept)
     if kind == "verification" and not pairs:
-        raise DatasetInvalidError(
-            "no verification pair has both images usable; check pairs.txt and the image names",
-            content_hash=digest,
-        )
+        raise invalid("no verification pair has both images usable; check pairs.txt and the image names")
     report = build_report(
         scanned,
         kept,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.names import Name
 
 DeviceRolloutStatus = Literal["pending", "downloading", "installed", "failed", "rolled_back", "superseded"]
 ReportableStatus = Literal["downloading", "installed", "failed", "rolled_back"]
@@ -17,7 +18,7 @@ class DeploymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_version_id: int = Field(ge=1, le=DB_INT_MAX)
-    group: str = Field(min_length=1, max_length=128)
+    group: Name
     strategy: Literal["all", "canary"] = "all"
     canary_percent: float = Field(
         default=0.0, ge=0.0, le=100.0, description="Share of the group updated first."

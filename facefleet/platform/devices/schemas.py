@@ -8,13 +8,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.names import Name
 
 
 class DeviceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._\-]+$")
-    group: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._\-]+$")
+    name: Name
+    group: Name
     adaptation_enabled: bool = Field(default=False, description="Opt in to on-device adaptation (seed 000).")
     token_ttl_seconds: int = Field(
         default=86400, ge=60, le=30 * 86400, description="Enrollment token lifetime."

@@ -9,10 +9,10 @@ from typing import Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from facefleet.platform.names import NAME_PATTERN
 from facefleet.platform.runs.schemas import TrainingConfig
 
 TriggerKind = Literal["dataset_added", "schedule", "metric_drop", "manual"]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class _Strict(BaseModel):

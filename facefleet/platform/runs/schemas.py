@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from facefleet.platform.names import Name
 
 HeadKind = Literal["softmax", "sphereface", "arcface", "cosface", "combined"]
 
 
+# Bounds on every number (issue 11): a value no run could use is a 422 naming the field, never an
+# overflow in the database or a NaN in training. Floats must be finite (no inf / nan anywhere).
+MAX_STEPS = 10**9
+MAX_WORKERS = 10_000
+MAX_SCALE = 1024.0
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class HeadConfig(_Strict):
     """Dataset-aware margin softmax (design §5.2); defaults: ArcFace s=64, m=0.5, crossing p=1e-4."""
 
     kind: HeadKind = "arcface"
-    s: float = Field(default=64.0, gt=0)
-    m1: float = Field(default=1.0, ge=1.0, description="SphereFace multiplicative angular margin")
+    s: float = Field(default=64.0, gt=0, le=MAX_SCALE, description="logit scale")
+    m1: float = Field(default=1.0, ge=1.0, le=16.0, description="SphereFace multiplicative angular margin")
     m2: float = Field(default=0.5, ge=0.0, lt=3.1416, description="ArcFace additive angular margin")
-    m3: float = Field(default=0.0, ge=0.0, description="CosFace additive cosine margin")
+    m3: float = Field(default=0.0, ge=0.0, le=2.0, description="CosFace additive cosine margin")
     crossing_p: float = Field(default=1e-4, ge=0.0, le=1.0, description="0 dataset-aware, 1 plain softmax")
     sharded: bool = Field(
         default=False,
@@ -39,82 +48,94 @@ class ReversalConfig(_Strict):
     """Dataset classifier with the two-stage gradient reversal schedule (design §5.3)."""
 
     enabled: bool = True
-    lambda_: float = Field(default=0.1, ge=0.0, alias="lambda")
+    lambda_: float = Field(default=0.1, ge=0.0, le=100.0, alias="lambda")
     switch_fraction: float = Field(default=1 / 3, ge=0.0, le=1.0, description="seed: 80k of 240k steps")
-    switch_step: int | None = Field(default=None, ge=0, description="overrides switch_fraction when set")
+    switch_step: int | None = Field(
+        default=None, ge=0, le=MAX_STEPS, description="overrides switch_fraction when set"
+    )
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class BiometricConfig(_Strict):
     """BioMetricNet metric head on within-dataset pairs (§5.4); seed: μ_m=0, μ_n=40, σ=1, m=1."""
 
     enabled: bool = False
-    alpha: float = Field(default=1.0, ge=0.0)
-    output_dim: int = Field(default=1, ge=1)
-    layers: int = Field(default=7, ge=1)
+    alpha: float = Field(default=1.0, ge=0.0, le=1e4)
+    output_dim: int = Field(default=1, ge=1, le=4096)
+    layers: int = Field(default=7, ge=1, le=64)
     keep_prob: float = Field(default=0.8, gt=0.0, le=1.0)
-    mu_match: float = 0.0
-    mu_nonmatch: float = 40.0
-    sigma: float = Field(default=1.0, gt=0.0)
+    mu_match: float = Field(default=0.0, ge=-1e6, le=1e6)
+    mu_nonmatch: float = Field(default=40.0, ge=-1e6, le=1e6)
+    sigma: float = Field(default=1.0, gt=0.0, le=1e6)
     hard_fraction: float = Field(
         default=0.5,
         gt=0.0,
         le=1.0,
         description="hard mining: keep pairs farther than sigma*sqrt(m) from target, at least this share",
     )
-    images_per_identity: int = Field(default=4, ge=1, description="K of the P x K balanced batch")
+    images_per_identity: int = Field(default=4, ge=1, le=1024, description="K of the P x K balanced batch")
 
 
 class OptimizerConfig(_Strict):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=0.1, gt=0, le=100.0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0, le=1.0)
 
 
 class ScheduleConfig(_Strict):
     kind: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_steps: int = Field(default=0, ge=0)
-    step_milestones: list[float] = Field(
-        default_factory=lambda: [0.5, 0.75], description="fractions of steps"
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
+    step_milestones: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.5, 0.75], max_length=64, description="fractions of steps"
     )
-    step_gamma: float = Field(default=0.1, gt=0)
+    step_gamma: float = Field(default=0.1, gt=0, le=10.0)
 
 
 class ScalingConfigModel(_Strict):
     """Ray Train scaling. ``num_workers=0`` is Ray Train's local mode (in-process: tests, debugging)."""
 
-    num_workers: int = Field(default=2, ge=0)
-    gpus_per_worker: float = Field(default=0.0, ge=0)
-    cpus_per_worker: float = Field(default=1.0, gt=0)
+    num_workers: int = Field(default=2, ge=0, le=MAX_WORKERS)
+    gpus_per_worker: float = Field(default=0.0, ge=0, le=64.0)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=1024.0)
 
 
 class TrainingConfig(_Strict):
     """Everything that decides what a run computes; stored as JSON on the run and in the model card."""
 
-    model_name: str = Field(default="facefleet", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    model_name: Name = "facefleet"
     backbone: str = "iresnet50"
-    embedding_dim: int | None = Field(default=None, ge=2, description="None = the backbone's default")
+    embedding_dim: int | None = Field(
+        default=None, ge=2, le=8192, description="None = the backbone's default"
+    )
     input_size: int = Field(default=112, ge=16, le=512)
     head: HeadConfig = Field(default_factory=HeadConfig)
     reversal: ReversalConfig = Field(default_factory=ReversalConfig)
     biometric: BiometricConfig = Field(default_factory=BiometricConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    batch_size: int = Field(default=128, ge=2, description="images per worker per step")
-    steps: int | None = Field(default=None, ge=1)
-    epochs: float | None = Field(default=None, gt=0, description="used when steps is unset")
-    eval_interval: int = Field(default=0, ge=0, description="steps between evaluations; 0 = only at the end")
-    checkpoint_interval: int = Field(default=500, ge=1)
-    metrics_interval: int = Field(default=10, ge=1, description="steps between metric writes by rank 0")
-    seed: int = 0
+    batch_size: int = Field(default=128, ge=2, le=65_536, description="images per worker per step")
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    epochs: float | None = Field(default=None, gt=0, le=1e5, description="used when steps is unset")
+    eval_interval: int = Field(
+        default=0, ge=0, le=MAX_STEPS, description="steps between evaluations; 0 = only at the end"
+    )
+    checkpoint_interval: int = Field(default=500, ge=1, le=MAX_STEPS)
+    metrics_interval: int = Field(
+        default=10, ge=1, le=MAX_STEPS, description="steps between metric writes by rank 0"
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     scaling: ScalingConfigModel = Field(default_factory=ScalingConfigModel)
     mixed_precision: bool = Field(default=True, description="AMP on GPU workers; ignored on CPU")
-    data_workers: int = Field(default=2, ge=0, description="DataLoader processes per training worker")
-    cache_bytes: int = Field(default=256 << 20, ge=0, description="per-worker shard cache size")
-    max_failures: int = Field(default=2, ge=0, description="worker-group restarts from the last checkpoint")
-    eval_pairs_per_dataset: int = Field(default=300, ge=0, description="pairs drawn per training dataset")
+    data_workers: int = Field(default=2, ge=0, le=64, description="DataLoader processes per training worker")
+    cache_bytes: int = Field(default=256 << 20, ge=0, le=1 << 40, description="per-worker shard cache size")
+    max_failures: int = Field(
+        default=2, ge=0, le=100, description="worker-group restarts from the last checkpoint"
+    )
+    eval_pairs_per_dataset: int = Field(
+        default=300, ge=0, le=1_000_000, description="pairs drawn per training dataset"
+    )
     operating_far: float | None = Field(
         default=0.01,
         gt=0.0,

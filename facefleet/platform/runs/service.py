@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
-from facefleet.platform.runs.schemas import RunDatasetView, RunView, TrainingConfig
+from facefleet.platform.runs.schemas import MAX_STEPS, RunDatasetView, RunView, TrainingConfig
 
 if TYPE_CHECKING:
     from facefleet.platform.runs.launchers import Launcher
@@ -62,8 +63,30 @@ def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_ma
             get_backbone(config.backbone, embedding_dim=config.embedding_dim, input_size=config.input_size)
     except ValueError as error:
         raise InvalidInputError(str(error), field="input_size") from None
-    gpus = config.scaling.gpus_per_worker * max(config.scaling.num_workers, 1)
-    if gpus and local_machine:
+    if local_machine:
+        check_fits_this_machine(config)
+
+
+def machine_cpus() -> int:
+    """CPUs the local launcher's Ray may use (the same count ``init_ray`` gives it)."""
+    return os.cpu_count() or 1
+
+
+def check_fits_this_machine(config: TrainingConfig) -> None:
+    """The local launcher trains on this machine: the workers' CPUs and GPUs must exist here."""
+    scaling = config.scaling
+    workers = max(scaling.num_workers, 1)
+    cpus = workers * scaling.cpus_per_worker
+    available_cpus = machine_cpus()
+    if cpus > available_cpus:
+        raise InvalidInputError(
+            f"the run asks for {workers} worker(s) x {scaling.cpus_per_worker:g} CPUs = {cpus:g} CPUs but "
+            f"this machine has {available_cpus}; lower scaling.num_workers or scaling.cpus_per_worker, or "
+            "use the ray/kuberay launcher",
+            field="scaling.num_workers",
+        )
+    gpus = scaling.gpus_per_worker * workers
+    if gpus:
         import torch
 
         available = torch.cuda.device_count()
@@ -161,7 +184,14 @@ def total_steps_for(config: TrainingConfig, image_count: int) -> int:
     if config.steps is not None:
         return config.steps
     per_step = config.batch_size * max(config.scaling.num_workers, 1)
-    return max(1, math.ceil((config.epochs or 1.0) * image_count / per_step))
+    steps = max(1, math.ceil((config.epochs or 1.0) * image_count / per_step))
+    if steps > MAX_STEPS:
+        raise InvalidInputError(
+            f"{config.epochs:g} epochs over {image_count} images are {steps} steps, more than {MAX_STEPS}; "
+            "lower epochs or set steps",
+            field="epochs",
+        )
+    return steps
 
 
 def run_dataset_rows(

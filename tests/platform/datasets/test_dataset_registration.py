@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.datasets import service, shards
-from facefleet.platform.db.models import Dataset, DatasetVersion, OutboxEvent, Run, RunDataset
+from facefleet.platform.db.models import AuditEvent, Dataset, DatasetVersion, OutboxEvent, Run, RunDataset
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 from facefleet.platform.store import ObjectStore
 from tests.platform.datasets.conftest import image_bytes, make_imagefolder
@@ -73,24 +73,47 @@ def test_failure_while_writing_leaves_no_rows_or_objects(
     assert _count(session, DatasetVersion) == 0 and _count(session, OutboxEvent) == 0
 
 
-def test_invalid_content_is_recorded_without_objects(
+def test_invalid_content_leaves_no_dataset_and_is_audited(
     session: Session, store: ObjectStore, tmp_path: Path
 ) -> None:
+    """Issue 11 item 5: a refused registration of a new name leaves no dataset row and no version; the
+    error carries the validation report and the attempt is an audit event."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InvalidInputError, match="holds no files") as caught:
-        service.register_dataset_version(session, store, name="broken", source=empty)
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(InvalidInputError, match="no usable images") as caught:
+        service.register_dataset_version_audited(
+            session, store, actor="tester", source_label=str(empty), name="broken", source=empty
+        )
     assert caught.value.status_code == 422
+    assert caught.value.report is not None and caught.value.report["ignored_count"] == 1
     session.rollback()  # what the API / CLI do on an error
-    versions = service.list_versions(session, "broken")
-    assert [(v.version, v.status, v.manifest_key) for v in versions] == [(1, "invalid", None)]
-    assert "holds no files" in (versions[0].error or "")
+    assert _count(session, Dataset) == 0 and _count(session, DatasetVersion) == 0
     assert store.list("datasets/") == []
-    with pytest.raises(InvalidInputError, match="holds no files"):  # same content: same answer, no new row
-        service.register_dataset_version(session, store, name="broken", source=empty)
-    assert _count(session, DatasetVersion) == 1 and _count(session, OutboxEvent) == 0
-    with pytest.raises(NotFoundError, match="no ready version"):
+    events = list(session.scalars(select(AuditEvent)))
+    assert [(e.actor, e.action) for e in events] == [("tester", "datasets.register_failed")]
+    assert events[0].details["dataset"] == "broken" and "no usable images" in events[0].details["error"]
+    with pytest.raises(NotFoundError, match="no dataset named"):
         service.get_version(session, "broken")
+
+
+def test_failed_reregistration_keeps_the_good_versions(
+    session: Session, store: ObjectStore, tmp_path: Path
+) -> None:
+    good = service.register_dataset_version(
+        session, store, name="faces", source=make_imagefolder(tmp_path / "faces", identities=2, images=3)
+    )
+    session.commit()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InvalidInputError, match="holds no files"):
+        service.register_dataset_version_audited(
+            session, store, actor="tester", source_label="x", name="faces", source=empty
+        )
+    session.rollback()
+    versions = service.list_versions(session, "faces")
+    assert [(v.id, v.version, v.status) for v in versions] == [(good.id, 1, "ready")]
+    assert service.get_version(session, "faces").id == good.id
 
 
 def test_list_get_and_delete(sqlite_session: Session, local_store: ObjectStore, tmp_path: Path) -> None:
@@ -136,3 +159,19 @@ def test_request_errors_record_nothing(
             sqlite_session, local_store, name="t", source=tmp_path / "f", kind="verification"
         )
     assert _count(sqlite_session, Dataset) == 1 and _count(sqlite_session, DatasetVersion) == 1
+
+
+def test_the_local_cli_reads_any_folder_but_never_facefleet_files(
+    sqlite_session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    """Without --server the user's own readable paths are fine (no roots); facefleet's files never are."""
+    from facefleet.platform.errors import PermissionDeniedError
+
+    session, store = sqlite_session, local_store
+    elsewhere = make_imagefolder(tmp_path / "anywhere" / "faces", identities=2, images=2)
+    assert service.register_dataset_version(session, store, name="mine", source=elsewhere).status == "ready"
+    database = Path(session.get_bind().url.database or "")
+    for source in (database, tmp_path, tmp_path / "store"):
+        with pytest.raises(PermissionDeniedError, match="cannot be registered") as caught:
+            service.register_dataset_version(session, store, name="nope", source=source)
+        assert caught.value.status_code == 403 and caught.value.field == "source"

@@ -70,7 +70,7 @@ def test_register_errors_exit_nonzero_with_the_message(embedded: None, tmp_path:
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["datasets", "register", str(tmp_path / "empty"), "--name", "e"])
     assert result.exit_code == 1 and "holds no files" in result.output
-    shown = runner.invoke(app, ["datasets", "show", "e@1"])
-    assert shown.exit_code == 0 and "invalid" in shown.output
+    shown = runner.invoke(app, ["datasets", "show", "e"])  # a refused registration leaves no dataset
+    assert shown.exit_code == 1 and "no dataset named" in shown.output
     missing = runner.invoke(app, ["datasets", "show", "nope"])
     assert missing.exit_code == 1 and "no dataset named" in missing.output
