@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         description="Addresses told about every event (JSON list), besides policy targets.",
     )
     upload_max_bytes: int = Field(default=10 << 30, description="Largest dataset archive the API accepts.")
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for web-console session cookies; default: derived from the signing key.",
+    )
+    session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="Web-console sign-in lifetime in hours."
+    )
 
     @field_validator("log_level")
     @classmethod
