@@ -29,7 +29,7 @@ from facefleet.platform.settings import Settings
 from facefleet.platform.signing import sign_bytes
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.evaluate import EvalResults, roc_document
-from tests.api.conftest import make_imagefolder, make_lfw_folder
+from facefleet.workers.synthetic import generate_synthetic_datasets
 
 TINY_CONFIG = {"backbone": "tiny", "input_size": 48, "steps": 200, "batch_size": 8}
 ONE_DATASET = {**TINY_CONFIG, "reversal": {"enabled": False}}
@@ -71,13 +71,17 @@ def _finish_with_eval(session: Session, store: ObjectStore, run_id: int, results
     runs.update_progress(session, run_id, step=run.total_steps, total_steps=run.total_steps, stage="done")
     runs.record_metrics(session, run_id, run.total_steps, results.flat_metrics())
     store.put_bytes(
-        f"runs/{run_id}/plots/roc.json", json.dumps(roc_document(results)).encode(), content_type="application/json"
+        f"runs/{run_id}/plots/roc.json",
+        json.dumps(roc_document(results)).encode(),
+        content_type="application/json",
     )
     run.summary = results.summary()
     runs.mark_finished(session, run, "succeeded")
 
 
-def _model(session: Session, store: ObjectStore, name: str, version: int, run_id: int, results: EvalResults) -> int:
+def _model(
+    session: Session, store: ObjectStore, name: str, version: int, run_id: int, results: EvalResults
+) -> int:
     data = f"weights of {name} v{version}".encode() * 200
     key = f"models/{name}/{version}/model.onnx"
     store.put_bytes(key, data)
@@ -99,11 +103,20 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
     with Session(engine, expire_on_commit=False) as session:
         _, admin_key = create_api_key(session, name="ops-admin", role="admin")
         _, viewer_key = create_api_key(session, name="auditor", role="viewer")
-        for index, name in enumerate(("faces-a", "faces-b")):
-            folder = make_imagefolder(tmp / name, identities=4, images=3, seed=index)
+        # Procedural faces (what `facefleet datasets synth` writes), small: 2 x 6 people x 3 images of 48 px.
+        synth = generate_synthetic_datasets(
+            tmp / "synth",
+            num_datasets=2,
+            identities_per_dataset=6,
+            images_per_identity=3,
+            verification_identities=4,
+            verification_pairs=20,
+            image_size=48,
+        )
+        for name, folder in zip(("faces-a", "faces-b"), synth.dataset_dirs, strict=True):
             register_dataset_version(session, store, name=name, source=folder, kind="train")
         register_dataset_version(
-            session, store, name="faces-verify", source=make_lfw_folder(tmp / "verify"), kind="verification"
+            session, store, name="faces-verify", source=synth.verification_dir, kind="verification"
         )
         session.commit()
 
@@ -121,14 +134,24 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
             run.status, run.stage = "running", "training"
             _record_training(session, store, run.id, speed=speed, steps=run.total_steps)
             _finish_with_eval(session, store, run.id, _roc(index, separation))
+            log = settings.data_dir / "runs" / f"{run.id}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(
+                "".join(f"step {s}: loss {8 * math.exp(-s / 60):.3f}\n" for s in range(0, 201, 20))
+            )
             run_ids.append(run.id)
         session.commit()
 
         live = runs.create_run(
-            session, dataset_names_or_version_ids=["faces-a"], config=ONE_DATASET, created_by="key:1:ops-admin"
+            session,
+            dataset_names_or_version_ids=["faces-a"],
+            config=ONE_DATASET,
+            created_by="key:1:ops-admin",
         )
         live.status, live.stage = "running", "training"
-        runs.update_progress(session, live.id, step=live.total_steps // 3, total_steps=live.total_steps, eta_seconds=95)
+        runs.update_progress(
+            session, live.id, step=live.total_steps // 3, total_steps=live.total_steps, eta_seconds=95
+        )
         _record_training(session, store, live.id, speed=2.0, steps=live.total_steps // 3)
         session.commit()
 
@@ -151,7 +174,9 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
             session, model_version_id=first, group="lobby", created_by="key:1:ops-admin"
         )
         for device in fleet:
-            deployments.report_device_status(session, device, deployment_id=first_rollout.id, status="installed")
+            deployments.report_device_status(
+                session, device, deployment_id=first_rollout.id, status="installed"
+            )
         canary = deployments.create_deployment(
             session,
             model_version_id=second,

@@ -98,7 +98,9 @@ def test_login_response_cookie_flags(console: Console) -> None:
 
 def test_admin_promotes_with_csrf_and_a_forged_post_changes_nothing(console: Console) -> None:
     client = sign_in(console.url, console.seeded.admin_key)
-    forged = client.post("/ui/models/facefleet/versions/2/promote", data={"alias": "production", "csrf": "bad"})
+    forged = client.post(
+        "/ui/models/facefleet/versions/2/promote", data={"alias": "production", "csrf": "bad"}
+    )
     assert forged.status_code == 403
     with Session(console.engine) as session:
         assert registry.get_model_version(session, "facefleet", "production").version == 1
@@ -194,6 +196,6 @@ def test_thumbnails_are_reencoded_pngs(console: Console) -> None:
     client = sign_in(console.url, console.seeded.viewer_key)
     page = client.get("/ui/datasets/faces-a").text
     sources = re.findall(r'src="(/ui/datasets/faces-a/versions/1/samples/\d+\.png)"', page)
-    assert len(sources) == 4  # one per identity
+    assert len(sources) == 6  # one per identity
     image = client.get(sources[0])
     assert image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from facefleet.api.deps import DbSession
+from facefleet.api.deps import DbSession, Store
 from facefleet.api.routes import runs as runs_api
 from facefleet.platform.db.models import ModelVersion, Run
 from facefleet.platform.errors import FacefleetError, InvalidInputError
@@ -48,11 +48,13 @@ def runs_page(
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(run_id: RunId, console: ConsoleUser, session: DbSession) -> HTMLResponse:
+def run_page(run_id: RunId, console: ConsoleUser, session: DbSession, store: Store) -> HTMLResponse:
     run = service.get_run(session, run_id)
     view = service.run_view(session, run)
     latest = service.latest_metrics(session, run_id)
     models = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)).all()
+    prefix = f"runs/{run_id}/plots/"
+    plots = sorted(key.removeprefix(prefix) for key in store.list(prefix))
     return console.render(
         "run.html",
         title=f"Run {run_id}",
@@ -61,6 +63,7 @@ def run_page(run_id: RunId, console: ConsoleUser, session: DbSession) -> HTMLRes
         finished=run.status in service.FINISHED,
         metrics=sorted(latest.items(), key=lambda item: metric_order(item[0])),
         models=models,
+        plots=plots,
     )
 
 
