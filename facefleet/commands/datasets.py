@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from facefleet.client import SLOW_REQUEST_TIMEOUT, FacefleetClient
+from facefleet.commands._output import make_console
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
 from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import DatasetOut, DatasetVersionDetail, RegisterRequest
@@ -25,7 +25,7 @@ from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.store import get_store
 
 app = typer.Typer(help="Register, inspect and generate face datasets.", no_args_is_help=True)
-console = Console()
+console = make_console()
 # Archives the upload route takes as they are; anything else local (a folder) is zipped first.
 UPLOADABLE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 MIB = 1 << 20

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
+from facefleet.commands._output import make_console
 from facefleet.commands._remote import (
     ServerOption,
     connect,
@@ -27,7 +27,7 @@ app = typer.Typer(
     help="Deployments: roll a model version out to a device group (all or canary), follow each device.",
     no_args_is_help=True,
 )
-console = Console()
+console = make_console()
 
 
 def _version_or_alias(version: str | None, alias: str | None) -> str:

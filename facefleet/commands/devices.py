@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from facefleet.commands._output import make_console
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
 from facefleet.platform import audit
 from facefleet.platform.devices import service as devices
@@ -16,7 +16,7 @@ from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceR
 app = typer.Typer(
     help="Terminals: register (one-time enrollment token), list, disable.", no_args_is_help=True
 )
-console = Console()
+console = make_console()
 
 
 @app.command("register")

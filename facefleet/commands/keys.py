@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet.client import remote_client
+from facefleet.commands._output import make_console
 from facefleet.platform import audit, auth
 from facefleet.platform.errors import FacefleetError
 
 app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
-console = Console()
+console = make_console()
 ServerOption = Annotated[
     str | None,
     typer.Option(

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
+from facefleet.commands._output import make_console
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
 from facefleet.commands.runs import load_config
 from facefleet.platform import audit
@@ -22,7 +22,7 @@ app = typer.Typer(
     help="Retrain policies: when to retrain (dataset added, schedule, metric drop, manual) and on what.",
     no_args_is_help=True,
 )
-console = Console()
+console = make_console()
 
 TriggerOption = Annotated[
     list[str],
