@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from facefleet.client import remote_client
-from facefleet.commands._output import make_console
+from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.platform import audit, auth
 from facefleet.platform.errors import FacefleetError
 
@@ -74,12 +74,15 @@ def _rows(server: str | None) -> list[dict[str, Any]]:
 
 
 @app.command("list")
-def list_keys(server: ServerOption = None) -> None:
+def list_keys(as_json: JsonOption = False, server: ServerOption = None) -> None:
     """List keys (never their secrets)."""
     try:
         rows = _rows(server)
     except FacefleetError as error:
         _fail(error)
+        return
+    if as_json:
+        print_json(rows)
         return
     table = Table("id", "name", "role", "prefix", "created", "last used", "revoked")
     for row in rows:
