@@ -12,10 +12,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from facefleet.client import FacefleetClient
 from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors
+from facefleet.platform.db.models import Run
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import RunView
@@ -26,11 +28,21 @@ Series = dict[str, list[tuple[int, float]]]
 LOSS_NAMES = ("loss", "identity_loss", "domain_loss", "kl_loss")
 
 
+def local_run(session: Session, run_id: int) -> Run:
+    """The run, or the API's own 404 words (so both modes refuse alike)."""
+    try:
+        return service.get_run(session, run_id)
+    except NotFoundError:
+        raise NotFoundError(
+            f"run {run_id} does not exist; `facefleet runs list` shows the runs", field="run_id"
+        ) from None
+
+
 def _view(client: FacefleetClient | None, run_id: int) -> RunView:
     if client is not None:
         return RunView.model_validate(client.get(f"/v1/runs/{run_id}"))
     with local_session() as session:
-        return service.run_view(session, service.get_run(session, run_id))
+        return service.run_view(session, local_run(session, run_id))
 
 
 def fetch_series(client: FacefleetClient | None, run_id: int) -> Series:
@@ -39,7 +51,7 @@ def fetch_series(client: FacefleetClient | None, run_id: int) -> Series:
         body = client.get(f"/v1/runs/{run_id}/metrics")
         return {name: [(p["step"], p["value"]) for p in points] for name, points in body["series"].items()}
     with local_session() as session:
-        service.get_run(session, run_id)
+        local_run(session, run_id)
         return service.run_metrics(session, run_id)
 
 
@@ -50,8 +62,7 @@ def _local_log(run_id: int) -> str:
     from facefleet.platform.settings import get_settings
 
     with local_session() as session:
-        run = service.get_run(session, run_id)
-        status = run.status
+        status = local_run(session, run_id).status
     path = Path(get_settings().data_dir).resolve() / "runs" / f"{run_id}.log"
     if not path.is_file():
         raise NotFoundError(
@@ -202,7 +213,7 @@ def _roc_document(client: FacefleetClient | None, run_id: int) -> dict[str, Any]
         from facefleet.platform.store import get_store
 
         with local_session() as session:
-            service.get_run(session, run_id)
+            local_run(session, run_id)
         return dict(json.loads(get_store().get_bytes(f"runs/{run_id}/plots/roc.json")))
     except KeyError:  # the store's ObjectNotFoundError
         return None

@@ -75,7 +75,7 @@ def _finish_with_eval(session: Session, store: ObjectStore, run_id: int, results
         json.dumps(roc_document(results)).encode(),
         content_type="application/json",
     )
-    run.summary = results.summary()
+    run.summary = {"evaluation": results.summary(), "plots": [f"runs/{run_id}/plots/roc.json"]}
     runs.mark_finished(session, run, "succeeded")
 
 
