@@ -34,7 +34,9 @@ def policies_page(console: ConsoleUser, session: DbSession) -> HTMLResponse:
 
 def _set_enabled(policy_id: int, enabled: bool, console: ConsoleWriter, session: DbSession) -> Response:
     try:
-        policies_api.update_policy(policy_id, PolicyUpdate(enabled=enabled), session, console.principal)
+        policies_api.update_policy(
+            policy_id, PolicyUpdate.model_validate({"enabled": enabled}), session, console.principal
+        )
     except FacefleetError as exc:
         session.rollback()
         return back("/ui/policies", error=exc.message)

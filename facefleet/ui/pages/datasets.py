@@ -65,7 +65,9 @@ def dataset_page(
     else:
         current = service.get_version(session, name, version)
     samples = _sample_rows(store, current.manifest_key) if current.status == "ready" else []
-    manifest = manifest_rows(read_manifest(store, current.manifest_key)) if samples else []
+    manifest = (
+        manifest_rows(read_manifest(store, current.manifest_key)) if samples and current.manifest_key else []
+    )
     return console.render(
         "dataset.html",
         title=f"Dataset {name}",
@@ -94,10 +96,10 @@ def sample_thumbnail(
         raise NotFoundError(f"dataset {name!r} v{version} has {len(rows)} images; no image {index}")
     row = rows[index]
     data = read_image_bytes(store, row.shard, row.member, offset=row.offset, size=row.size)
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        image.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
-        out = io.BytesIO()
-        image.save(out, "PNG")
+    with Image.open(io.BytesIO(data)) as source:
+        thumb = source.convert("RGB")
+    thumb.thumbnail((THUMB_PIXELS, THUMB_PIXELS))
+    out = io.BytesIO()
+    thumb.save(out, "PNG")
     headers = {**SECURITY_HEADERS, "Cache-Control": "private, max-age=3600"}
     return Response(out.getvalue(), media_type="image/png", headers=headers)
