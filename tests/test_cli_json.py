@@ -147,3 +147,25 @@ def test_refusals_are_the_same_in_both_modes(
         for result in (local, remote):
             assert result.exit_code == 1, (args, result.output)
             assert message in result.output and "Traceback" not in result.output, (args, result.output)
+
+
+def test_shell_completion_offers_run_ids_and_model_names(
+    console: Console,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from facefleet.commands._complete import complete_model_names, complete_run_ids
+
+    assert complete_run_ids("") == ["4", "3", "2", "1"]
+    assert complete_model_names("face") == ["facefleet"] and complete_model_names("x") == []
+    env = {"_FACEFLEET_COMPLETE": "complete_bash", "COMP_WORDS": "facefleet runs show ", "COMP_CWORD": "3"}
+    offered = runner.invoke(app, [], env=env, prog_name="facefleet")
+    assert offered.output.split() == ["4", "3", "2", "1"], offered.output
+    monkeypatch.setenv("FACEFLEET_SERVER_URL", console.url)
+    monkeypatch.setenv("FACEFLEET_API_KEY", console.seeded.viewer_key)
+    from facefleet.platform.settings import get_settings
+
+    get_settings.cache_clear()
+    assert complete_run_ids("3") == ["3"] and complete_model_names("") == ["facefleet"]
+    monkeypatch.setenv("FACEFLEET_SERVER_URL", "http://127.0.0.1:9")  # nobody answers: nothing offered
+    get_settings.cache_clear()
+    assert complete_run_ids("") == []

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
+from facefleet.commands._complete import complete_model_names
 from facefleet.commands._output import JsonOption, api_url, make_console, print_json, stored_location
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
 from facefleet.platform.models import registry
@@ -19,7 +20,9 @@ console = make_console()
 
 @app.command("list")
 def list_(
-    name: str | None = typer.Argument(None, help="Model name: list its versions."),
+    name: str | None = typer.Argument(
+        None, help="Model name: list its versions.", autocompletion=complete_model_names
+    ),
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
@@ -74,7 +77,7 @@ def _versions_table(versions: list[ModelVersionView]) -> Table:
 
 @app.command("show")
 def show(
-    name: str = typer.Argument(...),
+    name: str = typer.Argument(..., autocompletion=complete_model_names),
     version: str = typer.Argument("latest", help="Number or alias."),
     as_json: JsonOption = False,
     server: ServerOption = None,
@@ -145,7 +148,7 @@ def _declined(client: FacefleetClient | None, view: ModelVersionView) -> list[di
 
 @app.command("promote")
 def promote(
-    name: str = typer.Argument(...),
+    name: str = typer.Argument(..., autocompletion=complete_model_names),
     version: str = typer.Argument(..., help="Number or alias."),
     alias: str = typer.Option("production", "--alias", help="Alias to move."),
     server: ServerOption = None,

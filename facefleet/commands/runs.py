@@ -15,6 +15,7 @@ from rich.table import Table
 
 from facefleet.client import FacefleetClient
 from facefleet.commands import runs_inspect
+from facefleet.commands._complete import complete_run_ids
 from facefleet.commands._output import JsonOption, api_url, make_console, print_json, stored_location
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors
 from facefleet.platform.db.models import Run
@@ -249,7 +250,9 @@ def list_(
 
 @app.command("show")
 def show(
-    run_id: int = typer.Argument(..., min=1), as_json: JsonOption = False, server: ServerOption = None
+    run_id: int = typer.Argument(..., min=1, autocompletion=complete_run_ids),
+    as_json: JsonOption = False,
+    server: ServerOption = None,
 ) -> None:
     """Status, progress, datasets, latest metrics and results of one run (with where its files are)."""
     with reported_errors(), connect(server) as client:
@@ -305,7 +308,7 @@ def _print_run(view: RunView, latest: dict[str, float], files: dict[str, str]) -
 
 @app.command("watch")
 def watch(
-    run_id: int = typer.Argument(...),
+    run_id: int = typer.Argument(..., min=1, autocompletion=complete_run_ids),
     interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between polls."),
     server: ServerOption = None,
 ) -> None:
@@ -318,7 +321,7 @@ def watch(
 
 @app.command("cancel")
 def cancel(
-    run_id: int = typer.Argument(...),
+    run_id: int = typer.Argument(..., min=1, autocompletion=complete_run_ids),
     force: bool = typer.Option(False, "--force", help="Stop the job now instead of at its next check."),
     server: ServerOption = None,
 ) -> None:

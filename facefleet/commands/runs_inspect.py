@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from facefleet.client import FacefleetClient
+from facefleet.commands._complete import complete_run_ids
 from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors
 from facefleet.platform.db.models import Run
@@ -23,7 +24,7 @@ from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import RunView
 
 console = make_console()
-RunIdArgument = Annotated[int, typer.Argument(min=1, help="run id")]
+RunIdArgument = Annotated[int, typer.Argument(min=1, help="run id", autocompletion=complete_run_ids)]
 Series = dict[str, list[tuple[int, float]]]
 LOSS_NAMES = ("loss", "identity_loss", "domain_loss", "kl_loss")
 
@@ -167,7 +168,9 @@ def latest_values(series: Series) -> dict[str, float]:
 
 
 def compare(
-    run_ids: Annotated[list[int], typer.Argument(help="2 to 4 run ids", min=1)],
+    run_ids: Annotated[
+        list[int], typer.Argument(help="2 to 4 run ids", min=1, autocompletion=complete_run_ids)
+    ],
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
