@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from facefleet.platform.models import registry
+from facefleet.platform.runs import service as runs
 from tests.ui.conftest import Console
 
 WAIT_SECONDS = 20
@@ -109,6 +110,15 @@ def test_console_in_chromium(console: Console, browser: Any, tmp_path: Path) -> 
     images = driver.find_elements("css selector", "#samples img")
     assert len(images) == 6  # one per identity
     assert all(driver.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images)
+
+    # Live progress: the running run's page follows the API without a reload.
+    _open(driver, console, f"/ui/runs/{seeded.running_run_id}")
+    with Session(console.engine) as session:
+        runs.update_progress(session, seeded.running_run_id, step=150, total_steps=200, eta_seconds=12)
+        session.commit()
+    _wait(driver, lambda d: d.find_element("css selector", "[data-field=steps]").text.startswith("150 / 200"))
+    bar = driver.find_element("css selector", "progress[data-field=progress]")
+    assert bar.get_attribute("value") == "0.75"
 
     # Compare two runs from the runs list: tick two boxes, press Compare.
     _open(driver, console, "/ui/runs")
