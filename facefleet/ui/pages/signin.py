@@ -20,7 +20,9 @@ router = APIRouter(include_in_schema=False)
 
 
 def _secure(request: Request) -> bool:
-    return request.url.scheme == "https"
+    """Secure cookies over TLS, also behind a proxy that terminates it (FACEFLEET_PUBLIC_URL is https)."""
+    public_url = str(request.app.state.settings.public_url)
+    return request.url.scheme == "https" or public_url.startswith("https://")
 
 
 @router.get("/")
