@@ -169,3 +169,32 @@ def test_shell_completion_offers_run_ids_and_model_names(
     monkeypatch.setenv("FACEFLEET_SERVER_URL", "http://127.0.0.1:9")  # nobody answers: nothing offered
     get_settings.cache_clear()
     assert complete_run_ids("") == []
+
+
+def test_ctrl_c_while_following_a_run_says_how_to_cancel_it(
+    console: Console,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A real `facefleet runs watch` process, interrupted with SIGINT like Ctrl-C in a terminal."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facefleet.cli", "runs", "watch", str(console.seeded.running_run_id)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(8)  # imports, then a few polls of the still-running run
+    assert process.poll() is None, process.communicate()[0]
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    run_id = console.seeded.running_run_id
+    assert f"stopped following run {run_id}; it keeps running" in output
+    assert f"facefleet runs cancel {run_id}" in output and "Traceback" not in output
