@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet import __version__
@@ -21,6 +20,7 @@ from facefleet.commands import (
     server,
     terminal,
 )
+from facefleet.commands._output import make_console
 from facefleet.platform.settings import get_settings
 
 app = typer.Typer(
@@ -37,7 +37,7 @@ app.add_typer(policies.app, name="policies")
 app.add_typer(terminal.app, name="terminal")
 app.command("serve")(server.serve)
 app.command("scheduler")(server.scheduler)
-console = Console()
+console = make_console()
 
 
 @app.callback()

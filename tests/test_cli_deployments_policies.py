@@ -90,7 +90,7 @@ def test_policy_lifecycle_locally(sqlite_engine: Engine, local_store: ObjectStor
     assert "lfw-mini" in shown and "faces-*" in shown and "'steps': 80" in shown
 
     updated = ok("policies", "update", "1", "--disable", "--set", "steps=120")
-    assert "policy 1 (nightly) updated: base_config, enabled" in updated
+    assert "policy 1 (nightly) updated: base_config (training config) replaced, enabled -> false" in updated
     with Session(sqlite_engine) as session:
         stored = session.get(RetrainPolicy, 1)
         assert stored is not None and not stored.enabled and stored.base_config["steps"] == 120
@@ -189,7 +189,7 @@ def test_remote_mode_against_the_api(
         assert "policy 1 (weekly) created; triggers: schedule" in created
         assert "weekly" in ok("policies", "list", "--server", url)
         assert "0 4 * * 1" in ok("policies", "show", "1", "--server", url)
-        assert "updated: debounce_seconds" in ok(
+        assert "updated: debounce_seconds -> 5" in ok(
             "policies", "update", "1", "--debounce", "5", "--server", url
         )
         assert "fired" in ok("policies", "fire", "1", "--server", url)

@@ -27,6 +27,7 @@ from facefleet.api.routes import (
 from facefleet.platform.db.session import engine_for, session_factory
 from facefleet.platform.settings import Settings, get_settings
 from facefleet.platform.store import ObjectStore, get_store
+from facefleet.ui.app import install_console
 
 log = logging.getLogger("facefleet.api")
 
@@ -51,6 +52,7 @@ def create_app(
     app.state.principal_cache = PrincipalCache()
     app.state.metrics.registry.register(DatabaseCollector(app.state.session_factory))
     install_error_handlers(app)
+    install_console(app)  # after the API's handlers: it wraps them to answer HTML under /ui
     # Added last = outermost: latencies include the time a request waits for admission.
     app.add_middleware(AdmissionMiddleware, limit=pool_capacity(engine))
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from facefleet.platform import auth
+from facefleet.platform.db.models import ApiKey
 from facefleet.platform.db.session import commit_and_close, rollback_and_close
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 from facefleet.platform.store import ObjectStore
+from facefleet.ui import session as console_session
 
 DEVICE_ONLY_MESSAGE = (
     "device credentials are accepted only on /v1/device routes; use an API key (ffk_...) here"
@@ -81,6 +83,13 @@ def bearer_token(request: Request) -> str | None:
 async def require_viewer(request: Request, session: DbSession) -> Principal:
     """Any valid API key (admin or viewer). 401 without one; 403 for device credentials."""
     token = bearer_token(request)
+    if not token and request.method in SAFE_METHODS:
+        # The web console's scripts read the API with the session cookie (SameSite=Strict); writes
+        # through /v1 always need the key itself.
+        principal = await run_in_threadpool(console_principal, request, session)
+        if principal is not None:
+            request.state.principal = principal
+            return principal
     if not token:
         raise AuthenticationError(
             "no API key: send 'Authorization: Bearer ffk_...' (create one with `facefleet keys create`)",
@@ -97,6 +106,40 @@ async def require_viewer(request: Request, session: DbSession) -> Principal:
         cache.put(digest, principal)
     request.state.principal = principal
     return principal
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def console_secret(request: Request) -> bytes:
+    """The app's session secret, derived once per process."""
+    secret: bytes | None = getattr(request.app.state, "session_secret", None)
+    if secret is None:
+        secret = console_session.session_secret(request.app.state.settings)
+        request.app.state.session_secret = secret
+    return secret
+
+
+def console_session_of(request: Request) -> console_session.ConsoleSession | None:
+    value = request.cookies.get(console_session.COOKIE_NAME)
+    if not value:
+        return None
+    return console_session.read(console_secret(request), value)
+
+
+def console_principal(request: Request, session: Session) -> Principal | None:
+    """The key behind a valid console cookie, if that key still exists, matches and is not revoked."""
+    signed_in = console_session_of(request)
+    if signed_in is None:
+        return None
+    key = session.get(ApiKey, signed_in.key_id)
+    if (
+        key is None
+        or key.revoked_at is not None
+        or console_session.key_fingerprint(key.key_hash) != signed_in.fingerprint
+    ):
+        return None
+    return Principal(key_id=key.id, name=key.name, role=key.role)
 
 
 class PrincipalCache:

@@ -9,11 +9,11 @@ from urllib.parse import quote
 
 import typer
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.orm import Session
 
 from facefleet.client import FacefleetClient, remote_client
+from facefleet.commands._output import make_console
 from facefleet.platform.errors import FacefleetError, InvalidInputError
 
 ServerOption = Annotated[
@@ -25,7 +25,7 @@ ServerOption = Annotated[
         show_default=False,
     ),
 ]
-error_console = Console(stderr=True)
+error_console = make_console(stderr=True)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import zipfile
@@ -12,11 +11,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from facefleet.client import SLOW_REQUEST_TIMEOUT, FacefleetClient
+from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
 from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import DatasetOut, DatasetVersionDetail, RegisterRequest
@@ -25,7 +24,7 @@ from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.store import get_store
 
 app = typer.Typer(help="Register, inspect and generate face datasets.", no_args_is_help=True)
-console = Console()
+console = make_console()
 # Archives the upload route takes as they are; anything else local (a folder) is zipped first.
 UPLOADABLE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 MIB = 1 << 20
@@ -172,11 +171,18 @@ def _zip_folder(folder: Path, target: Path, bar: Progress) -> Path:
 
 @app.command("list")
 def list_datasets(
-    kind: str | None = typer.Option(None, "--kind", help="train | verification"), server: ServerOption = None
+    kind: str | None = typer.Option(None, "--kind", help="train | verification"),
+    as_json: JsonOption = False,
+    server: ServerOption = None,
 ) -> None:
     """List datasets with their latest ready version."""
     with reported_errors(), connect(server) as client:
+        if kind is not None and kind not in ("train", "verification"):  # the same refusal in both modes
+            raise InvalidInputError(f"--kind {kind!r} is unknown; use train or verification", field="kind")
         rows, total = _remote_rows(client, kind) if client else _local_rows(kind)
+    if as_json:
+        print_json([{**row.dataset.model_dump(mode="json"), "versions": row.version_count} for row in rows])
+        return
     table = Table("name", "kind", "latest ready", "versions", "tags", title=f"{total} datasets")
     for row in rows:
         dataset = row.dataset
@@ -218,24 +224,15 @@ def _split_ref(ref: str) -> tuple[str, int | None]:
 @app.command("show")
 def show(
     ref: str = typer.Argument(..., help="NAME or NAME@VERSION (default: latest ready)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """Show a dataset version and its validation report."""
     name, number = _split_ref(ref)
     with reported_errors(), connect(server) as client:
         version = _remote_version(client, name, number) if client else _local_version(name, number)
-    if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "version": version.version,
-                    "status": version.status,
-                    "error": version.error,
-                    "report": version.report,
-                }
-            )
-        )
+    if as_json:  # the API's DatasetVersionDetail: the version with its full validation report
+        print_json(version)
         return
     _print_version(name, version)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
+from facefleet.commands._output import make_console
 from facefleet.platform.db import migrate
 from facefleet.platform.settings import get_settings, mask_url_password
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @app.command("upgrade")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
+from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import (
     ServerOption,
     connect,
@@ -27,7 +27,7 @@ app = typer.Typer(
     help="Deployments: roll a model version out to a device group (all or canary), follow each device.",
     no_args_is_help=True,
 )
-console = Console()
+console = make_console()
 
 
 def _version_or_alias(version: str | None, alias: str | None) -> str:
@@ -91,6 +91,7 @@ def list_(
     status: Annotated[
         str | None, typer.Option("--status", help="in_progress | completed | stopped | superseded")
     ] = None,
+    as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """List deployments, newest first."""
@@ -106,6 +107,9 @@ def list_(
                 rows = [deployments.deployment_read(view) for view in views]
     # Neither the service nor the API filters by status, so both modes filter the same full list here.
     rows = [row for row in rows if status is None or row.status == status]
+    if as_json:
+        print_json(rows)
+        return
     table = Table(
         "id", "model version", "group", "strategy", "status", "stage", "devices", "installed", "created"
     )
@@ -127,7 +131,9 @@ def list_(
 
 @app.command("show")
 def show(
-    deployment_id: Annotated[int, typer.Argument(help="deployment id")], server: ServerOption = None
+    deployment_id: Annotated[int, typer.Argument(help="deployment id")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
 ) -> None:
     """One deployment and the status of each device in it."""
     with reported_errors(), connect(server) as client:
@@ -138,6 +144,9 @@ def show(
                 view = deployments.deployment_read(
                     deployments.get_deployment(session, deployment_id=deployment_id)
                 )
+    if as_json:
+        print_json(view)
+        return
     finished = f", finished {view.finished_at:%Y-%m-%d %H:%M}" if view.finished_at else ""
     console.print(
         f"deployment {view.id}: model version {view.model_version_id} -> group {view.group} "

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
 from facefleet.platform import audit
 from facefleet.platform.devices import service as devices
@@ -16,7 +16,7 @@ from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceR
 app = typer.Typer(
     help="Terminals: register (one-time enrollment token), list, disable.", no_args_is_help=True
 )
-console = Console()
+console = make_console()
 
 
 @app.command("register")
@@ -52,7 +52,11 @@ def _register_locally(body: DeviceCreate) -> DeviceRegistered:
 
 
 @app.command("list")
-def list_(group: Annotated[str | None, typer.Option("--group")] = None, server: ServerOption = None) -> None:
+def list_(
+    group: Annotated[str | None, typer.Option("--group")] = None,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
     """List terminals with their model version and last heartbeat."""
     with reported_errors(), connect(server) as client:
         if client is not None:
@@ -61,6 +65,9 @@ def list_(group: Annotated[str | None, typer.Option("--group")] = None, server: 
             with local_session() as session:
                 found, _total = devices.list_devices(session, group=group, limit=10_000)
                 rows = [DeviceRead.model_validate(row) for row in found]
+    if as_json:
+        print_json(rows)
+        return
     table = Table("id", "name", "group", "status", "model version", "agent", "adapts", "last seen")
     for row in rows:
         table.add_row(

@@ -6,15 +6,15 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet.client import remote_client
+from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.platform import audit, auth
 from facefleet.platform.errors import FacefleetError
 
 app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
-console = Console()
+console = make_console()
 ServerOption = Annotated[
     str | None,
     typer.Option(
@@ -85,12 +85,15 @@ def _rows(server: str | None) -> list[dict[str, Any]]:
 
 
 @app.command("list")
-def list_keys(server: ServerOption = None) -> None:
+def list_keys(as_json: JsonOption = False, server: ServerOption = None) -> None:
     """List keys (never their secrets)."""
     try:
         rows = _rows(server)
     except FacefleetError as error:
         _fail(error)
+        return
+    if as_json:
+        print_json(rows)
         return
     table = Table("id", "name", "role", "prefix", "created", "last used", "revoked")
     for row in rows:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
+from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
 from facefleet.commands.runs import load_config
 from facefleet.platform import audit
@@ -22,7 +22,7 @@ app = typer.Typer(
     help="Retrain policies: when to retrain (dataset added, schedule, metric drop, manual) and on what.",
     no_args_is_help=True,
 )
-console = Console()
+console = make_console()
 
 TriggerOption = Annotated[
     list[str],
@@ -127,6 +127,7 @@ def list_(
     enabled: Annotated[
         bool | None, typer.Option("--enabled/--disabled", help="only enabled (or disabled) policies")
     ] = None,
+    as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """List retrain policies."""
@@ -139,6 +140,9 @@ def list_(
             with local_session() as session:
                 found, _total = service.list_policies(session, limit=10_000, offset=0, enabled=enabled)
                 rows = [PolicyRead.model_validate(row) for row in found]
+    if as_json:
+        print_json(rows)
+        return
     table = Table(
         "id", "name", "enabled", "triggers", "cron", "next cron", "pending", "active run", "last fired"
     )
@@ -169,10 +173,13 @@ def _fetch(client: FacefleetClient | None, policy_id: int) -> PolicyRead:
 
 
 @app.command("show")
-def show(policy_id: PolicyIdArgument, server: ServerOption = None) -> None:
+def show(policy_id: PolicyIdArgument, as_json: JsonOption = False, server: ServerOption = None) -> None:
     """Every setting and the trigger state of one policy."""
     with reported_errors(), connect(server) as client:
         policy = _fetch(client, policy_id)
+    if as_json:
+        print_json(policy)
+        return
     _print_policy(policy)
 
 
@@ -235,7 +242,22 @@ def update(
                 row = service.update_policy(session, policy_id=policy_id, changes=body)
                 audit.record(session, "cli", "policies.update", "policy", row.id, {"fields": sorted(changes)})
                 policy = PolicyRead.model_validate(row)
-    console.print(f"policy {policy.id} ({policy.name}) updated: {', '.join(sorted(changes))}")
+    console.print(f"policy {policy.id} ({policy.name}) updated: {describe_changes(changes, policy)}")
+
+
+def describe_changes(changes: dict[str, Any], policy: PolicyRead) -> str:
+    """``enabled -> false, cron -> '0 3 * * *'``: each changed setting with the value it has now."""
+    now = policy.model_dump(mode="json")
+    parts = []
+    for key in sorted(changes):
+        value = now.get(key, changes[key])
+        if key == "base_config":
+            parts.append("base_config (training config) replaced")
+        elif isinstance(value, bool):
+            parts.append(f"{key} -> {'true' if value else 'false'}")
+        else:
+            parts.append(f"{key} -> {value!r}")
+    return ", ".join(parts)
 
 
 def _updated_config(

@@ -14,15 +14,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
+from facefleet.commands import runs_inspect
+from facefleet.commands._complete import complete_run_ids
+from facefleet.commands._output import JsonOption, api_url, make_console, print_json, stored_location
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.errors import FacefleetError
+from facefleet.platform.errors import FacefleetError, InvalidInputError
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import RunView, apply_overrides
 
-app = typer.Typer(help="Training runs: create, follow, cancel.", no_args_is_help=True)
-console = Console()
+app = typer.Typer(help="Training runs: create, follow, inspect, compare, cancel.", no_args_is_help=True)
+app.command("logs")(runs_inspect.logs)
+app.command("metrics")(runs_inspect.metrics)
+app.command("compare")(runs_inspect.compare)
+app.command("plot")(runs_inspect.plot)
+STATUSES = ("queued", "starting", "running", "succeeded", "failed", "cancelled")
+console = make_console()
 SHOWN_METRICS = (
     "loss",
     "identity_loss",
@@ -131,6 +139,22 @@ def follow_run(
                     service.reconcile_run(session, run_id)
 
 
+def follow_until_done(
+    run_id: int, *, client: FacefleetClient | None, server: str | None, poll_seconds: float = 1.0
+) -> str:
+    """``follow_run``; on Ctrl-C, say that the run goes on and how to cancel it (exit code 130)."""
+    try:
+        return follow_run(run_id, client=client, poll_seconds=poll_seconds)
+    except KeyboardInterrupt:
+        remote = f" --server {server}" if server else ""
+        console.print(
+            f"\nstopped following run {run_id}; it keeps running. Follow it again with "
+            f"`facefleet runs watch {run_id}{remote}`; "
+            f"cancel it with `facefleet runs cancel {run_id}{remote}`."
+        )
+        raise typer.Exit(code=130) from None
+
+
 @app.command("create")
 def create(
     datasets: list[str] = typer.Option(
@@ -163,7 +187,7 @@ def create(
             raise FacefleetError(f"run {view.id} could not start: {view.error}")
         console.print(f"run [bold]{view.id}[/bold] {'started' if start else 'queued'}")
         if wait:
-            status = follow_run(view.id, client=client)
+            status = follow_until_done(view.id, client=client, server=server)
     if wait:
         console.print(f"run {view.id} {status}")
         raise typer.Exit(code=0 if status == "succeeded" else 1)
@@ -188,11 +212,17 @@ def _create_locally(body: dict[str, Any]) -> RunView:
 
 @app.command("list")
 def list_(
-    status: str | None = typer.Option(None, "--status"),
-    limit: int = typer.Option(20, "--limit", min=1),
+    status: str | None = typer.Option(None, "--status", help=" | ".join(STATUSES)),
+    limit: int = typer.Option(20, "--limit", min=1, max=10_000),
+    as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """List recent runs."""
+    with reported_errors():
+        if status is not None and status not in STATUSES:  # refused the same way in both modes
+            raise InvalidInputError(
+                f"--status {status!r} is unknown; use one of {', '.join(STATUSES)}", field="status"
+            )
     with reported_errors(), connect(server) as client:
         if client is not None:
             items = client.iter_pages("/v1/runs", max_items=limit, status=status)
@@ -201,6 +231,9 @@ def list_(
             with local_session() as session:
                 runs = service.list_runs(session, status=status, limit=limit)
                 views = [service.run_view(session, run) for run in runs]
+    if as_json:
+        print_json(views)
+        return
     table = Table("id", "name", "status", "stage", "progress", "trigger", "created")
     for view in views:
         table.add_row(
@@ -216,20 +249,35 @@ def list_(
 
 
 @app.command("show")
-def show(run_id: int = typer.Argument(...), server: ServerOption = None) -> None:
-    """Status, progress, datasets, latest metrics and results of one run."""
+def show(
+    run_id: int = typer.Argument(..., min=1, autocompletion=complete_run_ids),
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Status, progress, datasets, latest metrics and results of one run (with where its files are)."""
     with reported_errors(), connect(server) as client:
         if client is not None:
             view = RunView.model_validate(client.get(f"/v1/runs/{run_id}"))
             latest = _remote_latest_metrics(client, run_id)
+            base = str(client.http.base_url)
+            files = {
+                Path(key).name: api_url(base, f"/v1/runs/{run_id}/plots/{Path(key).name}")
+                for key in view.summary.get("plots", [])
+            }
+            files["metrics.csv"] = api_url(base, f"/v1/runs/{run_id}/metrics?format=csv")
+            files["console"] = api_url(base, f"/ui/runs/{run_id}")
         else:
             with local_session() as session:
                 view = service.run_view(session, service.get_run(session, run_id))
                 latest = service.latest_metrics(session, run_id)
-    _print_run(view, latest)
+            files = {Path(key).name: stored_location(key) for key in view.summary.get("plots", [])}
+    if as_json:
+        print_json({**view.model_dump(mode="json"), "latest_metrics": latest, "files": files})
+        return
+    _print_run(view, latest, files)
 
 
-def _print_run(view: RunView, latest: dict[str, float]) -> None:
+def _print_run(view: RunView, latest: dict[str, float], files: dict[str, str]) -> None:
     eta = f", ETA {view.eta_seconds:.0f} s" if view.eta_seconds and view.status == "running" else ""
     console.print(
         f"run {view.id} [bold]{view.status}[/bold] ({view.stage}) step {view.step}/{view.total_steps}"
@@ -251,26 +299,29 @@ def _print_run(view: RunView, latest: dict[str, float]) -> None:
     if view.summary.get("model"):
         model = view.summary["model"]
         console.print(
-            f"model {model['name']} v{model['version']}; plots: {', '.join(view.summary.get('plots', []))}"
+            f"model {model['name']} v{model['version']} "
+            f"(`facefleet models show {model['name']} {model['version']}`)"
         )
+    for label, location in files.items():
+        console.print(f"{label}: {location}")
 
 
 @app.command("watch")
 def watch(
-    run_id: int = typer.Argument(...),
+    run_id: int = typer.Argument(..., min=1, autocompletion=complete_run_ids),
     interval: float = typer.Option(1.0, "--interval", min=0.05, help="Seconds between polls."),
     server: ServerOption = None,
 ) -> None:
     """Follow a run with a live progress bar until it finishes."""
     with reported_errors(), connect(server) as client:
-        status = follow_run(run_id, poll_seconds=interval, client=client)
+        status = follow_until_done(run_id, poll_seconds=interval, client=client, server=server)
     console.print(f"run {run_id} {status}")
     raise typer.Exit(code=0 if status == "succeeded" else 1)
 
 
 @app.command("cancel")
 def cancel(
-    run_id: int = typer.Argument(...),
+    run_id: int = typer.Argument(..., min=1, autocompletion=complete_run_ids),
     force: bool = typer.Option(False, "--force", help="Stop the job now instead of at its next check."),
     server: ServerOption = None,
 ) -> None:

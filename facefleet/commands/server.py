@@ -31,6 +31,11 @@ def serve(
 
     if migrate:
         _migrate()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    typer.echo(
+        f"facefleet API on http://{shown}:{port} - web console http://{shown}:{port}/ui, "
+        f"REST docs http://{shown}:{port}/docs"
+    )
     uvicorn.run(
         "facefleet.api.app:create_app",
         factory=True,

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for web-console session cookies; default: derived from the signing key.",
+    )
+    session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="Web-console sign-in lifetime in hours."
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -4,8 +4,10 @@ for cosine scores and (when trained) the BioMetricNet -1 and -M decisions; ROC a
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,26 @@ def _png(figure: object) -> bytes:
     return buffer.getvalue()
 
 
+ROC_POINTS = 200
+
+
+def roc_document(results: EvalResults, max_points: int = ROC_POINTS) -> dict[str, Any]:
+    """The ROC curves as JSON (at most ``max_points`` per curve), for the web console to draw."""
+    sets: dict[str, dict[str, dict[str, Any]]] = {}
+    for set_name, modes in results.sets.items():
+        for mode, metrics in modes.items():
+            fpr, tpr = list(metrics.roc_fpr), list(metrics.roc_tpr)
+            if len(fpr) > max_points:
+                picks = sorted({round(i * (len(fpr) - 1) / (max_points - 1)) for i in range(max_points)})
+                fpr, tpr = [fpr[i] for i in picks], [tpr[i] for i in picks]
+            sets.setdefault(set_name, {})[mode] = {
+                "auc": float(metrics.auc),
+                "fpr": [round(float(x), 6) for x in fpr],
+                "tpr": [round(float(y), 6) for y in tpr],
+            }
+    return {"sets": sets}
+
+
 def save_plots(
     store: ObjectStore, run_id: int, results: EvalResults, series: dict[str, list[tuple[int, float]]]
 ) -> list[str]:
@@ -176,6 +198,8 @@ def save_plots(
     keys.append(f"runs/{run_id}/plots/roc.png")
     store.put_bytes(keys[-1], _png(figure), content_type="image/png")
     plt.close(figure)
+    keys.append(f"runs/{run_id}/plots/roc.json")
+    store.put_bytes(keys[-1], json.dumps(roc_document(results)).encode(), content_type="application/json")
     figure, axis = plt.subplots(figsize=(7, 4))
     for name in ("loss", "identity_loss", "domain_loss", "kl_loss"):
         if series.get(name):

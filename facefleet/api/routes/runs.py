@@ -31,6 +31,7 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 RunStatus = Literal["queued", "starting", "running", "succeeded", "failed", "cancelled"]
 RunTrigger = Literal["manual", "dataset_added", "schedule", "metric_drop"]
 RunStarter = Callable[[Session, Run], None]
+PLOT_MEDIA_TYPES = {".png": "image/png", ".json": "application/json"}
 
 
 class MetricsBody(BaseModel):
@@ -173,7 +174,7 @@ def list_run_plots(run_id: PathId, session: DbSession, store: Store, _principal:
 @router.get(
     "/{run_id}/plots/{file_name}",
     response_class=StreamingResponse,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}, "application/json": {}}}},
 )
 def get_run_plot(
     run_id: PathId, file_name: str, session: DbSession, store: Store, _principal: Viewer
@@ -185,7 +186,7 @@ def get_run_plot(
             f"run {run_id} has no plot {file_name!r}; list them with GET /v1/runs/{run_id}/plots",
             field="file_name",
         )
-    media = "image/png" if file_name.endswith(".png") else "application/octet-stream"
+    media = PLOT_MEDIA_TYPES.get(Path(file_name).suffix, "application/octet-stream")
     return StreamingResponse(store.iter_chunks(key), media_type=media)
 
 

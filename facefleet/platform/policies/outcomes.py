@@ -43,6 +43,7 @@ def auto_promote(
         select(ModelVersion).where(ModelVersion.run_id == run.id).order_by(ModelVersion.version.desc())
     ).first()
     if new is None:
+        _declined(session, policy, run, None, f"run {run.id} registered no model version", {})
         return None
     sets = list(policy.verification_sets or [])
     new_scores = retrain.model_scores(session, new, sets, policy.metric_name, evaluate)
@@ -56,6 +57,8 @@ def auto_promote(
             retrain.model_scores(session, current, sets, policy.metric_name, evaluate), sets
         )
     if not retrain.should_promote(new_score, current_score):
+        scores = {"score": new_score, "production_score": current_score, "verification_sets": sets}
+        _declined(session, policy, run, new, _decline_reason(policy, new, current, new_score, sets), scores)
         return None
     registry.set_alias(session, new.name, PRODUCTION, new.version)
     details = {
@@ -81,6 +84,42 @@ def auto_promote(
         now=now,
     )
     return f"{new.name}:{new.version}"
+
+
+def _decline_reason(
+    policy: RetrainPolicy,
+    new: ModelVersion,
+    current: ModelVersion | None,
+    new_score: float | None,
+    sets: list[str],
+) -> str:
+    metric = policy.metric_name
+    if not sets:
+        return "the policy names no verification sets to compare models on"
+    if new_score is None:
+        return f"{new.name} v{new.version} has no {metric} score on every set of {', '.join(sets)}"
+    production = f"production v{current.version}" if current is not None else "production"
+    return f"{new.name} v{new.version} scored {metric} {new_score:.4f}, not better than {production}"
+
+
+def _declined(
+    session: Session,
+    policy: RetrainPolicy,
+    run: Run,
+    model: ModelVersion | None,
+    reason: str,
+    details: dict[str, Any],
+) -> None:
+    """Record why auto-promote left production where it was (`models.promote_declined` in the audit log)."""
+    target = f"{model.name}:{model.version}" if model is not None else f"{policy.model_name}:"
+    audit.record(
+        session,
+        ACTOR,
+        "models.promote_declined",
+        "model",
+        target,
+        {"reason": reason, "policy": policy.name, "run_id": run.id, **details},
+    )
 
 
 def notify_run_finished(
