@@ -224,7 +224,10 @@ def show(run_id: int = typer.Argument(...), server: ServerOption = None) -> None
             latest = _remote_latest_metrics(client, run_id)
         else:
             with local_session() as session:
-                view = service.run_view(session, service.get_run(session, run_id))
+                run = service.get_run(session, run_id)
+                if run.status in service.ACTIVE and run.launcher_job_id is not None:
+                    run = service.reconcile_active(session, run_id)
+                view = service.run_view(session, run)
                 latest = service.latest_metrics(session, run_id)
     _print_run(view, latest)
 

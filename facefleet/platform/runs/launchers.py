@@ -163,7 +163,11 @@ class RayJobsLauncher:
             )
         self.address = self.settings.ray_address.rstrip("/")
         token = self.settings.ray_auth_token
-        self.client = RayJobsClient(self.address, token=token.get_secret_value() if token else None)
+        self.client = RayJobsClient(
+            self.address,
+            token=token.get_secret_value() if token else None,
+            secrets=settings_secrets(self.settings),
+        )
 
     def start(self, run: Run) -> str:
         return self.client.submit(job_submission_payload(run, self.settings))

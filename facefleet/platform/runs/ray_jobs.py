@@ -11,13 +11,22 @@ from typing import Any
 import httpx
 
 from facefleet.platform.errors import FacefleetError
+from facefleet.platform.runs.failures import redact
 
 FINISHED_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 class RayJobsClient:
-    def __init__(self, address: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        secrets: list[str] | None = None,
+    ) -> None:
         self.address = address.rstrip("/")
+        self.secrets = secrets or []  # masked in refusals (Ray may echo the runtime_env's env_vars)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
 
@@ -45,7 +54,7 @@ class RayJobsClient:
         if response.status_code >= 400:
             raise FacefleetError(
                 f"the Ray Jobs API at {self.address} refused to {what} (HTTP {response.status_code}): "
-                f"{response.text.strip()[:1000]}",
+                f"{redact(response.text.strip()[-2000:], self.secrets)[-1000:]}",
                 status_code=502,
             )
         return response

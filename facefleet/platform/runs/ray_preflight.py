@@ -164,7 +164,9 @@ def check_cluster(
 ) -> None:
     """Raise InvalidInputError (422) when the cluster cannot run facefleet ``expected`` (default: ours)."""
     if expected is None:
-        from facefleet import __version__ as expected
+        from facefleet import __version__
+
+        expected = __version__
     key = json.dumps([client.address, runtime_env, expected], sort_keys=True, default=str)
     with _lock:
         passed = _cache.get(key)
