@@ -15,6 +15,8 @@ from types import FrameType
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.runs import service
+from facefleet.platform.runs.failures import redact, settings_secrets
+from facefleet.platform.settings import get_settings
 from facefleet.workers import train_driver
 
 logger = logging.getLogger("facefleet.workers.train")
@@ -64,15 +66,18 @@ def _train_evaluate_export(run_id: int) -> str:
 
 def run_training(run_id: int) -> str:
     """Train, evaluate, export and register run ``run_id``; the final status."""
-    train_driver.wait_for_run(run_id)
     try:
+        train_driver.wait_for_run(run_id)
         return _train_evaluate_export(run_id)
     except BaseException as error:  # noqa: BLE001 - record every way a run can end, then re-raise
         text = "".join(traceback.format_exception_only(type(error), error)).strip()
         if isinstance(error, SystemExit):
             text = f"the worker process was stopped (exit {error.code})"
         logger.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        _finish(run_id, "failed", error=text[-4000:])
+        try:
+            _finish(run_id, "failed", error=redact(text, settings_secrets(get_settings()))[-4000:])
+        except Exception:  # noqa: BLE001 - e.g. the database is what failed: the log and exit code tell
+            logger.exception("run %s: could not record its failure", run_id)
         raise
     finally:
         import ray
