@@ -12,6 +12,8 @@ import sys
 import traceback
 from types import FrameType
 
+from sqlalchemy import update
+
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.runs import service
@@ -28,19 +30,24 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 
 def _finish(run_id: int, status: str, *, error: str | None = None, summary: dict | None = None) -> None:
-    """Record the end of a run once; a failure after a cancel request counts as cancelled."""
+    """Record the end of a run once; a failure after a cancel request counts as cancelled.
+
+    The write is conditional: a cancel committed meanwhile (e.g. `cancel --force`, whose transaction is
+    still open when the stopped worker gets here) is not overwritten."""
     with session_scope() as session:
         run = session.get(Run, run_id)
         if run is None or run.status in service.FINISHED:
             return
         if status == "failed" and run.cancel_requested:
             status = "cancelled"
+        values: dict = {"status": status, "stage": status, "error": error, "finished_at": service._now()}
         if summary is not None:
-            run.summary = summary
+            values["summary"] = summary
         if status == "succeeded":
-            run.progress = 1.0
-        run.stage = status
-        service.mark_finished(session, run, status, error)
+            values["progress"] = 1.0
+        session.execute(
+            update(Run).where(Run.id == run_id, Run.status.not_in(service.FINISHED)).values(**values)
+        )
 
 
 def _cancel_if_requested(run_id: int) -> bool:

@@ -128,7 +128,10 @@ def python_without_facefleet(tmp_path: Path) -> dict[str, Any]:
     of a head started from a venv that was not activated."""
     base = Path(getattr(sys, "_base_executable", "") or "/usr/bin/python3").resolve()
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    if subprocess.run([str(base), "-c", "import facefleet"], env=clean, capture_output=True).returncode == 0:
+    probe = subprocess.run(
+        [str(base), "-c", "import facefleet"], env=clean, cwd=tmp_path, capture_output=True
+    )
+    if probe.returncode == 0:
         pytest.skip(f"{base} can import facefleet; no interpreter without it to point the cluster at")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -155,7 +158,8 @@ def test_a_run_trains_on_two_nodes_through_the_ray_launcher(api: Api) -> None:
     run = created.json()
     assert run["launcher"] == "ray" and run["launcher_job_id"].startswith(f"facefleet-run-{run['id']}-")
     finished = api.wait(run["id"], FINISHED, timeout=900)
-    job = api.cluster.job(run["launcher_job_id"])
+    # The driver records the end of the run, then shuts its Ray client down and exits.
+    job = api.cluster.wait_for_job(run["launcher_job_id"], 180, ("SUCCEEDED", "FAILED", "STOPPED"))
     assert (finished["status"], finished["error"]) == ("succeeded", None), job
     assert job["status"] == "SUCCEEDED"
     assert (finished["step"], finished["total_steps"], finished["progress"]) == (4, 4, 1.0)
