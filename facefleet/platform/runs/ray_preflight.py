@@ -5,7 +5,8 @@ training workers with each node's own Python; neither is this process's interpre
 a tiny probe job (stdlib only, so it runs even where facefleet is missing) is submitted with the same
 runtime_env as real runs. It imports the worker entrypoint on the head and the training code on every alive
 node, and reports each interpreter and facefleet version. A missing or different facefleet refuses the run
-with a message saying what to install where. A passing answer is remembered for a few minutes.
+with a message saying what to install where. A report that passed is remembered for a few minutes (per
+cluster address and runtime_env); one that failed is not, so a fixed cluster is accepted at once.
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ print(MARK + json.dumps(report), flush=True)
 
 
 @dataclass(frozen=True)
-class _Passed:
+class _Report:
+    """A probe's report that passed (only those are kept: a fixed cluster is not refused from memory)."""
+
     at: float
+    report: dict[str, Any]
 
 
-_cache: dict[str, _Passed] = {}
+_cache: dict[str, _Report] = {}
 _lock = threading.Lock()
 
 
@@ -167,20 +171,22 @@ def check_cluster(
         from facefleet import __version__
 
         expected = __version__
-    key = json.dumps([client.address, runtime_env, expected], sort_keys=True, default=str)
+    key = json.dumps([client.address, runtime_env], sort_keys=True, default=str)
     with _lock:
-        passed = _cache.get(key)
-    if use_cache and passed is not None and time.monotonic() - passed.at < CACHE_TTL_S:
-        return
-    report, info, log = run_probe(client, runtime_env)
-    if report is None:
-        detail = describe(
-            f"the pre-flight job on the Ray cluster at {client.address} ended {info.get('status')} without a "
-            f"report: {info.get('message') or ''}".split("\n")[0],
-            log or info.get("message", ""),
-            secrets=secrets or [],
-        )
-        raise InvalidInputError(f"{detail}\n{advice(expected)}")
+        kept = _cache.get(key)
+    if use_cache and kept is not None and time.monotonic() - kept.at < CACHE_TTL_S:
+        report = kept.report
+    else:
+        found_report, info, log = run_probe(client, runtime_env)
+        if found_report is None:
+            detail = describe(
+                f"the pre-flight job on the Ray cluster at {client.address} ended {info.get('status')} "
+                f"without a report: {info.get('message') or ''}".split("\n")[0],
+                log or info.get("message", ""),
+                secrets=secrets or [],
+            )
+            raise InvalidInputError(f"{detail}\n{advice(expected)}")
+        report = found_report
     found = problems(report, expected)
     if found:
         raise InvalidInputError(
@@ -188,5 +194,6 @@ def check_cluster(
             + "; ".join(found)
             + f". {advice(expected)}"
         )
-    with _lock:
-        _cache[key] = _Passed(time.monotonic())
+    if kept is None or kept.report is not report:  # a fresh report that passed: remember it
+        with _lock:
+            _cache[key] = _Report(time.monotonic(), report)
