@@ -191,6 +191,7 @@ class RayJobsLauncher:
             return f"Ray job {job_id} is unknown to the cluster at {self.address} (was the head restarted?)"
         message = str(info.get("message") or "")
         headline, _, rest = message.partition("\n")  # a failed entrypoint's message embeds its logs
+        headline = headline.split(", last available logs")[0]
         try:
             log = self.client.logs(job_id) or rest
         except FacefleetError:

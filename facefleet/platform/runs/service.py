@@ -385,6 +385,7 @@ def reconcile_run(session: Session, run_id: int, *, launcher: Launcher | None = 
         session.refresh(run)  # the worker may have finished between our read and the launcher's answer
         if run.status not in FINISHED:
             status = "cancelled" if run.cancel_requested else "failed"
+            run.stage = status
             mark_finished(session, run, status, vanished_error(launcher, run))
     return run
 
