@@ -204,7 +204,8 @@ def test_a_job_that_cannot_import_facefleet_fails_the_run_with_rays_account(
     assert failed["status"] == "failed"
     error = failed["error"]
     assert error.startswith("the worker exited without recording the end of the run: ")
-    assert f"Ray job {run['launcher_job_id']} FAILED: Job entrypoint command failed with exit code 1\n" in error
+    job_id = run["launcher_job_id"]
+    assert f"Ray job {job_id} FAILED: Job entrypoint command failed with exit code 1\n" in error
     assert "No module named 'facefleet'" in error  # from the job's log tail
     assert len(error) <= 4200
     shown = CliRunner().invoke(cli_app, ["runs", "show", str(run["id"])])
