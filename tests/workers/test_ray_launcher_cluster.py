@@ -214,6 +214,24 @@ def test_a_job_that_cannot_import_facefleet_fails_the_run_with_rays_account(
     assert f"run {run['id']} failed" in output and "No module named 'facefleet'" in output
 
 
+def test_a_job_whose_runtime_env_cannot_be_set_up_says_so_on_the_run(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing_code = tmp_path / "no-such-module-dir"
+    monkeypatch.setenv("FACEFLEET_RAY_RUNTIME_ENV", json.dumps({"py_modules": [str(missing_code)]}))
+    monkeypatch.setenv("FACEFLEET_RAY_PREFLIGHT", "false")
+    get_settings.cache_clear()
+    created = api.create()
+    assert created.status_code == 201, created.text
+    run = created.json()
+    job = api.cluster.wait_for_job(run["launcher_job_id"], 120, ("FAILED", "SUCCEEDED", "STOPPED"))
+    assert job["status"] == "FAILED" and job["driver_exit_code"] is None  # no entrypoint ever ran
+    failed = api.run(run["id"])
+    assert failed["status"] == "failed"
+    assert f"Ray job {run['launcher_job_id']} FAILED: " in failed["error"]
+    assert str(missing_code) in failed["error"]
+
+
 def test_the_preflight_refuses_a_cluster_without_facefleet(
     api: Api, python_without_facefleet: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
