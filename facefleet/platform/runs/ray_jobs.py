@@ -22,7 +22,7 @@ class RayJobsClient:
         address: str,
         *,
         token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = 15.0,
         secrets: list[str] | None = None,
     ) -> None:
         self.address = address.rstrip("/")
