@@ -17,6 +17,7 @@ from facefleet.platform.settings import Settings, get_settings
 from facefleet.platform.store import ObjectStore
 from facefleet.platform.store.local import LocalStore
 from facefleet.platform.store.s3 import S3Store
+from tests.fixtures.ray_cluster import RayCluster, ray_cluster  # noqa: F401
 from tests.fixtures.servers import PostgresServer, S3Server, postgres_server, s3_server  # noqa: F401
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

@@ -268,7 +268,10 @@ def show(
             files["console"] = api_url(base, f"/ui/runs/{run_id}")
         else:
             with local_session() as session:
-                view = service.run_view(session, service.get_run(session, run_id))
+                run = service.get_run(session, run_id)
+                if run.status in service.ACTIVE and run.launcher_job_id is not None:
+                    run = service.reconcile_active(session, run_id)
+                view = service.run_view(session, run)
                 latest = service.latest_metrics(session, run_id)
             files = {Path(key).name: stored_location(key) for key in view.summary.get("plots", [])}
     if as_json:

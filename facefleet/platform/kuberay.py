@@ -327,6 +327,19 @@ def get_rayjob_status(name: str, *, namespace: str) -> RayJobStatus:
     )
 
 
+def describe_status(status: RayJobStatus) -> str:
+    """One line of what KubeRay reports, for a run's error (e.g. a submitter that never started)."""
+    text = (
+        f"RayJob {status.name}: job {status.job_status or 'not started'}, "
+        f"deployment {status.deployment_status or 'unknown'}"
+    )
+    if status.reason:
+        text += f", reason {status.reason}"
+    if status.message:
+        text += f": {status.message}"
+    return text
+
+
 def delete_rayjob(name: str, *, namespace: str) -> bool:
     """Delete the RayJob (its RayCluster and submitter go with it); False when it was already gone."""
     api = _custom_objects_api()

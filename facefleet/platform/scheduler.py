@@ -321,6 +321,8 @@ class Scheduler:
             ).all()
             for policy in policies:
                 run = session.get(Run, policy.active_run_id)
+                if run is not None and run.status in runs_service.ACTIVE and run.launcher_job_id:
+                    run = runs_service.reconcile_active(session, run.id)  # a job that died silently
                 if run is not None and run.status not in runs_service.FINISHED:
                     continue
                 policy.active_run_id = None

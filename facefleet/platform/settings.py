@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         default=None,
         description="Ray cluster address (http://head:8265 for the Jobs API); unset = local Ray.",
+    )
+    ray_runtime_env: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON runtime_env merged into each Ray job (pip, py_modules/working_dir URIs, env_vars).",
+    )
+    ray_preflight: bool = Field(
+        default=True,
+        description="Check before each ray-launcher run that the cluster's Python imports this facefleet.",
+    )
+    ray_auth_token: SecretStr | None = Field(
+        default=None, description="Token for a Ray head with token auth (`ray get-auth-token` on the head)."
     )
     launcher: LauncherName = Field(default="local", description="How runs start: local | ray | kuberay.")
     kuberay_namespace: str = Field(
@@ -139,6 +150,9 @@ class Settings(BaseSettings):
                 text = str(value)
             if name == "database_url":
                 text = mask_url_password(self.effective_database_url)
+            if name == "ray_runtime_env" and value:
+                env_vars = {key: "********" for key in value.get("env_vars") or {}}
+                text = json.dumps({**value, **({"env_vars": env_vars} if env_vars else {})})
             if name == "store_url":
                 text = self.effective_store_url
             out[name] = text

@@ -12,9 +12,13 @@ import sys
 import traceback
 from types import FrameType
 
+from sqlalchemy import update
+
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.runs import service
+from facefleet.platform.runs.failures import redact, settings_secrets
+from facefleet.platform.settings import get_settings
 from facefleet.workers import train_driver
 
 logger = logging.getLogger("facefleet.workers.train")
@@ -26,19 +30,24 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 
 def _finish(run_id: int, status: str, *, error: str | None = None, summary: dict | None = None) -> None:
-    """Record the end of a run once; a failure after a cancel request counts as cancelled."""
+    """Record the end of a run once; a failure after a cancel request counts as cancelled.
+
+    The write is conditional: a cancel committed meanwhile (e.g. `cancel --force`, whose transaction is
+    still open when the stopped worker gets here) is not overwritten."""
     with session_scope() as session:
         run = session.get(Run, run_id)
         if run is None or run.status in service.FINISHED:
             return
         if status == "failed" and run.cancel_requested:
             status = "cancelled"
+        values: dict = {"status": status, "stage": status, "error": error, "finished_at": service._now()}
         if summary is not None:
-            run.summary = summary
+            values["summary"] = summary
         if status == "succeeded":
-            run.progress = 1.0
-        run.stage = status
-        service.mark_finished(session, run, status, error)
+            values["progress"] = 1.0
+        session.execute(
+            update(Run).where(Run.id == run_id, Run.status.not_in(service.FINISHED)).values(**values)
+        )
 
 
 def _cancel_if_requested(run_id: int) -> bool:
@@ -64,15 +73,18 @@ def _train_evaluate_export(run_id: int) -> str:
 
 def run_training(run_id: int) -> str:
     """Train, evaluate, export and register run ``run_id``; the final status."""
-    train_driver.wait_for_run(run_id)
     try:
+        train_driver.wait_for_run(run_id)
         return _train_evaluate_export(run_id)
     except BaseException as error:  # noqa: BLE001 - record every way a run can end, then re-raise
         text = "".join(traceback.format_exception_only(type(error), error)).strip()
         if isinstance(error, SystemExit):
             text = f"the worker process was stopped (exit {error.code})"
         logger.error("run %s failed:\n%s", run_id, traceback.format_exc())
-        _finish(run_id, "failed", error=text[-4000:])
+        try:
+            _finish(run_id, "failed", error=redact(text, settings_secrets(get_settings()))[-4000:])
+        except Exception:  # noqa: BLE001 - e.g. the database is what failed: the log and exit code tell
+            logger.exception("run %s: could not record its failure", run_id)
         raise
     finally:
         import ray

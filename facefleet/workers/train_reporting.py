@@ -37,7 +37,12 @@ class RankZeroReporter:
         self.stage = 1
         self._eval_sets: list | None = None
         with Session(self.engine) as session, session.begin():
-            session.execute(update(Run).where(Run.id == job.run_id).values(status="running"))
+            # Not over a cancel recorded while the workers were starting.
+            session.execute(
+                update(Run)
+                .where(Run.id == job.run_id, Run.status.not_in(service.FINISHED))
+                .values(status="running")
+            )
             if start_step:
                 service.record_metrics(session, job.run_id, start_step, {"resumed_from_step": start_step})
 

@@ -117,7 +117,12 @@ def list_runs(
 
 @router.get("/{run_id}", response_model=RunView)
 def get_run(run_id: PathId, session: DbSession, _principal: Viewer) -> RunView:
-    return service.run_view(session, _run(session, run_id))
+    """The run; an active run whose job has ended without a word from the worker is marked failed here,
+    with the launcher's account of why (exit status, job message, log tail) in ``error``."""
+    run = _run(session, run_id)
+    if run.status in service.ACTIVE and run.launcher_job_id is not None:
+        run = service.reconcile_active(session, run_id)
+    return service.run_view(session, run)
 
 
 def _run(session: Session, run_id: int) -> Run:

@@ -6,6 +6,7 @@ used to notice a job that died without saying so.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from facefleet.platform.db.models import Run
-from facefleet.platform.errors import InvalidInputError
+from facefleet.platform.errors import FacefleetError, InvalidInputError
+from facefleet.platform.runs.failures import describe, settings_secrets
+from facefleet.platform.runs.ray_jobs import FINISHED_STATES, RayJobsClient
 from facefleet.platform.settings import Settings, get_settings
 
 JobState = Literal["running", "finished", "unknown"]
@@ -47,6 +50,12 @@ class Launcher(Protocol):
         """Stop the job now (the worker's own cancel check is the graceful path)."""
 
     def status(self, job_id: str) -> JobState: ...
+
+    def failure(self, run: Run) -> str | None:
+        """Why the run's finished job ended, from the launcher's side (bounded, redacted), if it knows."""
+
+    def preflight(self) -> None:
+        """Refuse (InvalidInputError) before a run is created when its job could not run facefleet."""
 
 
 class LocalLauncher:
@@ -83,6 +92,8 @@ class LocalLauncher:
             pass
 
     def status(self, job_id: str) -> JobState:
+        if not job_id.isdigit():
+            return "unknown"  # not a pid: not a job of this launcher
         pid = int(job_id)
         child = self._children.get(pid)
         if child is not None:  # our own child: poll() also reaps it, so no zombie is left behind
@@ -99,13 +110,42 @@ class LocalLauncher:
         child = self._children.get(int(job_id))
         return child.wait(timeout) if child is not None else None
 
+    def failure(self, run: Run) -> str | None:
+        """The child's exit status (when it is our child) and the tail of its log file."""
+        job_id = run.launcher_job_id or ""
+        child = self._children.get(int(job_id)) if job_id.isdigit() else None
+        code = child.poll() if child is not None else None
+        if code is None:
+            headline = f"worker process {job_id or '?'} is gone"
+        elif code < 0:
+            headline = f"worker process {job_id} was killed by {_signal_name(-code)}"
+        else:
+            headline = f"worker process {job_id} exited with code {code}"
+        path = self.log_path(run.id)
+        log = _read_tail(path) if path.is_file() else ""
+        return describe(f"{headline} (log: {path})", log, secrets=settings_secrets(self.settings))
+
+    def preflight(self) -> None:
+        """Nothing to check: the worker runs with this very interpreter."""
+
+
+def job_runtime_env(settings: Settings, *, worker_env: bool = True) -> dict[str, Any]:
+    """FACEFLEET_RAY_RUNTIME_ENV merged with the worker's environment (ours wins on a clash)."""
+    runtime_env = copy.deepcopy(settings.ray_runtime_env or {})
+    env_vars = {str(k): str(v) for k, v in (runtime_env.get("env_vars") or {}).items()}
+    if worker_env:
+        env_vars.update(worker_environment(settings))
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    return runtime_env
+
 
 def job_submission_payload(run: Run, settings: Settings) -> dict[str, Any]:
     """The body of POST /api/jobs/ (Ray Jobs REST API) for a run."""
     return {
         "entrypoint": "python " + " ".join(entrypoint_args(run.id)),
         "submission_id": f"facefleet-run-{run.id}-{os.urandom(3).hex()}",
-        "runtime_env": {"env_vars": worker_environment(settings)},
+        "runtime_env": job_runtime_env(settings),
         "metadata": {"facefleet_run_id": str(run.id)},
     }
 
@@ -122,31 +162,54 @@ class RayJobsLauncher:
                 "the ray launcher needs FACEFLEET_RAY_ADDRESS (e.g. http://ray-head:8265)"
             )
         self.address = self.settings.ray_address.rstrip("/")
-
-    def _client(self) -> Any:
-        import httpx
-
-        return httpx.Client(base_url=self.address, timeout=30)
+        token = self.settings.ray_auth_token
+        self.client = RayJobsClient(
+            self.address,
+            token=token.get_secret_value() if token else None,
+            secrets=settings_secrets(self.settings),
+        )
 
     def start(self, run: Run) -> str:
-        payload = job_submission_payload(run, self.settings)
-        with self._client() as client:
-            response = client.post("/api/jobs/", json=payload)
-            response.raise_for_status()
-            return str(response.json().get("submission_id", payload["submission_id"]))
+        return self.client.submit(job_submission_payload(run, self.settings))
 
     def cancel(self, job_id: str) -> None:
-        with self._client() as client:
-            client.post(f"/api/jobs/{job_id}/stop").raise_for_status()
+        self.client.stop(job_id)
 
     def status(self, job_id: str) -> JobState:
-        with self._client() as client:
-            response = client.get(f"/api/jobs/{job_id}")
-            if response.status_code == 404:
-                return "unknown"
-            response.raise_for_status()
-            state = response.json().get("status", "")
-        return "finished" if state in ("SUCCEEDED", "FAILED", "STOPPED") else "running"
+        info = self.client.info(job_id)
+        if info is None:
+            return "unknown"
+        return "finished" if info.get("status") in FINISHED_STATES else "running"
+
+    def failure(self, run: Run) -> str | None:
+        """The job's status and message, and the tail of its driver log."""
+        job_id = run.launcher_job_id
+        if not job_id:
+            return None
+        info = self.client.info(job_id)
+        if info is None:
+            return f"Ray job {job_id} is unknown to the cluster at {self.address} (was the head restarted?)"
+        message = str(info.get("message") or "")
+        headline, _, rest = message.partition("\n")  # a failed entrypoint's message embeds its logs
+        headline = headline.split(", last available logs")[0]
+        try:
+            log = self.client.logs(job_id) or rest
+        except FacefleetError:
+            log = rest
+        return describe(
+            f"Ray job {job_id} {info.get('status')}: {headline}", log, secrets=settings_secrets(self.settings)
+        )
+
+    def preflight(self) -> None:
+        if not self.settings.ray_preflight:
+            return
+        from facefleet.platform.runs import ray_preflight
+
+        ray_preflight.check_cluster(
+            self.client,
+            job_runtime_env(self.settings, worker_env=False) or None,
+            secrets=settings_secrets(self.settings),
+        )
 
 
 class KubeRayLauncher:
@@ -183,6 +246,36 @@ class KubeRayLauncher:
         except NotFoundError:
             return "finished"
         return "finished" if found.finished else "running"
+
+    def failure(self, run: Run) -> str | None:
+        """What KubeRay says about the RayJob (job status, deployment status, reason, message)."""
+        from facefleet.platform import kuberay
+        from facefleet.platform.errors import NotFoundError
+
+        name, namespace = run.launcher_job_id, self.settings.kuberay_namespace
+        if not name:
+            return None
+        try:
+            found = kuberay.get_rayjob_status(name, namespace=namespace)
+        except NotFoundError:
+            return f"RayJob {name} no longer exists in namespace {namespace}"
+        return describe(kuberay.describe_status(found), secrets=settings_secrets(self.settings))
+
+    def preflight(self) -> None:
+        """Nothing to check here: the RayJob's pods run the facefleet image itself."""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _read_tail(path: Path, limit: int = 64 * 1024) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - limit))
+        return handle.read().decode("utf-8", errors="replace")
 
 
 def get_launcher(name: str | None = None, settings: Settings | None = None) -> Launcher:

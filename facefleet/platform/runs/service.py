@@ -244,6 +244,10 @@ def create_run(
     )
     check_pair_batches(training_config, [version.identity_count for version, _ in train])
     check_head_shards(training_config, sum(version.identity_count for version, _ in train))
+    from facefleet.platform.runs.launchers import get_launcher
+
+    # Last, being the slow one: the ray launcher asks the cluster whether it can run this facefleet.
+    get_launcher(settings.launcher, settings).preflight()
     run = Run(
         name=name or "+".join(dataset.name for _, dataset in train),
         status="queued",
@@ -423,5 +427,27 @@ def reconcile_run(session: Session, run_id: int, *, launcher: Launcher | None = 
         session.refresh(run)  # the worker may have finished between our read and the launcher's answer
         if run.status not in FINISHED:
             status = "cancelled" if run.cancel_requested else "failed"
-            mark_finished(session, run, status, "the worker exited without recording the end of the run")
+            run.stage = status
+            mark_finished(session, run, status, vanished_error(launcher, run))
     return run
+
+
+def vanished_error(launcher: Launcher, run: Run) -> str:
+    """The error of a run whose job ended without a word from the worker, with what the launcher knows."""
+    error = "the worker exited without recording the end of the run"
+    try:
+        detail = launcher.failure(run)
+    except Exception as exc:  # noqa: BLE001 - the run is marked either way; say why there is no detail
+        detail = f"(the {launcher.name} launcher could not say why: {exc})"
+    return f"{error}: {detail}" if detail else error
+
+
+def reconcile_active(session: Session, run_id: int) -> Run:
+    """``reconcile_run`` for readers (API, CLI): a launcher that cannot answer leaves the run as it is."""
+    import logging
+
+    try:
+        return reconcile_run(session, run_id)
+    except Exception:  # noqa: BLE001 - reading a run must not fail because its launcher is unreachable
+        logging.getLogger(__name__).warning("could not check the job of run %s", run_id, exc_info=True)
+        return get_run(session, run_id)
