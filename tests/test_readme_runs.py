@@ -70,7 +70,7 @@ RULES: list[Rule] = [
         rewrite=_short_training,
         timeout=600.0,
     ),
-    Rule("facefleet datasets synth", "run", "writes the synthetic datasets the next commands use", timeout=300.0),
+    Rule("facefleet datasets synth", "run", "writes the datasets the next commands use", timeout=300.0),
     Rule("facefleet ", "run", "the CLI itself, against the temp data dir"),
     Rule("openssl genpkey", "run", "writes a key file into the temp dir"),
     Rule("cp .env.example .env", "run", "copies the example env file inside the temp checkout view"),
@@ -160,7 +160,8 @@ def expand_make(commands: list[Command]) -> list[Command]:
     for command in commands:
         if command.argv[0] == "make":
             assert len(command.argv) == 2, f"{command.where}: map `{command.text}` by hand"
-            out += [Command(argv, f"{command.where} (make {command.argv[1]})") for argv in make_recipe(command.argv[1])]
+            where = f"{command.where} (make {command.argv[1]})"
+            out += [Command(argv, where) for argv in make_recipe(command.argv[1])]
         else:
             out.append(command)
     return out
