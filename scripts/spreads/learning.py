@@ -1,6 +1,8 @@
 """Measures the quantities tests/nn/test_learning.py asserts, over seeds (run once per CPU capability).
 
     ATEN_CPU_CAPABILITY=default PYTHONPATH=. python scripts/spreads/learning.py 0 1 2 3 4
+
+Seed s: world s, training seed s + 1 (the test uses s = 0). One JSON line per seed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 
 import torch
 
-from tests.nn.test_learning import STEPS, make_world, train
+from tests.nn.test_learning import K, STEPS, held_out_metrics, make_world, style_agreement, train
 
 
 def main(seeds: list[int]) -> None:
@@ -19,20 +21,21 @@ def main(seeds: list[int]) -> None:
     for seed in seeds:
         started = time.monotonic()
         world = make_world(seed=seed)
-        aware, _, _ = train(world, crossing_p=0.0, switch_step=None, lambd=0.0, seed=seed + 1)
-        naive, _, _ = train(world, crossing_p=1.0, switch_step=None, lambd=0.0, seed=seed + 1)
-        reversal, before, after = train(world, crossing_p=0.0, switch_step=STEPS // 2, lambd=0.1, seed=seed + 1)
-        row = {
-            "capability": torch.backends.cpu.get_cpu_capability(),
-            "seed": seed,
-            "aware": aware,
-            "naive": naive,
-            "aware_minus_naive": aware - naive,
-            "reversal": reversal,
-            "before": before,
-            "after": after,
-            "seconds": round(time.monotonic() - started, 1),
-        }
+        row: dict[str, object] = {"capability": torch.backends.cpu.get_cpu_capability(), "seed": seed}
+        for label, crossing_p in (("aware", 0.0), ("naive", 1.0)):
+            net = train(world, crossing_p=crossing_p, switch_step=None, lambd=0.0, seed=seed + 1).net
+            for pairs in (600, 4000):
+                metrics = held_out_metrics(world, net, seed=99, pairs=pairs)
+                row[f"{label}_acc{pairs}"] = metrics.accuracy
+                row[f"{label}_auc{pairs}"] = metrics.auc
+            row[f"{label}_style"] = style_agreement(world, net, seed=98)
+        reversal = train(world, crossing_p=0.0, switch_step=STEPS // 2, lambd=0.1, seed=seed + 1)
+        row["reversal_acc600"] = held_out_metrics(world, reversal.net, seed=99).accuracy
+        row["before"], row["after"] = reversal.stage1_domain_accuracy, reversal.final_domain_accuracy
+        row["after_excess_share"] = (reversal.final_domain_accuracy - 1 / K) / (
+            reversal.stage1_domain_accuracy - 1 / K
+        )
+        row["seconds"] = round(time.monotonic() - started, 1)
         print(json.dumps(row), flush=True)
 
 
