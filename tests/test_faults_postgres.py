@@ -168,6 +168,7 @@ def test_run_finishes_and_its_row_is_right_after_the_api_is_killed_mid_training(
             time.sleep(0.2)
         assert 0 < trained_step < steps, f"the run never reported a step before the deadline ({trained_step})"
         api.kill()  # SIGKILL: no shutdown hook runs; the worker is in its own session and keeps going
+        print(f"\nAPI killed at training step {trained_step} of {steps}")
         os.kill(worker_pid, 0)  # the worker outlived the API
 
         deadline = time.monotonic() + 600

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from tests.nn.test_learning import K, STEPS, held_out_metrics, make_world, style_agreement, train
+from tests.nn.test_learning import STEPS, K, held_out_metrics, make_world, style_agreement, train
 
 
 def main(seeds: list[int]) -> None:
