@@ -2,9 +2,10 @@
 
 Each person is a smooth random pattern; each dataset adds its own colour cast (the "domain") and holds
 32 of 48 training people, so every person appears in two datasets under two different labels. Claims
-checked (design.md §5.2-5.3): the dataset-aware head verifies held-out people better than the naive
-combination (plain softmax over all labels), and with gradient reversal in stage 2 the dataset
-classifier's accuracy on the embeddings falls toward 1/K.
+checked (design.md §5.2-5.3): unlike the naive combination (plain softmax over all labels), the
+dataset-aware head does not teach the embedding the dataset's colour cast, and it verifies held-out people
+no worse (better on average over seeds; the per-seed margins are beside the assertions); with gradient
+reversal in stage 2 the dataset classifier's accuracy on the embeddings falls toward 1/K.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from facefleet.nn.verification import verification_metrics
 SIZE, TRAIN_PEOPLE, HELD_OUT_PEOPLE, K = 32, 48, 32, 3
 MEMBERS = [list(range(0, 32)), list(range(16, 48)), list(range(0, 16)) + list(range(32, 48))]
 STEPS, PER_DATASET = 240, 32
-EVAL_PAIRS = 600
+EVAL_PAIRS = 4000  # evaluation is cheap next to training: enough pairs that it adds little noise
 
 
 @dataclass
@@ -57,9 +58,7 @@ def training_batch(world: World, gen: torch.Generator) -> tuple[torch.Tensor, to
     return torch.cat(images), torch.cat(labels), torch.cat(datasets)
 
 
-def held_out_pairs(
-    world: World, seed: int, pairs: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def held_out_pairs(world: World, seed: int, pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``pairs`` pairs of unseen people (half same), each image in a random dataset's style."""
     gen = torch.Generator().manual_seed(seed)
     first = torch.randint(TRAIN_PEOPLE, TRAIN_PEOPLE + HELD_OUT_PEOPLE, (pairs,), generator=gen)
@@ -140,14 +139,33 @@ def train(world: World, *, crossing_p: float, switch_step: int | None, lambd: fl
 def test_dataset_aware_beats_naive_and_reversal_hides_the_dataset() -> None:
     torch.set_num_threads(1)
     world = make_world(seed=0)
-    aware, _, _ = train(world, crossing_p=0.0, switch_step=None, lambd=0.0, seed=1)
-    naive, _, _ = train(world, crossing_p=1.0, switch_step=None, lambd=0.0, seed=1)
-    reversal, before, after = train(world, crossing_p=0.0, switch_step=STEPS // 2, lambd=0.1, seed=1)
+    aware = train(world, crossing_p=0.0, switch_step=None, lambd=0.0, seed=1).net
+    naive = train(world, crossing_p=1.0, switch_step=None, lambd=0.0, seed=1).net
+    reversal = train(world, crossing_p=0.0, switch_step=STEPS // 2, lambd=0.1, seed=1)
+    aware_auc, naive_auc = (held_out_metrics(world, net, seed=99).auc for net in (aware, naive))
+    aware_style, naive_style = (style_agreement(world, net, seed=98) for net in (aware, naive))
+    before, after = reversal.stage1_domain_accuracy, reversal.final_domain_accuracy
     print(
-        f"\nheld-out verification accuracy: dataset-aware {aware:.3f}, naive softmax {naive:.3f}, "
-        f"dataset-aware+reversal {reversal:.3f}; dataset-classifier accuracy end of stage 1 {before:.3f}, "
-        f"end of stage 2 {after:.3f} (1/K = {1 / K:.3f})"
+        f"\nheld-out verification AUC: dataset-aware {aware_auc:.3f}, naive softmax {naive_auc:.3f}; "
+        f"style agreement: dataset-aware {aware_style:.3f}, naive {naive_style:.3f}; dataset-classifier "
+        f"accuracy end of stage 1 {before:.3f}, end of stage 2 {after:.3f} (1/K = {1 / K:.3f})"
     )
-    assert aware > naive
-    assert after < before
-    assert after < 1 / K + 0.15
+    # Measured by scripts/spreads/learning.py over 5 seeds (world s, training s + 1; this test is s = 0),
+    # native AVX512 and ATEN_CPU_CAPABILITY=default (which alone moves s = 0's AUCs by ~0.006: rounding
+    # changes the training trajectory, so every bound must hold across seeds, not just at s = 0):
+    #
+    # The naive combination learns each person's two labels apart, so its embedding encodes the dataset's
+    # colour cast; the dataset-aware head has no such pressure. aware - naive style agreement:
+    # native 0.159, 0.251, 0.128, 0.301, 0.116; default 0.136 (s=0) ...
+    assert aware_style - naive_style > 0.05
+    # Held-out verification AUC (4000 pairs), aware - naive: native 0.088, 0.081, 0.007, 0.160, 0.035;
+    # default 0.087 (s=0) ... Better on average, but at this scale one seed's advantage can be ~0,
+    # so per run the test asserts "not worse" with margin (accuracy on 600 pairs, the old measure,
+    # ranged -0.015 .. 0.108: `aware > naive` failed on seed 4).
+    assert aware_auc > naive_auc - 0.03
+    # Gradient reversal in stage 2: the dataset classifier's accuracy falls from its stage-1 level toward
+    # 1/K. before - after: native 0.62, 0.24, 0.63, 0.26, 0.58; default 0.62 (s=0) ...; after: native
+    # 0.289 .. 0.573 (the old bound 1/K + 0.15 = 0.483 failed on seed 3); the share of the above-chance
+    # accuracy left, (after - 1/K) / (before - 1/K): native -0.19 .. 0.48.
+    assert after < before - 0.1
+    assert after - 1 / K < 0.6 * (before - 1 / K)
