@@ -22,9 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from facefleet.api.app import create_app
 from facefleet.platform import auth
 from facefleet.platform.db import migrate
 from facefleet.platform.db.models import ApiKey, Run, RunMetric
@@ -35,7 +39,6 @@ from tests.fixtures.servers import PostgresServer, free_port, running_postgres
 from tests.workers.train_helpers import register_tiny_datasets, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.postgres
 
 
 @dataclass
@@ -121,6 +124,7 @@ def _admin_key(database_url: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 @pytest.mark.timeout(900)
 def test_run_finishes_and_its_row_is_right_after_the_api_is_killed_mid_training(
     postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_process: list
@@ -250,6 +254,7 @@ def _load(url: str, token: str, prefix: str, stop: threading.Event, out: list[Ou
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 @pytest.mark.timeout(300)
 def test_postgres_restart_under_load_gives_clean_503s_recovers_and_loses_no_confirmed_write(
     own_postgres: PostgresServer, tmp_path: Path, api_process: list
@@ -323,3 +328,32 @@ def test_postgres_restart_under_load_gives_clean_503s_recovers_and_loses_no_conf
                 break
     assert confirmed <= listed
     assert "Traceback" not in api.log.read_text(), api.log.read_text()[-3000:]
+
+
+def test_driver_disconnects_are_503_with_retry_after_and_other_driver_errors_stay_500(
+    sqlite_engine: Engine, local_store: LocalStore
+) -> None:
+    """Fast twin of the restart test: which driver errors mean "the database is unavailable"."""
+    app = create_app(get_settings(), engine=sqlite_engine, store=local_store)
+    router = APIRouter()
+    errors = {
+        "refused": OperationalError("SELECT 1", {}, Exception("connection refused")),
+        "dropped": InterfaceError(
+            "SELECT 1", {}, Exception("the connection is closed"), connection_invalidated=True
+        ),
+        "bug": ProgrammingError("SELECT secret_column", {}, Exception("syntax error")),
+    }
+
+    @router.get("/fail/{kind}")
+    def _fail(kind: str) -> None:
+        raise errors[kind]
+
+    app.include_router(router)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for kind in ("refused", "dropped"):
+            response = client.get(f"/fail/{kind}")
+            assert response.status_code == 503 and response.headers["retry-after"] == "2", response.text
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert "SELECT" not in response.text and response.json()["title"] == "Service unavailable"
+        bug = client.get("/fail/bug")
+        assert bug.status_code == 500 and "secret_column" not in bug.text
