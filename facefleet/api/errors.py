@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facefleet.platform.errors import FacefleetError
@@ -19,6 +19,7 @@ from facefleet.platform.store.base import InvalidKeyError, ObjectNotFoundError
 log = logging.getLogger("facefleet.api")
 
 PROBLEM_BASE = "https://facefleet.dev/problems/"
+DATABASE_RETRY_AFTER_SECONDS = 2  # PostgreSQL restarts (fast shutdown + start) take about a second
 _TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -29,6 +30,7 @@ _TITLES = {
     413: "Payload too large",
     422: "Invalid input",
     500: "Internal server error",
+    503: "Service unavailable",
 }
 
 
@@ -159,9 +161,17 @@ async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_down_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The database is down, restarting or dropped this connection (SQLAlchemy marks the pooled connection
+    # invalid, so the next request gets a fresh one): the client may retry; the API itself needs no restart.
+    dropped = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, OperationalError) and not dropped:
+        return await _unhandled_handler(request, exc)
     log.error("database unavailable on %s %s: %s", request.method, _short(request.url.path), _short(str(exc)))
     return problem_response(
-        503, "the database is unavailable; retry shortly (nothing was changed)", title="Service unavailable"
+        503,
+        "the database is unavailable; retry shortly (this request's changes were not confirmed)",
+        title="Service unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
 
 
@@ -187,6 +197,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IntegrityError, _integrity_handler)
     app.add_exception_handler(DataError, _data_error_handler)
     app.add_exception_handler(OperationalError, _database_down_handler)
+    app.add_exception_handler(DBAPIError, _database_down_handler)  # disconnects seen as InterfaceError etc.
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

@@ -109,4 +109,7 @@ def test_modelnet_starts_at_output_init_and_keeps_pair_dependence() -> None:
         if isinstance(module, torch.nn.Linear):
             module.reset_parameters()  # PyTorch's default init, for comparison
     default_std = net(features[:128], features[128:]).std().item()
-    assert he_std > 3 * default_std  # the pair-dependent part of z is not squashed at the start
+    # the pair-dependent part of z is not squashed at the start. he_std / default_std over torch seeds 0-9
+    # (scripts/spreads/small.py), native AVX512 and ATEN_CPU_CAPABILITY=default alike (to 1e-6):
+    # 3.15 .. 18.4 (seed 0: 6.41); the bound keeps a 1.5x margin below the smallest.
+    assert he_std > 2 * default_std

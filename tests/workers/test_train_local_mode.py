@@ -37,7 +37,10 @@ def test_local_mode_run_trains_evaluates_and_registers(
         series = service.run_metrics(session, run_id)
         model = registry.get_model_version(session, "facefleet", "candidate")
     losses = [value for _, value in series["loss"]]
-    assert losses[-1] < losses[0]  # it learns something even in six steps
+    # It learns something even in six steps. losses[-1] - losses[0] over config seeds 0-4
+    # (scripts/spreads/local_mode.py), native AVX512 and ATEN_CPU_CAPABILITY=default: -3.01, -0.76, -2.93
+    # (default: -2.90), -1.90, -0.76; the capability moves it by <= 0.04, the test's seed 0 has -3.01.
+    assert losses[-1] < losses[0]
     assert {"identity_loss", "domain_loss", "kl_loss", "domain_accuracy"} <= set(series)
     assert set(run.summary["evaluation"]) == {"verif", f"train-pairs:{names[0]}", f"train-pairs:{names[1]}"}
     assert set(run.summary["evaluation"]["verif"]) == {"cosine", "biometricnet-1", "biometricnet-M"}
