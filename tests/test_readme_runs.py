@@ -40,6 +40,8 @@ class Rule:
 def _short_training(argv: list[str]) -> list[str]:
     """`--set steps=N` -> 2 steps in Ray Train's local mode; every other option stays as documented."""
     out = ["steps=2" if re.fullmatch(r"steps=\d+", arg) else arg for arg in argv]
+    if "steps=2" not in out:  # the steps came from a --config file
+        out += ["--set", "steps=2"]
     return [*out, "--set", "scaling.num_workers=0"]
 
 
@@ -73,6 +75,8 @@ RULES: list[Rule] = [
     Rule("facefleet datasets synth", "run", "writes the datasets the next commands use", timeout=300.0),
     Rule("facefleet ", "run", "the CLI itself, against the temp data dir"),
     Rule("openssl genpkey", "run", "writes a key file into the temp dir"),
+    Rule("printf ", "run", "writes a config file the next commands read"),
+    Rule("API=", "skip", "sets shell variables for the curl examples that follow"),
     Rule("cp .env.example .env", "run", "copies the example env file inside the temp checkout view"),
 ]
 
@@ -218,6 +222,9 @@ def test_readme_commands_run(tmp_path: Path) -> None:
         elif rule.action == "rewrite":
             assert rule.rewrite is not None
             argv = rule.rewrite(argv)
+        stdout_file = None
+        if ">" in argv:  # `command > FILE`: the only shell redirection the README uses
+            stdout_file, argv = cwd / argv[argv.index(">") + 1], argv[: argv.index(">")]
         program = shutil.which(argv[0], path=env["PATH"])
         if program is None:
             failures.append(f"{command.where}: `{argv[0]}` is not installed ({command.text})")
@@ -230,6 +237,8 @@ def test_readme_commands_run(tmp_path: Path) -> None:
             failures.append(f"{command.where}: `{' '.join(argv)}` ran past {rule.timeout:.0f} s")
             continue
         ran.append(" ".join(argv))
+        if stdout_file is not None:
+            stdout_file.write_text(done.stdout)
         if done.returncode != 0:
             output = (done.stdout + done.stderr).strip()[-1500:]
             failures.append(f"{command.where}: `{' '.join(argv)}` exited {done.returncode}:\n{output}")

@@ -80,6 +80,8 @@ def test_a_cluster_launcher_takes_what_this_machine_lacks(api: Api, monkeypatch:
 
     register_folder(api, "faces")
     monkeypatch.setenv("FACEFLEET_LAUNCHER", "ray")
+    monkeypatch.setenv("FACEFLEET_RAY_ADDRESS", "http://127.0.0.1:1")  # never contacted: not started
+    monkeypatch.setenv("FACEFLEET_RAY_PREFLIGHT", "false")
     get_settings.cache_clear()
     body = _run(api, {"scaling": {"num_workers": 64, "cpus_per_worker": 4}})
     assert body["status_code"] == 201, body
