@@ -151,4 +151,5 @@ def reset_adaptation(data_dir: DataDir) -> None:
     except RuntimeError as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(code=1) from error
-    console.print(f"adaptation reset on model version {terminal.current_version_id()} ({state.resets} so far)")
+    version = terminal.current_version_id()
+    console.print(f"adaptation reset on model version {version} ({state.resets} in all)")
