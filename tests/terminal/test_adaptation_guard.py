@@ -174,8 +174,9 @@ def test_judge_rules() -> None:
     assert not judge(base, fewer_genuine, THRESHOLD, config).accepted
     # A shipped model already closer than the margin: the ceiling is its own closest impostor.
     close_shipped = ProbeReport(0.0, 0.65, 1.0, 100)
-    assert judge(close_shipped, ProbeReport(0.0, 0.64, 1.0, 100), THRESHOLD, config, close_shipped).accepted
-    assert not judge(close_shipped, ProbeReport(0.0, 0.66, 1.0, 100), THRESHOLD, config, close_shipped).accepted
+    nearer, farther = ProbeReport(0.0, 0.66, 1.0, 100), ProbeReport(0.0, 0.64, 1.0, 100)
+    assert judge(close_shipped, farther, THRESHOLD, config, close_shipped).accepted
+    assert not judge(close_shipped, nearer, THRESHOLD, config, close_shipped).accepted
     assert judge(base, more_far, THRESHOLD, GuardConfig(enabled=False)).accepted
 
 
