@@ -4,7 +4,7 @@ Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels; not alig
 here: every image is a fixed centre crop (the central 60% of the shorter side) resized to the model input
 (alignment is built elsewhere). Identities are split by name: the first 200 train a tiny backbone in this
 process (normalised softmax); the other 56 are never seen in training and give, per seed, 8 enrolled users
-and 8 impostor identities. Each enrolled user enrolls 3 photos; then, over 12 rounds, drift grows on real
+and 8 impostor identities. Each enrolled user enrolls 3 photos; then, over 24 rounds, drift grows on real
 photos (site lighting and colour cast shared by everyone; per user a pose crop, blur and an occluding
 band), each user comes back once a round, and 4 impostor attempts a round are made against random users
 (an accepted impostor would feed the adapter: that is the attack the guard is for). Before and after,
@@ -42,12 +42,15 @@ from facefleet.terminal.local import Identity, Terminal  # noqa: E402
 from tests.terminal.model_factory import write_artifacts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_CANDIDATES = [REPO.parent / "shared/benchdata/celeba_ids", REPO.parents[1] / "shared/benchdata/celeba_ids"]
+DATA_CANDIDATES = [
+    REPO.parent / "shared/benchdata/celeba_ids",
+    REPO.parents[1] / "shared/benchdata/celeba_ids",
+]
 SIZE = 40
 TRAIN_IDS = 200
-ROUNDS = 12
-FINAL = 0.6  # drift level reached in the last round and used for the before/after scores
-console = Console()
+ROUNDS = 24
+FINAL = 0.5  # drift level reached in the last round and used for the before/after scores
+console = Console(width=150)
 
 
 def crop(path: Path) -> Image.Image:
@@ -73,7 +76,9 @@ class Drift:
         size = image.width
         dx, dy = (int(s * level * size) for s in self.shift)  # pose: the crop slides and tightens
         inset = int(0.08 * level * size)
-        image = image.crop((inset + dx, inset + dy, size - inset + dx, size - inset + dy)).resize((size, size))
+        image = image.crop((inset + dx, inset + dy, size - inset + dx, size - inset + dy)).resize(
+            (size, size)
+        )
         image = ImageEnhance.Brightness(image).enhance(1 + (self.brightness - 1) * level)
         array = np.asarray(image, dtype=np.float32) * (1 + (np.array(self.tint) - 1) * level)
         image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
@@ -103,7 +108,9 @@ def site_and_users(rng: np.random.Generator, users: int) -> list[Drift]:
 
 
 def tensor(images: list[Image.Image]) -> torch.Tensor:
-    arrays = [np.asarray(i.resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32) / 127.5 - 1 for i in images]
+    arrays = [
+        np.asarray(i.resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32) / 127.5 - 1 for i in images
+    ]
     return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
 
 
@@ -140,10 +147,14 @@ def threshold_at_far(net: Backbone, people: list[list[Image.Image]], far: float)
     return float(torch.quantile(impostor, 1 - far))
 
 
-def make_terminal(folder: Path, artifacts: Path, card_bytes: bytes, key: Ed25519PrivateKey, guard: bool) -> Terminal:
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+def make_terminal(
+    folder: Path, artifacts: Path, card_bytes: bytes, key: Ed25519PrivateKey, guard: bool
+) -> Terminal:
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     terminal = Terminal(folder, guard=GuardConfig(enabled=guard))
     terminal.save_identity(
         Identity(
@@ -169,7 +180,9 @@ def scores(terminal: Terminal, genuine: dict[str, list[Image.Image]], impostors:
     return float(np.mean(g)), int(np.sum(i)), len(i)
 
 
-def run_seed(seed: int, held_out: list[list[Image.Image]], artifacts: Path, card_bytes: bytes, key, guard: bool):
+def run_seed(
+    seed: int, held_out: list[list[Image.Image]], artifacts: Path, card_bytes: bytes, key, guard: bool
+):
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(held_out))
     users, impostor_people = order[:8], order[8:16]
@@ -179,8 +192,15 @@ def run_seed(seed: int, held_out: list[list[Image.Image]], artifacts: Path, card
         terminal = make_terminal(Path(tmp), artifacts, card_bytes, key, guard)
         for name, person in zip(names, users, strict=True):
             terminal.enroll_user(name, held_out[person][:3])
-        final = {n: [drifts[k].apply(im, FINAL) for im in held_out[p][10:14]] for k, (n, p) in enumerate(zip(names, users, strict=True))}
-        impostor_final = [drifts[8 + k].apply(held_out[p][j], FINAL) for k, p in enumerate(impostor_people) for j in (10, 11)]
+        final = {
+            n: [drifts[k].apply(im, FINAL) for im in held_out[p][10:14]]
+            for k, (n, p) in enumerate(zip(names, users, strict=True))
+        }
+        impostor_final = [
+            drifts[8 + k].apply(held_out[p][j], FINAL)
+            for k, p in enumerate(impostor_people)
+            for j in (10, 11)
+        ]
         before = scores(terminal, final, impostor_final)
         accepted_impostors = applied = refused = 0
         for step, level in enumerate(np.linspace(0.05, FINAL, ROUNDS)):
@@ -192,7 +212,9 @@ def run_seed(seed: int, held_out: list[list[Image.Image]], artifacts: Path, card
             for _ in range(4):
                 k = int(rng.integers(0, 8))
                 photo = held_out[impostor_people[k]][int(rng.integers(0, 10))]
-                result = terminal.verify_user(names[int(rng.integers(0, 8))], drifts[8 + k].apply(photo, float(level)))
+                result = terminal.verify_user(
+                    names[int(rng.integers(0, 8))], drifts[8 + k].apply(photo, float(level))
+                )
                 accepted_impostors += result.match
                 applied += result.adapted_now
                 refused += result.update_refused
@@ -218,14 +240,23 @@ def main() -> None:
     console.print(f"{len(photos)} identities loaded ({time.time() - started:.0f}s); training on {TRAIN_IDS}")
     net = train([p[:-2] for p in train_people], args.steps, seed=0)
     threshold = threshold_at_far(net, train_people, 0.01)
-    console.print(f"trained ({time.time() - started:.0f}s); threshold {threshold:.3f} at 1% FAR on training ids")
+    console.print(
+        f"trained ({time.time() - started:.0f}s); threshold {threshold:.3f} at 1% FAR on training ids"
+    )
     key = Ed25519PrivateKey.generate()
     table = Table(
         title="On-device adaptation on real faces (CelebA, fixed centre crop, NOT aligned), final drift",
         caption="genuine: held-out photos of 8 enrolled users; impostors: 16 photos x 8 users per seed",
     )
-    for column in ("seed", "guard", "genuine accept before -> after", "impostor accepts before -> after",
-                   "updates applied / refused", "impostors accepted during run", "probe FAR"):
+    for column in (
+        "seed",
+        "guard",
+        "genuine accept before -> after",
+        "impostor accepts before -> after",
+        "updates applied / refused",
+        "impostors accepted during run",
+        "probe FAR",
+    ):
         table.add_column(column)
     totals: dict[bool, list[float]] = {True: [0, 0, 0], False: [0, 0, 0]}  # genuine gain, added FAs, refused
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,16 +270,26 @@ def main() -> None:
                 totals[guard][0] += after[0] - before[0]
                 totals[guard][1] += max(0, after[1] - before[1])
                 totals[guard][2] += refused
-                probe = f"{status.probe_far_shipped:.3f} -> {status.probe_far:.3f}" if status and status.probe_far is not None else "-"
+                probe = (
+                    f"{status.probe_far_shipped:.3f} -> {status.probe_far:.3f}"
+                    if status and status.probe_far is not None
+                    else "-"
+                )
                 table.add_row(
-                    str(seed), "on" if guard else "off", f"{before[0]:.0%} -> {after[0]:.0%}",
-                    f"{before[1]} -> {after[1]} / {after[2]}", f"{applied} / {refused}", str(during), probe,
+                    str(seed),
+                    "on" if guard else "off",
+                    f"{before[0]:.0%} -> {after[0]:.0%}",
+                    f"{before[1]} -> {after[1]} / {after[2]}",
+                    f"{applied} / {refused}",
+                    str(during),
+                    probe,
                 )
     console.print(table)
     gain_on, gain_off = totals[True][0] / args.seeds, totals[False][0] / args.seeds
     console.print(
         f"mean genuine gain: guard on {gain_on:+.1%}, off {gain_off:+.1%} "
-        f"(ratio {gain_on / gain_off if gain_off else float('nan'):.2f}, target >= 0.5); impostor accepts added: "
+        f"(ratio {gain_on / gain_off if gain_off else float('nan'):.2f}, target >= 0.5); "
+        "impostor accepts added: "
         f"guard on {int(totals[True][1])}, off {int(totals[False][1])} (target 0 with the guard); "
         f"{time.time() - started:.0f}s"
     )

@@ -111,6 +111,7 @@ class UpperLayerAdapter:
         self.positive = GradientContainers(self.parameters)
         self.negative = GradientContainers(self.parameters)
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.batch: list[tuple[torch.Tensor, torch.Tensor]] = []  # this update's positives (middle, target)
         self.pressure = 0.0
         self.updates = 0
         self.rejected = 0
@@ -141,9 +142,19 @@ class UpperLayerAdapter:
         """
         target = F.normalize(template.detach().reshape(1, -1), dim=-1)
         feature = self._features(middle.detach())
+        self.batch.append((middle.detach(), target))
         self.positive.add(self._gradients((1 - (feature * target).sum(dim=-1)).mean()))
         self._accumulate_negatives(target, impostor_middles)
         return self.ready
+
+    @torch.no_grad()
+    def positive_score(self) -> float | None:
+        """Mean cosine of this update's accepted inputs to their templates under the current weights."""
+        if not self.batch:
+            return None
+        middles = torch.cat([m for m, _ in self.batch])
+        targets = torch.cat([t for _, t in self.batch])
+        return float((self._features(middles) * targets).sum(dim=-1).mean())
 
     def negative_counts(self) -> tuple[int, int]:
         """(noise, enrolled) negatives per positive at the current pressure."""
@@ -226,11 +237,13 @@ class UpperLayerAdapter:
             drift = self._bound_drift()
             decision = guard() if guard is not None else None
             if decision is None or decision.accepted:
+                self.batch = []
                 self.updates += 1
                 self._refused_in_a_row = 0
                 reason = decision.reason if decision else "applied"
                 return UpdateOutcome(True, f"{reason} (step x{0.5**attempt:g})", drift, decision)
         self._restore(snapshot)
+        self.batch = []
         self.rejected += 1
         self._refused_in_a_row += 1
         reason = decision.reason if decision else "refused"
@@ -269,5 +282,6 @@ class UpperLayerAdapter:
                 parameter.copy_(self.shipped[name])
         self.positive.reset()
         self.negative.reset()
+        self.batch = []
         self.pressure = 0.0
         self._refused_in_a_row = 0

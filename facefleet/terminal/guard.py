@@ -6,8 +6,9 @@ from their own seed). Before an adapted upper part replaces the current one, bot
 enrolled templates as the candidate would re-extract them: impostor pairs are (user ``u``'s templates,
 a probe feature of anyone but ``u``), scored like a verification (best template). The candidate passes only
 if the probe's false-accept rate at the card's threshold does not rise, its highest impostor score stays
-``margin`` below the threshold (or below the shipped model's own highest score where that was closer), and
-the enrolled users still recognise their own held-out images (leave-one-out) as well as before.
+``margin`` below the threshold (or below the shipped model's own highest score where that was closer), the
+update's own accepted inputs come closer to their templates (else it only pushes everyone away), and the
+enrolled users still recognise their own held-out images (leave-one-out) as well as before.
 Pure tensors: no files, no database.
 """
 
@@ -37,6 +38,7 @@ class ProbeReport:
     max_impostor: float
     genuine_accept: float  # leave-one-out, enrolled images (1.0 when no user has two images)
     impostor_pairs: int
+    positives: float | None = None  # mean score of the update's own accepted inputs (what it is for)
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -163,6 +165,16 @@ def judge(
         reason = (
             f"highest probe impostor score would reach {candidate.max_impostor:.3f} "
             f"(ceiling {ceiling:.3f}: threshold {threshold:.3f} - margin {config.margin:.3f}, or shipped)"
+        )
+        return GuardDecision(False, reason, candidate, current)
+    if (
+        candidate.positives is not None
+        and current.positives is not None
+        and candidate.positives <= current.positives
+    ):
+        reason = (
+            f"the accepted inputs would not come closer to their templates "
+            f"({current.positives:.3f} -> {candidate.positives:.3f})"
         )
         return GuardDecision(False, reason, candidate, current)
     if candidate.genuine_accept < current.genuine_accept - config.max_genuine_drop:
