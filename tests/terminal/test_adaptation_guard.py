@@ -257,6 +257,7 @@ def test_reset_on_request_and_on_a_new_deployment(tmp_path: Path, shipped: Shipp
     np.testing.assert_allclose(_embeddings(terminal), shipped_templates, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_guarded_updates_are_counted_and_reported_in_heartbeats(tmp_path: Path, shipped: Shipped) -> None:
     terminal = _terminal(tmp_path, shipped, adaptation=AdaptationConfig(positives_per_update=2))
     attempts = 0
