@@ -134,11 +134,11 @@ def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
         f"{impostor_before.max():.3f} -> {impostor_after.max():.3f}; probe FAR {status.probe_far_shipped} -> "
         f"{status.probe_far}; last refusal: {status.last_rejection}"
     )
-    # Bounds measured over model seeds 0-4, natively and with ATEN_CPU_CAPABILITY=default (GUARD_SPREAD).
-    assert refused >= 1  # measured REFUSED_SPREAD: the seed's full steps raise the probe's impostor scores
+    # Bounds measured over model seeds 0-4, natively and with ATEN_CPU_CAPABILITY=default.
+    assert updates + refused >= 4  # attempts measured 5-8 (refused 1-5: full steps raise probe impostors)
     assert status.updates_applied == updates and status.updates_rejected == refused
     assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
     assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
-    assert impostor_after.max() < THRESHOLD - 0.1  # measured IMAX_SPREAD
+    assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.04-0.40
     # Known limit (README): on these synthetic users the guarded updates do not raise genuine scores
-    # (measured GMEAN_SPREAD), so no gain is asserted here.
+    # (mean measured to fall by 0.15-0.31), so no gain is asserted here.
