@@ -61,7 +61,8 @@ def split_enrolled(sample_ids: Sequence[int], users: Sequence[str]) -> tuple[lis
     """Indices of the probe's and the update's enrolled features: per user, images in enrollment order
     alternate, starting with the probe (so a user with one image is only in the probe)."""
     rank: dict[str, int] = {}
-    probe, update = [], []
+    probe: list[int] = []
+    update: list[int] = []
     for index in sorted(range(len(sample_ids)), key=lambda i: sample_ids[i]):
         user = users[index]
         (probe if rank.get(user, 0) % 2 == 0 else update).append(index)

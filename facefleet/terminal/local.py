@@ -341,14 +341,15 @@ class Terminal:
         guarded = self.guard_config.enabled
         _probe, update_rows = split_enrolled([t.sample_id for t in templates], [t.user for t in templates])
         usable = update_rows if guarded else range(len(templates))  # the probe is held out of the update
-        others = [templates[i].middle for i in usable if templates[i].user != user]
-        negatives = torch.from_numpy(np.stack(others)) if others else None  # type: ignore[arg-type]
+        others = [m for i in usable if templates[i].user != user and (m := templates[i].middle) is not None]
+        negatives = torch.from_numpy(np.stack(others)) if others else None
         if not adapter.observe_success(model.middle(batch), torch.from_numpy(template), negatives):
             return None
         backbone = model.backbone()
         threshold = model.card.threshold
+        middles = [t.middle for t in templates if t.middle is not None]  # all of them (_with_middles)
         probe = ImpostorProbe.build(
-            torch.from_numpy(np.stack([t.middle for t in templates])),  # type: ignore[arg-type]
+            torch.from_numpy(np.stack(middles)),
             [t.user for t in templates],
             [t.sample_id for t in templates],
             backbone.forward_lower,
