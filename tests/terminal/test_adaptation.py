@@ -135,7 +135,7 @@ def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
         f"{status.probe_far}; last refusal: {status.last_rejection}"
     )
     # Bounds measured over model seeds 0-4, natively and with ATEN_CPU_CAPABILITY=default.
-    assert updates + refused >= 4  # attempts measured 5-8 (refused 1-5: full steps raise probe impostors)
+    assert updates + refused >= 4  # attempts measured 5-9 (refused 1-5: full steps raise probe impostors)
     assert status.updates_applied == updates and status.updates_rejected == refused
     assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
     assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
