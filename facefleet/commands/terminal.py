@@ -129,5 +129,27 @@ def status(data_dir: DataDir) -> None:
         ("on" if identity and identity.adaptation_enabled else "off")
         + (" (adapted)" if model and model.adapted else ""),
     )
+    adaptation = terminal.adaptation_status() if model else None
+    if adaptation is not None:
+        table.add_row(
+            "adaptation updates",
+            f"{adaptation.updates_applied} applied, {adaptation.updates_rejected} refused by the guard, "
+            f"{adaptation.resets} reset(s), {adaptation.fallbacks} fallback(s)",
+        )
+        if adaptation.probe_far is not None:
+            table.add_row("impostor probe FAR", f"{adaptation.probe_far:.4f}")
     table.add_row("users", ", ".join(terminal.db.users()) or "-")
     console.print(table)
+
+
+@app.command("reset-adaptation")
+def reset_adaptation(data_dir: DataDir) -> None:
+    """Go back to the shipped model's upper layers (drops on-device adaptation; templates re-extracted)."""
+    terminal = _terminal(data_dir)
+    try:
+        state = terminal.reset_adaptation("requested by the operator")
+    except RuntimeError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=1) from error
+    version = terminal.current_version_id()
+    console.print(f"adaptation reset on model version {version} ({state.resets} in all)")

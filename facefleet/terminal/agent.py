@@ -103,10 +103,13 @@ class TerminalAgent:
 
     def health(self) -> dict[str, Any]:
         model = self.terminal.current_model()
+        adaptation = self.terminal.adaptation_status() if model else None
         return {
             "users": len(self.terminal.db.users()),
             "previous_model_version_id": self.terminal.previous_version_id(),
             "adapted": bool(model and model.adapted),
+            # updates applied / refused by the impostor-probe guard, probe FAR, resets, fallbacks
+            "adaptation": adaptation.model_dump() if adaptation else None,
         }
 
     def _install(self, assignment: dict[str, Any]) -> str:

@@ -13,7 +13,15 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from facefleet.terminal.adaptation import AdaptationConfig, UpperLayerAdapter
+from facefleet.terminal.adaptation import AdaptationConfig, UpdateOutcome, UpperLayerAdapter
+from facefleet.terminal.adapted_state import (
+    ADAPTED_FILE,
+    STATE_FILE,
+    AdaptationStatus,
+    CorruptAdaptedState,
+    read_status,
+    write_status,
+)
 from facefleet.terminal.bundle import (
     CARD_FILE,
     SIGNATURE_FILE,
@@ -22,8 +30,16 @@ from facefleet.terminal.bundle import (
     verify_artifact,
     verify_card,
 )
+from facefleet.terminal.guard import (
+    GuardConfig,
+    GuardDecision,
+    ImpostorProbe,
+    ProbeReport,
+    judge,
+    split_enrolled,
+)
 from facefleet.terminal.runtime import TerminalModel, preprocess
-from facefleet.terminal.templates import TemplateDB
+from facefleet.terminal.templates import Template, TemplateDB
 
 
 class Identity(BaseModel):
@@ -45,7 +61,8 @@ class VerifyResult:
     score: float
     threshold: float
     model_version_id: int
-    adapted_now: bool = False
+    adapted_now: bool = False  # an adaptation update was committed after this verification
+    update_refused: bool = False  # an update was computed and refused by the impostor-probe guard
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -61,12 +78,19 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 class Terminal:
     """Everything a terminal keeps on disk under ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, adaptation: AdaptationConfig | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        adaptation: AdaptationConfig | None = None,
+        guard: GuardConfig | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.models_dir = self.data_dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.db = TemplateDB(self.data_dir / "templates.sqlite")
         self.adaptation_config = adaptation or AdaptationConfig()
+        self.guard_config = guard or GuardConfig()
         self._model: TerminalModel | None = None
         self._adapter: UpperLayerAdapter | None = None
 
@@ -118,6 +142,7 @@ class Terminal:
             return None
         if self._model is None or self._model.model_dir != self.model_dir(current):
             self._model, self._adapter = self.load_model(current), None
+            self._check_adapted(self._model, current)
         return self._model
 
     def install(
@@ -158,6 +183,8 @@ class Terminal:
         if missing:
             self.db.add_templates(key, self._extract(self.load_model(model_version_id), missing))
         current = self.current_version_id()
+        if current != model_version_id:  # a deployment: its model starts from the shipped weights
+            self._reset_model(model_version_id, "new deployment")
         if current is not None and current != model_version_id:
             write_atomically(self.data_dir / "previous", str(current).encode())
         write_atomically(self.data_dir / "current", str(model_version_id).encode())
@@ -214,18 +241,73 @@ class Terminal:
             user, scores[best] >= model.card.threshold, scores[best], model.card.threshold, version
         )
         if result.match and self._adapts(model):
-            result.adapted_now = self._adapt(model, batch, templates[best].embedding, user)
+            outcome = self._adapt(model, batch, templates[best].embedding, user)
+            result.adapted_now = bool(outcome and outcome.applied)
+            result.update_refused = bool(outcome and not outcome.applied)
         return result
 
-    def _adapt(self, model: TerminalModel, batch: np.ndarray, template: np.ndarray, user: str) -> bool:
-        if self._adapter is None:
-            self._adapter = UpperLayerAdapter(model.backbone(), self.adaptation_config)
-        key = str(self.current_version_id())
-        others = [t.middle for t in self.db.templates(key) if t.user != user and t.middle is not None]
-        impostors = torch.from_numpy(np.stack(others)) if others else None
-        if not self._adapter.observe_success(model.middle(batch), torch.from_numpy(template), impostors):
-            return False
-        model.save_adapted_upper()
+    # ---- adaptation (seed 000) behind the impostor-probe guard (issue 18)
+    def _status_path(self, model_version_id: int) -> Path:
+        return self.model_dir(model_version_id) / STATE_FILE
+
+    def adaptation_status(self) -> AdaptationStatus | None:
+        """The current model's adaptation counters (what heartbeats report)."""
+        current = self.current_version_id()
+        return None if current is None else read_status(self._status_path(current))
+
+    def _save_status(self, model_version_id: int, status: AdaptationStatus) -> None:
+        write_status(self._status_path(model_version_id), status)
+
+    def _check_adapted(self, model: TerminalModel, version: int) -> None:
+        """At start-up: a corrupt or half-written adapted part -> the shipped one, reported. When an adapted
+        part is in use, templates are re-extracted with it (a crash between writing the weights and the
+        templates cannot leave them mismatched)."""
+        if not model.adapted or not model.has_weights():
+            return
+        try:
+            model.backbone()
+        except CorruptAdaptedState as exc:
+            model.discard_adapted(keep_as=ADAPTED_FILE + ".corrupt")
+            status = read_status(self._status_path(version))
+            status.fallbacks += 1
+            status.last_fallback = f"adapted state rejected at start-up, shipped model in use: {exc}"
+            status.relative_drift = 0.0
+            status.note(status.last_fallback)
+            self._save_status(version, status)
+        self._refresh_templates(model, str(version))
+
+    def _reset_model(self, model_version_id: int, reason: str) -> None:
+        """Drop a model's adapted upper part and counters; its templates follow the shipped weights."""
+        model_dir = self.model_dir(model_version_id)
+        status_path = model_dir / STATE_FILE
+        if not (model_dir / ADAPTED_FILE).exists() and not status_path.exists():
+            return
+        previous = read_status(status_path)
+        model = self.load_model(model_version_id)
+        model.discard_adapted()
+        status = AdaptationStatus(resets=previous.resets + 1, last_reset=reason)
+        status.note(f"reset to the shipped model: {reason}")
+        self._save_status(model_version_id, status)
+        self._refresh_templates(model, str(model_version_id))
+
+    def reset_adaptation(self, reason: str = "requested") -> AdaptationStatus:
+        """Back to the shipped upper part of the current model (on request)."""
+        current = self.current_version_id()
+        if current is None:
+            raise RuntimeError("no model installed yet")
+        model = self.current_model()
+        assert model is not None
+        model.discard_adapted()
+        previous = read_status(self._status_path(current))
+        status = AdaptationStatus(resets=previous.resets + 1, last_reset=reason)
+        status.note(f"reset to the shipped model: {reason}")
+        self._save_status(current, status)
+        self._adapter = None
+        self._refresh_templates(model, str(current))
+        return status
+
+    def _refresh_templates(self, model: TerminalModel, key: str) -> None:
+        """Re-extract every template of ``key`` under ``model`` (stored middles; images where none)."""
         templates = self.db.templates(key)
         stored = [(t.sample_id, t.middle) for t in templates if t.middle is not None]
         rows: list[tuple[int, np.ndarray, np.ndarray | None]] = []
@@ -234,8 +316,77 @@ class Terminal:
             rows = [(sid, emb, middle) for (sid, middle), emb in zip(stored, embeddings, strict=True)]
         without_middle = {t.sample_id for t in templates if t.middle is None}
         rows += self._extract(model, [s for s in self.db.samples() if s.id in without_middle])
-        self.db.replace_templates(key, rows)  # templates follow the adapted upper layers
-        return True
+        self.db.replace_templates(key, rows)
+
+    def _with_middles(self, model: TerminalModel, key: str) -> list[Template]:
+        """Templates of ``key``, computing middle features for any enrolled before adaptation was on."""
+        templates = self.db.templates(key)
+        if any(t.middle is None for t in templates):
+            self._refresh_templates(model, key)
+            templates = self.db.templates(key)
+        return [t for t in templates if t.middle is not None]
+
+    def _adapt(
+        self, model: TerminalModel, batch: np.ndarray, template: np.ndarray, user: str
+    ) -> UpdateOutcome | None:
+        version = int(self.current_version_id())  # type: ignore[arg-type]
+        key = str(version)
+        templates = self._with_middles(model, key)
+        if self._adapter is None:
+            self._adapter = UpperLayerAdapter(
+                model.backbone(), self.adaptation_config, shipped=model.shipped_upper_parameters()
+            )
+            self._adapter.pressure = read_status(self._status_path(version)).negative_pressure
+        adapter = self._adapter
+        guarded = self.guard_config.enabled
+        _probe, update_rows = split_enrolled([t.sample_id for t in templates], [t.user for t in templates])
+        usable = update_rows if guarded else range(len(templates))  # the probe is held out of the update
+        others = [m for i in usable if templates[i].user != user and (m := templates[i].middle) is not None]
+        negatives = torch.from_numpy(np.stack(others)) if others else None
+        if not adapter.observe_success(model.middle(batch), torch.from_numpy(template), negatives):
+            return None
+        backbone = model.backbone()
+        threshold = model.card.threshold
+        middles = [t.middle for t in templates if t.middle is not None]  # all of them (_with_middles)
+        probe = ImpostorProbe.build(
+            torch.from_numpy(np.stack(middles)),
+            [t.user for t in templates],
+            [t.sample_id for t in templates],
+            backbone.forward_lower,
+            model.input_size,
+            self.guard_config,
+        )
+        current = probe.evaluate(backbone.forward_upper, threshold)
+        shipped = self._shipped_report(adapter, probe, threshold)
+        def guard() -> GuardDecision:
+            candidate = probe.evaluate(backbone.forward_upper, threshold)
+            return judge(current, candidate, threshold, self.guard_config, shipped)
+
+        outcome = adapter.try_update(guard if guarded else None)
+        after = probe.evaluate(backbone.forward_upper, threshold) if outcome.applied else current
+        if guarded:  # negatives follow the probe
+            adapter.follow_probe(after, shipped, self.guard_config.margin)
+        status = read_status(self._status_path(version))
+        status.probe_far, status.probe_max_impostor = after.far, after.max_impostor
+        status.probe_far_shipped = shipped.far
+        status.negative_pressure = adapter.pressure
+        if outcome.applied:
+            model.save_adapted_upper()
+            self._refresh_templates(model, key)  # templates follow the adapted upper layers
+            status.updates_applied += 1
+            status.relative_drift = outcome.relative_drift
+        else:
+            status.updates_rejected += 1
+            status.last_rejection = outcome.reason
+            status.note(f"update refused: {outcome.reason}")
+        self._save_status(version, status)
+        return outcome
+
+    @staticmethod
+    def _shipped_report(adapter: UpperLayerAdapter, probe: ImpostorProbe, threshold: float) -> ProbeReport:
+        """The probe under the shipped upper weights (the base the negatives' pressure is measured from)."""
+        with adapter.shipped_weights():
+            return probe.evaluate(adapter.backbone.forward_upper, threshold)
 
 
 def to_png(image: bytes | Image.Image) -> bytes:

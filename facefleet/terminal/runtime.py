@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from facefleet.nn.backbones import Backbone, get_backbone
 from facefleet.nn.probe import make_probe_input
+from facefleet.terminal.adapted_state import ADAPTED_FILE, load_adapted, save_adapted
 from facefleet.terminal.bundle import ONNX_FILE, WEIGHTS_FILE, TerminalCard, VerificationError
 from facefleet.terminal.onnx_fast import open_terminal_session
 
-ADAPTED_FILE = "adapted_upper.safetensors"  # written on the device only; never uploaded
+__all__ = ["ADAPTED_FILE", "TerminalModel", "build_backbone", "preprocess", "upper_prefixes"]
 
 
 def preprocess(png_or_image: bytes | Image.Image, size: int) -> np.ndarray:
@@ -64,11 +65,36 @@ class TerminalModel:
         return (self.model_dir / WEIGHTS_FILE).exists()
 
     def backbone(self) -> Backbone:
+        """Shipped weights, with the checked adapted upper part on top when there is one (a corrupt one
+        raises ``CorruptAdaptedState``; ``Terminal`` checks at start-up and falls back)."""
         if self._backbone is None:
-            self._backbone = build_backbone(self.card, self.model_dir / WEIGHTS_FILE)
+            backbone = build_backbone(self.card, self.model_dir / WEIGHTS_FILE)
             if self.adapted:
-                self._backbone.load_state_dict(load_file(str(self.model_dir / ADAPTED_FILE)), strict=False)
+                state = load_adapted(self.model_dir / ADAPTED_FILE, self._upper_state(backbone))
+                backbone.load_state_dict(state, strict=False)
+            self._backbone = backbone
         return self._backbone
+
+    @staticmethod
+    def _upper_state(backbone: Backbone) -> dict[str, torch.Tensor]:
+        prefixes = upper_prefixes(backbone)
+        return {name: t for name, t in backbone.state_dict().items() if name.startswith(prefixes)}
+
+    def shipped_upper_parameters(self) -> dict[str, torch.Tensor]:
+        """The upper part's parameters exactly as the platform shipped them (adaptation drifts from these)."""
+        shipped = build_backbone(self.card, self.model_dir / WEIGHTS_FILE)
+        upper = {id(p) for p in shipped.upper_parameters()}
+        return {name: p.detach().clone() for name, p in shipped.named_parameters() if id(p) in upper}
+
+    def discard_adapted(self, keep_as: str | None = None) -> None:
+        """Back to the shipped upper part (the adapted file is removed, or renamed to ``keep_as``)."""
+        path = self.model_dir / ADAPTED_FILE
+        if path.exists():
+            if keep_as:
+                path.replace(self.model_dir / keep_as)
+            else:
+                path.unlink()
+        self._backbone = None
 
     def middle(self, images: np.ndarray) -> torch.Tensor:
         """The frozen lower part's output (what is stored per enrolled image for re-extraction)."""
@@ -82,17 +108,8 @@ class TerminalModel:
             return l2_normalise(self.backbone().forward_upper(middle).numpy())
 
     def save_adapted_upper(self) -> None:
-        """Persist the adapted upper layers next to the model (local only); atomically."""
-        backbone = self.backbone()
-        prefixes = upper_prefixes(backbone)
-        state = {
-            name: tensor.detach().clone().contiguous()
-            for name, tensor in backbone.state_dict().items()
-            if name.startswith(prefixes)
-        }
-        tmp = self.model_dir / (ADAPTED_FILE + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(self.model_dir / ADAPTED_FILE)
+        """Persist the adapted upper layers next to the model (local only); atomically, with a checksum."""
+        save_adapted(self.model_dir / ADAPTED_FILE, self._upper_state(self.backbone()))
 
     def self_test(self) -> float:
         """The card's probe input must give the card's embeddings (ONNX, and PyTorch when present)."""

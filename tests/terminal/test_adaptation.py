@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from facefleet.terminal.guard import GuardConfig
 from facefleet.terminal.local import Identity, Terminal
 from facefleet.terminal.runtime import ADAPTED_FILE
 from tests.terminal.model_factory import trained_backbone, write_artifacts
@@ -20,7 +21,7 @@ THRESHOLD = 0.7
 FINAL_DRIFT = 0.6
 
 
-def _terminal(tmp_path: Path) -> Terminal:
+def _terminal(tmp_path: Path, guard: GuardConfig) -> Terminal:
     """A terminal with a trained tiny model installed from a card signed by a key it pinned."""
     key = Ed25519PrivateKey.generate()
     pem = (
@@ -32,7 +33,7 @@ def _terminal(tmp_path: Path) -> Terminal:
         tmp_path / "artifacts", trained_backbone(0, identities=64, steps=300), threshold=THRESHOLD
     )
     card_bytes = card.to_bytes()
-    terminal = Terminal(tmp_path / "terminal")
+    terminal = Terminal(tmp_path / "terminal", guard=guard)
     terminal.save_identity(
         Identity(
             server_url="http://unused",
@@ -65,21 +66,29 @@ def _scores(terminal: Terminal, drift: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array(genuine), np.array(impostor)
 
 
+def _drift(terminal: Terminal) -> tuple[int, int, int]:
+    """Users come back as they change; (accepted, updates committed, updates refused)."""
+    accepted = updates = refused = 0
+    for step, drift in enumerate(np.linspace(0.05, FINAL_DRIFT, 12)):
+        for user in USERS:
+            result = terminal.verify_user(f"u{user}", face(user, 100 + step, drift=float(drift)))
+            accepted += result.match
+            updates += result.adapted_now
+            refused += result.update_refused
+    return accepted, updates, refused
+
+
 @pytest.mark.slow
 def test_adaptation_raises_genuine_scores_under_drift_and_keeps_impostors_low(tmp_path: Path) -> None:
-    terminal = _terminal(tmp_path)
+    """The seed's method alone (guard off): what it learns, and the false accepts the guard exists for."""
+    terminal = _terminal(tmp_path, GuardConfig(enabled=False))
     for user in USERS:
         terminal.enroll_user(f"u{user}", [face(user, c) for c in range(3)])
     genuine_before, impostor_before = _scores(terminal, FINAL_DRIFT)
     templates_before = [t.embedding for t in terminal.db.templates("1")]
     model_files = {p.name: p.read_bytes() for p in (terminal.model_dir(1)).iterdir()}
 
-    accepted = updates = 0
-    for step, drift in enumerate(np.linspace(0.05, FINAL_DRIFT, 12)):  # users come back as they change
-        for user in USERS:
-            result = terminal.verify_user(f"u{user}", face(user, 100 + step, drift=float(drift)))
-            accepted += result.match
-            updates += result.adapted_now
+    accepted, updates, _refused = _drift(terminal)
 
     genuine_after, impostor_after = _scores(terminal, FINAL_DRIFT)
     print(
@@ -92,13 +101,44 @@ def test_adaptation_raises_genuine_scores_under_drift_and_keeps_impostors_low(tm
         f"false accepts {np.sum(impostor_before >= THRESHOLD)} -> {np.sum(impostor_after >= THRESHOLD)}"
         f"/{impostor_after.size} (threshold {THRESHOLD})"
     )
-    assert updates >= 10
-    assert genuine_after.mean() > genuine_before.mean() + 0.3
-    assert np.mean(genuine_after >= THRESHOLD) >= 0.9 > np.mean(genuine_before >= THRESHOLD)
-    assert impostor_after.mean() < THRESHOLD - 0.3
-    # With this model seed no impostor crosses; with other seeds 2-4 of 24 look-alike pairs did (see report).
-    assert np.mean(impostor_after >= THRESHOLD) <= 0.2
+    # Bounds measured over model seeds 0-4, natively (AVX2) and with ATEN_CPU_CAPABILITY=default
+    # (10 runs; spread beside each assertion). No assertion may depend on one CPU's rounding (issue 11).
+    assert updates >= 12  # measured 16-18
+    assert genuine_after.mean() > genuine_before.mean() + 0.3  # gain measured 0.42-0.60
+    assert np.mean(genuine_before >= THRESHOLD) < 0.2  # measured 0% everywhere
+    assert np.mean(genuine_after >= THRESHOLD) >= 0.5  # measured 67-100%
+    assert impostor_after.mean() < THRESHOLD - 0.25  # measured 0.03-0.27
+    # Unguarded adaptation lets look-alikes in: measured 0-5 of 24 pairs (issue 18's guard).
+    assert np.sum(impostor_after >= THRESHOLD) <= 8
     # Templates were re-extracted from the stored middle features; the platform's files are untouched.
     assert not np.allclose(templates_before, [t.embedding for t in terminal.db.templates("1")], atol=1e-3)
     assert (terminal.model_dir(1) / ADAPTED_FILE).exists()
     assert all((terminal.model_dir(1) / name).read_bytes() == data for name, data in model_files.items())
+
+
+@pytest.mark.slow
+def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
+    """The default terminal (guard on), same drifting users: no impostor pair crosses the threshold that did
+    not before, and every committed update kept the held-out probe's FAR at or under the shipped model's."""
+    terminal = _terminal(tmp_path, GuardConfig())
+    for user in USERS:
+        terminal.enroll_user(f"u{user}", [face(user, c) for c in range(3)])
+    genuine_before, impostor_before = _scores(terminal, FINAL_DRIFT)
+    _accepted, updates, refused = _drift(terminal)
+    genuine_after, impostor_after = _scores(terminal, FINAL_DRIFT)
+    status = terminal.adaptation_status()
+    assert status is not None
+    print(
+        f"\nguarded adaptation: {updates} committed, {refused} refused; genuine mean "
+        f"{genuine_before.mean():.3f} -> {genuine_after.mean():.3f}; impostor max "
+        f"{impostor_before.max():.3f} -> {impostor_after.max():.3f}; probe FAR {status.probe_far_shipped} -> "
+        f"{status.probe_far}; last refusal: {status.last_rejection}"
+    )
+    # Bounds measured over model seeds 0-4, natively and with ATEN_CPU_CAPABILITY=default.
+    assert updates + refused >= 4  # attempts measured 5-9 (refused 1-5: full steps raise probe impostors)
+    assert status.updates_applied == updates and status.updates_rejected == refused
+    assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
+    assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
+    assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.04-0.40
+    # Known limit (README): on these synthetic users the guarded updates do not raise genuine scores
+    # (mean measured to fall by 0.15-0.31), so no gain is asserted here.

@@ -1,0 +1,299 @@
+"""Benchmark: on-device adaptation on real faces under drift, impostor-probe guard on vs off (issue 18).
+
+Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels; not aligned). Faces are NOT aligned
+here: every image is a fixed centre crop (the central 60% of the shorter side) resized to the model input
+(alignment is built elsewhere). Identities are split by name: the first 200 train a tiny backbone in this
+process (normalised softmax); the other 56 are never seen in training and give, per seed, 8 enrolled users
+and 8 impostor identities. Each enrolled user enrolls 3 photos; then, over 24 rounds, drift grows on real
+photos (site lighting and colour cast shared by everyone; per user a pose crop, blur and an occluding
+band), each user comes back once a round, and 4 impostor attempts a round are made against random users
+(an accepted impostor would feed the adapter: that is the attack the guard is for). Before and after,
+with adaptation off: genuine accept rate on held-out photos at the final drift, impostor accepts over all
+(impostor photo, enrolled user) pairs at the final drift. The card threshold is set for ~1% FAR on pairs
+of training identities. Each seed runs the same terminal twice, guard on and guard off.
+Target: guard on adds zero impostor accepts across seeds and users, and its genuine gain is at least half
+of the unguarded one.
+Run: .venv/bin/python bench/adaptation.py [--seeds 3] [--steps 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
+from facefleet.terminal.guard import GuardConfig  # noqa: E402
+from facefleet.terminal.local import Identity, Terminal  # noqa: E402
+from tests.terminal.model_factory import write_artifacts  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_CANDIDATES = [
+    REPO.parent / "shared/benchdata/celeba_ids",
+    REPO.parents[1] / "shared/benchdata/celeba_ids",
+]
+SIZE = 40
+TRAIN_IDS = 200
+ROUNDS = 24
+FINAL = 0.5  # drift level reached in the last round and used for the before/after scores
+console = Console(width=150)
+
+
+def crop(path: Path) -> Image.Image:
+    """The fixed centre crop (no detection, no alignment)."""
+    image = Image.open(path).convert("RGB")
+    side = int(min(image.size) * 0.6)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((SIZE * 2, SIZE * 2), Image.BILINEAR)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Where a site and a user drift to; ``apply(image, level)`` with level in [0, 1]."""
+
+    brightness: float
+    tint: tuple[float, float, float]
+    shift: tuple[float, float]
+    blur: float
+    band: float  # occluding band's height (fraction), at the bottom (mask/beard) or top (hat)
+    band_top: bool
+
+    def apply(self, image: Image.Image, level: float) -> Image.Image:
+        size = image.width
+        dx, dy = (int(s * level * size) for s in self.shift)  # pose: the crop slides and tightens
+        inset = int(0.08 * level * size)
+        image = image.crop((inset + dx, inset + dy, size - inset + dx, size - inset + dy)).resize(
+            (size, size)
+        )
+        image = ImageEnhance.Brightness(image).enhance(1 + (self.brightness - 1) * level)
+        array = np.asarray(image, dtype=np.float32) * (1 + (np.array(self.tint) - 1) * level)
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+        image = image.filter(ImageFilter.GaussianBlur(self.blur * level))
+        if level > 0.3:
+            draw = ImageDraw.Draw(image)
+            height = int(self.band * (level - 0.3) / 0.7 * size)
+            top = 0 if self.band_top else size - height
+            draw.rectangle((0, top, size, top + height), fill=(90, 90, 90))
+        return image
+
+
+def site_and_users(rng: np.random.Generator, users: int) -> list[Drift]:
+    brightness = float(rng.uniform(0.55, 0.75))  # the site got darker...
+    tint = tuple(float(t) for t in rng.uniform(0.8, 1.2, size=3))  # ...and its light changed colour
+    return [
+        Drift(
+            brightness,
+            tint,  # type: ignore[arg-type]
+            (float(rng.uniform(-0.08, 0.08)), float(rng.uniform(-0.08, 0.08))),
+            float(rng.uniform(0.5, 1.5)),
+            float(rng.uniform(0.2, 0.35)),
+            bool(rng.integers(0, 2)),
+        )
+        for _ in range(users)
+    ]
+
+
+def tensor(images: list[Image.Image]) -> torch.Tensor:
+    arrays = [
+        np.asarray(i.resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32) / 127.5 - 1 for i in images
+    ]
+    return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
+
+
+def train(people: list[list[Image.Image]], steps: int, seed: int) -> Backbone:
+    """Tiny backbone, normalised softmax with margin, flips and small shifts; one thread."""
+    torch.manual_seed(seed)
+    net = get_backbone("tiny", embedding_dim=64, input_size=SIZE, width=16).train()
+    images = tensor([i for p in people for i in p])
+    labels = torch.tensor([k for k, p in enumerate(people) for _ in p])
+    head = torch.nn.Parameter(torch.randn(len(people), 64) * 0.1)
+    optimiser = torch.optim.Adam([*net.parameters(), head], lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        pick = torch.randint(0, len(labels), (96,), generator=generator)
+        batch, y = images[pick], labels[pick]
+        if torch.rand(1, generator=generator) < 0.5:
+            batch = batch.flip(3)
+        shift = [int(s) for s in torch.randint(-3, 4, (2,), generator=generator)]
+        batch = torch.roll(batch, shifts=shift, dims=(2, 3))
+        cos = F.normalize(net(batch)) @ F.normalize(head).T
+        loss = F.cross_entropy(16.0 * (cos - 0.2 * F.one_hot(y, len(people))), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return net.eval()
+
+
+def threshold_at_far(net: Backbone, people: list[list[Image.Image]], far: float) -> float:
+    with torch.no_grad():
+        emb = F.normalize(net(tensor([p[-1] for p in people] + [p[-2] for p in people])))
+    n = len(people)
+    scores = emb[:n] @ emb[n:].T
+    impostor = scores[~torch.eye(n, dtype=torch.bool)]
+    return float(torch.quantile(impostor, 1 - far))
+
+
+def make_terminal(
+    folder: Path, artifacts: Path, card_bytes: bytes, key: Ed25519PrivateKey, guard: bool
+) -> Terminal:
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    terminal = Terminal(folder, guard=GuardConfig(enabled=guard))
+    terminal.save_identity(
+        Identity(
+            server_url="http://unused",
+            device_id=1,
+            name="bench",
+            group="g",
+            credential="ffd_unused",
+            public_key_pem=pem,
+            adaptation_enabled=True,
+        )
+    )
+    terminal.install(1, artifacts, card_bytes, base64.b64encode(key.sign(card_bytes)).decode())
+    return terminal
+
+
+def scores(terminal: Terminal, genuine: dict[str, list[Image.Image]], impostors: list[Image.Image]) -> tuple:
+    identity = terminal.require_identity()
+    terminal.save_identity(identity.model_copy(update={"adaptation_enabled": False}))
+    g = [terminal.verify_user(u, image).match for u, images in genuine.items() for image in images]
+    i = [terminal.verify_user(u, image).match for u in genuine for image in impostors]
+    terminal.save_identity(identity)
+    return float(np.mean(g)), int(np.sum(i)), len(i)
+
+
+def run_seed(
+    seed: int, held_out: list[list[Image.Image]], artifacts: Path, card_bytes: bytes, key, guard: bool
+):
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(held_out))
+    users, impostor_people = order[:8], order[8:16]
+    drifts = site_and_users(rng, 8 + 8)
+    names = [f"u{k}" for k in range(8)]
+    with tempfile.TemporaryDirectory() as tmp:
+        terminal = make_terminal(Path(tmp), artifacts, card_bytes, key, guard)
+        for name, person in zip(names, users, strict=True):
+            terminal.enroll_user(name, held_out[person][:3])
+        final = {
+            n: [drifts[k].apply(im, FINAL) for im in held_out[p][10:14]]
+            for k, (n, p) in enumerate(zip(names, users, strict=True))
+        }
+        impostor_final = [
+            drifts[8 + k].apply(held_out[p][j], FINAL)
+            for k, p in enumerate(impostor_people)
+            for j in (10, 11)
+        ]
+        before = scores(terminal, final, impostor_final)
+        accepted_impostors = applied = refused = 0
+        for step, level in enumerate(np.linspace(0.05, FINAL, ROUNDS)):
+            for k, (name, person) in enumerate(zip(names, users, strict=True)):
+                photo = held_out[person][3 + step % 7]
+                result = terminal.verify_user(name, drifts[k].apply(photo, float(level)))
+                applied += result.adapted_now
+                refused += result.update_refused
+            for _ in range(4):
+                k = int(rng.integers(0, 8))
+                photo = held_out[impostor_people[k]][int(rng.integers(0, 10))]
+                result = terminal.verify_user(
+                    names[int(rng.integers(0, 8))], drifts[8 + k].apply(photo, float(level))
+                )
+                accepted_impostors += result.match
+                applied += result.adapted_now
+                refused += result.update_refused
+        after = scores(terminal, final, impostor_final)
+        status = terminal.adaptation_status()
+    return before, after, applied, refused, accepted_impostors, status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.is_dir()), None))
+    args = parser.parse_args()
+    if args.data is None or not args.data.is_dir():
+        parser.error("celeba_ids not found; give --data DIR (../shared/benchdata/celeba_ids)")
+    torch.set_num_threads(1)
+    started = time.time()
+    people_dirs = sorted(p for p in args.data.iterdir() if p.is_dir())
+    photos = [[crop(f) for f in sorted(d.glob("*.jpg"))[:14]] for d in people_dirs]
+    train_people = photos[:TRAIN_IDS]
+    held_out = [p for p in photos[TRAIN_IDS:] if len(p) >= 14]
+    console.print(f"{len(photos)} identities loaded ({time.time() - started:.0f}s); training on {TRAIN_IDS}")
+    net = train([p[:-2] for p in train_people], args.steps, seed=0)
+    threshold = threshold_at_far(net, train_people, 0.01)
+    console.print(
+        f"trained ({time.time() - started:.0f}s); threshold {threshold:.3f} at 1% FAR on training ids"
+    )
+    key = Ed25519PrivateKey.generate()
+    table = Table(
+        title="On-device adaptation on real faces (CelebA, fixed centre crop, NOT aligned), final drift",
+        caption="genuine: held-out photos of 8 enrolled users; impostors: 16 photos x 8 users per seed",
+    )
+    for column in (
+        "seed",
+        "guard",
+        "genuine accept before -> after",
+        "impostor accepts before -> after",
+        "updates applied / refused",
+        "impostors accepted during run",
+        "probe FAR",
+    ):
+        table.add_column(column)
+    totals: dict[bool, list[float]] = {True: [0, 0, 0], False: [0, 0, 0]}  # genuine gain, added FAs, refused
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = Path(tmp) / "artifacts"
+        card_bytes = write_artifacts(artifacts, net, threshold=threshold).to_bytes()
+        for seed in range(args.seeds):
+            for guard in (True, False):
+                before, after, applied, refused, during, status = run_seed(
+                    seed, held_out, artifacts, card_bytes, key, guard
+                )
+                totals[guard][0] += after[0] - before[0]
+                totals[guard][1] += max(0, after[1] - before[1])
+                totals[guard][2] += refused
+                probe = (
+                    f"{status.probe_far_shipped:.3f} -> {status.probe_far:.3f}"
+                    if status and status.probe_far is not None
+                    else "-"
+                )
+                table.add_row(
+                    str(seed),
+                    "on" if guard else "off",
+                    f"{before[0]:.0%} -> {after[0]:.0%}",
+                    f"{before[1]} -> {after[1]} / {after[2]}",
+                    f"{applied} / {refused}",
+                    str(during),
+                    probe,
+                )
+    console.print(table)
+    gain_on, gain_off = totals[True][0] / args.seeds, totals[False][0] / args.seeds
+    console.print(
+        f"mean genuine gain: guard on {gain_on:+.1%}, off {gain_off:+.1%} "
+        f"(ratio {gain_on / gain_off if gain_off else float('nan'):.2f}, target >= 0.5); "
+        "impostor accepts added: "
+        f"guard on {int(totals[True][1])}, off {int(totals[False][1])} (target 0 with the guard); "
+        f"{time.time() - started:.0f}s"
+    )
+
+
+if __name__ == "__main__":
+    main()
