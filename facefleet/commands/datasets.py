@@ -71,6 +71,12 @@ def register(
     min_images: int = typer.Option(1, "--min-images", help="Skip identities with fewer usable images."),
     description: str = typer.Option("", "--description"),
     tag: list[str] = typer.Option([], "--tag", help="Tag (repeatable)."),
+    align: bool = typer.Option(
+        False, "--align", help="Detect the face, locate five points, warp to the 112x112 ArcFace template."
+    ),
+    aligner: str = typer.Option(
+        "mtcnn", "--aligner", help="With --align: mtcnn, or a landmark model NAME or NAME@VERSION."
+    ),
     server: ServerOption = None,
 ) -> None:
     """Validate SOURCE and register it as the next version of dataset NAME (remote: upload it)."""
@@ -83,6 +89,8 @@ def register(
             description=description,
             tags=tag,
             min_images_per_identity=min_images,
+            align=align,
+            aligner=aligner,
         )
         version = _register_remotely(client, request) if client else _register_locally(request)
     report = version.report
@@ -92,6 +100,13 @@ def register(
         f"{version.image_count} images{extra} ({report.get('corrupt_count', 0)} corrupt files and "
         f"{report.get('small_identity_count', 0)} small identities skipped)"
     )
+    alignment = report.get("alignment")
+    if alignment:
+        console.print(
+            f"aligned with {alignment['aligner']}@{alignment['aligner_version']}: {alignment['aligned']} of "
+            f"{alignment['attempted']} images aligned, {alignment['no_face']} without a face (skipped), "
+            f"{alignment['several_faces']} with several faces (largest x most central kept)"
+        )
 
 
 def _register_locally(request: RegisterRequest) -> DatasetVersionDetail:
@@ -106,6 +121,8 @@ def _register_locally(request: RegisterRequest) -> DatasetVersionDetail:
             tags=request.tags,
             min_images_per_identity=request.min_images_per_identity,
             progress=progress,
+            align=request.align,
+            aligner=request.aligner,
         )
         return DatasetVersionDetail.model_validate(version)
 
@@ -142,6 +159,8 @@ def _register_remotely(client: FacefleetClient, request: RegisterRequest) -> Dat
             description=request.description,
             min_images_per_identity=request.min_images_per_identity,
             progress=sent,
+            align=request.align,
+            aligner=request.aligner,
         )
     return DatasetVersionDetail.model_validate(created)
 

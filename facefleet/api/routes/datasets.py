@@ -20,6 +20,7 @@ from facefleet.api.params import PathId
 from facefleet.platform import audit
 from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import (
+    ALIGNER_PATTERN,
     DATASET_NAME_PATTERN,
     DatasetOut,
     DatasetVersionDetail,
@@ -64,6 +65,8 @@ def _register(
         description=body.description,
         tags=body.tags,
         min_images_per_identity=body.min_images_per_identity,
+        align=body.align,
+        aligner=body.aligner,
     )
     created = version.id not in before
     if created:
@@ -131,6 +134,8 @@ def upload_dataset(
     description: Annotated[str, Form()] = "",
     tags: Annotated[str, Form(description="comma-separated")] = "",
     min_images_per_identity: Annotated[int, Form(ge=1, le=100_000)] = 1,
+    align: Annotated[bool, Form()] = False,
+    aligner: Annotated[str, Form(pattern=ALIGNER_PATTERN)] = "mtcnn",
 ) -> JSONResponse:
     """Register a version from an uploaded archive (streamed to a temporary file, size-limited)."""
     limit = request.app.state.settings.upload_max_bytes
@@ -145,6 +150,8 @@ def upload_dataset(
         description=description,
         tags=[t.strip() for t in tags.split(",") if t.strip()],
         min_images_per_identity=min_images_per_identity,
+        align=align,
+        aligner=aligner,
     )
     tmp = Path(tempfile.mkdtemp(prefix="facefleet-upload-"))
     try:

@@ -25,3 +25,8 @@ def report_key(dataset_name: str, version: int) -> str:
 
 def shard_key(dataset_name: str, version: int, shard_index: int) -> str:
     return f"{version_prefix(dataset_name, version)}/shards/{shard_index:05d}.tar"
+
+
+def alignment_key(dataset_name: str, version: int) -> str:
+    """JSON list: each attempted image's alignment outcome (status, faces found, box, five points)."""
+    return f"{version_prefix(dataset_name, version)}/alignment.json"

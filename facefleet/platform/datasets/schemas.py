@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
+ALIGNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(@[0-9]{1,9})?$"
 
 
 class ProblemFile(BaseModel):
@@ -23,6 +24,25 @@ class SmallIdentity(BaseModel):
 class DuplicateGroup(BaseModel):
     sha256: str
     paths: list[str]
+
+
+class AlignmentReport(BaseModel):
+    """What alignment did (``--align``): counts, and the images skipped or with several faces (capped lists).
+
+    Every image's outcome (box, points, faces found) is in ``alignment.json`` next to the shards.
+    """
+
+    aligner: str = Field(description="'mtcnn' or the landmark model's name.")
+    aligner_version: str = Field(description="The aligner's version (MTCNN's weights or the model version).")
+    size: int = 112
+    attempted: int = 0
+    aligned: int = 0
+    no_face: int = 0
+    several_faces: int = Field(default=0, description="Aligned images where more than one face was found.")
+    no_face_images: list[ProblemFile] = Field(default_factory=list, description="Skipped: no face found.")
+    several_faces_images: list[str] = Field(
+        default_factory=list, description="Aligned on the chosen face (largest x most central)."
+    )
 
 
 class ValidationReport(BaseModel):
@@ -64,6 +84,7 @@ class ValidationReport(BaseModel):
     properties: dict[str, int] = Field(
         default_factory=dict, description="RecordIO 'property' file, when present."
     )
+    alignment: AlignmentReport | None = Field(default=None, description="Present when registered with align.")
 
 
 class RegisterRequest(BaseModel):
@@ -79,6 +100,12 @@ class RegisterRequest(BaseModel):
     description: str = ""
     tags: list[str] = Field(default_factory=list)
     min_images_per_identity: int = Field(1, ge=1, le=100_000)
+    align: bool = Field(False, description="Detect, locate five points and warp each image to 112x112.")
+    aligner: str = Field(
+        "mtcnn",
+        pattern=ALIGNER_PATTERN,
+        description="'mtcnn' or a landmark model of the registry: '<name>' (latest) or '<name>@<version>'.",
+    )
 
 
 class DatasetVersionOut(BaseModel):

@@ -23,18 +23,22 @@ import re
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from facefleet.faces.aligner import Aligner
 from facefleet.platform.datasets import layout, shards
+from facefleet.platform.datasets.aligners import resolve_aligner
+from facefleet.platform.datasets.alignment import align_checked
 from facefleet.platform.datasets.formats import DatasetKind, UnknownLayoutError, scan_source
 from facefleet.platform.datasets.recordio import RecordIOError
-from facefleet.platform.datasets.schemas import DATASET_NAME_PATTERN
+from facefleet.platform.datasets.schemas import DATASET_NAME_PATTERN, AlignmentReport
 from facefleet.platform.datasets.sources import SourceNotFoundError, UnsafeSourceError, materialize
 from facefleet.platform.datasets.validation import (
     DatasetInvalidError,
@@ -93,9 +97,16 @@ def register_dataset_version(
     tags: Sequence[str] = (),
     min_images_per_identity: int = 1,
     progress: StageProgress | None = None,
+    align: bool = False,
+    aligner: str = "mtcnn",
 ) -> DatasetVersion:
-    """Validate ``source``, pack it into shards and record version n+1 (or return the same-content one)."""
+    """Validate ``source``, pack it into shards and record version n+1 (or return the same-content one).
+
+    With ``align`` every image is detected, located and warped to 112x112 by ``aligner`` ('mtcnn' or a
+    landmark model '<name>[@<version>]' of the registry) before validation; see datasets/alignment.py.
+    """
     _check_request(name, kind, min_images_per_identity)
+    face_aligner = resolve_aligner(session, store, aligner) if align else None
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is not None and dataset.kind != kind:
         raise InvalidInputError(
@@ -105,8 +116,14 @@ def register_dataset_version(
     uri = _source_uri(source)
     with tempfile.TemporaryDirectory(prefix="facefleet-register-") as tmp:
         try:
-            digest, content, source_format = _inspect(
-                source, Path(tmp), kind, min_images_per_identity, progress
+            digest, content, source_format, outcomes = _inspect(
+                source,
+                Path(tmp),
+                kind,
+                min_images_per_identity,
+                progress,
+                face_aligner,
+                lambda found: _version_by_hash(session, dataset, found) is not None,
             )
             existing = _version_by_hash(session, dataset, digest)
             if existing is not None:
@@ -132,7 +149,14 @@ def register_dataset_version(
             session.add(dataset)
         version = _claim_version(session, dataset, uri=uri, source_format=source_format, digest=digest)
         with _cleanup_on_error(session, store, version, layout.version_prefix(name, version.version)):
+            assert content is not None  # None only when a version with this hash exists (returned above)
             version.manifest_key = _write_objects(store, name, version.version, content, progress)
+            if outcomes is not None:
+                store.put_bytes(
+                    layout.alignment_key(name, version.version),
+                    json.dumps(outcomes, indent=1).encode(),
+                    content_type="application/json",
+                )
             _mark_ready(version, content)
             session.flush()
             session.add(
@@ -184,28 +208,58 @@ def _mark_ready(version: DatasetVersion, content: ValidatedContent) -> None:
     version.report = content.report.model_dump(mode="json")
 
 
+Inspected = tuple[str, ValidatedContent | DatasetInvalidError | None, str, list[dict[str, Any]] | None]
+
+
 def _inspect(
     source: str | os.PathLike[str],
     workdir: Path,
     kind: DatasetKind,
     min_images: int,
     progress: StageProgress | None,
-) -> tuple[str, ValidatedContent | DatasetInvalidError, str]:
-    """(content hash, validated content or the fatal error found after hashing, format)."""
+    aligner: Aligner | None,
+    known: Callable[[str], bool],
+) -> Inspected:
+    """(content hash, validated content or the fatal error found after hashing, format, alignment outcomes).
+
+    The content is None when ``known(hash)``: that version exists, so nothing is aligned or validated again.
+    """
     try:
         location, left_out = materialize(source, workdir)
         scanned = scan_source(location, kind)
     except _FATAL_SOURCE_ERRORS as error:
         raise DatasetInvalidError(str(error)) from None
     checked = check_images(scanned, progress)
-    digest = content_hash(scanned, checked, kind=kind, min_images=min_images)
+    align_id = f"{aligner.name}@{aligner.version}" if aligner is not None else None
+    digest = content_hash(scanned, checked, kind=kind, min_images=min_images, align=align_id)
+    if known(digest):
+        return digest, None, scanned.format, None
+    outcomes: list[dict[str, Any]] | None = None
+    alignment: AlignmentReport | None = None
+    if aligner is not None:
+        aligned = align_checked(checked, aligner, progress)
+        checked, outcomes, alignment = aligned.images, aligned.outcomes, aligned.report
+        if alignment.attempted and not alignment.aligned:
+            return (
+                digest,
+                DatasetInvalidError(
+                    f"no face found in any of the {alignment.attempted} images "
+                    f"(e.g. {alignment.no_face_images[0].path}); register without align if they are "
+                    "already face crops",
+                    content_hash=digest,
+                ),
+                scanned.format,
+                outcomes,
+            )
     try:
         content: ValidatedContent | DatasetInvalidError = validate(
             scanned, checked, kind=kind, min_images=min_images, digest=digest, ignored=left_out
         )
     except DatasetInvalidError as error:
         content = error
-    return digest, content, scanned.format
+    if alignment is not None and isinstance(content, ValidatedContent):
+        content.report.alignment = alignment
+    return digest, content, scanned.format, outcomes
 
 
 def _version_by_hash(session: Session, dataset: Dataset | None, digest: str) -> DatasetVersion | None:
