@@ -67,7 +67,9 @@ def register(
         ..., help="Folder, .zip/.tar(.gz), RecordIO folder, pairs.txt folder, .bin or s3://"
     ),
     name: str = typer.Option(..., "--name", help="Dataset name."),
-    kind: str = typer.Option("train", "--kind", help="train | verification"),
+    kind: str = typer.Option(
+        "train", "--kind", help="train | verification | landmarks (<image> + <image>.pts, 68 or 5 points)"
+    ),
     min_images: int = typer.Option(1, "--min-images", help="Skip identities with fewer usable images."),
     description: str = typer.Option("", "--description"),
     tag: list[str] = typer.Option([], "--tag", help="Tag (repeatable)."),
@@ -189,7 +191,8 @@ def _zip_folder(folder: Path, target: Path, bar: Progress) -> Path:
 
 @app.command("list")
 def list_datasets(
-    kind: str | None = typer.Option(None, "--kind", help="train | verification"), server: ServerOption = None
+    kind: str | None = typer.Option(None, "--kind", help="train | verification | landmarks"),
+    server: ServerOption = None,
 ) -> None:
     """List datasets with their latest ready version."""
     with reported_errors(), connect(server) as client:

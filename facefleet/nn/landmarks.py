@@ -1,4 +1,4 @@
-"""facefleet's five-point landmark model and its loss (seed 001: class loss + class-dependent localisation loss).
+"""facefleet's five-point landmark model and its loss (seed 001: class + class-dependent localisation loss).
 
 The network maps a face crop (3 x S x S, [-1, 1]) to a G x G grid of sub-regions (stride S / G). Each
 sub-region predicts class scores over K landmark classes + background (index K) and, for every class, a
@@ -101,12 +101,14 @@ def landmark_loss(
     negatives_per_landmark: int = 3,
     localisation_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Class loss + class-dependent localisation loss (see the module docstring); each averaged over images."""
+    """Class loss + class-dependent localisation loss (module docstring); each averaged over images."""
     batch, classes_plus_one, rows, cols = logits.shape
     k_classes = classes_plus_one - 1
     flat_logits = logits.permute(0, 2, 3, 1).reshape(batch, rows * cols, classes_plus_one)
     labels = targets.classes.reshape(batch, rows * cols)
-    cross_entropy = F.cross_entropy(flat_logits.reshape(-1, classes_plus_one), labels.reshape(-1), reduction="none")
+    cross_entropy = F.cross_entropy(
+        flat_logits.reshape(-1, classes_plus_one), labels.reshape(-1), reduction="none"
+    )
     cross_entropy = cross_entropy.view(batch, rows * cols)
     landmark_cells = labels != k_classes
     background = cross_entropy.detach().masked_fill(landmark_cells, -1.0)

@@ -41,3 +41,13 @@ def celeba_pairs_folder(target: Path) -> Path:
     ]
     (target / "pairs.txt").write_text("\n".join(lines) + "\n")
     return target
+
+
+def helen_subset(target: Path, count: int = 4, offset: int = 0) -> Path:
+    """``count`` HELEN photos with their 68-point .pts files."""
+    source = benchdata("helen_landmarks") / "testset"
+    target.mkdir(parents=True, exist_ok=True)
+    for photo in sorted(source.glob("*.jpg"))[offset : offset + count]:
+        shutil.copyfile(photo, target / photo.name)
+        shutil.copyfile(photo.with_suffix(".pts"), target / f"{photo.stem}.pts")
+    return target

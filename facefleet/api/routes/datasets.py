@@ -34,7 +34,7 @@ from facefleet.platform.store import ObjectStore
 router = APIRouter(tags=["datasets"], responses=ERROR_RESPONSES)
 UPLOAD_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 CHUNK = 1 << 20
-Kind = Literal["train", "verification"]
+Kind = Literal["train", "verification", "landmarks"]
 
 
 class PayloadTooLargeError(FacefleetError):

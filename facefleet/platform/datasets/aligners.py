@@ -15,8 +15,16 @@ from facefleet.platform.store.base import ObjectStore
 
 
 @functools.lru_cache(maxsize=1)
-def _shared_mtcnn() -> MTCNNAligner:
+def _cached_mtcnn() -> MTCNNAligner:
     return mtcnn_aligner()
+
+
+def shared_mtcnn() -> MTCNNAligner:
+    """One MTCNN per process; InvalidInputError when its weights are not installed."""
+    try:
+        return _cached_mtcnn()
+    except MTCNNWeightsMissingError as error:
+        raise InvalidInputError(f"cannot detect faces: {error}", field="aligner") from None
 
 
 def resolve_aligner(session: Session, store: ObjectStore, spec: str) -> Aligner:
@@ -25,10 +33,7 @@ def resolve_aligner(session: Session, store: ObjectStore, spec: str) -> Aligner:
             f"aligner {spec!r} is not valid: use 'mtcnn' or a landmark model '<name>' or '<name>@<version>'",
             field="aligner",
         )
-    try:
-        detector = _shared_mtcnn()
-    except MTCNNWeightsMissingError as error:
-        raise InvalidInputError(f"cannot align: {error}", field="aligner") from None
+    detector = shared_mtcnn()
     if spec == MTCNN_NAME:
         return detector
     from facefleet.platform.datasets.landmark_aligner import landmark_model_aligner

@@ -39,7 +39,8 @@ def landmark_model_aligner(
     data = store.get_bytes(str(artifact["key"]))
     if hashlib.sha256(data).hexdigest() != artifact["sha256"]:
         raise InvalidInputError(f"model {name}@{model.version}: model.onnx does not match its SHA-256")
-    from facefleet.faces.landmarks import OnnxLandmarkLocator
+    from facefleet.faces.landmarks import DEFAULT_CROP_SCALE, OnnxLandmarkLocator
 
-    locator = OnnxLandmarkLocator(data, card.input.size)
+    crop_scale = float(card.config.get("landmarks", {}).get("crop_scale", DEFAULT_CROP_SCALE))
+    locator = OnnxLandmarkLocator(data, card.input.size, crop_scale)
     return MTCNNAligner(detector.runners, locator=locator, name=name, version=str(model.version))

@@ -45,6 +45,17 @@ class AlignmentReport(BaseModel):
     )
 
 
+class LandmarkReport(BaseModel):
+    """A landmarks dataset: faces per split and where their boxes came from."""
+
+    faces: int = 0
+    train_faces: int = 0
+    test_faces: int = Field(default=0, description="Held out (fixed by file name) for evaluation.")
+    boxes_from_points: int = Field(
+        default=0, description="MTCNN missed the face: the box was made from the points."
+    )
+
+
 class ValidationReport(BaseModel):
     """What validation found; stored on the version (and as JSON next to its shards)."""
 
@@ -85,6 +96,7 @@ class ValidationReport(BaseModel):
         default_factory=dict, description="RecordIO 'property' file, when present."
     )
     alignment: AlignmentReport | None = Field(default=None, description="Present when registered with align.")
+    landmarks: LandmarkReport | None = Field(default=None, description="Present for kind=landmarks.")
 
 
 class RegisterRequest(BaseModel):
@@ -96,7 +108,7 @@ class RegisterRequest(BaseModel):
     source: str = Field(
         min_length=1, description="Folder, .zip/.tar(.gz), .bin, RecordIO folder or s3://bucket/prefix."
     )
-    kind: Literal["train", "verification"] = "train"
+    kind: Literal["train", "verification", "landmarks"] = "train"
     description: str = ""
     tags: list[str] = Field(default_factory=list)
     min_images_per_identity: int = Field(1, ge=1, le=100_000)

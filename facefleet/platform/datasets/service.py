@@ -25,18 +25,21 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from facefleet.faces.aligner import Aligner
 from facefleet.platform.datasets import layout, shards
-from facefleet.platform.datasets.aligners import resolve_aligner
+from facefleet.platform.datasets.aligners import resolve_aligner, shared_mtcnn
 from facefleet.platform.datasets.alignment import align_checked
 from facefleet.platform.datasets.formats import DatasetKind, UnknownLayoutError, scan_source
+from facefleet.platform.datasets.landmark_data import landmark_table, write_landmarks
 from facefleet.platform.datasets.recordio import RecordIOError
 from facefleet.platform.datasets.schemas import DATASET_NAME_PATTERN, AlignmentReport
 from facefleet.platform.datasets.sources import SourceNotFoundError, UnsafeSourceError, materialize
@@ -75,8 +78,10 @@ def _check_request(name: str, kind: str, min_images_per_identity: int) -> None:
             "starting with a letter or digit",
             field="name",
         )
-    if kind not in ("train", "verification"):
-        raise InvalidInputError(f"kind {kind!r} is unknown: use 'train' or 'verification'", field="kind")
+    if kind not in ("train", "verification", "landmarks"):
+        raise InvalidInputError(
+            f"kind {kind!r} is unknown: use 'train', 'verification' or 'landmarks'", field="kind"
+        )
     if min_images_per_identity < 1:
         raise InvalidInputError("min_images_per_identity must be at least 1", field="min_images_per_identity")
 
@@ -106,6 +111,11 @@ def register_dataset_version(
     landmark model '<name>[@<version>]' of the registry) before validation; see datasets/alignment.py.
     """
     _check_request(name, kind, min_images_per_identity)
+    if align and kind == "landmarks":
+        raise InvalidInputError(
+            "a landmarks dataset keeps its photos as they are (the points refer to them); drop align",
+            field="align",
+        )
     face_aligner = resolve_aligner(session, store, aligner) if align else None
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is not None and dataset.kind != kind:
@@ -116,7 +126,7 @@ def register_dataset_version(
     uri = _source_uri(source)
     with tempfile.TemporaryDirectory(prefix="facefleet-register-") as tmp:
         try:
-            digest, content, source_format, outcomes = _inspect(
+            inspection = _inspect(
                 source,
                 Path(tmp),
                 kind,
@@ -125,6 +135,7 @@ def register_dataset_version(
                 face_aligner,
                 lambda found: _version_by_hash(session, dataset, found) is not None,
             )
+            digest, content = inspection.digest, inspection.content
             existing = _version_by_hash(session, dataset, digest)
             if existing is not None:
                 return _existing_or_raise(existing)
@@ -147,16 +158,18 @@ def register_dataset_version(
         if dataset is None:
             dataset = Dataset(name=name, kind=kind, description=description, tags=list(tags))
             session.add(dataset)
-        version = _claim_version(session, dataset, uri=uri, source_format=source_format, digest=digest)
+        version = _claim_version(session, dataset, uri=uri, source_format=inspection.format, digest=digest)
         with _cleanup_on_error(session, store, version, layout.version_prefix(name, version.version)):
             assert content is not None  # None only when a version with this hash exists (returned above)
             version.manifest_key = _write_objects(store, name, version.version, content, progress)
-            if outcomes is not None:
+            if inspection.outcomes is not None:
                 store.put_bytes(
                     layout.alignment_key(name, version.version),
-                    json.dumps(outcomes, indent=1).encode(),
+                    json.dumps(inspection.outcomes, indent=1).encode(),
                     content_type="application/json",
                 )
+            if inspection.landmarks is not None:
+                write_landmarks(store, name, version.version, inspection.landmarks)
             _mark_ready(version, content)
             session.flush()
             session.add(
@@ -208,7 +221,13 @@ def _mark_ready(version: DatasetVersion, content: ValidatedContent) -> None:
     version.report = content.report.model_dump(mode="json")
 
 
-Inspected = tuple[str, ValidatedContent | DatasetInvalidError | None, str, list[dict[str, Any]] | None]
+@dataclass
+class Inspection:
+    digest: str
+    content: ValidatedContent | DatasetInvalidError | None  # None: a version with this digest exists
+    format: str
+    outcomes: list[dict[str, Any]] | None = None  # alignment, per image
+    landmarks: pa.Table | None = None  # kind=landmarks: points, split and box per image
 
 
 def _inspect(
@@ -219,7 +238,7 @@ def _inspect(
     progress: StageProgress | None,
     aligner: Aligner | None,
     known: Callable[[str], bool],
-) -> Inspected:
+) -> Inspection:
     """(content hash, validated content or the fatal error found after hashing, format, alignment outcomes).
 
     The content is None when ``known(hash)``: that version exists, so nothing is aligned or validated again.
@@ -233,24 +252,20 @@ def _inspect(
     align_id = f"{aligner.name}@{aligner.version}" if aligner is not None else None
     digest = content_hash(scanned, checked, kind=kind, min_images=min_images, align=align_id)
     if known(digest):
-        return digest, None, scanned.format, None
+        return Inspection(digest, None, scanned.format)
     outcomes: list[dict[str, Any]] | None = None
     alignment: AlignmentReport | None = None
     if aligner is not None:
         aligned = align_checked(checked, aligner, progress)
         checked, outcomes, alignment = aligned.images, aligned.outcomes, aligned.report
         if alignment.attempted and not alignment.aligned:
-            return (
-                digest,
-                DatasetInvalidError(
-                    f"no face found in any of the {alignment.attempted} images "
-                    f"(e.g. {alignment.no_face_images[0].path}); register without align if they are "
-                    "already face crops",
-                    content_hash=digest,
-                ),
-                scanned.format,
-                outcomes,
+            faceless = DatasetInvalidError(
+                f"no face found in any of the {alignment.attempted} images "
+                f"(e.g. {alignment.no_face_images[0].path}); register without align if they are "
+                "already face crops",
+                content_hash=digest,
             )
+            return Inspection(digest, faceless, scanned.format, outcomes)
     try:
         content: ValidatedContent | DatasetInvalidError = validate(
             scanned, checked, kind=kind, min_images=min_images, digest=digest, ignored=left_out
@@ -259,7 +274,15 @@ def _inspect(
         content = error
     if alignment is not None and isinstance(content, ValidatedContent):
         content.report.alignment = alignment
-    return digest, content, scanned.format, outcomes
+    table: pa.Table | None = None
+    if kind == "landmarks" and isinstance(content, ValidatedContent):
+        try:
+            table, content.report.landmarks = landmark_table(
+                scanned, content.images, shared_mtcnn().runners, digest, progress
+            )
+        except DatasetInvalidError as error:
+            content = error
+    return Inspection(digest, content, scanned.format, outcomes, table)
 
 
 def _version_by_hash(session: Session, dataset: Dataset | None, digest: str) -> DatasetVersion | None:

@@ -93,6 +93,9 @@ def content_hash(
         digest.update(f"align={align}\n".encode())
     for line in sorted(f"{item.source.relpath}\t{item.source.identity}\t{item.sha256}" for item in checked):
         digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    for relpath, read_points in sorted(scanned.landmarks.items()):
+        points_hash = hashlib.sha256(read_points()).hexdigest()
+        digest.update(f"points\t{relpath}\t{points_hash}\n".encode("utf-8", "surrogateescape"))
     for left, right, is_same in scanned.pairs or []:
         digest.update(f"pair\t{left}\t{right}\t{int(is_same)}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
