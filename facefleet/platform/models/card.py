@@ -72,7 +72,9 @@ class ModelCard(BaseModel):
 
     name: str
     version: int
-    kind: str = Field("embedding", description="'embedding' (face recognition) or 'landmarks' (five points).")
+    kind: str = Field(
+        default="embedding", description="'embedding' (face recognition) or 'landmarks' (five points)."
+    )
     run_id: int | None = None
     architecture: ArchitectureSpec
     input: InputSpec
@@ -84,7 +86,7 @@ class ModelCard(BaseModel):
     artifacts: dict[str, ArtifactInfo] = Field(default_factory=dict)  # "model.safetensors", "model.onnx"
     probe: ProbeSpec
     aligner: AlignerSpec | None = Field(
-        None, description="How faces were aligned for this model; terminals align the same way."
+        default=None, description="How faces were aligned for this model; terminals align the same way."
     )
     created_at: str = ""
 
