@@ -1,4 +1,4 @@
-"""A `kind: landmarks` run end to end (Ray Train local mode): HELEN subset -> train -> NME -> ONNX -> registry,
+"""A `kind: landmarks` run end to end (Ray Train local mode): HELEN subset, train, NME, ONNX, registry;
 then the registered model aligns a registration (--aligner <model>)."""
 
 from __future__ import annotations

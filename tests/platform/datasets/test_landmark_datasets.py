@@ -1,4 +1,4 @@
-"""kind=landmarks: HELEN photos + .pts are checked, split, boxed by MTCNN; bad markups refuse with the file."""
+"""kind=landmarks: HELEN photos + .pts are checked, split and boxed; bad markups are refused, file named."""
 
 from __future__ import annotations
 
