@@ -65,6 +65,8 @@ class AlignerSpec(BaseModel):
     files: dict[str, str] = Field(
         default_factory=dict, description="role (pnet, rnet, onet, landmarks) -> file name in the bundle."
     )
+    landmark_input_size: int | None = Field(default=None, description="The landmark model's crop size.")
+    crop_scale: float | None = Field(default=None, description="The landmark model's crop side / box side.")
 
 
 class ModelCard(BaseModel):
