@@ -13,10 +13,15 @@ from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models import registry
+from facefleet.platform.models.card import ModelCard
+from facefleet.platform.models.registry import CARD_FILE, version_prefix
 from facefleet.platform.runs import service
+from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
+from facefleet.workers.export import export_and_register
 from facefleet.workers.train import run_training
 from tests.faces.subsets import celeba_subset, helen_subset
+from tests.terminal.model_factory import tiny_backbone
 
 LANDMARK_CONFIG = {
     "kind": "landmarks",
@@ -68,8 +73,32 @@ def test_landmarks_run_trains_exports_and_aligns(
         assert aligned.report["alignment"]["aligner"] == "lm"
         assert aligned.report["alignment"]["aligner_version"] == str(model.version)
         assert aligned.image_count == 2
+        aligned_id = aligned.id
         with pytest.raises(InvalidInputError, match="not a landmark model"):
             registry_model_as_aligner(session, local_store, photos)
+
+    # A recognition model trained on that version ships MTCNN and the landmark model for terminals.
+    with session_scope() as session:
+        run = Run(name="rec", status="succeeded")
+        session.add(run)
+        session.flush()
+        recognition, _ = export_and_register(
+            session,
+            local_store,
+            run_id=run.id,
+            backbone=tiny_backbone(0),
+            config=TrainingConfig(model_name="rec", backbone="tiny", embedding_dim=32, input_size=32),
+            datasets=[],
+            metrics={},
+            threshold=0.5,
+            dataset_version_ids=[aligned_id],
+        )
+        card = ModelCard.model_validate_json(
+            local_store.get_bytes(f"{version_prefix('rec', recognition.version)}/{CARD_FILE}")
+        )
+    assert card.aligner is not None and card.aligner.name == "lm"
+    assert card.aligner.files["landmarks"] == "landmarks.onnx" and "landmarks.onnx" in card.artifacts
+    assert (card.aligner.landmark_input_size, card.aligner.crop_scale) == (32, 1.15)
 
 
 def registry_model_as_aligner(session, store: ObjectStore, photos: Path) -> None:  # type: ignore[no-untyped-def]
