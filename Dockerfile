@@ -31,6 +31,9 @@ COPY pyproject.toml README.md ./
 COPY facefleet ./facefleet
 # The package and its runtime dependencies only: no dev extra (pytest, ruff, moto, ...) in the image.
 RUN pip install .
+# MTCNN's weights (facenet_pytorch/data/*.pt) for --align; --no-deps: its metadata pins torch<2.3 and numpy<2,
+# and facefleet never imports it (only loads the weights with torch.load(weights_only=True)).
+RUN pip install --no-deps facenet-pytorch==2.6.0
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ARG TORCH_VARIANT=cpu

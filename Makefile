@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[dev]'
+	# MTCNN's weights ship in this wheel; --no-deps: its metadata pins torch<2.3 and it is never imported.
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the main job end to end on the embedded defaults (no servers)

@@ -123,6 +123,8 @@ class FacefleetClient:
         description: str = "",
         min_images_per_identity: int = 1,
         progress: UploadProgress | None = None,
+        align: bool = False,
+        aligner: str = "mtcnn",
     ) -> Any:
         """Stream ``archive`` to the server, which validates and registers it (a dataset version dict)."""
         form = {
@@ -131,6 +133,8 @@ class FacefleetClient:
             "tags": ",".join(tags or []),
             "description": description,
             "min_images_per_identity": str(min_images_per_identity),
+            "align": "true" if align else "false",
+            "aligner": aligner,
         }
         handle = _ProgressFile(archive, progress) if progress else open(archive, "rb")  # noqa: SIM115
         with handle:

@@ -66,10 +66,18 @@ def register(
         ..., help="Folder, .zip/.tar(.gz), RecordIO folder, pairs.txt folder, .bin or s3://"
     ),
     name: str = typer.Option(..., "--name", help="Dataset name."),
-    kind: str = typer.Option("train", "--kind", help="train | verification"),
+    kind: str = typer.Option(
+        "train", "--kind", help="train | verification | landmarks (<image> + <image>.pts, 68 or 5 points)"
+    ),
     min_images: int = typer.Option(1, "--min-images", help="Skip identities with fewer usable images."),
     description: str = typer.Option("", "--description"),
     tag: list[str] = typer.Option([], "--tag", help="Tag (repeatable)."),
+    align: bool = typer.Option(
+        False, "--align", help="Detect the face, locate five points, warp to the 112x112 ArcFace template."
+    ),
+    aligner: str = typer.Option(
+        "mtcnn", "--aligner", help="With --align: mtcnn, or a landmark model NAME or NAME@VERSION."
+    ),
     server: ServerOption = None,
 ) -> None:
     """Validate SOURCE and register it as the next version of dataset NAME (remote: upload it)."""
@@ -82,6 +90,8 @@ def register(
             description=description,
             tags=tag,
             min_images_per_identity=min_images,
+            align=align,
+            aligner=aligner,
         )
         version = _register_remotely(client, request) if client else _register_locally(request)
     report = version.report
@@ -91,6 +101,13 @@ def register(
         f"{version.image_count} images{extra} ({report.get('corrupt_count', 0)} corrupt files and "
         f"{report.get('small_identity_count', 0)} small identities skipped)"
     )
+    alignment = report.get("alignment")
+    if alignment:
+        console.print(
+            f"aligned with {alignment['aligner']}@{alignment['aligner_version']}: {alignment['aligned']} of "
+            f"{alignment['attempted']} images aligned, {alignment['no_face']} without a face (skipped), "
+            f"{alignment['several_faces']} with several faces (largest x most central kept)"
+        )
 
 
 def _register_locally(request: RegisterRequest) -> DatasetVersionDetail:
@@ -107,6 +124,8 @@ def _register_locally(request: RegisterRequest) -> DatasetVersionDetail:
             tags=request.tags,
             min_images_per_identity=request.min_images_per_identity,
             progress=progress,
+            align=request.align,
+            aligner=request.aligner,
         )
         return DatasetVersionDetail.model_validate(version)
 
@@ -143,6 +162,8 @@ def _register_remotely(client: FacefleetClient, request: RegisterRequest) -> Dat
             description=request.description,
             min_images_per_identity=request.min_images_per_identity,
             progress=sent,
+            align=request.align,
+            aligner=request.aligner,
         )
     return DatasetVersionDetail.model_validate(created)
 
@@ -171,7 +192,7 @@ def _zip_folder(folder: Path, target: Path, bar: Progress) -> Path:
 
 @app.command("list")
 def list_datasets(
-    kind: str | None = typer.Option(None, "--kind", help="train | verification"),
+    kind: str | None = typer.Option(None, "--kind", help="train | verification | landmarks"),
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:

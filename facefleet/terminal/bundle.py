@@ -51,6 +51,19 @@ class CardProbe(BaseModel):
     tolerance: float = 1e-3
 
 
+class CardAligner(BaseModel):
+    """The aligner to run before embedding (MTCNN ONNX files, optionally a landmark model's)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    version: str
+    size: int = 112
+    files: dict[str, str]
+    landmark_input_size: int | None = None
+    crop_scale: float | None = None
+
+
 class TerminalCard(BaseModel):
     """The part of the platform's model card a terminal relies on (terminals do not import the platform)."""
 
@@ -64,6 +77,7 @@ class TerminalCard(BaseModel):
     threshold: float
     artifacts: dict[str, CardArtifact]
     probe: CardProbe
+    aligner: CardAligner | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -91,6 +105,15 @@ def verify_card(card_bytes: bytes, signature_b64: str, public_key_pem: str) -> T
         raise VerificationError(f"signed model card is not readable: {exc.error_count()} problems") from exc
     if ONNX_FILE not in card.artifacts:
         raise VerificationError(f"model card lists no {ONNX_FILE}")
+    if card.aligner is not None:
+        for role in ("pnet", "rnet", "onet"):
+            if card.aligner.files.get(role) not in card.artifacts:
+                raise VerificationError(
+                    f"the card's aligner needs its {role} file among the signed artifacts"
+                )
+        landmarks = card.aligner.files.get("landmarks")
+        if landmarks is not None and landmarks not in card.artifacts:
+            raise VerificationError("the card's landmark model file is not among the signed artifacts")
     return card
 
 

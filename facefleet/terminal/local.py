@@ -38,7 +38,7 @@ from facefleet.terminal.guard import (
     judge,
     split_enrolled,
 )
-from facefleet.terminal.runtime import TerminalModel, preprocess
+from facefleet.terminal.runtime import TerminalModel
 from facefleet.terminal.templates import Template, TemplateDB
 
 
@@ -63,6 +63,7 @@ class VerifyResult:
     model_version_id: int
     adapted_now: bool = False  # an adaptation update was committed after this verification
     update_refused: bool = False  # an update was computed and refused by the impostor-probe guard
+    reason: str = ""  # why there is no score (e.g. the model's aligner found no face)
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -203,12 +204,17 @@ class Terminal:
         self, model: TerminalModel, samples: list
     ) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
         """Templates (and middle features, when this device adapts) of enrolled images under ``model``."""
-        if not samples:
+        # A model with an aligner detects and aligns each stored frame; frames without a face get no template.
+        inputs = [(s, model.face_input(s.image)) for s in samples]
+        kept = [(s, x) for s, x in inputs if x is not None]
+        if not kept:
             return []
-        batch = np.stack([preprocess(s.image, model.input_size) for s in samples])
+        batch = np.stack([x for _, x in kept])
         embeddings = model.embed(batch)
         middles = model.middle(batch).numpy() if self._adapts(model) else None
-        return [(s.id, embeddings[i], None if middles is None else middles[i]) for i, s in enumerate(samples)]
+        return [
+            (s.id, embeddings[i], None if middles is None else middles[i]) for i, (s, _) in enumerate(kept)
+        ]
 
     def _adapts(self, model: TerminalModel) -> bool:
         identity = self.identity()
@@ -220,6 +226,13 @@ class Terminal:
         if model is None:
             raise RuntimeError("no model installed yet; wait for a deployment before enrolling users")
         pngs = [to_png(image) for image in images]
+        if model.aligner is not None:
+            faceless = [index for index, png in enumerate(pngs) if model.face_input(png) is None]
+            if faceless:
+                raise ValueError(
+                    f"no face found in enrollment image(s) {', '.join(str(i + 1) for i in faceless)}; "
+                    "take them again facing the camera"
+                )
         ids = set(self.db.add_samples(user, pngs))
         samples = [s for s in self.db.samples() if s.id in ids]
         self.db.add_templates(str(self.current_version_id()), self._extract(model, samples))
@@ -233,7 +246,10 @@ class Terminal:
         templates = self.db.templates(str(version), user)
         if not templates:
             raise KeyError(f"user {user!r} is not enrolled on this terminal")
-        batch = preprocess(to_png(image), model.input_size)[None]
+        face = model.face_input(to_png(image))
+        if face is None:
+            return VerifyResult(user, False, -1.0, model.card.threshold, version, reason="no face found")
+        batch = face[None]
         embedding = model.embed(batch)[0]
         scores = [float(embedding @ t.embedding) for t in templates]
         best = int(np.argmax(scores))

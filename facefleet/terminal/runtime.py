@@ -10,6 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from facefleet.faces.aligner import MTCNNAligner
+from facefleet.faces.landmarks import DEFAULT_CROP_SCALE, OnnxLandmarkLocator
+from facefleet.faces.onnx_export import onnx_runners
 from facefleet.nn.backbones import Backbone, get_backbone
 from facefleet.nn.probe import make_probe_input
 from facefleet.terminal.adapted_state import ADAPTED_FILE, load_adapted, save_adapted
@@ -40,6 +43,17 @@ class TerminalModel:
         self.session = open_terminal_session((model_dir / ONNX_FILE).read_bytes(), threads)
         self.input_name = self.session.get_inputs()[0].name
         self._backbone: Backbone | None = None
+        self.aligner = build_aligner(model_dir, card, threads)
+
+    def face_input(self, image: bytes | Image.Image) -> np.ndarray | None:
+        """The network input for one frame: aligned by the card's aligner (None: no face), else resized."""
+        if self.aligner is None:
+            return preprocess(image, self.input_size)
+        decoded = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+        outcome = self.aligner.align(decoded)
+        if outcome.image is None:
+            return None
+        return preprocess(outcome.image, self.input_size)
 
     @property
     def input_size(self) -> int:
@@ -134,6 +148,22 @@ class TerminalModel:
                 )
             worst = max(worst, error)
         return worst
+
+
+def build_aligner(model_dir: Path, card: TerminalCard, threads: int = 1) -> MTCNNAligner | None:
+    """MTCNN (ONNX Runtime) with MTCNN's points or the bundled landmark model's, as the card says."""
+    spec = card.aligner
+    if spec is None:
+        return None
+    runners = onnx_runners(model_dir, spec.files, threads)
+    locator = None
+    if "landmarks" in spec.files:
+        locator = OnnxLandmarkLocator(
+            (model_dir / spec.files["landmarks"]).read_bytes(),
+            spec.landmark_input_size or 64,
+            spec.crop_scale or DEFAULT_CROP_SCALE,
+        )
+    return MTCNNAligner(runners, locator=locator, name=spec.name, version=spec.version)
 
 
 def build_backbone(card: TerminalCard, weights_path: Path) -> Backbone:

@@ -15,7 +15,14 @@ from torch import nn
 from facefleet.nn.backbones import Backbone
 from facefleet.nn.probe import make_probe_input
 from facefleet.platform.db.models import ModelVersion
-from facefleet.platform.models.card import ArchitectureSpec, DatasetEntry, InputSpec, ModelCard, ProbeSpec
+from facefleet.platform.models.card import (
+    AlignerSpec,
+    ArchitectureSpec,
+    DatasetEntry,
+    InputSpec,
+    ModelCard,
+    ProbeSpec,
+)
 from facefleet.platform.models.registry import artifact_info, register_model_version
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
@@ -78,6 +85,7 @@ def build_card(
     datasets: list[DatasetEntry],
     metrics: dict[str, Any],
     threshold: float,
+    aligner: AlignerSpec | None = None,
 ) -> ModelCard:
     probe = make_probe_input(PROBE_SEED, PROBE_COUNT, config.input_size)
     with torch.no_grad():
@@ -95,8 +103,12 @@ def build_card(
         config=config.model_dump(mode="json", by_alias=True),
         metrics=metrics,
         threshold=threshold,
-        artifacts={name: artifact_info(artifacts_dir / name) for name in ("model.safetensors", "model.onnx")},
+        artifacts={
+            name: artifact_info(artifacts_dir / name)
+            for name in ("model.safetensors", "model.onnx", *(aligner.files.values() if aligner else ()))
+        },
         probe=ProbeSpec(seed=PROBE_SEED, count=PROBE_COUNT, embeddings=embeddings),
+        aligner=aligner,
     )
 
 
@@ -110,14 +122,23 @@ def export_and_register(
     datasets: list[DatasetEntry],
     metrics: dict[str, Any],
     threshold: float,
+    dataset_version_ids: list[int] | None = None,
 ) -> tuple[ModelVersion, float]:
-    """Write the artifacts, check ONNX against torch, register version n+1 with alias ``candidate``."""
+    """Write the artifacts, check ONNX against torch, register version n+1 with alias ``candidate``.
+
+    When the training versions were aligned (``--align``), the aligner's ONNX files join the bundle and the
+    card names the aligner, so terminals align frames the same way before embedding.
+    """
+    from facefleet.platform.models.aligner_bundle import training_aligner, write_aligner_files
+
     backbone = backbone.cpu().eval()
     with tempfile.TemporaryDirectory(prefix="facefleet-export-") as tmp:
         folder = Path(tmp)
         write_safetensors(backbone, folder / "model.safetensors")
         write_onnx(backbone, config.input_size, folder / "model.onnx")
         parity = check_onnx_parity(backbone, folder / "model.onnx", config.input_size)
+        used = training_aligner(session, dataset_version_ids or [])
+        aligner = write_aligner_files(session, store, used, folder) if used else None
         card = build_card(
             backbone,
             config,
@@ -125,6 +146,7 @@ def export_and_register(
             datasets=datasets,
             metrics={**metrics, "onnx_max_abs_diff": parity},
             threshold=threshold,
+            aligner=aligner,
         )
         model = register_model_version(
             session, store, name=config.model_name, run_id=run_id, artifacts_dir=folder, card=card

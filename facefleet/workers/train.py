@@ -18,6 +18,7 @@ from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.runs import service
 from facefleet.platform.runs.failures import redact, settings_secrets
+from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings
 from facefleet.workers import train_driver
 
@@ -62,6 +63,18 @@ def _cancel_if_requested(run_id: int) -> bool:
 def _train_evaluate_export(run_id: int) -> str:
     if _cancel_if_requested(run_id):
         return "cancelled"
+    with session_scope() as session:
+        kind = TrainingConfig.model_validate(service.get_run(session, run_id).config).kind
+    if kind == "landmarks":
+        from facefleet.workers import landmarks_run
+
+        with session_scope() as session:
+            landmark_job = landmarks_run.prepare_job(session, run_id)
+        landmark_outcome = landmarks_run.run_trainer(landmark_job)
+        if _cancel_if_requested(run_id):
+            return "cancelled"
+        _finish(run_id, "succeeded", summary=landmarks_run.finish_run(landmark_job, landmark_outcome))
+        return "succeeded"
     with session_scope() as session:
         job = train_driver.prepare_job(session, run_id)
     outcome = train_driver.run_trainer(job)

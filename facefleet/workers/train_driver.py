@@ -178,6 +178,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             datasets=dataset_entries(session, job.run_id),
             metrics=summary,
             threshold=threshold,
+            dataset_version_ids=[entry.dataset_version_id for entry in job.entries],
         )
         return {
             "evaluation": summary,

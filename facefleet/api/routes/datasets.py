@@ -19,6 +19,7 @@ from facefleet.api.params import PathId
 from facefleet.platform import audit
 from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import (
+    ALIGNER_PATTERN,
     DATASET_NAME_PATTERN,
     DatasetOut,
     DatasetVersionDetail,
@@ -41,7 +42,7 @@ router = APIRouter(
 )
 UPLOAD_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 CHUNK = 1 << 20
-Kind = Literal["train", "verification"]
+Kind = Literal["train", "verification", "landmarks"]
 
 
 def _dataset_out(session: Session, dataset: Dataset) -> DatasetOut:
@@ -72,6 +73,8 @@ def _register(
         min_images_per_identity=body.min_images_per_identity,
         policy=policy,
         limits=ArchiveLimits.from_settings(settings),
+        align=body.align,
+        aligner=body.aligner,
     )
     detail = DatasetVersionDetail.model_validate(version)
     # 201 for a new version; 200 when the same content was registered before (the existing version).
@@ -134,6 +137,8 @@ def upload_dataset(
     description: Annotated[str, Form(max_length=2000)] = "",
     tags: Annotated[str, Form(description="comma-separated")] = "",
     min_images_per_identity: Annotated[int, Form(ge=1, le=100_000)] = 1,
+    align: Annotated[bool, Form()] = False,
+    aligner: Annotated[str, Form(pattern=ALIGNER_PATTERN)] = "mtcnn",
 ) -> JSONResponse:
     """Register a version from an uploaded archive (streamed to a temporary file, size-limited)."""
     limit = request.app.state.settings.upload_max_bytes
@@ -148,6 +153,8 @@ def upload_dataset(
         description=description,
         tags=[t.strip() for t in tags.split(",") if t.strip()],
         min_images_per_identity=min_images_per_identity,
+        align=align,
+        aligner=aligner,
     )
     tmp = Path(tempfile.mkdtemp(prefix="facefleet-upload-"))
     try:

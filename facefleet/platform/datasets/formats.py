@@ -15,8 +15,8 @@ from typing import Literal
 from facefleet.platform.datasets import recordio, verification
 from facefleet.platform.datasets.sources import UnsafeSourceError, inside, is_image_name, is_skipped_name
 
-SourceFormat = Literal["imagefolder", "recordio", "lfw_pairs", "insightface_bin"]
-DatasetKind = Literal["train", "verification"]
+SourceFormat = Literal["imagefolder", "recordio", "lfw_pairs", "insightface_bin", "landmarks"]
+DatasetKind = Literal["train", "verification", "landmarks"]
 
 
 class UnknownLayoutError(ValueError):
@@ -41,6 +41,7 @@ class ScannedSource:
     pairs: list[tuple[str, str, bool]] | None = None
     ignored: list[str] = field(default_factory=list)
     properties: dict[str, int] = field(default_factory=dict)
+    landmarks: dict[str, Callable[[], bytes]] = field(default_factory=dict)  # image relpath -> its .pts
 
 
 # Memory stays bounded whatever a source holds: no image file is read past this size.
@@ -167,6 +168,31 @@ def scan_pairs_folder(root: Path) -> ScannedSource:
     )
 
 
+def scan_landmarks(root: Path) -> ScannedSource:
+    """``<image>`` + ``<image stem>.pts`` anywhere under ``root``; every image is one face's markup."""
+    files, ignored = walk_files(root)
+    present = set(files)
+    images: list[SourceImage] = []
+    landmarks: dict[str, Callable[[], bytes]] = {}
+    used: set[str] = set()
+    for relative in files:
+        if not is_image_name(relative):
+            continue
+        pts = relative.rsplit(".", 1)[0] + ".pts"
+        if pts not in present:
+            ignored.append(f"{relative}: no {pts.rsplit('/', 1)[-1]} landmark file beside it")
+            continue
+        folder = relative.rsplit("/", 1)[0] if "/" in relative else "faces"
+        images.append(SourceImage(relative, folder, _file_reader(root / relative)))
+        landmarks[relative] = _file_reader(root / pts)
+        used.add(pts)
+    ignored += [
+        f"{name}: not an image with a .pts landmark file" for name in files if name not in used
+        and not is_image_name(name)
+    ]
+    return ScannedSource("landmarks", images, ignored=ignored, landmarks=landmarks)
+
+
 def scan_bin(path: Path) -> ScannedSource:
     blobs, flags = verification.load_bin(path)
     images = [
@@ -198,6 +224,8 @@ def scan_source(location: Path, kind: DatasetKind) -> ScannedSource:
             )
         return scan_bin(location)
     root = _content_root(location)
+    if kind == "landmarks":
+        return scan_landmarks(root)
     has_pairs, has_rec = (root / "pairs.txt").is_file(), (root / "train.rec").is_file()
     if kind == "verification":
         if not has_pairs:

@@ -25,3 +25,13 @@ def report_key(dataset_name: str, version: int) -> str:
 
 def shard_key(dataset_name: str, version: int, shard_index: int) -> str:
     return f"{version_prefix(dataset_name, version)}/shards/{shard_index:05d}.tar"
+
+
+def landmarks_key(dataset_name: str, version: int) -> str:
+    """Parquet, one row per image of a landmarks dataset: member, split, five points, face box."""
+    return f"{version_prefix(dataset_name, version)}/landmarks.parquet"
+
+
+def alignment_key(dataset_name: str, version: int) -> str:
+    """JSON list: each attempted image's alignment outcome (status, faces found, box, five points)."""
+    return f"{version_prefix(dataset_name, version)}/alignment.json"

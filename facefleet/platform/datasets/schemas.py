@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from facefleet.platform.names import NAME_PATTERN, Name
 
 DATASET_NAME_PATTERN = NAME_PATTERN
+ALIGNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(@[0-9]{1,9})?$"
 
 
 class ProblemFile(BaseModel):
@@ -25,6 +26,36 @@ class SmallIdentity(BaseModel):
 class DuplicateGroup(BaseModel):
     sha256: str
     paths: list[str]
+
+
+class AlignmentReport(BaseModel):
+    """What alignment did (``--align``): counts, and the images skipped or with several faces (capped lists).
+
+    Every image's outcome (box, points, faces found) is in ``alignment.json`` next to the shards.
+    """
+
+    aligner: str = Field(description="'mtcnn' or the landmark model's name.")
+    aligner_version: str = Field(description="The aligner's version (MTCNN's weights or the model version).")
+    size: int = 112
+    attempted: int = 0
+    aligned: int = 0
+    no_face: int = 0
+    several_faces: int = Field(default=0, description="Aligned images where more than one face was found.")
+    no_face_images: list[ProblemFile] = Field(default_factory=list, description="Skipped: no face found.")
+    several_faces_images: list[str] = Field(
+        default_factory=list, description="Aligned on the chosen face (largest x most central)."
+    )
+
+
+class LandmarkReport(BaseModel):
+    """A landmarks dataset: faces per split and where their boxes came from."""
+
+    faces: int = 0
+    train_faces: int = 0
+    test_faces: int = Field(default=0, description="Held out (fixed by file name) for evaluation.")
+    boxes_from_points: int = Field(
+        default=0, description="MTCNN missed the face: the box was made from the points."
+    )
 
 
 class ValidationReport(BaseModel):
@@ -66,6 +97,8 @@ class ValidationReport(BaseModel):
     properties: dict[str, int] = Field(
         default_factory=dict, description="RecordIO 'property' file, when present."
     )
+    alignment: AlignmentReport | None = Field(default=None, description="Present when registered with align.")
+    landmarks: LandmarkReport | None = Field(default=None, description="Present for kind=landmarks.")
 
 
 class RegisterRequest(BaseModel):
@@ -80,10 +113,16 @@ class RegisterRequest(BaseModel):
         description="Folder, .zip/.tar(.gz), .bin, RecordIO folder or s3://bucket/prefix; on the server "
         "only under FACEFLEET_DATASET_ROOTS.",
     )
-    kind: Literal["train", "verification"] = "train"
+    kind: Literal["train", "verification", "landmarks"] = "train"
     description: str = Field("", max_length=2000)
     tags: list[Name] = Field(default_factory=list, max_length=64)
     min_images_per_identity: int = Field(1, ge=1, le=100_000)
+    align: bool = Field(False, description="Detect, locate five points and warp each image to 112x112.")
+    aligner: str = Field(
+        "mtcnn",
+        pattern=ALIGNER_PATTERN,
+        description="'mtcnn' or a landmark model of the registry: '<name>' (latest) or '<name>@<version>'.",
+    )
 
 
 class DatasetVersionOut(BaseModel):

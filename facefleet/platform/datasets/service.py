@@ -15,24 +15,32 @@ Services never commit the caller's transaction; they flush when ids are needed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from facefleet.faces.aligner import Aligner
 from facefleet.platform import audit
 from facefleet.platform.datasets import layout, shards
+from facefleet.platform.datasets.aligners import resolve_aligner, shared_mtcnn
+from facefleet.platform.datasets.alignment import align_checked
 from facefleet.platform.datasets.formats import DatasetKind, UnknownLayoutError, scan_source
+from facefleet.platform.datasets.landmark_data import landmark_table, write_landmarks
 from facefleet.platform.datasets.recordio import RecordIOError
+from facefleet.platform.datasets.schemas import AlignmentReport
 from facefleet.platform.datasets.source_policy import SourcePolicy, shorten
 from facefleet.platform.datasets.sources import (
     ArchiveLimitError,
@@ -80,8 +88,10 @@ _FATAL_SOURCE_ERRORS = (
 
 def _check_request(name: str, kind: str, min_images_per_identity: int) -> None:
     check_name(name, what="dataset")
-    if kind not in ("train", "verification"):
-        raise InvalidInputError(f"kind {kind!r} is unknown: use 'train' or 'verification'", field="kind")
+    if kind not in ("train", "verification", "landmarks"):
+        raise InvalidInputError(
+            f"kind {kind!r} is unknown: use 'train', 'verification' or 'landmarks'", field="kind"
+        )
     if not 1 <= min_images_per_identity <= MAX_MIN_IMAGES:
         raise InvalidInputError(
             f"min_images_per_identity must be 1-{MAX_MIN_IMAGES}", field="min_images_per_identity"
@@ -101,17 +111,27 @@ def register_dataset_version(
     progress: StageProgress | None = None,
     policy: SourcePolicy | None = None,
     limits: ArchiveLimits | None = None,
+    align: bool = False,
+    aligner: str = "mtcnn",
 ) -> DatasetVersion:
     """Validate ``source``, pack it into shards and record version n+1 (or return the same-content one).
 
     ``policy`` decides which sources may be read (default: what the local user can read, never
-    facefleet's own files); ``limits`` bound archive expansion (default: from the settings).
+    facefleet's own files); ``limits`` bound archive expansion (default: from the settings). With
+    ``align`` every image is detected, located and warped to 112x112 by ``aligner`` ('mtcnn' or a
+    landmark model '<name>[@<version>]' of the registry) before validation; see datasets/alignment.py.
     """
     _check_request(name, kind, min_images_per_identity)
+    if align and kind == "landmarks":
+        raise InvalidInputError(
+            "a landmarks dataset keeps its photos as they are (the points refer to them); drop align",
+            field="align",
+        )
     settings = get_settings()
     policy = policy or SourcePolicy.for_local_user(settings)
     limits = limits or ArchiveLimits.from_settings(settings)
     uri = policy.check(source)  # before anything of the source is opened
+    face_aligner = resolve_aligner(session, store, aligner) if align else None
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))
     if dataset is not None and dataset.kind != kind:
         raise InvalidInputError(
@@ -120,9 +140,17 @@ def register_dataset_version(
         )
     with tempfile.TemporaryDirectory(prefix="facefleet-register-") as tmp:
         try:
-            digest, content, source_format = _inspect(
-                uri, Path(tmp), kind, min_images_per_identity, progress, limits
+            inspection = _inspect(
+                uri,
+                Path(tmp),
+                kind,
+                min_images_per_identity,
+                progress,
+                limits,
+                face_aligner,
+                lambda found: _version_by_hash(session, dataset, found) is not None,
             )
+            digest, content = inspection.digest, inspection.content
             existing = _version_by_hash(session, dataset, digest)
             if existing is not None:
                 return _existing_or_raise(existing)
@@ -138,9 +166,18 @@ def register_dataset_version(
         if dataset is None:
             dataset = Dataset(name=name, kind=kind, description=description, tags=list(tags))
             session.add(dataset)
-        version = _claim_version(session, dataset, uri=uri, source_format=source_format, digest=digest)
+        version = _claim_version(session, dataset, uri=uri, source_format=inspection.format, digest=digest)
         with _cleanup_on_error(session, store, version, layout.version_prefix(name, version.version)):
+            assert content is not None  # None only when a version with this hash exists (returned above)
             version.manifest_key = _write_objects(store, name, version.version, content, progress)
+            if inspection.outcomes is not None:
+                store.put_bytes(
+                    layout.alignment_key(name, version.version),
+                    json.dumps(inspection.outcomes, indent=1).encode(),
+                    content_type="application/json",
+                )
+            if inspection.landmarks is not None:
+                write_landmarks(store, name, version.version, inspection.landmarks)
             _mark_ready(version, content)
             session.flush()
             session.add(
@@ -247,6 +284,15 @@ def _mark_ready(version: DatasetVersion, content: ValidatedContent) -> None:
     version.report = content.report.model_dump(mode="json")
 
 
+@dataclass
+class Inspection:
+    digest: str
+    content: ValidatedContent | DatasetInvalidError | None  # None: a version with this digest exists
+    format: str
+    outcomes: list[dict[str, Any]] | None = None  # alignment, per image
+    landmarks: pa.Table | None = None  # kind=landmarks: points, split and box per image
+
+
 def _inspect(
     source: str | os.PathLike[str],
     workdir: Path,
@@ -254,8 +300,13 @@ def _inspect(
     min_images: int,
     progress: StageProgress | None,
     limits: ArchiveLimits,
-) -> tuple[str, ValidatedContent | DatasetInvalidError, str]:
-    """(content hash, validated content or the fatal error found after hashing, format)."""
+    aligner: Aligner | None,
+    known: Callable[[str], bool],
+) -> Inspection:
+    """(content hash, validated content or the fatal error found after hashing, format, alignment outcomes).
+
+    The content is None when ``known(hash)``: that version exists, so nothing is aligned or validated again.
+    """
     try:
         location, left_out = materialize(source, workdir, limits)
         scanned = scan_source(location, kind)
@@ -264,14 +315,40 @@ def _inspect(
     except _FATAL_SOURCE_ERRORS as error:
         raise DatasetInvalidError(shorten(str(error), 2000)) from None
     checked = check_images(scanned, progress)
-    digest = content_hash(scanned, checked, kind=kind, min_images=min_images)
+    align_id = f"{aligner.name}@{aligner.version}" if aligner is not None else None
+    digest = content_hash(scanned, checked, kind=kind, min_images=min_images, align=align_id)
+    if known(digest):
+        return Inspection(digest, None, scanned.format)
+    outcomes: list[dict[str, Any]] | None = None
+    alignment: AlignmentReport | None = None
+    if aligner is not None:
+        aligned = align_checked(checked, aligner, progress)
+        checked, outcomes, alignment = aligned.images, aligned.outcomes, aligned.report
+        if alignment.attempted and not alignment.aligned:
+            faceless = DatasetInvalidError(
+                f"no face found in any of the {alignment.attempted} images "
+                f"(e.g. {alignment.no_face_images[0].path}); register without align if they are "
+                "already face crops",
+                content_hash=digest,
+            )
+            return Inspection(digest, faceless, scanned.format, outcomes)
     try:
         content: ValidatedContent | DatasetInvalidError = validate(
             scanned, checked, kind=kind, min_images=min_images, digest=digest, ignored=left_out
         )
     except DatasetInvalidError as error:
         content = error
-    return digest, content, scanned.format
+    if alignment is not None and isinstance(content, ValidatedContent):
+        content.report.alignment = alignment
+    table: pa.Table | None = None
+    if kind == "landmarks" and isinstance(content, ValidatedContent):
+        try:
+            table, content.report.landmarks = landmark_table(
+                scanned, content.images, shared_mtcnn().runners, digest, progress
+            )
+        except DatasetInvalidError as error:
+            content = error
+    return Inspection(digest, content, scanned.format, outcomes, table)
 
 
 def _version_by_hash(session: Session, dataset: Dataset | None, digest: str) -> DatasetVersion | None:

@@ -84,14 +84,27 @@ def check_images(scanned: ScannedSource, progress: StageProgress | None = None) 
     return checked
 
 
-def content_hash(scanned: ScannedSource, checked: list[CheckedImage], *, kind: str, min_images: int) -> str:
-    """SHA-256 of what defines the version: kind, format, minimum, each (path, identity, sha256), pairs."""
+def content_hash(
+    scanned: ScannedSource,
+    checked: list[CheckedImage],
+    *,
+    kind: str,
+    min_images: int,
+    align: str | None = None,
+) -> str:
+    """SHA-256 of what defines the version: kind, format, minimum, each (path, identity, sha256), pairs,
+    and the aligner (``name@version``) when the images are aligned at registration."""
     digest = hashlib.sha256()
     digest.update(
         f"facefleet-dataset-v1\nkind={kind}\nformat={scanned.format}\nmin_images={min_images}\n".encode()
     )
+    if align is not None:
+        digest.update(f"align={align}\n".encode())
     for line in sorted(f"{item.source.relpath}\t{item.source.identity}\t{item.sha256}" for item in checked):
         digest.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    for relpath, read_points in sorted(scanned.landmarks.items()):
+        points_hash = hashlib.sha256(read_points()).hexdigest()
+        digest.update(f"points\t{relpath}\t{points_hash}\n".encode("utf-8", "surrogateescape"))
     for left, right, is_same in scanned.pairs or []:
         digest.update(f"pair\t{left}\t{right}\t{int(is_same)}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()

@@ -53,11 +53,30 @@ class ProbeSpec(BaseModel):
     tolerance: float = 1e-3
 
 
+class AlignerSpec(BaseModel):
+    """The aligner a terminal runs before embedding: MTCNN (its ONNX files ship in the bundle) and the points
+    from MTCNN or from a landmark model (its ONNX file in the bundle too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="'mtcnn' or the landmark model's name.")
+    version: str
+    size: int = 112
+    files: dict[str, str] = Field(
+        default_factory=dict, description="role (pnet, rnet, onet, landmarks) -> file name in the bundle."
+    )
+    landmark_input_size: int | None = Field(default=None, description="The landmark model's crop size.")
+    crop_scale: float | None = Field(default=None, description="The landmark model's crop side / box side.")
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
     version: int
+    kind: str = Field(
+        default="embedding", description="'embedding' (face recognition) or 'landmarks' (five points)."
+    )
     run_id: int | None = None
     architecture: ArchitectureSpec
     input: InputSpec
@@ -68,6 +87,9 @@ class ModelCard(BaseModel):
     threshold: float = Field(description="Cosine-similarity threshold: scores >= threshold are a match.")
     artifacts: dict[str, ArtifactInfo] = Field(default_factory=dict)  # "model.safetensors", "model.onnx"
     probe: ProbeSpec
+    aligner: AlignerSpec | None = Field(
+        default=None, description="How faces were aligned for this model; terminals align the same way."
+    )
     created_at: str = ""
 
     def to_bytes(self) -> bytes:

@@ -101,9 +101,31 @@ class ScalingConfigModel(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0, le=1024.0)
 
 
+class LandmarkConfig(_Strict):
+    """A ``kind: landmarks`` run (seed 001): the grid model, its loss and the training augmentation."""
+
+    grid: int = Field(
+        default=8, ge=2, le=64, description="sub-regions per side; input_size / grid in 4, 8, 16"
+    )
+    width: int = Field(default=32, ge=4, le=256, description="channels of the first layer")
+    crop_scale: float = Field(default=1.15, gt=0.5, le=3.0, description="crop side / detector box side")
+    negatives_per_landmark: int = Field(default=3, ge=0, description="hard background sub-regions per class")
+    localisation_weight: float = Field(default=1.0, ge=0.0)
+    rotation_degrees: float = Field(default=15.0, ge=0.0, le=90.0)
+    shift: float = Field(default=0.05, ge=0.0, le=0.5, description="max centre shift, in crop sides")
+    zoom: float = Field(default=0.1, ge=0.0, le=0.5, description="max relative scale change")
+    flip: bool = True
+
+
 class TrainingConfig(_Strict):
     """Everything that decides what a run computes; stored as JSON on the run and in the model card."""
 
+    kind: Literal["recognition", "landmarks"] = Field(
+        default="recognition",
+        description="recognition: an embedding model on train datasets; landmarks: the five-point model "
+        "(seed 001) on landmarks datasets",
+    )
+    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
     model_name: Name = "facefleet"
     backbone: str = "iresnet50"
     embedding_dim: int | None = Field(

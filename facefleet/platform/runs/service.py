@@ -43,6 +43,9 @@ def parse_config(config: TrainingConfig | dict[str, Any] | None) -> TrainingConf
 
 def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_machine: bool) -> None:
     """Reject configs that cannot run, before anything starts (cross-checks the schema cannot do alone)."""
+    if config.kind == "landmarks":
+        check_landmarks_runnable(config)
+        return
     # nn is pure torch; importing it here (lazily) is the one place the platform needs to know the registry.
     from facefleet.nn.backbones import get_backbone, list_backbones
 
@@ -96,6 +99,20 @@ def check_fits_this_machine(config: TrainingConfig) -> None:
                 "scaling.gpus_per_worker or scaling.num_workers, or use the ray/kuberay launcher",
                 field="scaling.gpus_per_worker",
             )
+
+
+def check_landmarks_runnable(config: TrainingConfig) -> None:
+    from facefleet.nn.landmarks import LandmarkNet
+
+    try:
+        LandmarkNet(input_size=config.input_size, grid=config.landmarks.grid, width=config.landmarks.width)
+    except ValueError as error:
+        raise InvalidInputError(str(error), field="input_size") from None
+    if config.scaling.gpus_per_worker:
+        raise InvalidInputError(
+            "landmarks runs train on CPU workers; set scaling.gpus_per_worker=0",
+            field="scaling.gpus_per_worker",
+        )
 
 
 def torch_meta_device() -> Any:
@@ -175,7 +192,7 @@ def _ready_version(session: Session, ref: str | int, kind: str) -> tuple[Dataset
     if dataset.kind != kind:
         raise InvalidInputError(
             f"dataset {dataset.name} is a {dataset.kind} dataset; expected {kind}",
-            field="datasets" if kind == "train" else "verification_sets",
+            field="verification_sets" if kind == "verification" else "datasets",
         )
     return version, dataset
 
@@ -232,9 +249,16 @@ def create_run(
     training_config = parse_config(config)
     if not dataset_names_or_version_ids:
         raise InvalidInputError("a run needs at least one training dataset", field="datasets")
-    train = [_ready_version(session, ref, "train") for ref in dataset_names_or_version_ids]
+    dataset_kind = "landmarks" if training_config.kind == "landmarks" else "train"
+    train = [_ready_version(session, ref, dataset_kind) for ref in dataset_names_or_version_ids]
     if len({version.id for version, _ in train}) != len(train):
         raise InvalidInputError("the same dataset version is listed twice", field="datasets")
+    if training_config.kind == "landmarks" and verification_sets:
+        raise InvalidInputError(
+            "a landmarks run evaluates on the held-out split of its landmarks datasets; "
+            "give no verification sets",
+            field="verification_sets",
+        )
     verification = [_ready_version(session, ref, "verification") for ref in verification_sets]
     from facefleet.platform.settings import get_settings
 
