@@ -28,6 +28,7 @@ _TITLES = {
     413: "Payload too large",
     422: "Invalid input",
     500: "Internal server error",
+    503: "Service unavailable",
 }
 
 
@@ -149,7 +150,10 @@ async def _data_error_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _database_down_handler(request: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     return problem_response(
-        503, "the database is unavailable; retry shortly (nothing was changed)", title="Service unavailable"
+        503,
+        "the database is unavailable; retry shortly (nothing was changed)",
+        title="Service unavailable",
+        headers={"Retry-After": "5"},
     )
 
 
@@ -172,5 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "description": _TITLES[code]} for code in (401, 403, 404, 409, 422)
+    code: {"model": Problem, "description": _TITLES[code]} for code in (401, 403, 404, 409, 422, 503)
 }

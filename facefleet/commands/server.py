@@ -22,12 +22,17 @@ def _migrate() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 in a container)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="worker processes (default: FACEFLEET_API_WORKERS); each has its own DB pool"),
+    ] = None,
     migrate: Annotated[bool, typer.Option(help="run database migrations before serving")] = True,
     access_log: Annotated[bool, typer.Option(help="log every request")] = True,
 ) -> None:
     """Run the REST API (uvicorn); the schema is migrated to the latest version first."""
     import uvicorn
+
+    from facefleet.platform.settings import get_settings
 
     if migrate:
         _migrate()
@@ -36,7 +41,7 @@ def serve(
         factory=True,
         host=host,
         port=port,
-        workers=workers,
+        workers=workers or get_settings().api_workers,
         access_log=access_log,
         log_level="info",
     )

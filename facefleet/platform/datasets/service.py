@@ -347,7 +347,7 @@ def _failure_hash(source_uri: str, message: str) -> str:
 
 def list_datasets(
     session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0
-) -> tuple[list[Dataset], int]:
+) -> tuple[list[Dataset], int | None]:
     """A page of datasets by name, and the total count."""
     query = select(Dataset)
     if kind is not None:
