@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import threading
@@ -36,6 +37,11 @@ def serve(
 
     if migrate:
         _migrate()
+    options: dict[str, object] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # A worker answers the supervisor's ping only once it has imported the app, which takes several
+        # seconds on a busy machine: uvicorn's 5 s default killed and restarted workers in a loop.
+        options["timeout_worker_healthcheck"] = 60
     uvicorn.run(
         "facefleet.api.app:create_app",
         factory=True,
@@ -44,6 +50,7 @@ def serve(
         workers=workers or get_settings().api_workers,
         access_log=access_log,
         log_level="info",
+        **options,  # type: ignore[arg-type]
     )
 
 
