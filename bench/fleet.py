@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -203,6 +204,7 @@ class FleetRun:
     offered: float
     poll_s: float
     cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
     deployed_at: float | None = None
     reached_all_s: float | None = None
     installed: int = 0
@@ -249,9 +251,10 @@ async def terminal(
             continue
         etag = response.headers.get("ETag")
         answer = response.json()
-        if answer["action"] == "install" and answer["status"] == "pending":
-            deployment = answer["deployment_id"]
-            for status in ("downloading", "installed"):
+        if answer["action"] == "install" and answer["status"] in ("pending", "downloading"):
+            deployment = answer["deployment_id"]  # like the agent: "downloading" first unless already sent
+            steps = ("downloading", "installed") if answer["status"] == "pending" else ("installed",)
+            for status in steps:
                 now = time.perf_counter()
                 reply = await timed(
                     rec,
@@ -342,12 +345,13 @@ async def drive_fleet(base: str, seeded: Seeded, run: FleetRun, admin_rate: floa
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
         start = time.perf_counter() + 1.0
         end = start + run.seconds
-        cpu0 = process_tree_cpu(pid)
+        cpu0, client0 = process_tree_cpu(pid), time.process_time()
         jobs = [terminal(run, client, cred, start, end) for cred in seeded.credentials]
         jobs.append(admin(run, client, seeded, admin_rate, start, end))
         jobs.append(deploy(run, client, seeded, start + run.seconds / 5))
         await asyncio.gather(*jobs)
         run.cpu_s = process_tree_cpu(pid) - cpu0
+        run.client_cpu_s = time.process_time() - client0
 
 
 def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
@@ -374,6 +378,12 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
         f"{run.cpu_s / max(total, 1) * 1000:.2f} "
         f"ms CPU per request; deployment reached {run.installed}/{run.devices} devices, all in {reach} "
         f"(one poll interval is {run.poll_s:.1f} s)"
+    )
+    print(
+        f"load generator: {run.client_cpu_s:.1f} s CPU ({run.client_cpu_s / max(total, 1) * 1000:.2f} ms per "
+        f"request); the phase took {elapsed:.0f} s of wall time for {run.seconds:.0f} s of schedule: where "
+        "that is much longer, the machine (client and server together) fell behind the offered rate and the "
+        "latencies above are mostly queueing"
     )
 
 
@@ -519,6 +529,8 @@ def main() -> None:
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument("--skip-growth", action="store_true")
     args = parser.parse_args()
+    # Stopped with SIGTERM (timeout, kill), still stop the server and the throwaway PostgreSQL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.devices = args.devices or "1000"
         args.growth = args.growth or "1e3,1e5"

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Select, func, literal, select
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 
 
 def fetch_page(
