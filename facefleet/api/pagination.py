@@ -7,11 +7,11 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Select
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import DB_INT_MAX
-from facefleet.platform.db.paging import COUNT_CAP, fetch_page
+from facefleet.platform.db.paging import COUNT_CAP, KeyColumn, fetch_page
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -95,7 +95,7 @@ def paginate_query(
     stmt: Select[T],
     params: PageParams,
     *,
-    key: ColumnElement[int] | None = None,
+    key: KeyColumn | None = None,
     descending: bool = False,
 ) -> tuple[list[T], int | None]:
     """Run ``stmt`` for one page (it must be ordered, by ``key`` for keyset paging) and count matches."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, literal, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 T = TypeVar("T")
+KeyColumn = ColumnElement[int] | InstrumentedAttribute[int]  # the id column a list is ordered by
 COUNT_CAP = 1_000
 
 
@@ -24,7 +25,7 @@ def fetch_page(
     limit: int,
     offset: int,
     after: int | None = None,
-    key: ColumnElement[int] | None = None,
+    key: KeyColumn | None = None,
     descending: bool = False,
 ) -> tuple[list[T], int | None]:
     """Run an ordered ``stmt`` for one page; the total matching the filters (``None`` past ``COUNT_CAP``).
