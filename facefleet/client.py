@@ -110,7 +110,8 @@ class FacefleetClient:
             page = self.get(path, limit=limit, offset=offset, **params)
             yield from page["items"]
             offset += len(page["items"])
-            if not page["items"] or offset >= page["total"]:
+            total = page.get("total")  # null past the server's count cap: page until a short page
+            if len(page["items"]) < limit or (total is not None and offset >= total):
                 return
 
     def upload_dataset(

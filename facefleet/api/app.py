@@ -25,6 +25,7 @@ from facefleet.api.routes import (
     runs,
 )
 from facefleet.platform.db.session import engine_for, session_factory
+from facefleet.platform.deployments.assignment import AssignedModelCache
 from facefleet.platform.settings import Settings, get_settings
 from facefleet.platform.store import ObjectStore, get_store
 from facefleet.ui.app import install_console
@@ -50,11 +51,17 @@ def create_app(
     app.state.store = store or get_store(settings)
     app.state.metrics = ApiMetrics()
     app.state.principal_cache = PrincipalCache()
+    app.state.assigned_models = AssignedModelCache()
     app.state.metrics.registry.register(DatabaseCollector(app.state.session_factory))
     install_error_handlers(app)
     install_console(app)  # after the API's handlers: it wraps them to answer HTML under /ui
     # Added last = outermost: latencies include the time a request waits for admission.
-    app.add_middleware(AdmissionMiddleware, limit=pool_capacity(engine))
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=pool_capacity(engine),
+        max_queue=settings.api_max_queue,
+        max_wait=settings.api_max_wait_seconds,
+    )
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, device):
         app.include_router(module.router)

@@ -12,8 +12,8 @@ from facefleet.platform.devices.service import CREDENTIAL_PREFIX, authenticate_d
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 
 
-def require_device(request: Request, session: DbSession) -> Device:
-    """The calling terminal: 401 without a known credential, 403 when disabled or when an API key is sent."""
+async def device_token(request: Request) -> str:
+    """The device credential sent (not checked against the database): 401 without one, 403 for API keys."""
     token = bearer_token(request)
     if not token:
         raise AuthenticationError(
@@ -24,7 +24,13 @@ def require_device(request: Request, session: DbSession) -> Device:
         raise PermissionDeniedError(
             "/v1/device routes accept only device credentials (ffd_...), not API keys", field="Authorization"
         )
+    return token
+
+
+def require_device(token: Annotated[str, Depends(device_token)], session: DbSession) -> Device:
+    """The calling terminal: 401 without a known credential, 403 when disabled or when an API key is sent."""
     return authenticate_device(session, token)
 
 
+DeviceToken = Annotated[str, Depends(device_token)]
 CurrentDevice = Annotated[Device, Depends(require_device)]

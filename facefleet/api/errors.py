@@ -202,5 +202,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "description": _TITLES[code]} for code in (401, 403, 404, 409, 422)
+    code: {"model": Problem, "description": _TITLES[code]} for code in (401, 403, 404, 409, 422, 503)
 }

@@ -223,7 +223,7 @@ def _local_rows(kind: str | None) -> tuple[list[DatasetRow], int]:
             )
             for item in items
         ]
-    return rows, total
+    return rows, len(rows) if total is None else total  # None: more than the count cap match
 
 
 def _remote_rows(client: FacefleetClient, kind: str | None) -> tuple[list[DatasetRow], int]:

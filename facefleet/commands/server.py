@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
 import threading
@@ -22,12 +23,17 @@ def _migrate() -> None:
 def serve(
     host: Annotated[str, typer.Option(help="interface to bind (0.0.0.0 in a container)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="worker processes (default: FACEFLEET_API_WORKERS); each has its own DB pool"),
+    ] = None,
     migrate: Annotated[bool, typer.Option(help="run database migrations before serving")] = True,
     access_log: Annotated[bool, typer.Option(help="log every request")] = True,
 ) -> None:
     """Run the REST API (uvicorn); the schema is migrated to the latest version first."""
     import uvicorn
+
+    from facefleet.platform.settings import get_settings
 
     if migrate:
         _migrate()
@@ -36,14 +42,20 @@ def serve(
         f"facefleet API on http://{shown}:{port} - web console http://{shown}:{port}/ui, "
         f"REST docs http://{shown}:{port}/docs"
     )
+    options: dict[str, object] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # A worker answers the supervisor's ping only once it has imported the app, which takes several
+        # seconds on a busy machine: uvicorn's 5 s default killed and restarted workers in a loop.
+        options["timeout_worker_healthcheck"] = 60
     uvicorn.run(
         "facefleet.api.app:create_app",
         factory=True,
         host=host,
         port=port,
-        workers=workers,
+        workers=workers or get_settings().api_workers,
         access_log=access_log,
         log_level="info",
+        **options,  # type: ignore[arg-type]
     )
 
 

@@ -42,7 +42,8 @@ def list_events(
     target_type: str | None = None,
     target_id: str | None = None,
     since: datetime | None = None,
-) -> tuple[list[AuditEvent], int]:
+    after: int | None = None,
+) -> tuple[list[AuditEvent], int | None]:
     """A page of events, newest first, with the total count matching the filters."""
     stmt = select(AuditEvent)
     if actor:
@@ -58,4 +59,12 @@ def list_events(
         stmt = stmt.where(AuditEvent.target_id == target_id)
     if since:
         stmt = stmt.where(AuditEvent.created_at >= since)
-    return fetch_page(session, stmt.order_by(AuditEvent.id.desc()), limit=limit, offset=offset)
+    return fetch_page(
+        session,
+        stmt.order_by(AuditEvent.id.desc()),
+        limit=limit,
+        offset=offset,
+        after=after,
+        key=AuditEvent.id,
+        descending=True,
+    )

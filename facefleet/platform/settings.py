@@ -98,6 +98,34 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Most an archive (or one entry over 1 MiB) may expand, as expanded / compressed size.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for web-console session cookies; default: derived from the signing key.",
+    )
+    session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="Web-console sign-in lifetime in hours."
+    )
+    api_workers: int = Field(
+        default=1, ge=1, le=64, description="API server processes `facefleet serve` starts (uvicorn workers)."
+    )
+    db_pool_size: int = Field(
+        default=8, ge=1, le=200, description="PostgreSQL connections each API/scheduler process keeps open."
+    )
+    db_max_overflow: int = Field(
+        default=4, ge=0, le=200, description="Extra PostgreSQL connections a process may open under load."
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="Longest wait for a pooled database connection."
+    )
+    api_max_queue: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Requests a worker holds waiting for a database slot; more get 503 + Retry-After.",
+    )
+    api_max_wait_seconds: float = Field(
+        default=0.5, gt=0, le=60, description="Longest a request waits for a slot before 503 + Retry-After."
+    )
 
     @field_validator("dataset_roots", mode="before")
     @classmethod
@@ -108,13 +136,6 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
-    session_secret: SecretStr | None = Field(
-        default=None,
-        description="HMAC key for web-console session cookies; default: derived from the signing key.",
-    )
-    session_hours: float = Field(
-        default=8.0, gt=0, le=24 * 30, description="Web-console sign-in lifetime in hours."
-    )
 
     @field_validator("log_level")
     @classmethod

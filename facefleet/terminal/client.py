@@ -45,6 +45,8 @@ class DeviceClient:
         self.http = httpx.Client(
             base_url=server_url.rstrip("/"), headers=headers, transport=transport, timeout=timeout
         )
+        self._assignment: dict[str, Any] | None = None
+        self._assignment_etag: str | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -59,14 +61,26 @@ class DeviceClient:
         return self._json("POST", "/v1/device/enroll", {"token": token})
 
     def assignment(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/device/assignment")
+        """The current assignment; an unchanged one costs the server a 304 (``If-None-Match``)."""
+        headers = {"If-None-Match": self._assignment_etag} if self._assignment_etag else {}
+        response = self.http.get("/v1/device/assignment", headers=headers)
+        if response.status_code == 304 and self._assignment is not None:
+            return self._assignment
+        _raise_for_problem(response)
+        return self._remember(response)
 
     def report(self, deployment_id: int, status: str, message: str = "") -> dict[str, Any]:
-        return self._json(
-            "POST",
+        response = self.http.post(
             "/v1/device/status",
-            {"deployment_id": deployment_id, "status": status, "message": message[:2000]},
+            json={"deployment_id": deployment_id, "status": status, "message": message[:2000]},
         )
+        _raise_for_problem(response)
+        return self._remember(response)
+
+    def _remember(self, response: httpx.Response) -> dict[str, Any]:
+        data: dict[str, Any] = response.json()
+        self._assignment, self._assignment_etag = data, response.headers.get("ETag")
+        return data
 
     def heartbeat(
         self, agent_version: str, model_version_id: int | None, health: dict[str, Any]

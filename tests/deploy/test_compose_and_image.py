@@ -115,3 +115,28 @@ def test_dockerignore_keeps_secrets_and_the_venv_out() -> None:
     assert {".env", ".venv", ".git", "tests"} <= set(ignored)
     for needed in ("facefleet", "alembic", "pyproject.toml", "README.md"):
         assert needed not in ignored
+
+
+def test_api_server_settings_are_valid_and_match_the_cpus(compose: dict[str, Any]) -> None:
+    """Workers, pool and admission reach the API through the shared environment, as valid settings."""
+    from facefleet.platform.settings import Settings
+
+    env = compose["services"]["api"]["environment"]
+    values = {
+        key.removeprefix("FACEFLEET_").lower(): re.sub(r"^\$\{[A-Z_]+:-(.*)\}$", r"\1", str(value))
+        for key, value in env.items()
+        if key in SERVER_SETTINGS
+    }
+    assert set(values) == {name.removeprefix("FACEFLEET_").lower() for name in SERVER_SETTINGS}
+    settings = Settings(**values)  # type: ignore[arg-type]
+    assert settings.api_workers >= 2 and settings.db_pool_size >= 1
+    assert "--workers" not in compose["services"]["api"]["command"]  # the setting decides
+
+
+SERVER_SETTINGS = (
+    "FACEFLEET_API_WORKERS",
+    "FACEFLEET_DB_POOL_SIZE",
+    "FACEFLEET_DB_MAX_OVERFLOW",
+    "FACEFLEET_API_MAX_QUEUE",
+    "FACEFLEET_API_MAX_WAIT_SECONDS",
+)

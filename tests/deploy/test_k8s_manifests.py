@@ -242,3 +242,23 @@ def test_config_names_and_images_agree_with_the_launcher(
         assert not secrets, "prod expects externally created Secrets"
     else:
         assert kuberay.SECRET_NAME in secrets
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_workers_fit_the_cpu_limit_and_pools_fit_postgres(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """FACEFLEET_API_WORKERS and the pool settings are valid, one worker per CPU of the API's limit."""
+    from facefleet.platform.settings import Settings
+
+    objects = rendered[overlay]
+    config = one(objects, "ConfigMap", kuberay.CONFIGMAP_NAME)["data"]
+    keys = ("api_workers", "db_pool_size", "db_max_overflow", "api_max_queue", "api_max_wait_seconds")
+    settings = Settings(**{key: config[f"FACEFLEET_{key.upper()}"] for key in keys})  # type: ignore[arg-type]
+    api = one(objects, "Deployment", "facefleet-api")["spec"]
+    cpu_limit = api["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+    cpus = float(cpu_limit[:-1]) / 1000 if cpu_limit.endswith("m") else float(cpu_limit)
+    assert settings.api_workers == max(1, int(cpus))
+    per_process = settings.db_pool_size + settings.db_max_overflow
+    api_connections = api.get("replicas", 1) * settings.api_workers * per_process
+    assert api_connections + 2 * per_process <= 100  # PostgreSQL's default max_connections, with schedulers

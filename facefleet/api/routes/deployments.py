@@ -5,12 +5,13 @@ Admin only, reads included: deployments name devices and groups, which are the f
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from facefleet.api.deps import Admin, DbSession
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
+from facefleet.api.responses import model_response
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead
 
@@ -24,10 +25,13 @@ def create_deployment(body: DeploymentCreate, session: DbSession, principal: Adm
 
 @router.get("", response_model=Page[DeploymentRead])
 def list_deployments(
-    session: DbSession, _admin: Admin, page: Pagination, group: str | None = Query(default=None)
-) -> Page[DeploymentRead]:
-    views, total = deployments.list_deployments(session, group=group, limit=page.limit, offset=page.offset)
-    return make_page(views, total, page, deployments.deployment_read)
+    session: DbSession, _admin: Admin, page: KeysetPagination, group: str | None = Query(default=None)
+) -> Response:
+    views, total = deployments.list_deployments(
+        session, group=group, limit=page.limit, offset=page.offset, after=page.after
+    )
+    page_out = make_page(views, total, page, deployments.deployment_read, key=lambda v: v.deployment.id)
+    return model_response(page_out)
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)

@@ -6,14 +6,16 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, BinaryIO
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from facefleet.api.deps import DbSession, Store
-from facefleet.api.device_auth import CurrentDevice
+from facefleet.api.device_auth import CurrentDevice, DeviceToken
 from facefleet.api.errors import ERROR_RESPONSES
+from facefleet.api.responses import model_response
 from facefleet.platform import audit
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.db.models import Device
 from facefleet.platform.deployments import assignment
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import AssignmentRead, StatusReport
@@ -26,6 +28,7 @@ from facefleet.platform.devices.schemas import (
 )
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.signing import public_key_pem
+from facefleet.platform.store import ObjectStore
 
 router = APIRouter(prefix="/v1/device", tags=["device"], responses=ERROR_RESPONSES)
 _RANGE = re.compile(r"^bytes=(\d+)-$")
@@ -55,33 +58,67 @@ def enroll(body: EnrollRequest, request: Request, session: DbSession) -> EnrollR
     )
 
 
-@router.get("/assignment", response_model=AssignmentRead)
-def get_assignment(session: DbSession, device: CurrentDevice, store: Store) -> AssignmentRead:
-    return assignment.device_assignment(session, device, store=store)
+def _assignment_response(
+    request: Request, session: DbSession, device: Device, store: ObjectStore, if_none_match: str | None
+) -> Response:
+    """The assignment with its ETag; 304 (no body, no store read) when the device already has it."""
+    state = assignment.assignment_state(session, device)
+    headers = {"ETag": state.etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and _etag_matches(if_none_match, state.etag):
+        return Response(status_code=304, headers=headers)
+    body = assignment.render_assignment(session, state, store=store, cache=request.app.state.assigned_models)
+    return model_response(body, headers=headers)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    candidates = {part.strip().removeprefix("W/") for part in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+@router.get(
+    "/assignment",
+    response_model=AssignmentRead,
+    responses={304: {"description": "Unchanged since the ETag sent in If-None-Match (no body)."}},
+)
+def get_assignment(
+    request: Request,
+    session: DbSession,
+    token: DeviceToken,
+    store: Store,
+    if_none_match: Annotated[
+        str | None,
+        Header(description="the ETag of the assignment the terminal has; unchanged -> 304", max_length=1024),
+    ] = None,
+) -> Response:
+    """What this terminal should do now. Poll with ``If-None-Match``: an unchanged assignment is a 304."""
+    device = devices.authenticate_device(session, token)
+    return _assignment_response(request, session, device, store, if_none_match)
 
 
 @router.post("/status", response_model=AssignmentRead)
 def report_status(
-    body: StatusReport, session: DbSession, device: CurrentDevice, store: Store
-) -> AssignmentRead:
-    """Record progress; the answer is the (possibly changed) assignment."""
+    body: StatusReport, request: Request, session: DbSession, token: DeviceToken, store: Store
+) -> Response:
+    """Record progress; the answer is the (possibly changed) assignment, with its ETag."""
+    device = devices.authenticate_device(session, token)
     deployments.report_device_status(
         session, device, deployment_id=body.deployment_id, status=body.status, message=body.message
     )
-    return assignment.device_assignment(session, device, store=store)
+    return _assignment_response(request, session, device, store, None)
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse)
-def heartbeat(body: HeartbeatRequest, session: DbSession, device: CurrentDevice) -> HeartbeatResponse:
-    devices.record_heartbeat(
+def heartbeat(body: HeartbeatRequest, session: DbSession, token: DeviceToken) -> Response:
+    """Authenticate and record the heartbeat in one UPDATE (no read first)."""
+    device_id, device_status, adaptation = devices.heartbeat_by_credential(
         session,
-        device,
+        token,
         agent_version=body.agent_version,
         model_version_id=body.model_version_id,
         health=body.health,
     )
-    return HeartbeatResponse(
-        device_id=device.id, status=device.status, adaptation_enabled=device.adaptation_enabled
+    return model_response(
+        HeartbeatResponse(device_id=device_id, status=device_status, adaptation_enabled=adaptation)
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from facefleet.api.deps import Admin, DbSession
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
+from facefleet.api.responses import model_response
 from facefleet.platform import audit
 from facefleet.platform.devices import service as devices
 from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceRegistered
@@ -24,16 +25,18 @@ def register_device(body: DeviceCreate, session: DbSession, principal: Admin) ->
 def list_devices(
     session: DbSession,
     _admin: Admin,
-    page: Pagination,
+    page: KeysetPagination,
     group: str | None = Query(default=None, description="only this group"),
-) -> Page[DeviceRead]:
-    rows, total = devices.list_devices(session, group=group, limit=page.limit, offset=page.offset)
-    return make_page(rows, total, page, DeviceRead.model_validate)
+) -> Response:
+    rows, total = devices.list_devices(
+        session, group=group, limit=page.limit, offset=page.offset, after=page.after
+    )
+    return model_response(make_page(rows, total, page, DeviceRead.model_validate, key=lambda d: d.id))
 
 
 @router.get("/{device_id}", response_model=DeviceRead)
-def get_device(device_id: PathId, session: DbSession, _admin: Admin) -> DeviceRead:
-    return DeviceRead.model_validate(devices.get_device(session, device_id=device_id))
+def get_device(device_id: PathId, session: DbSession, _admin: Admin) -> Response:
+    return model_response(DeviceRead.model_validate(devices.get_device(session, device_id=device_id)))
 
 
 @router.post("/{device_id}/disable", response_model=DeviceRead)

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Response, status
 from facefleet.api.action_routes import add_action_route
 from facefleet.api.deps import Admin, DbSession, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.api.pagination import Page, Pagination, make_page
+from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
+from facefleet.api.responses import model_response
 from facefleet.platform import audit
 from facefleet.platform.policies import service
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyRead, PolicyUpdate
@@ -25,15 +26,17 @@ def create_policy(body: PolicyCreate, session: DbSession, principal: Admin) -> P
 
 @router.get("", response_model=Page[PolicyRead])
 def list_policies(
-    session: DbSession, _principal: Viewer, page: Pagination, enabled: bool | None = None
-) -> Page[PolicyRead]:
-    rows, total = service.list_policies(session, limit=page.limit, offset=page.offset, enabled=enabled)
-    return make_page(rows, total, page, PolicyRead.model_validate)
+    session: DbSession, _principal: Viewer, page: KeysetPagination, enabled: bool | None = None
+) -> Response:
+    rows, total = service.list_policies(
+        session, limit=page.limit, offset=page.offset, enabled=enabled, after=page.after
+    )
+    return model_response(make_page(rows, total, page, PolicyRead.model_validate, key=lambda p: p.id))
 
 
 @router.get("/{policy_id}", response_model=PolicyRead)
-def get_policy(policy_id: PathId, session: DbSession, _principal: Viewer) -> PolicyRead:
-    return PolicyRead.model_validate(service.get_policy(session, policy_id=policy_id))
+def get_policy(policy_id: PathId, session: DbSession, _principal: Viewer) -> Response:
+    return model_response(PolicyRead.model_validate(service.get_policy(session, policy_id=policy_id)))
 
 
 @router.patch("/{policy_id}", response_model=PolicyRead)

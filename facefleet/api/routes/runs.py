@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 from facefleet.api.action_routes import add_action_route
 from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.api.pagination import Page, Pagination, make_page, paginate_query
+from facefleet.api.pagination import KeysetPagination, Page, make_page, paginate_query
 from facefleet.api.params import PathId, QueryId
+from facefleet.api.responses import model_response
 from facefleet.api.schemas import CancelRequest, RunCreate
 from facefleet.platform import audit
 from facefleet.platform.db.models import Run
@@ -96,12 +97,12 @@ def create_run(body: RunCreate, request: Request, session: DbSession, principal:
 def list_runs(
     session: DbSession,
     _principal: Viewer,
-    page: Pagination,
+    page: KeysetPagination,
     run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
     trigger: RunTrigger | None = None,
     policy_id: QueryId | None = None,
     created_by: str | None = None,
-) -> Page[RunView]:
+) -> Response:
     stmt = select(Run)
     if run_status:
         stmt = stmt.where(Run.status == run_status)
@@ -111,8 +112,10 @@ def list_runs(
         stmt = stmt.where(Run.policy_id == policy_id)
     if created_by:
         stmt = stmt.where(Run.created_by == created_by)
-    runs, total = paginate_query(session, stmt.order_by(Run.id.desc()), page)
-    return make_page(service.run_views(session, runs), total, page, lambda view: view)
+    runs, total = paginate_query(session, stmt.order_by(Run.id.desc()), page, key=Run.id, descending=True)
+    return model_response(
+        make_page(service.run_views(session, runs), total, page, lambda view: view, key=lambda v: v.id)
+    )
 
 
 @router.get("/{run_id}", response_model=RunView)

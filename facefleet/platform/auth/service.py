@@ -69,7 +69,7 @@ def authenticate(session: Session, token: str) -> ApiKey:
 
 def list_api_keys(
     session: Session, *, limit: int, offset: int, include_revoked: bool = True
-) -> tuple[list[ApiKey], int]:
+) -> tuple[list[ApiKey], int | None]:
     """A page of keys (newest first) and the total count."""
     stmt = select(ApiKey)
     if not include_revoked:

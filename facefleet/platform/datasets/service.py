@@ -440,7 +440,7 @@ def _write_objects(
 
 def list_datasets(
     session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0
-) -> tuple[list[Dataset], int]:
+) -> tuple[list[Dataset], int | None]:
     """A page of datasets by name, and the total count."""
     query = select(Dataset)
     if kind is not None:

@@ -223,10 +223,11 @@ class Lease(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_group_id", "group", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    group: Mapped[str] = mapped_column(String(128), index=True)
+    group: Mapped[str] = mapped_column(String(128))
     status: Mapped[str] = mapped_column(String(16), default="registered")  # registered|active|disabled
     enrollment_token_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
     enrollment_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -243,10 +244,11 @@ class Device(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_group_id", "group", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
-    group: Mapped[str] = mapped_column(String(128), index=True)
+    group: Mapped[str] = mapped_column(String(128))
     strategy: Mapped[str] = mapped_column(String(16), default="all")  # all|canary
     canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
     max_failure_rate: Mapped[float] = mapped_column(Float, default=0.0)
@@ -262,6 +264,8 @@ class DeviceDeployment(Base):
     __tablename__ = "device_deployments"
     __table_args__ = (
         UniqueConstraint("deployment_id", "device_id", name="uq_device_deployments_deployment_device"),
+        Index("ix_device_deployments_deployment_status", "deployment_id", "status"),
+        Index("ix_device_deployments_deployment_phase_status", "deployment_id", "phase", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -294,10 +298,15 @@ class ApiKey(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_action_id", "action", "id"),
+        Index("ix_audit_events_actor_id", "actor", "id"),
+        Index("ix_audit_events_target_id", "target_type", "target_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     actor: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(128))
     target_type: Mapped[str] = mapped_column(String(64), default="")
     target_id: Mapped[str] = mapped_column(String(128), default="")
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,18 +1,54 @@
-"""Limit/offset paging of a query: one page of rows plus the count of every row that matches."""
+"""Paging of a query: one page of rows plus a count of the matching rows that stays cheap on big tables.
+
+The count is skipped when the page itself tells the total (a short page) and is bounded otherwise
+(``COUNT_CAP``): counting a million audit events on every request would make list latency grow with the
+table. Past the cap the total is ``None``; clients page on with ``after`` (keyset: the last id seen), which
+costs the same on the first and the millionth page, unlike a large ``offset``.
+"""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, func, literal, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 T = TypeVar("T")
+KeyColumn = ColumnElement[int] | InstrumentedAttribute[int]  # the id column a list is ordered by
+COUNT_CAP = 1_000
 
 
-def fetch_page(session: Session, stmt: Select[T], *, limit: int, offset: int) -> tuple[list[T], int]:
-    """Run an ordered ``stmt`` for one page and count all matching rows (the count ignores the order)."""
-    count: Select[Any] = select(func.count()).select_from(stmt.order_by(None).subquery())
-    total = session.scalar(count) or 0
-    rows = session.scalars(stmt.limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+def fetch_page(
+    session: Session,
+    stmt: Select[T],
+    *,
+    limit: int,
+    offset: int,
+    after: int | None = None,
+    key: KeyColumn | None = None,
+    descending: bool = False,
+) -> tuple[list[T], int | None]:
+    """Run an ordered ``stmt`` for one page; the total matching the filters (``None`` past ``COUNT_CAP``).
+
+    With ``after`` and ``key`` (the id column ``stmt`` is ordered by), the page starts after that id.
+    """
+    page = stmt
+    if after is not None:
+        if key is None:
+            raise ValueError("keyset paging needs the key column")
+        page = page.where(key < after if descending else key > after)
+    rows = list(session.scalars(page.limit(limit + 1).offset(offset)).all())  # one more: is there a next?
+    if len(rows) <= limit:
+        if after is None and (rows or offset == 0):
+            return rows, offset + len(rows)  # the last page: everything up to its end was seen
+        return rows, bounded_count(session, stmt)
+    return rows[:limit], bounded_count(session, stmt)
+
+
+def bounded_count(session: Session, stmt: Select[Any], cap: int = COUNT_CAP) -> int | None:
+    """How many rows ``stmt`` matches, reading at most ``cap + 1`` of them; ``None`` when more match."""
+    # Only a constant per row: PostgreSQL can answer from an index without reading the rows' columns.
+    ones = stmt.with_only_columns(literal(1), maintain_column_froms=True)
+    capped = ones.order_by(None).limit(cap + 1).subquery()
+    total = int(session.scalar(select(func.count()).select_from(capped)) or 0)
+    return None if total > cap else total

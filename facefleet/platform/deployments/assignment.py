@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
 from facefleet.platform.deployments.schemas import AssignedArtifact, AssignedModel, AssignmentRead
-from facefleet.platform.deployments.service import deployment_rows, is_released, rollout_stage
+from facefleet.platform.deployments.service import current_stage, is_released
 from facefleet.platform.errors import NotFoundError, PermissionDeniedError
 from facefleet.platform.store import ObjectStore
 
@@ -58,18 +59,87 @@ def current_rollout(session: Session, device: Device) -> tuple[Deployment, Devic
     return deployment, row
 
 
-def device_assignment(session: Session, device: Device, *, store: ObjectStore) -> AssignmentRead:
-    """What this device (and only it) should do now."""
+@dataclass(frozen=True)
+class AssignmentState:
+    """Everything an assignment answer depends on, read without touching the store.
+
+    A model version's card (and so its artifacts and signature) is fixed by ``card_sha256``, so two equal
+    states always render the same answer: the ETag is a hash of the state, and an unchanged poll is a 304.
+    """
+
+    deployment_id: int | None
+    action: Literal["install", "rollback", "none"]
+    status: str | None = None
+    target_id: int | None = None
+    card_sha256: str = ""
+
+    @property
+    def etag(self) -> str:
+        text = f"{self.deployment_id}|{self.action}|{self.status}|{self.target_id}|{self.card_sha256}"
+        return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+
+class AssignedModelCache:
+    """Rendered model parts of assignments (card bytes from the store, artifact list) by version and card.
+
+    Card bytes never change for a given ``card_sha256``, so entries never go stale; the cache is bounded.
+    """
+
+    def __init__(self, max_entries: int = 32) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[int, str], AssignedModel] = {}
+
+    def get(self, key: tuple[int, str]) -> AssignedModel | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[int, str], model: AssignedModel) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = model
+
+
+def assignment_state(session: Session, device: Device) -> AssignmentState:
+    """What this device (and only it) should do now, as the few values the answer depends on."""
     found = current_rollout(session, device)
     if found is None:
-        return AssignmentRead(deployment_id=None, action="none")
+        return AssignmentState(deployment_id=None, action="none")
     deployment, row = found
     target_id = _target_version_id(session, deployment, row)
     if target_id is None and not (deployment.status == "stopped" and row.status == "failed"):
-        return AssignmentRead(deployment_id=deployment.id, action="none", status=row.status)
+        return AssignmentState(deployment_id=deployment.id, action="none", status=row.status)
     action: Literal["install", "rollback"] = "rollback" if row.status == "failed" else "install"
-    model = _assigned_model(session, target_id, store=store) if target_id is not None else None
-    return AssignmentRead(deployment_id=deployment.id, action=action, status=row.status, model=model)
+    card = ""
+    if target_id is not None:
+        card = session.scalar(select(ModelVersion.card_sha256).where(ModelVersion.id == target_id)) or ""
+    return AssignmentState(
+        deployment_id=deployment.id, action=action, status=row.status, target_id=target_id, card_sha256=card
+    )
+
+
+def render_assignment(
+    session: Session,
+    state: AssignmentState,
+    *,
+    store: ObjectStore,
+    cache: AssignedModelCache | None = None,
+) -> AssignmentRead:
+    """The full answer for ``state``: the model part (card from the store) only when there is a target."""
+    model = None
+    if state.target_id is not None:
+        key = (state.target_id, state.card_sha256)
+        model = cache.get(key) if cache is not None and state.card_sha256 else None
+        if model is None:
+            model = _assigned_model(session, state.target_id, store=store)
+            if cache is not None and state.card_sha256:
+                cache.put(key, model)
+    return AssignmentRead(
+        deployment_id=state.deployment_id, action=state.action, status=state.status, model=model
+    )
+
+
+def device_assignment(session: Session, device: Device, *, store: ObjectStore) -> AssignmentRead:
+    """What this device (and only it) should do now."""
+    return render_assignment(session, assignment_state(session, device), store=store)
 
 
 def _target_version_id(session: Session, deployment: Deployment, row: DeviceDeployment) -> int | None:
@@ -80,8 +150,9 @@ def _target_version_id(session: Session, deployment: Deployment, row: DeviceDepl
         return None
     if row.status != "installed" and deployment.status == "stopped":
         return None
-    stage = rollout_stage(deployment, deployment_rows(session, deployment.id))
-    return deployment.model_version_id if is_released(stage, row) else None
+    if row.phase != "rest":  # released whatever the stage: no need to look at the other devices
+        return deployment.model_version_id
+    return deployment.model_version_id if is_released(current_stage(session, deployment), row) else None
 
 
 def _assigned_model(session: Session, model_version_id: int, *, store: ObjectStore) -> AssignedModel:

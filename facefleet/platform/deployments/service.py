@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -18,6 +18,7 @@ from facefleet.platform.devices.service import group_devices
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
 FINAL_STATUSES = frozenset({"installed", "failed", "rolled_back", "superseded"})
+UNFINISHED_STATUSES = ("pending", "downloading")  # every other status is final
 # Which status a device may report from which current status.
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "downloading": frozenset({"pending", "downloading"}),
@@ -121,6 +122,23 @@ def rollout_stage(deployment: Deployment, rows: list[DeviceDeployment]) -> str:
     return "rollout"
 
 
+def current_stage(session: Session, deployment: Deployment) -> str:
+    """``rollout_stage`` without loading the rows: one indexed EXISTS over the unfinished canaries."""
+    if deployment.status != "in_progress":
+        return "done"
+    return "canary" if _any_unfinished(session, deployment.id, phase="canary") else "rollout"
+
+
+def _any_unfinished(session: Session, deployment_id: int, *, phase: str | None = None) -> bool:
+    """Whether a device row of the deployment is still pending or downloading (index-only, stops at one)."""
+    query = select(DeviceDeployment.id).where(
+        DeviceDeployment.deployment_id == deployment_id, DeviceDeployment.status.in_(UNFINISHED_STATUSES)
+    )
+    if phase is not None:
+        query = query.where(DeviceDeployment.phase == phase)
+    return session.scalar(query.limit(1)) is not None
+
+
 def is_released(stage: str, row: DeviceDeployment) -> bool:
     """Whether this device may start installing: the rest of a canary rollout waits."""
     return row.phase != "rest" or stage in ("rollout", "done")
@@ -153,21 +171,51 @@ def report_device_status(
         device.model_version_id = row.previous_model_version_id
     session.flush()
     if deployment.status == "in_progress":
-        _advance(session, deployment)
+        _advance(session, deployment, reported=status)
     return row
 
 
-def _advance(session: Session, deployment: Deployment) -> None:
-    rows = deployment_rows(session, deployment.id)
-    stage = rollout_stage(deployment, rows)
-    released = [row for row in rows if is_released(stage, row)]
-    failed = [row for row in released if row.status == "failed"]
-    if released and len(failed) / len(released) > deployment.max_failure_rate:
-        _stop(session, deployment, failed=failed, released=len(released))
-    elif all(row.status in FINAL_STATUSES for row in rows):
+def _advance(session: Session, deployment: Deployment, *, reported: str) -> None:
+    """Stop the rollout over the failure limit, or complete it once no device is left to finish.
+
+    Costs a few indexed queries, not a read of every device row: the failure rate can only rise when a
+    device reports ``failed`` (only then are the rows counted), and completion is "no unfinished row".
+    """
+    if reported == "failed":
+        stage = current_stage(session, deployment)
+        counts = session.execute(
+            select(DeviceDeployment.phase, DeviceDeployment.status, func.count())
+            .where(DeviceDeployment.deployment_id == deployment.id)
+            .group_by(DeviceDeployment.phase, DeviceDeployment.status)
+        ).all()
+        released = sum(n for phase, _status, n in counts if phase != "rest" or stage in ("rollout", "done"))
+        failed_count = sum(
+            n for phase, status, n in counts if status == "failed" and (phase != "rest" or stage != "canary")
+        )
+        if released and failed_count / released > deployment.max_failure_rate:
+            query = select(DeviceDeployment).where(
+                DeviceDeployment.deployment_id == deployment.id, DeviceDeployment.status == "failed"
+            )
+            if stage == "canary":
+                query = query.where(DeviceDeployment.phase != "rest")
+            failed = list(session.scalars(query.order_by(DeviceDeployment.device_id)).all())
+            _stop(session, deployment, failed=failed, released=released)
+            session.flush()
+            return
+    if not _any_unfinished(session, deployment.id):
         deployment.status = "completed"
         deployment.finished_at = utcnow()
-        installed = sum(row.status == "installed" for row in rows)
+        total = (
+            session.scalar(select(func.count()).where(DeviceDeployment.deployment_id == deployment.id)) or 0
+        )
+        installed = (
+            session.scalar(
+                select(func.count()).where(
+                    DeviceDeployment.deployment_id == deployment.id, DeviceDeployment.status == "installed"
+                )
+            )
+            or 0
+        )
         notify_admins(
             session,
             event="deployment.finished",
@@ -176,7 +224,7 @@ def _advance(session: Session, deployment: Deployment) -> None:
                 "group": deployment.group,
                 "status": "completed",
                 "installed": installed,
-                "failed": len(rows) - installed,
+                "failed": total - installed,
             },
         )
     session.flush()
@@ -255,12 +303,25 @@ def _view(session: Session, deployment: Deployment) -> DeploymentView:
 
 
 def list_deployments(
-    session: Session, *, group: str | None = None, limit: int = 50, offset: int = 0
-) -> tuple[list[DeploymentView], int]:
+    session: Session,
+    *,
+    group: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    after: int | None = None,
+) -> tuple[list[DeploymentView], int | None]:
     query = select(Deployment)
     if group is not None:
         query = query.where(Deployment.group == group)
-    deployments, total = fetch_page(session, query.order_by(Deployment.id.desc()), limit=limit, offset=offset)
+    deployments, total = fetch_page(
+        session,
+        query.order_by(Deployment.id.desc()),
+        limit=limit,
+        offset=offset,
+        after=after,
+        key=Deployment.id,
+        descending=True,
+    )
     return [_view(session, deployment) for deployment in deployments], total
 
 

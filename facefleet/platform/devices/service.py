@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -124,6 +124,39 @@ def record_heartbeat(
     return device
 
 
+def heartbeat_by_credential(
+    session: Session,
+    credential: str,
+    *,
+    agent_version: str,
+    model_version_id: int | None,
+    health: dict[str, Any],
+) -> tuple[int, str, bool]:
+    """Authenticate and record a heartbeat in one UPDATE ... RETURNING: one write, no read before it.
+
+    Returns the device's (id, status, adaptation_enabled); 401/403 exactly as ``authenticate_device``.
+    """
+    if not credential.startswith(CREDENTIAL_PREFIX):
+        raise AuthenticationError("not a device credential; send 'Authorization: Bearer ffd_...'")
+    stmt = (
+        update(Device)
+        .where(Device.credential_hash == hash_token(credential), Device.status != "disabled")
+        .values(
+            agent_version=agent_version,
+            model_version_id=model_version_id,
+            health=health,
+            last_seen_at=utcnow(),
+        )
+        .returning(Device.id, Device.status, Device.adaptation_enabled)
+        .execution_options(synchronize_session=False)
+    )
+    row = session.execute(stmt).first()
+    if row is None:  # unknown or disabled: say which
+        authenticate_device(session, credential)
+        raise AuthenticationError("unknown device credential; enroll the terminal again")
+    return int(row[0]), str(row[1]), bool(row[2])
+
+
 def get_device(session: Session, *, device_id: int) -> Device:
     device = session.get(Device, device_id)
     if device is None:
@@ -132,12 +165,19 @@ def get_device(session: Session, *, device_id: int) -> Device:
 
 
 def list_devices(
-    session: Session, *, group: str | None = None, limit: int = 100, offset: int = 0
-) -> tuple[list[Device], int]:
+    session: Session,
+    *,
+    group: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    after: int | None = None,
+) -> tuple[list[Device], int | None]:
     query = select(Device)
     if group is not None:
         query = query.where(Device.group == group)
-    return fetch_page(session, query.order_by(Device.id), limit=limit, offset=offset)
+    return fetch_page(
+        session, query.order_by(Device.id), limit=limit, offset=offset, after=after, key=Device.id
+    )
 
 
 def group_devices(session: Session, *, group: str) -> list[Device]:

@@ -72,12 +72,19 @@ def get_policy(session: Session, *, policy_id: int) -> RetrainPolicy:
 
 
 def list_policies(
-    session: Session, *, limit: int, offset: int, enabled: bool | None = None
-) -> tuple[list[RetrainPolicy], int]:
+    session: Session, *, limit: int, offset: int, enabled: bool | None = None, after: int | None = None
+) -> tuple[list[RetrainPolicy], int | None]:
     stmt = select(RetrainPolicy)
     if enabled is not None:
         stmt = stmt.where(RetrainPolicy.enabled.is_(enabled))
-    return fetch_page(session, stmt.order_by(RetrainPolicy.id), limit=limit, offset=offset)
+    return fetch_page(
+        session,
+        stmt.order_by(RetrainPolicy.id),
+        limit=limit,
+        offset=offset,
+        after=after,
+        key=RetrainPolicy.id,
+    )
 
 
 def policy_spec(policy: RetrainPolicy) -> dict[str, Any]:

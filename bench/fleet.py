@@ -1,0 +1,555 @@
+"""A simulated terminal fleet against `facefleet serve` (subprocess) on PostgreSQL and SQLite.
+
+Two tables:
+
+1. **Fleet load.** N terminals (real HTTP, httpx async, each with its own device credential) poll their
+   assignment (``If-None-Match``) and heartbeat on the agent's cadence (poll : heartbeat = 30 s : 60 s),
+   compressed in time to an offered request rate; an administrator lists runs/models/devices/policies and
+   fires a policy meanwhile; a deployment to the whole fleet starts at a fifth of the run and every terminal
+   that sees it reports ``downloading`` then ``installed``. Prints per route: requests, errors, 503s,
+   achieved rate, p50/p99 (latency counted from when a request was due: open loop, no coordinated
+   omission), ratios against ``/healthz`` measured in the same run, the server's CPU per request, and the
+   time for the deployment to reach every device.
+2. **Growth.** The same read routes with devices, run_metrics, audit_events and device_deployments at
+   10^3, 10^5 and 10^6 rows (bulk-inserted with SQL); latency should stay flat.
+
+    .venv/bin/python bench/fleet.py --quick          # ~3 min: 1,000 terminals, growth to 10^5
+    .venv/bin/python bench/fleet.py                  # 1,000 and 10,000 terminals, growth to 10^6
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from fleet_data import Seeded, grow, seed  # noqa: E402
+
+from facefleet.platform.db import migrate  # noqa: E402
+from facefleet.platform.db.session import make_engine  # noqa: E402
+from facefleet.platform.store.local import LocalStore  # noqa: E402
+from tests.fixtures.servers import running_postgres  # noqa: E402
+
+POLL_S, HEARTBEAT_S = 30.0, 60.0  # the agent's real cadence, compressed by --rate
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Route:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    rejected: int = 0  # 503 (admission control): counted apart from other errors
+
+    def pct(self, q: float) -> float:
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+
+    def add(self, name: str, due: float, status: int | None) -> None:
+        route = self.routes.setdefault(name, Route())
+        if status is None or (status >= 400 and status != 503):
+            route.errors += 1
+        elif status == 503:
+            route.rejected += 1
+        else:
+            route.latencies.append(time.perf_counter() - due)
+
+
+async def timed(
+    recorder: Recorder, client: httpx.AsyncClient, name: str, due: float, method: str, url: str, **kw: Any
+) -> httpx.Response | None:
+    """Send at ``due`` (perf_counter time) and record the latency from then; None on transport errors."""
+    delay = due - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    try:
+        # httpx's pool slows down sharply with thousands of queued requests: they queue here instead.
+        async with _gate():
+            response = await client.request(method, url, **kw)
+    except httpx.HTTPError:
+        recorder.add(name, due, None)
+        return None
+    recorder.add(name, due, response.status_code)
+    return response
+
+
+_GATES: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+IN_FLIGHT = 64  # requests the client keeps in flight at once (its connections)
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _GATES:
+        _GATES[loop] = asyncio.Semaphore(IN_FLIGHT)
+    return _GATES[loop]
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (uvicorn workers), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == current and p not in tree]
+        tree.update(children)
+        frontier += children
+    ticks = 0
+    for p in tree:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(env: dict[str, str], workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "facefleet.cli", "serve", "--port", str(port), "--no-migrate"]
+    server = subprocess.Popen(
+        [*cmd, "--workers", str(workers), "--no-access-log"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.time() > deadline:
+                raise RuntimeError("facefleet serve did not answer /healthz within 120 s")
+            if server.poll() is not None:
+                raise RuntimeError(f"facefleet serve exited: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            time.sleep(0.3)
+        time.sleep(1.0 if workers > 1 else 0.0)  # let every worker come up
+        yield base, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
+    with running_postgres(max_connections=300) as server:
+        yield server.create_database("bench")
+
+
+def environment(url: str, tmp: Path, args: argparse.Namespace) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEFLEET_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        FACEFLEET_DATA_DIR=str(tmp),
+        FACEFLEET_DATABASE_URL=url,
+        FACEFLEET_STORE_URL=(tmp / "store").as_uri(),
+        FACEFLEET_LOG_LEVEL="WARNING",
+        FACEFLEET_API_WORKERS=str(args.workers),
+    )
+    return env
+
+
+# ---------------------------------------------------------------- the fleet
+
+
+@dataclass
+class FleetRun:
+    recorder: Recorder
+    devices: int
+    seconds: float
+    offered: float
+    poll_s: float
+    cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    deployed_at: float | None = None
+    reached_all_s: float | None = None
+    installed: int = 0
+
+
+async def terminal(
+    run: FleetRun, client: httpx.AsyncClient, credential: str, start: float, end: float
+) -> None:
+    rec, headers = run.recorder, {"Authorization": f"Bearer {credential}"}
+    etag: str | None = None
+    installed: int | None = None
+    next_poll = start + random.uniform(0, run.poll_s)
+    next_beat = start + random.uniform(0, 2 * run.poll_s)
+    while True:
+        due = min(next_poll, next_beat)
+        if due >= end:
+            return
+        if due == next_beat:
+            next_beat += 2 * run.poll_s
+            body = {"agent_version": "bench", "model_version_id": installed, "health": {"users": 3}}
+            await timed(
+                rec,
+                client,
+                "POST /v1/device/heartbeat",
+                due,
+                "POST",
+                "/v1/device/heartbeat",
+                json=body,
+                headers=headers,
+            )
+            continue
+        next_poll += run.poll_s
+        poll_headers = {**headers, "If-None-Match": etag} if etag else headers
+        response = await timed(
+            rec,
+            client,
+            "GET /v1/device/assignment",
+            due,
+            "GET",
+            "/v1/device/assignment",
+            headers=poll_headers,
+        )
+        if response is None or response.status_code != 200:
+            continue
+        etag = response.headers.get("ETag")
+        answer = response.json()
+        if answer["action"] == "install" and answer["status"] in ("pending", "downloading"):
+            deployment = answer["deployment_id"]  # like the agent: "downloading" first unless already sent
+            steps = ("downloading", "installed") if answer["status"] == "pending" else ("installed",)
+            for status in steps:
+                now = time.perf_counter()
+                reply = await timed(
+                    rec,
+                    client,
+                    "POST /v1/device/status",
+                    now,
+                    "POST",
+                    "/v1/device/status",
+                    json={"deployment_id": deployment, "status": status},
+                    headers=headers,
+                )
+                if reply is None or reply.status_code != 200:
+                    break
+                etag = reply.headers.get("ETag")
+            else:
+                installed = answer["model"]["model_version_id"]
+                run.installed += 1
+                if run.installed == run.devices and run.deployed_at is not None:
+                    run.reached_all_s = time.perf_counter() - run.deployed_at
+
+
+ADMIN_READS = [
+    ("GET /v1/runs?limit=20", "/v1/runs?limit=20"),
+    ("GET /v1/models", "/v1/models"),
+    ("GET /v1/devices?limit=20", "/v1/devices?limit=20"),
+    ("GET /v1/policies?limit=20", "/v1/policies?limit=20"),
+    ("GET /v1/policies/{id}", "/v1/policies/{policy}"),
+]
+
+
+async def admin(
+    run: FleetRun, client: httpx.AsyncClient, seeded: Seeded, rate: float, start: float, end: float
+) -> None:
+    headers = {"Authorization": f"Bearer {seeded.admin_token}"}
+    tasks = []
+    i = 0
+    due = start
+    while due < end:
+        if i % 10 == 9:  # one write in ten
+            name, method, path = (
+                "POST /v1/policies/{id}:fire",
+                "POST",
+                f"/v1/policies/{seeded.policy_id}:fire",
+            )
+        else:
+            name, path = ADMIN_READS[i % len(ADMIN_READS)]
+            method, path = "GET", path.format(policy=seeded.policy_id)
+        tasks.append(
+            asyncio.create_task(timed(run.recorder, client, name, due, method, path, headers=headers))
+        )
+        i += 1
+        due = start + i / rate
+    tasks.append(asyncio.create_task(baseline(run, client, start, end)))
+    await asyncio.gather(*tasks)
+
+
+async def baseline(
+    run: FleetRun, client: httpx.AsyncClient, start: float, end: float, rate: float = 10
+) -> None:
+    """/healthz through the same client and server at the same time: no auth, no database."""
+    n = int((end - start) * rate)
+    await asyncio.gather(
+        *(
+            timed(run.recorder, client, "GET /healthz (baseline)", start + i / rate, "GET", "/healthz")
+            for i in range(n)
+        )
+    )
+
+
+async def deploy(run: FleetRun, client: httpx.AsyncClient, seeded: Seeded, at: float) -> None:
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    run.deployed_at = time.perf_counter()
+    await timed(
+        run.recorder,
+        client,
+        "POST /v1/deployments (whole fleet)",
+        at,
+        "POST",
+        "/v1/deployments",
+        json={"model_version_id": seeded.model_version_id, "group": seeded.group},
+        headers={"Authorization": f"Bearer {seeded.admin_token}"},
+        timeout=120,
+    )
+
+
+async def drive_fleet(base: str, seeded: Seeded, run: FleetRun, admin_rate: float, pid: int) -> None:
+    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        start = time.perf_counter() + 1.0
+        end = start + run.seconds
+        cpu0, client0 = process_tree_cpu(pid), time.process_time()
+        jobs = [terminal(run, client, cred, start, end) for cred in seeded.credentials]
+        jobs.append(admin(run, client, seeded, admin_rate, start, end))
+        jobs.append(deploy(run, client, seeded, start + run.seconds / 5))
+        await asyncio.gather(*jobs)
+        run.cpu_s = process_tree_cpu(pid) - cpu0
+        run.client_cpu_s = time.process_time() - client0
+
+
+def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
+    rec = run.recorder.routes
+    base = rec.get("GET /healthz (baseline)", Route())
+    total = sum(len(r.latencies) + r.rejected for r in rec.values())
+    print(
+        f"\n## fleet: {run.devices:,} terminals on {db}, {workers} worker(s), {run.seconds:.0f} s; "
+        "poll every "
+        f"{run.poll_s:.1f} s, heartbeat every {2 * run.poll_s:.1f} s (real cadence 30/60 s: time x"
+        f"{POLL_S / run.poll_s:.2f}); offered terminal rate {run.offered:.0f} req/s\n"
+    )
+    print("| route | ok | errors | 503 | req/s | p50 ms | p99 ms | p50/base | p99/base |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in sorted(rec.items(), key=lambda kv: (kv[0] != "GET /healthz (baseline)", kv[0])):
+        p50, p99 = r.pct(0.5), r.pct(0.99)
+        print(
+            f"| {name} | {len(r.latencies)} | {r.errors} | {r.rejected} | {len(r.latencies) / elapsed:.1f} | "
+            f"{p50:.1f} | {p99:.1f} | {p50 / base.pct(0.5):.1f} | {p99 / base.pct(0.99):.1f} |"
+        )
+    reach = f"{run.reached_all_s:.1f} s" if run.reached_all_s is not None else "NOT REACHED"
+    print(
+        f"\nserver CPU {run.cpu_s:.1f} s for {total} answered requests: "
+        f"{run.cpu_s / max(total, 1) * 1000:.2f} "
+        f"ms CPU per request; deployment reached {run.installed}/{run.devices} devices, all in {reach} "
+        f"(one poll interval is {run.poll_s:.1f} s)"
+    )
+    print(
+        f"load generator: {run.client_cpu_s:.1f} s CPU ({run.client_cpu_s / max(total, 1) * 1000:.2f} ms per "
+        f"request); the phase took {elapsed:.0f} s of wall time for {run.seconds:.0f} s of schedule: where "
+        "that is much longer, the machine (client and server together) fell behind the offered rate and the "
+        "latencies above are mostly queueing"
+    )
+
+
+def fleet(db: str, devices: int, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="facefleet-fleet-") as tmpdir, database(db, Path(tmpdir)) as url:
+        tmp = Path(tmpdir)
+        migrate.upgrade(url)
+        engine = make_engine(url)
+        seeded = seed(engine, LocalStore(tmp / "store"), devices=devices)
+        engine.dispose()
+        poll_s = devices * (1 + POLL_S / HEARTBEAT_S) / args.rate
+        seconds = max(args.seconds, 3.5 * poll_s)
+        run = FleetRun(Recorder(), devices, seconds, args.rate, poll_s)
+        with serve(environment(url, tmp, args), args.workers) as (base, server):
+            began = time.perf_counter()
+            asyncio.run(drive_fleet(base, seeded, run, args.admin_rate, server.pid))
+            elapsed = time.perf_counter() - began - 1.0
+        fleet_table(db, run, args.workers, elapsed)
+
+
+# ---------------------------------------------------------------- growth
+
+
+async def measure(
+    base: str,
+    name: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    rate: float,
+    seconds: float,
+    recorder: Recorder,
+    body: dict[str, Any] | None = None,
+) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        start = time.perf_counter() + 0.2
+        n = int(rate * seconds)
+        await asyncio.gather(
+            *(
+                timed(recorder, client, name, start + i / rate, method, path, headers=headers, json=body)
+                for i in range(n)
+            )
+        )
+
+
+def growth(db: str, sizes: list[int], args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="facefleet-growth-") as tmpdir, database(db, Path(tmpdir)) as url:
+        tmp = Path(tmpdir)
+        migrate.upgrade(url)
+        engine = make_engine(url)
+        seeded = seed(engine, LocalStore(tmp / "store"), devices=100, group="lobby")
+        admin = {"Authorization": f"Bearer {seeded.admin_token}"}
+        device = {"Authorization": f"Bearer {seeded.credentials[50]}"}
+        results: dict[int, Recorder] = {}
+        with serve(environment(url, tmp, args), args.workers) as (base, _server):
+            created = httpx.post(
+                f"{base}/v1/deployments",
+                headers=admin,
+                json={"model_version_id": seeded.model_version_id, "group": "lobby"},
+                timeout=60,
+            )
+            assert created.status_code == 201, created.text
+            mid = seeded.device_ids[50]
+            routes = [
+                ("GET /healthz (baseline)", "GET", "/healthz", {}),
+                ("GET /v1/devices?limit=20", "GET", "/v1/devices?limit=20", admin),
+                ("GET /v1/devices?group=..&limit=20", "GET", "/v1/devices?group=lobby&limit=20", admin),
+                ("GET /v1/devices?after=..&limit=20", "GET", f"/v1/devices?after={mid}&limit=20", admin),
+                ("GET /v1/devices/{id}", "GET", f"/v1/devices/{mid}", admin),
+                ("GET /v1/audit?limit=20", "GET", "/v1/audit?limit=20", admin),
+                (
+                    "GET /v1/audit?action=..&limit=20",
+                    "GET",
+                    "/v1/audit?action=deployments.create&limit=20",
+                    admin,
+                ),
+                ("GET /v1/runs/{id}/metrics", "GET", f"/v1/runs/{seeded.run_id}/metrics", admin),
+                ("GET /v1/device/assignment", "GET", "/v1/device/assignment", device),
+            ]
+            for size in sizes:
+                began = time.perf_counter()
+                counts = grow(
+                    engine, rows=size, run_id=seeded.run_id, model_version_id=seeded.model_version_id
+                )
+                print(
+                    f"[growth {db}] tables at {counts} ({time.perf_counter() - began:.0f} s to insert)",
+                    flush=True,
+                )
+                recorder = Recorder()
+                for name, method, path, headers in routes:
+                    asyncio.run(
+                        measure(
+                            base, name, method, path, headers, args.growth_rate, args.growth_seconds, recorder
+                        )
+                    )
+                results[size] = recorder
+        engine.dispose()
+    growth_table(db, sizes, results, [r[0] for r in routes], args)
+
+
+def growth_table(
+    db: str, sizes: list[int], results: dict[int, Recorder], names: list[str], args: argparse.Namespace
+) -> None:
+    print(
+        f"\n## growth on {db}: p50 / p99 ms at {args.growth_rate:g} req/s per route; devices, run_metrics, "
+        f"audit_events and device_deployments each at the size shown\n"
+    )
+    head = " | ".join(f"10^{len(str(s)) - 1} p50 / p99" for s in sizes)
+    print(
+        f"| route | {head} | p99 ratio 10^{len(str(sizes[-1])) - 1} / 10^{len(str(sizes[0])) - 1} | "
+        f"p99 / base at 10^{len(str(sizes[-1])) - 1} | errors |"
+    )
+    print("|---|" + "---|" * (len(sizes) + 3))
+    for name in names:
+        cells = []
+        for size in sizes:
+            r = results[size].routes.get(name, Route())
+            cells.append(f"{r.pct(0.5):.1f} / {r.pct(0.99):.1f}")
+        first, last = results[sizes[0]].routes[name], results[sizes[-1]].routes[name]
+        base = results[sizes[-1]].routes["GET /healthz (baseline)"]
+        errors = sum(results[s].routes[name].errors + results[s].routes[name].rejected for s in sizes)
+        print(
+            f"| {name} | {' | '.join(cells)} | {last.pct(0.99) / first.pct(0.99):.2f} | "
+            f"{last.pct(0.99) / base.pct(0.99):.1f} | {errors} |"
+        )
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 terminals, growth to 10^5, short phases")
+    parser.add_argument("--db", default="postgres,sqlite", help="comma-separated: postgres, sqlite")
+    parser.add_argument("--devices", default=None, help="comma-separated fleet sizes (default 1000,10000)")
+    parser.add_argument("--rate", type=float, default=200.0, help="offered terminal requests per second")
+    parser.add_argument("--admin-rate", type=float, default=20.0, help="admin requests per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="fleet phase length (at least 3.5 polls)")
+    parser.add_argument("--workers", type=int, default=2, help="FACEFLEET_API_WORKERS for the server")
+    parser.add_argument("--growth", default=None, help="comma-separated table sizes (default 1e3,1e5,1e6)")
+    parser.add_argument("--growth-rate", type=float, default=50.0)
+    parser.add_argument("--growth-seconds", type=float, default=4.0)
+    parser.add_argument("--skip-fleet", action="store_true")
+    parser.add_argument("--skip-growth", action="store_true")
+    args = parser.parse_args()
+    # Stopped with SIGTERM (timeout, kill), still stop the server and the throwaway PostgreSQL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.quick:
+        args.devices = args.devices or "1000"
+        args.growth = args.growth or "1e3,1e5"
+        args.seconds = min(args.seconds, 30.0)
+        args.growth_seconds = min(args.growth_seconds, 3.0)
+    sizes = [int(float(s)) for s in (args.growth or "1e3,1e5,1e6").split(",")]
+    fleet_sizes = [int(s) for s in (args.devices or "1000,10000").split(",")]
+    print(
+        f"# bench/fleet.py on {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
+    for db in args.db.split(","):
+        if not args.skip_fleet:
+            for devices in fleet_sizes:
+                fleet(db, devices, args)
+        if not args.skip_growth:
+            growth(db, sizes, args)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on this machine competes)")
+
+
+if __name__ == "__main__":
+    main()

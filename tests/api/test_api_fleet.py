@@ -1,0 +1,149 @@
+"""Fleet-scale paths: the assignment's ETag/304, one-statement heartbeats, keyset pages and bounded counts."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import select
+
+from facefleet.platform.db.models import Device, ModelVersion
+from facefleet.platform.db.paging import bounded_count
+from tests.api.conftest import Api
+
+
+def enrolled_device(api: Api, name: str, group: str = "lobby") -> dict[str, str]:
+    registered = api.client.post("/v1/devices", headers=api.admin, json={"name": name, "group": group})
+    assert registered.status_code == 201, registered.text
+    token = registered.json()["enrollment_token"]
+    enrolled = api.client.post("/v1/device/enroll", json={"token": token})
+    assert enrolled.status_code == 200, enrolled.text
+    return {"Authorization": f"Bearer {enrolled.json()['credential']}"}
+
+
+def signed_version(api: Api, name: str = "m", version: int = 1) -> int:
+    """A model version as the registry leaves it: a card in the store, artifacts listed, a signature."""
+    card = f'{{"name": "{name}", "version": {version}}}'.encode()
+    onnx = b"not really onnx"
+    prefix = f"models/{name}/{version}"
+    api.store.put_bytes(f"{prefix}/model_card.json", card)
+    api.store.put_bytes(f"{prefix}/model.onnx", onnx)
+    with api.session() as session:
+        row = ModelVersion(
+            name=name,
+            version=version,
+            artifacts={
+                "model_card.json": {
+                    "key": f"{prefix}/model_card.json",
+                    "sha256": hashlib.sha256(card).hexdigest(),
+                    "size": len(card),
+                },
+                "model.onnx": {
+                    "key": f"{prefix}/model.onnx",
+                    "sha256": hashlib.sha256(onnx).hexdigest(),
+                    "size": len(onnx),
+                },
+            },
+            card_sha256=hashlib.sha256(card).hexdigest(),
+            signature="c2lnbmF0dXJl",
+            eval_summary={},
+        )
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def test_unchanged_assignment_is_a_304_and_any_change_a_new_etag(api: Api) -> None:
+    device = enrolled_device(api, "t1")
+    first = api.client.get("/v1/device/assignment", headers=device)
+    assert first.status_code == 200 and first.json()["action"] == "none"
+    idle_tag = first.headers["ETag"]
+    again = api.client.get("/v1/device/assignment", headers={**device, "If-None-Match": idle_tag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == idle_tag
+
+    version_id = signed_version(api)
+    deployed = api.client.post(
+        "/v1/deployments", headers=api.admin, json={"model_version_id": version_id, "group": "lobby"}
+    )
+    assert deployed.status_code == 201, deployed.text
+    # The old tag no longer matches: a full answer with the model and a new tag.
+    changed = api.client.get("/v1/device/assignment", headers={**device, "If-None-Match": idle_tag})
+    assert changed.status_code == 200 and changed.json()["action"] == "install"
+    assert changed.json()["model"]["model_version_id"] == version_id
+    install_tag = changed.headers["ETag"]
+    assert install_tag != idle_tag
+    for sent in (install_tag, f"W/{install_tag}", f'"other", {install_tag}', "*"):
+        unchanged = api.client.get("/v1/device/assignment", headers={**device, "If-None-Match": sent})
+        assert unchanged.status_code == 304, sent
+
+    # Progress changes the state, so the tag: the status answer carries the new one.
+    report = api.client.post(
+        "/v1/device/status",
+        headers=device,
+        json={"deployment_id": deployed.json()["id"], "status": "downloading"},
+    )
+    assert report.status_code == 200 and report.json()["status"] == "downloading"
+    assert report.headers["ETag"] not in (install_tag, idle_tag)
+    stale = api.client.get("/v1/device/assignment", headers={**device, "If-None-Match": install_tag})
+    assert stale.status_code == 200 and stale.json()["status"] == "downloading"
+    assert stale.headers["ETag"] == report.headers["ETag"]
+    # The cached model part is the same bytes as the first rendering.
+    assert stale.json()["model"] == changed.json()["model"]
+
+
+def test_heartbeat_is_one_write_and_refuses_unknown_and_disabled(api: Api) -> None:
+    device = enrolled_device(api, "t2")
+    body = {"agent_version": "9.9", "model_version_id": None, "health": {"users": 3}}
+    beat = api.client.post("/v1/device/heartbeat", headers=device, json=body)
+    assert beat.status_code == 200, beat.text
+    assert beat.json()["status"] == "active" and beat.json()["adaptation_enabled"] is False
+    with api.session() as session:
+        row = session.scalars(select(Device).where(Device.name == "t2")).one()
+        assert row.agent_version == "9.9" and row.health == {"users": 3} and row.last_seen_at is not None
+        device_id = row.id
+    unknown = api.client.post("/v1/device/heartbeat", headers={"Authorization": "Bearer ffd_nope"}, json=body)
+    assert unknown.status_code == 401 and unknown.headers["content-type"] == "application/problem+json"
+    assert api.client.post(f"/v1/devices/{device_id}/disable", headers=api.admin).status_code == 200
+    disabled = api.client.post("/v1/device/heartbeat", headers=device, json=body)
+    assert disabled.status_code == 403 and "disabled" in disabled.json()["detail"]
+    with api.session() as session:  # the refused heartbeat wrote nothing
+        assert session.get(Device, device_id).health == {"users": 3}  # type: ignore[union-attr]
+
+
+def test_keyset_pages_walk_every_device_once_and_counts_are_bounded(api: Api) -> None:
+    names = [f"k{i}" for i in range(7)]
+    for name in names:
+        assert (
+            api.client.post("/v1/devices", headers=api.admin, json={"name": name, "group": "g"}).status_code
+            == 201
+        )
+    seen: list[str] = []
+    params: dict[str, object] = {"limit": 3, "group": "g"}
+    pages = 0
+    while True:
+        page = api.client.get("/v1/devices", headers=api.viewer, params=params).json()
+        pages += 1
+        assert page["total"] == 7
+        seen += [item["name"] for item in page["items"]]
+        if page["next_after"] is None:
+            break
+        params = {"limit": 3, "group": "g", "after": page["next_after"]}
+    assert seen == names and pages == 3
+    # Offsets still work, and a short last page needs no count to know the total.
+    tail = api.client.get("/v1/devices", headers=api.viewer, params={"limit": 5, "offset": 5}).json()
+    assert (
+        [i["name"] for i in tail["items"]] == names[5:] and tail["total"] == 7 and tail["next_after"] is None
+    )
+    # Newest-first lists page backwards by id.
+    audit = api.client.get("/v1/audit", headers=api.viewer, params={"limit": 2}).json()
+    ids = [e["id"] for e in audit["items"]]
+    older = api.client.get(
+        "/v1/audit", headers=api.viewer, params={"limit": 2, "after": audit["next_after"]}
+    ).json()
+    assert ids == sorted(ids, reverse=True) and all(e["id"] < ids[-1] for e in older["items"])
+    bad = api.client.get("/v1/devices", headers=api.viewer, params={"after": -1})
+    assert bad.status_code == 422 and bad.json()["field"] == "after"
+    # Past the cap the count is not taken: null, and clients follow next_after.
+    with api.session() as session:
+        assert bounded_count(session, select(Device), cap=7) == 7
+        assert bounded_count(session, select(Device), cap=6) is None
+        assert bounded_count(session, select(Device).where(Device.group == "none"), cap=6) == 0
