@@ -120,7 +120,7 @@ def test_keyset_pages_walk_every_device_once_and_counts_are_bounded(api: Api) ->
     params: dict[str, object] = {"limit": 3, "group": "g"}
     pages = 0
     while True:
-        page = api.client.get("/v1/devices", headers=api.viewer, params=params).json()
+        page = api.client.get("/v1/devices", headers=api.admin, params=params).json()  # admin-only route
         pages += 1
         assert page["total"] == 7
         seen += [item["name"] for item in page["items"]]
