@@ -1,5 +1,6 @@
 #!/bin/sh
-# First start: initdb with POSTGRES_USER (password auth over TCP) and create POSTGRES_DB; then run postgres
+# First start: initdb (UTF-8, like the official image: psycopg returns bytes from SQL_ASCII databases) with
+# POSTGRES_USER (password auth over TCP) and create POSTGRES_DB; then run postgres
 # as the postgres user in the foreground.
 set -eu
 : "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}"
@@ -9,7 +10,7 @@ install -d -o postgres -g postgres -m 2775 /var/run/postgresql
 chown postgres:postgres "$PGDATA" && chmod 0700 "$PGDATA"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pwfile=$(mktemp) && printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile" && chown postgres "$pwfile"
-  as_pg initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256
+  as_pg initdb -D "$PGDATA" --encoding=UTF8 --locale=C.UTF-8 -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256
   rm -f "$pwfile"
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
   as_pg pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
