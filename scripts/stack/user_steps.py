@@ -3,8 +3,8 @@
     python user_steps.py register|run|model
 
 The client container is the facefleet image on the compose network (FACEFLEET_SERVER_URL=http://api:8000,
-FACEFLEET_API_KEY set): the CLI uploads datasets, the REST API creates and follows the run. State between steps
-lives in /tmp/stack-state.json. Every wait is bounded; a step exits non-zero with the reason on failure.
+FACEFLEET_API_KEY set): the CLI uploads datasets, the REST API creates and follows the run. State between
+steps lives in /tmp/stack-state.json. Every wait is bounded; a step exits non-zero with the reason on failure.
 """
 
 from __future__ import annotations
@@ -64,19 +64,25 @@ def _cli(*args: str) -> str:
 
 def register() -> None:
     out = "/tmp/synth"
-    _cli("datasets", "synth", "--out", out, "--datasets", "1", "--identities", "8", "--images", "4",
+    _cli("datasets", "synth", "--out", out, "--datasets", "2", "--identities", "8", "--images", "4",
          "--verification-identities", "6", "--verification-pairs", "40", "--size", "32", "--seed", "3")
-    _cli("datasets", "register", f"{out}/synth_0", "--name", "stack-faces", "--server", SERVER)
+    for index in (0, 1):  # two: the default config's gradient reversal needs at least two datasets
+        name = f"stack-faces-{index}"
+        _cli("datasets", "register", f"{out}/synth_{index}", "--name", name, "--server", SERVER)
     _cli("datasets", "register", f"{out}/verification", "--name", "stack-verify", "--kind", "verification",
          "--server", SERVER)
     with _client() as client:
         names = [d["name"] for d in client.get("/v1/datasets").raise_for_status().json()["items"]]
-    if not {"stack-faces", "stack-verify"} <= set(names):
+    if not {"stack-faces-0", "stack-faces-1", "stack-verify"} <= set(names):
         raise SystemExit(f"datasets not listed by the API: {names}")
 
 
 def run() -> None:
-    body = {"datasets": ["stack-faces"], "verification_sets": ["stack-verify"], "config": TINY_CONFIG}
+    body = {
+        "datasets": ["stack-faces-0", "stack-faces-1"],
+        "verification_sets": ["stack-verify"],
+        "config": TINY_CONFIG,
+    }
     deadline = time.monotonic() + float(os.environ.get("STACK_RUN_TIMEOUT", "900"))
     with _client() as client:
         created = client.post("/v1/runs", json=body)
@@ -97,6 +103,23 @@ def run() -> None:
         print(json.dumps(view, indent=1, default=str)[:4000])
         if status != "succeeded":
             raise SystemExit(f"run {run_id} ended {status or 'nowhere'} (bounded wait)")
+    nodes = _train_worker_nodes(view["launcher_job_id"])
+    print(f"Ray job {view['launcher_job_id']}: training workers on {len(nodes)} node(s): {sorted(nodes)}")
+    if len(nodes) != TINY_CONFIG["scaling"]["num_workers"]:
+        raise SystemExit("the training workers did not spread over the head and the worker container")
+
+
+def _train_worker_nodes(submission_id: str) -> set[str]:
+    """The Ray nodes that ran the run's TrainWorker actors (Ray's state API on the head's dashboard)."""
+    dashboard = os.environ.get("STACK_RAY_DASHBOARD", "http://ray-head:8265")
+    with httpx.Client(base_url=dashboard, timeout=30) as ray:
+        job_id = ray.get(f"/api/jobs/{submission_id}").raise_for_status().json()["job_id"]
+        actors = ray.get("/api/v0/actors", params={"limit": 1000, "detail": "true"}).raise_for_status()
+    return {
+        actor["node_id"]
+        for actor in actors.json()["data"]["result"]["result"]
+        if actor.get("job_id") == job_id and "TrainWorker" in actor.get("class_name", "")
+    }
 
 
 def model() -> None:
@@ -106,7 +129,9 @@ def model() -> None:
         versions = [
             version
             for entry in models
-            for version in client.get(f"/v1/models/{entry['name']}/versions").raise_for_status().json()["items"]
+            for version in client.get(f"/v1/models/{entry['name']}/versions").raise_for_status().json()[
+                "items"
+            ]
             if version["run_id"] == run_id
         ]
     if not versions:
@@ -114,26 +139,25 @@ def model() -> None:
     print(json.dumps(versions[0]["artifacts"], indent=1, default=str))
     bucket, _, prefix = os.environ["FACEFLEET_STORE_URL"].removeprefix("s3://").partition("/")
     s3 = boto3.client("s3", endpoint_url=os.environ["FACEFLEET_S3_ENDPOINT_URL"])
-    keys = [
-        item["Key"]
+    # Artifact keys are relative to the store's prefix; each must be there with its recorded size.
+    sizes = {
+        item["Key"]: item["Size"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         for item in page.get("Contents", [])
+    }
+    artifacts = versions[0]["artifacts"]
+    wanted = [
+        f"{prefix}/{entry['key']}" for entry in artifacts.values() if isinstance(entry, dict) and "key" in entry
     ]
-    wanted = [str(uri).removeprefix(f"s3://{bucket}/") for uri in _uris(versions[0]["artifacts"])]
-    missing = [key for key in wanted if key not in keys]
-    print(f"{len(keys)} objects under s3://{bucket}/{prefix}; model artifacts: {wanted}")
+    missing = [key for key in wanted if sizes.get(key) != _size(artifacts, key, prefix)]
+    print(f"{len(sizes)} objects under s3://{bucket}/{prefix}; model artifacts: {wanted}")
     if not wanted or missing:
         raise SystemExit(f"model artifacts not in S3: {missing or 'none listed'}")
 
 
-def _uris(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.startswith("s3://") else []
-    if isinstance(value, dict):
-        return [uri for item in value.values() for uri in _uris(item)]
-    if isinstance(value, list):
-        return [uri for item in value for uri in _uris(item)]
-    return []
+def _size(artifacts: dict[str, Any], key: str, prefix: str) -> int | None:
+    sizes = (entry.get("size") for entry in artifacts.values() if f"{prefix}/{entry['key']}" == key)
+    return next(sizes, None)
 
 
 if __name__ == "__main__":
