@@ -77,6 +77,57 @@ def register() -> None:
         raise SystemExit(f"datasets not listed by the API: {names}")
 
 
+def _body(**config: Any) -> dict[str, Any]:
+    return {
+        "datasets": ["stack-faces-0", "stack-faces-1"],
+        "verification_sets": ["stack-verify"],
+        "config": {**TINY_CONFIG, **config},
+    }
+
+
+def start_long() -> None:
+    """A longer run for the kill-the-worker step: checkpoints to S3 every 20 steps."""
+    with _client() as client:
+        created = client.post("/v1/runs", json=_body(steps=400, checkpoint_interval=20, metrics_interval=20))
+        if created.status_code >= 300:
+            raise SystemExit(f"POST /v1/runs: {created.status_code} {created.text}")
+    _save(long_run_id=created.json()["id"])
+    print(f"run {created.json()['id']} created")
+
+
+def wait_step() -> None:
+    """Until the long run is past its second checkpoint (bounded)."""
+    run_id, deadline = _state()["long_run_id"], time.monotonic() + 300
+    with _client() as client:
+        while time.monotonic() < deadline:
+            view = client.get(f"/v1/runs/{run_id}").raise_for_status().json()
+            if view["status"] in ("succeeded", "failed", "cancelled"):
+                raise SystemExit(f"run {run_id} ended {view['status']} before the kill")
+            if (view.get("step") or 0) >= 45:
+                print(f"run {run_id} at step {view['step']} of {view['total_steps']}: kill the worker now")
+                return
+            time.sleep(1)
+    raise SystemExit(f"run {run_id} did not reach step 45 in 300 s")
+
+
+def finish_resumed() -> None:
+    """The long run succeeds after the worker container was killed; its workers resumed from a checkpoint."""
+    run_id, deadline = _state()["long_run_id"], time.monotonic() + 900
+    with _client() as client:
+        while time.monotonic() < deadline:
+            view = client.get(f"/v1/runs/{run_id}").raise_for_status().json()
+            if view["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(3)
+    print(f"run {run_id}: {view['status']} at step {view.get('step')} (error: {view.get('error')})")
+    dashboard = os.environ.get("STACK_RAY_DASHBOARD", "http://ray-head:8265")
+    logs = httpx.get(f"{dashboard}/api/jobs/{view['launcher_job_id']}/logs", timeout=30).json()["logs"]
+    resumed = [line.strip() for line in logs.splitlines() if "resumed from the checkpoint at step" in line]
+    print("\n".join(resumed) or "no resume line in the Ray job's log")
+    if view["status"] != "succeeded" or not resumed:
+        raise SystemExit("the run did not resume from its checkpoint and succeed")
+
+
 def run() -> None:
     body = {
         "datasets": ["stack-faces-0", "stack-faces-1"],
@@ -146,9 +197,7 @@ def model() -> None:
         for item in page.get("Contents", [])
     }
     artifacts = versions[0]["artifacts"]
-    wanted = [
-        f"{prefix}/{entry['key']}" for entry in artifacts.values() if isinstance(entry, dict) and "key" in entry
-    ]
+    wanted = [f"{prefix}/{entry['key']}" for entry in artifacts.values() if isinstance(entry, dict)]
     missing = [key for key in wanted if sizes.get(key) != _size(artifacts, key, prefix)]
     print(f"{len(sizes)} objects under s3://{bucket}/{prefix}; model artifacts: {wanted}")
     if not wanted or missing:
@@ -161,4 +210,6 @@ def _size(artifacts: dict[str, Any], key: str, prefix: str) -> int | None:
 
 
 if __name__ == "__main__":
-    {"register": register, "run": run, "model": model}[sys.argv[1]]()
+    steps = {"register": register, "run": run, "model": model, "start_long": start_long}
+    steps |= {"wait_step": wait_step, "finish_resumed": finish_resumed}
+    steps[sys.argv[1]]()
