@@ -4,14 +4,18 @@
 #
 #   docker build -t facefleet:0.1.0 .                                      # CPU torch (default)
 #   docker build --build-arg TORCH_VARIANT=cuda -t facefleet-cuda:0.1.0 .  # CUDA torch, for GPU Ray workers
+#   docker build --build-arg BASE_IMAGE=localhost/debian-python:3.11 ...    # another Python 3.11 base image
 #
 # TORCH_VARIANT=cpu installs the CPU wheel from PyTorch's CPU index (PyPI's Linux wheel would pull ~3 GB of
 # CUDA libraries the API never uses); TORCH_VARIANT=cuda installs PyPI's Linux wheel, which bundles the CUDA
 # runtime, so only the NVIDIA driver has to come from the host (NVIDIA container toolkit / device plugin).
 
 ARG PYTHON_VERSION=3.11
+# Any image with Python ${PYTHON_VERSION}, `python` on PATH, venv and useradd. Production builds use the official
+# image; scripts/stack-test passes a Debian image it builds locally (no registry is reachable there).
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -35,7 +39,7 @@ RUN pip install .
 # and facefleet never imports it (only loads the weights with torch.load(weights_only=True)).
 RUN pip install --no-deps facenet-pytorch==2.6.0
 
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="facefleet" \
       org.opencontainers.image.description="facefleet API, scheduler, migrations and Ray training workers" \

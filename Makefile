@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast serve scheduler bench lint venv clean
+.PHONY: demo test test-fast serve scheduler bench lint venv clean stack-test
 
 venv: $(STAMP)
 
@@ -37,6 +37,9 @@ scheduler: $(STAMP)
 bench: $(STAMP)  ## benchmark tables (ratios against in-process baselines)
 	@for b in heads partial_fc data train api terminal; do \
 	  echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
+stack-test:  ## boot docker-compose.yml with podman and use it (images built locally; not part of `make test`)
+	scripts/stack-test
 
 lint: $(STAMP)
 	$(BIN)/ruff check facefleet tests bench
