@@ -57,6 +57,19 @@ RULES: list[Rule] = [
         "configures a real deployment (remote hosts, placeholders); the test sets FACEFLEET_* to a temp dir",
     ),
     Rule("pytest", "skip", "the test suite itself (`make test`), which contains this test"),
+    Rule(
+        "facefleet datasets register ../shared/benchdata/",
+        "help",
+        "aligns or reads the shared real-face photos (celeba_ids: ~50 min on 2 cores; may be absent on a "
+        "machine); tests/faces, tests/api/test_api_align.py and tests/workers/test_landmarks_run.py run the "
+        "same paths on subsets",
+    ),
+    Rule(
+        "facefleet runs create --datasets helen",
+        "help",
+        "needs the HELEN dataset registered from the shared data above (tests/workers/test_landmarks_run.py "
+        "trains a landmarks run on a subset)",
+    ),
     Rule("facefleet demo", "help", "trains two real Ray runs for minutes (tests/test_end_to_end.py runs it)"),
     Rule("facefleet serve", "help", "serves until stopped"),
     Rule(
