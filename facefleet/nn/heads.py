@@ -136,6 +136,23 @@ def _draw_crossing(
     return torch.cat(entry_rows), torch.cat(entry_cols)
 
 
+def resolve_head_args(
+    kind: HeadKind, classes_per_dataset: list[int], crossing_p: float, bias: bool | None
+) -> bool:
+    """Check a dataset-aware head's arguments (shared by the replicated and the sharded head); returns
+    whether the head has a bias (softmax only; by default exactly when kind is softmax)."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {kind!r}; use one of {HEAD_KINDS}")
+    if not classes_per_dataset or any(c <= 0 for c in classes_per_dataset):
+        raise ValueError("classes_per_dataset must list a positive class count for every dataset")
+    if not 0.0 <= crossing_p <= 1.0:
+        raise ValueError(f"crossing_p must lie in [0, 1], got {crossing_p}")
+    use_bias = (kind == "softmax") if bias is None else bias
+    if use_bias and kind != "softmax":
+        raise ValueError("a bias only exists for kind='softmax' (margin kinds normalise logits)")
+    return use_bias
+
+
 class DatasetAwareMarginHead(nn.Module):
     """Identity classifier over K datasets whose softmax denominator stays inside each sample's dataset.
 
@@ -165,15 +182,7 @@ class DatasetAwareMarginHead(nn.Module):
         bias: bool | None = None,
     ) -> None:
         super().__init__()
-        if kind not in HEAD_KINDS:
-            raise ValueError(f"unknown head kind {kind!r}; use one of {HEAD_KINDS}")
-        if not classes_per_dataset or any(c <= 0 for c in classes_per_dataset):
-            raise ValueError("classes_per_dataset must list a positive class count for every dataset")
-        if not 0.0 <= crossing_p <= 1.0:
-            raise ValueError(f"crossing_p must lie in [0, 1], got {crossing_p}")
-        use_bias = (kind == "softmax") if bias is None else bias
-        if use_bias and kind != "softmax":
-            raise ValueError("a bias only exists for kind='softmax' (margin kinds normalise logits)")
+        use_bias = resolve_head_args(kind, classes_per_dataset, crossing_p, bias)
         self.embedding_dim = embedding_dim
         self.classes_per_dataset = list(classes_per_dataset)
         self.offsets = [sum(classes_per_dataset[:k]) for k in range(len(classes_per_dataset))]

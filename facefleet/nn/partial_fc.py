@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facefleet.nn.blockwise_ce import HEAD_KINDS, Group, HeadKind, MarginSpec
-from facefleet.nn.heads import plan_groups
+from facefleet.nn.blockwise_ce import Group, HeadKind, MarginSpec
+from facefleet.nn.heads import plan_groups, resolve_head_args
 from facefleet.nn.sharded_ce import LocalReducer, ShardGroup, ShardReducer, shard_cross_entropy
 
 _MASK32 = 0xFFFFFFFF
@@ -105,17 +105,9 @@ class ShardedMarginHead(nn.Module):
         bias: bool | None = None,
     ) -> None:
         super().__init__()
-        if kind not in HEAD_KINDS:
-            raise ValueError(f"unknown head kind {kind!r}; use one of {HEAD_KINDS}")
-        if not classes_per_dataset or any(c <= 0 for c in classes_per_dataset):
-            raise ValueError("classes_per_dataset must list a positive class count for every dataset")
-        if not 0.0 <= crossing_p <= 1.0:
-            raise ValueError(f"crossing_p must lie in [0, 1], got {crossing_p}")
+        use_bias = resolve_head_args(kind, classes_per_dataset, crossing_p, bias)
         if not 0.0 < sample_rate <= 1.0:
             raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
-        use_bias = (kind == "softmax") if bias is None else bias
-        if use_bias and kind != "softmax":
-            raise ValueError("a bias only exists for kind='softmax' (margin kinds normalise logits)")
         self.num_classes = sum(classes_per_dataset)
         self.start, self.end = shard if shard is not None else (0, self.num_classes)
         if not 0 <= self.start < self.end <= self.num_classes:
