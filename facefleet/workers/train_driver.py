@@ -145,6 +145,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     """Evaluate the final checkpoint, save plots, export and register the model; the run's summary."""
     from facefleet.workers.evaluate import evaluate_model, load_eval_sets, save_plots
     from facefleet.workers.export import export_and_register
+    from facefleet.workers.overlaps import overlaps_at_run_end
     from facefleet.workers.train_model import build_training_model
     from facefleet.workers.train_state import load_checkpoint_payload
 
@@ -161,6 +162,9 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             session, job.run_id, job.config, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url
         )
     results = evaluate_model(model.backbone, model.model_net, sets, job.config)
+    overlaps = overlaps_at_run_end(
+        job.run_id, store, job.entries, model.backbone, input_size=job.config.input_size, seed=job.config.seed
+    )
     summary, threshold = results.summary(), results.cosine_threshold(job.config.operating_far)
     with session_scope() as session:
         service.record_metrics(session, job.run_id, job.total_steps, results.flat_metrics())
@@ -187,4 +191,5 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             "model": {"name": model_version.name, "version": model_version.version},
             "onnx_max_abs_diff": parity,
             "threshold": threshold,
+            **({"overlaps": overlaps} if overlaps is not None else {}),
         }
