@@ -24,6 +24,7 @@ from facefleet.api.routes import (
     policies,
     runs,
 )
+from facefleet.api.routes.run_overlaps import router as run_overlaps_router
 from facefleet.platform.db.session import engine_for, session_factory
 from facefleet.platform.deployments.assignment import AssignedModelCache
 from facefleet.platform.settings import Settings, get_settings
@@ -65,4 +66,5 @@ def create_app(
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
     for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, device):
         app.include_router(module.router)
+    app.include_router(run_overlaps_router)
     return app

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from facefleet.client import FacefleetClient
-from facefleet.commands import runs_inspect
+from facefleet.commands import runs_inspect, runs_overlaps
 from facefleet.commands._complete import complete_run_ids
 from facefleet.commands._output import JsonOption, api_url, make_console, print_json, stored_location
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors
@@ -29,6 +29,7 @@ app.command("logs")(runs_inspect.logs)
 app.command("metrics")(runs_inspect.metrics)
 app.command("compare")(runs_inspect.compare)
 app.command("plot")(runs_inspect.plot)
+app.command("overlaps")(runs_overlaps.overlaps)
 STATUSES = ("queued", "starting", "running", "succeeded", "failed", "cancelled")
 console = make_console()
 SHOWN_METRICS = (

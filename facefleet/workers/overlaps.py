@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 IMAGES_PER_CLASS = 8
 CHUNK = 256
 Centres = Literal["embeddings", "head"]
+CENTRES: Centres = "embeddings"  # measured against "head" in scripts/spreads/overlaps.py
 
 
 @torch.no_grad()
@@ -143,14 +144,26 @@ def overlaps_at_run_end(
     *,
     input_size: int,
     seed: int,
+    head_weight: torch.Tensor | None = None,
 ) -> dict[str, object] | None:
     """Compute and store the overlap list of a run with >= 2 training datasets; its summary (None: one
-    dataset). A failure here is logged and reported in the summary, never fails the finished training."""
+    dataset). A failure here is logged and reported in the summary, never fails the finished training.
+    ``head_weight``: the identity head's class rows, used when ``CENTRES`` is "head"."""
     if len(entries) < 2:
         return None
     try:
         return store_overlaps(
-            store, compute_overlaps(run_id, store, entries, backbone, input_size=input_size, seed=seed)
+            store,
+            compute_overlaps(
+                run_id,
+                store,
+                entries,
+                backbone,
+                input_size=input_size,
+                seed=seed,
+                head_weight=head_weight,
+                centres=CENTRES,
+            ),
         )
     except Exception as error:  # noqa: BLE001 - the model is trained and evaluated; say what went wrong
         logger.exception("run %s: finding overlapping identities failed", run_id)

@@ -163,7 +163,13 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
         )
     results = evaluate_model(model.backbone, model.model_net, sets, job.config)
     overlaps = overlaps_at_run_end(
-        job.run_id, store, job.entries, model.backbone, input_size=job.config.input_size, seed=job.config.seed
+        job.run_id,
+        store,
+        job.entries,
+        model.backbone,
+        input_size=job.config.input_size,
+        seed=job.config.seed,
+        head_weight=getattr(model.head, "weight", None),
     )
     summary, threshold = results.summary(), results.cosine_threshold(job.config.operating_far)
     with session_scope() as session:
