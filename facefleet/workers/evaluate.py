@@ -19,7 +19,7 @@ from torch import nn
 from facefleet.nn.biometricnet import ModelNet, four_way_average, match_score
 from facefleet.nn.verification import VerificationMetrics, cosine_scores, verification_metrics
 from facefleet.platform.datasets import layout
-from facefleet.platform.datasets.shards import read_manifest
+from facefleet.platform.datasets.shards import read_manifest, read_pair_folds
 from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore, store_from_url
@@ -36,6 +36,7 @@ class EvalSet:
     left: torch.Tensor
     right: torch.Tensor
     is_same: torch.Tensor
+    fold_ids: list[int] | None = None  # the folds the set's pairs file declares; None: stratified folds
 
 
 class EvalResults(BaseModel):
@@ -91,10 +92,9 @@ def load_eval_sets(
         if manifest_key is None:
             raise ValueError(f"dataset {name} v{version} has no manifest; it is not ready")
         if role == "verification":
-            left, right, same = load_verification_set(
-                store, manifest_key, layout.pairs_key(name, version), config.input_size
-            )
-            sets.append(EvalSet(name, left, right, same))
+            pairs_key = layout.pairs_key(name, version)
+            left, right, same = load_verification_set(store, manifest_key, pairs_key, config.input_size)
+            sets.append(EvalSet(name, left, right, same, read_pair_folds(store, pairs_key)))
         elif config.eval_pairs_per_dataset:
             pairs = pairs_within_dataset(
                 read_manifest(store, manifest_key), config.eval_pairs_per_dataset, config.seed
@@ -136,6 +136,7 @@ def evaluate_model(
                 cosine_scores(fused_left, fused_right).cpu(),
                 eval_set.is_same,
                 operating_far=config.operating_far or 0.01,
+                fold_ids=eval_set.fold_ids,
             )
         }
         if model_net is not None:
@@ -143,11 +144,15 @@ def evaluate_model(
             mu = config.biometric.mu_match
             chunks = [slice(i, i + CHUNK) for i in range(0, left.shape[0], CHUNK)]
             single = torch.cat([model_net(left[c], right[c]) for c in chunks])
-            modes["biometricnet-1"] = verification_metrics(match_score(single, mu).cpu(), eval_set.is_same)
+            modes["biometricnet-1"] = verification_metrics(
+                match_score(single, mu).cpu(), eval_set.is_same, fold_ids=eval_set.fold_ids
+            )
             multi = torch.cat(
                 [four_way_average(model_net, left[c], left_flip[c], right[c], right_flip[c]) for c in chunks]
             )
-            modes["biometricnet-M"] = verification_metrics(match_score(multi, mu).cpu(), eval_set.is_same)
+            modes["biometricnet-M"] = verification_metrics(
+                match_score(multi, mu).cpu(), eval_set.is_same, fold_ids=eval_set.fold_ids
+            )
         results.sets[eval_set.name] = modes
     return results
 

@@ -37,7 +37,7 @@ OVERLAP_CONFIG: dict[str, Any] = tiny_config(
 def register_overlapping(
     session: Session, store: ObjectStore, folder: Path, *, seed: int
 ) -> tuple[list[str], list[list[list[str]]]]:
-    """Two synthetic datasets of 16 people, 8 of them in both under other labels; (names, same-person groups)."""
+    """Two synthetic datasets of 16 people, 8 in both under other labels; (names, same-person groups)."""
     result = generate_synthetic_datasets(
         folder,
         num_datasets=2,

@@ -39,6 +39,7 @@ class ScannedSource:
     format: SourceFormat
     images: list[SourceImage]
     pairs: list[tuple[str, str, bool]] | None = None
+    pair_folds: list[int] | None = None  # per pair, the fold its file declares (LFW header), else None
     ignored: list[str] = field(default_factory=list)
     properties: dict[str, int] = field(default_factory=dict)
     landmarks: dict[str, Callable[[], bytes]] = field(default_factory=dict)  # image relpath -> its .pts
@@ -163,8 +164,13 @@ def scan_pairs_folder(root: Path) -> ScannedSource:
     ]
     for name in sorted(wanted - present):
         ignored.append(f"{name}: listed in pairs.txt but missing")
+    folds = [p.fold for p in pairs]
     return ScannedSource(
-        "lfw_pairs", images, pairs=[(p.left, p.right, p.is_same) for p in pairs], ignored=ignored
+        "lfw_pairs",
+        images,
+        pairs=[(p.left, p.right, p.is_same) for p in pairs],
+        pair_folds=None if None in folds else [int(f) for f in folds if f is not None],
+        ignored=ignored,
     )
 
 

@@ -426,7 +426,7 @@ def _write_objects(
     rows = shards.pack_shards(store, name, number, _packing_records(content), progress=on_packed)
     manifest_key = shards.write_manifest(store, name, number, rows)
     if content.report.kind == "verification":
-        shards.write_pairs(store, name, number, content.pairs)
+        shards.write_pairs(store, name, number, content.pairs, content.pair_folds)
     store.put_bytes(
         layout.report_key(name, number),
         content.report.model_dump_json(indent=2).encode(),

@@ -6,9 +6,10 @@ import hashlib
 import io
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -216,19 +217,33 @@ def manifest_rows(table: pa.Table) -> list[ManifestRow]:
 
 
 def write_pairs(
-    store: ObjectStore, dataset_name: str, version: int, pairs: Iterable[tuple[int, int, bool]]
+    store: ObjectStore,
+    dataset_name: str,
+    version: int,
+    pairs: Iterable[tuple[int, int, bool]],
+    folds: Sequence[int] | None = None,
 ) -> str:
-    """Write verification pairs (manifest row numbers + same/different); returns the key."""
+    """Write verification pairs (manifest row numbers + same/different, and the fold of each pair when the
+    source declares its folds: an extra ``fold`` column); returns the key."""
     pairs = list(pairs)
-    table = pa.table(
-        {
-            "left": [int(p[0]) for p in pairs],
-            "right": [int(p[1]) for p in pairs],
-            "is_same": [bool(p[2]) for p in pairs],
-        },
-        schema=PAIRS_SCHEMA,
-    )
-    return _put_table(store, layout.pairs_key(dataset_name, version), table)
+    columns: dict[str, list[Any]] = {
+        "left": [int(p[0]) for p in pairs],
+        "right": [int(p[1]) for p in pairs],
+        "is_same": [bool(p[2]) for p in pairs],
+    }
+    schema = PAIRS_SCHEMA
+    if folds is not None:
+        if len(folds) != len(pairs):
+            raise ValueError(f"{len(folds)} folds for {len(pairs)} pairs")
+        columns["fold"] = [int(f) for f in folds]
+        schema = PAIRS_SCHEMA.append(pa.field("fold", pa.int64()))
+    return _put_table(store, layout.pairs_key(dataset_name, version), pa.table(columns, schema=schema))
+
+
+def read_pair_folds(store: ObjectStore, key: str) -> list[int] | None:
+    """The declared fold of each pair (the ``fold`` column), or None when the source declared none."""
+    table = _get_table(store, key)
+    return [int(f) for f in table["fold"].to_pylist()] if "fold" in table.column_names else None
 
 
 def read_pairs(store: ObjectStore, key: str) -> list[tuple[int, int, bool]]:

@@ -107,6 +107,8 @@ def content_hash(
         digest.update(f"points\t{relpath}\t{points_hash}\n".encode("utf-8", "surrogateescape"))
     for left, right, is_same in scanned.pairs or []:
         digest.update(f"pair\t{left}\t{right}\t{int(is_same)}\n".encode("utf-8", "surrogateescape"))
+    if scanned.pair_folds is not None:  # declared folds define the protocol; absent, digests are as before
+        digest.update(("folds\t" + ",".join(map(str, scanned.pair_folds)) + "\n").encode())
     return digest.hexdigest()
 
 
@@ -118,6 +120,7 @@ class ValidatedContent:
     labels: dict[str, int]
     pairs: list[tuple[int, int, bool]]
     report: ValidationReport
+    pair_folds: list[int] | None = None  # the declared fold of each kept pair (LFW header), else None
 
 
 def _duplicates(images: list[CheckedImage]) -> list[DuplicateGroup]:
@@ -145,16 +148,23 @@ def _identity_order(identity: str) -> tuple[int, int | str]:
     return (0, int(identity)) if identity.isascii() and identity.isdigit() else (1, identity)
 
 
-def _pairs(scanned: ScannedSource, kept: list[CheckedImage]) -> tuple[list[tuple[int, int, bool]], list[str]]:
+def _pairs(
+    scanned: ScannedSource, kept: list[CheckedImage]
+) -> tuple[list[tuple[int, int, bool]], list[str], list[int] | None]:
+    """Kept pairs (indices into ``kept``), the dropped ones' reasons, and the kept pairs' declared folds."""
     position = {item.source.relpath: index for index, item in enumerate(kept)}
     pairs: list[tuple[int, int, bool]] = []
     dropped: list[str] = []
-    for left, right, is_same in scanned.pairs or []:
+    declared = scanned.pair_folds
+    folds: list[int] = []
+    for index, (left, right, is_same) in enumerate(scanned.pairs or []):
         if left in position and right in position:
             pairs.append((position[left], position[right], is_same))
+            if declared is not None:
+                folds.append(declared[index])
         else:
             dropped.append(f"{left} {right}: an image is missing or could not be decoded")
-    return pairs, dropped
+    return pairs, dropped, (folds if declared is not None and len(set(folds)) >= 2 else None)
 
 
 def validate(
@@ -213,7 +223,7 @@ def validate(
     identities = sorted({item.source.identity for item in kept}, key=_identity_order)
     labels = {identity: label for label, identity in enumerate(identities)}
     kept.sort(key=lambda item: (labels[item.source.identity], item.source.relpath))
-    pairs, dropped_pairs = _pairs(scanned, kept)
+    pairs, dropped_pairs, pair_folds = _pairs(scanned, kept)
     if kind == "verification" and not pairs:
         raise invalid("no verification pair has both images usable; check pairs.txt and the image names")
     report = build_report(
@@ -228,7 +238,7 @@ def validate(
         ignored=all_ignored,
         candidates=len(checked),
     )
-    return ValidatedContent(kept, labels, pairs, report)
+    return ValidatedContent(kept, labels, pairs, report, pair_folds)
 
 
 def build_report(

@@ -28,6 +28,7 @@ class PathPair:
     left: str
     right: str
     is_same: bool
+    fold: int | None = None  # the fold the file declares for this pair (LFW header), else None
 
 
 # ---------------------------------------------------------------- .bin
@@ -138,12 +139,29 @@ def _lfw_image(folder: Path, name: str, number: int) -> str:
     return f"{name}/{name}_{number:04d}.jpg"  # missing: reported by the caller as an unresolved pair
 
 
+def declared_fold_of(header: list[str], pair_count: int) -> list[int] | None:
+    """The fold of each pair that an LFW header ``folds pairs_per_class`` declares: fold f is the f-th block
+    of 2 * pairs_per_class lines (in LFW: pairs_per_class same pairs, then as many different ones). None
+    when the header declares no folds (one number, e.g. pairsDevTrain.txt's count; fewer than two folds)
+    or when the file does not hold exactly folds * 2 * pairs_per_class pairs (then the header cannot be
+    what cuts the file, and the evaluation falls back to stratified folds)."""
+    if len(header) != 2:
+        return None
+    folds, per_class = int(header[0]), int(header[1])
+    if folds < 2 or per_class < 1 or folds * 2 * per_class != pair_count:
+        return None
+    return [index // (2 * per_class) for index in range(pair_count)]
+
+
 def read_pairs_file(pairs_path: Path, image_root: Path) -> list[PathPair]:
-    """All pairs of ``pairs_path``; a first line of only integers (LFW's 'folds pairs') is skipped."""
+    """All pairs of ``pairs_path``; a first line of only integers (LFW's 'folds pairs') is the header: when
+    it declares the folds (``declared_fold_of``) each pair carries its fold."""
     lines = [line.split() for line in pairs_path.read_text(encoding="utf-8", errors="replace").splitlines()]
     lines = [fields for fields in lines if fields and not fields[0].startswith("#")]
+    header: list[str] = []
     if lines and all(_is_int(field) for field in lines[0]) and len(lines[0]) <= 2:
-        lines = lines[1:]
+        header, lines = lines[0], lines[1:]
+    fold_of = declared_fold_of(header, len(lines))
     pairs: list[PathPair] = []
     for line_number, fields in enumerate(lines, 1):
         try:
@@ -155,6 +173,7 @@ def read_pairs_file(pairs_path: Path, image_root: Path) -> list[PathPair]:
                 left=left if isinstance(left, str) else _lfw_image(image_root, *left),
                 right=right if isinstance(right, str) else _lfw_image(image_root, *right),
                 is_same=is_same,
+                fold=None if fold_of is None else fold_of[line_number - 1],
             )
         )
     if not pairs:
