@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from torch import nn
 
 from facefleet.nn.biometricnet import ModelNet, four_way_average, match_score
+from facefleet.nn.operating_point import OperatingPoint, choose_operating_point
 from facefleet.nn.verification import VerificationMetrics, cosine_scores, verification_metrics
 from facefleet.platform.datasets import layout
 from facefleet.platform.datasets.shards import read_manifest, read_pair_folds
@@ -43,6 +44,10 @@ class EvalResults(BaseModel):
     """set name -> mode (``cosine``, ``biometricnet-1``, ``biometricnet-M``) -> metrics."""
 
     sets: dict[str, dict[str, VerificationMetrics]] = Field(default_factory=dict)
+    operating_points: dict[str, OperatingPoint] = Field(
+        default_factory=dict,
+        description="per set: the card's operating point, on terminal (single-view) scores",
+    )
 
     def flat_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -58,12 +63,21 @@ class EvalResults(BaseModel):
             for name, modes in self.sets.items()
         }
 
+    def operating_point(self) -> OperatingPoint | None:
+        """The card's operating point: the first verification set's (else the first set's)."""
+        ordered = sorted(self.operating_points, key=lambda name: name.startswith("train-pairs:"))
+        return self.operating_points[ordered[0]] if ordered else None
+
     def cosine_threshold(self, operating_far: float | None = None) -> float:
         """The card's threshold from the first verification set (else the first set); 0.5 when none.
 
-        With ``operating_far`` it is the threshold accepting at most that share of impostor pairs (what an
-        authentication terminal needs), else the best-accuracy threshold.
+        With ``operating_far`` it is the operating point's (``facefleet.nn.operating_point``: at most that
+        share of impostor pairs accepted, on the single-view scores a terminal computes), else the
+        best-accuracy threshold of the flip-fused cosine.
         """
+        point = self.operating_point()
+        if operating_far is not None and point is not None:
+            return float(point.threshold)
         ordered = sorted(self.sets, key=lambda name: name.startswith("train-pairs:"))
         for name in ordered:
             if "cosine" in self.sets[name]:
@@ -72,6 +86,21 @@ class EvalResults(BaseModel):
                     return float(metrics.threshold_at_operating_far)
                 return float(metrics.threshold)
         return 0.5
+
+
+def operating_point_metrics(point: OperatingPoint | None) -> dict[str, float]:
+    """The operating point as run metrics (``operating_point/reliable`` is 0 when the set had fewer than
+    1/operating_far impostor pairs and the fallback rule chose the threshold)."""
+    if point is None:
+        return {}
+    return {
+        "operating_point/threshold": point.threshold,
+        "operating_point/tar": point.tar,
+        "operating_point/far": point.far,
+        "operating_point/far_upper_95": point.far_upper_95,
+        "operating_point/impostor_pairs": float(point.impostor_pairs),
+        "operating_point/reliable": float(point.reliable),
+    }
 
 
 def load_eval_sets(
@@ -131,6 +160,12 @@ def evaluate_model(
         right, right_flip = _chunked(features, eval_set.right), _chunked(flipped, eval_set.right)
         # flip fusion as `fuse_flip` does it
         fused_left, fused_right = F.normalize(left + left_flip, dim=1), F.normalize(right + right_flip, dim=1)
+        results.operating_points[eval_set.name] = choose_operating_point(
+            cosine_scores(left, right).cpu(),  # single view: what a terminal scores
+            eval_set.is_same,
+            operating_far=config.operating_far or 0.01,
+            set_name=eval_set.name,
+        )
         modes = {
             "cosine": verification_metrics(
                 cosine_scores(fused_left, fused_right).cpu(),

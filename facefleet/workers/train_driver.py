@@ -143,7 +143,7 @@ def dataset_entries(session: Session, run_id: int) -> list[DatasetEntry]:
 
 def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     """Evaluate the final checkpoint, save plots, export and register the model; the run's summary."""
-    from facefleet.workers.evaluate import evaluate_model, load_eval_sets, save_plots
+    from facefleet.workers.evaluate import evaluate_model, load_eval_sets, operating_point_metrics, save_plots
     from facefleet.workers.export import export_and_register
     from facefleet.workers.overlaps import overlaps_at_run_end
     from facefleet.workers.train_model import build_training_model
@@ -172,8 +172,11 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
         head_weight=getattr(model.head, "weight", None),
     )
     summary, threshold = results.summary(), results.cosine_threshold(job.config.operating_far)
+    point = results.operating_point() if job.config.operating_far is not None else None
     with session_scope() as session:
-        service.record_metrics(session, job.run_id, job.total_steps, results.flat_metrics())
+        service.record_metrics(
+            session, job.run_id, job.total_steps, {**results.flat_metrics(), **operating_point_metrics(point)}
+        )
         plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
         service.update_progress(
             session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
@@ -186,7 +189,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             backbone=model.backbone,
             config=job.config,
             datasets=dataset_entries(session, job.run_id),
-            metrics=summary,
+            metrics={**summary, **({"operating_point": point.model_dump()} if point else {})},
             threshold=threshold,
             dataset_version_ids=[entry.dataset_version_id for entry in job.entries],
         )
@@ -197,5 +200,6 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             "model": {"name": model_version.name, "version": model_version.version},
             "onnx_max_abs_diff": parity,
             "threshold": threshold,
+            **({"operating_point": point.model_dump()} if point else {}),
             **({"overlaps": overlaps} if overlaps is not None else {}),
         }
