@@ -219,6 +219,9 @@ def model_to_deploy(runs: list[DemoRun], verification_set: str) -> DemoRun | Non
         return None
 
     def tar(run: DemoRun) -> float:
+        point = run.summary.get("operating_point")  # the card's: single-view scores, as terminals score
+        if point and point.get("set_name") == verification_set:
+            return float(point["tar"])
         cosine = run.summary.get("evaluation", {}).get(verification_set, {}).get("cosine", {})
         return float(cosine.get("tar_at_operating_far", 0.0))
 
