@@ -1,5 +1,8 @@
 """The overlap finder at the end of a real (local-mode) run on synthetic datasets that share known people
-under other labels: precision and recall against the generator's ground truth, over several seeds."""
+under other labels: the list is computed in the worker, stored with the run, paged, and scored against the
+generator's ground truth. Six steps: what is listed is measured in tests/nn/test_overlaps_learned.py (one
+measured run of 200 steps of a demo-like ArcFace config did not learn these faces: every centre cosine
+was above 0.97, and the list held 1 correct pair of 4)."""
 
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ from tests.workers.train_helpers import tiny_config
 OVERLAP_CONFIG: dict[str, Any] = tiny_config(
     embedding_dim=32,
     batch_size=32,
-    steps=200,
-    checkpoint_interval=100,
-    metrics_interval=50,
+    steps=6,
+    checkpoint_interval=3,
+    metrics_interval=2,
     eval_pairs_per_dataset=20,
     head={"kind": "cosface", "s": 16.0, "m3": 0.2, "crossing_p": 0.0},
     optimizer={"name": "sgd", "lr": 0.1},
@@ -59,10 +62,10 @@ def register_overlapping(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_overlap_finder_recovers_the_shared_people(
-    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path, seed: int
+def test_a_finished_run_stores_its_overlap_list(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
 ) -> None:
+    seed = 0
     with session_scope() as session:
         names, truth = register_overlapping(session, local_store, tmp_path / "synth", seed=seed)
         run_id = service.create_run(
@@ -78,7 +81,8 @@ def test_overlap_finder_recovers_the_shared_people(
     assert summary["count"] == document.count == len(document.pairs)
     assert page.pairs == document.pairs[1:3] and page.count == document.count
     assert {p.first.dataset for p in document.pairs} <= {names[0]}
+    assert document.datasets == [f"{names[0]}:1", f"{names[1]}:1"] and document.calibration_classes == 32
+    assert all(p.score >= document.threshold for p in document.pairs)
     score = overlap_precision_recall(document, truth)
-    assert score.true_pairs == 8
-    # MEASURED: precision / recall over seeds 0-2 (scripts/spreads/overlaps.py 200 0 1 2)
-    assert score.precision >= 0.0 and score.recall >= 0.0
+    assert score.true_pairs == 8 and score.found == document.count
+    assert 0.0 <= score.precision <= 1.0 and 0.0 <= score.recall <= 1.0
