@@ -95,7 +95,7 @@ def load_eval_sets(
                 store, manifest_key, layout.pairs_key(name, version), config.input_size
             )
             sets.append(EvalSet(name, left, right, same))
-        elif config.eval_pairs_per_dataset:
+        elif role == "train" and config.eval_pairs_per_dataset:
             pairs = pairs_within_dataset(
                 read_manifest(store, manifest_key), config.eval_pairs_per_dataset, config.seed
             )
