@@ -1,7 +1,9 @@
-"""Benchmark: terminal-sized students from a bigger teacher, with inspection feedback from terminals (issue 13).
+"""Benchmark: terminal-sized students distilled from a bigger teacher, with inspection feedback (issue 13).
 
-Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels; NOT aligned: every photo is a fixed
-centre crop, the central 60% of the shorter side, as in bench/adaptation.py). Identities are split by name:
+Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), aligned by MTCNN's five points to the
+ArcFace template (photos without a face are left out; the points are computed once and cached, see
+--points-cache; --unaligned: the fixed centre crop of bench/adaptation.py, on which short runs from scratch
+reach an AUC of only ~0.60 whatever the model, bench/landmarks.py). Identities are split by name:
 the first 200 train (teacher and students), the next 28 are "field" users whose terminal attempts are
 inspected (the inspection set), the last 28 are held out: their clean photo pairs are the real-face
 verification set (AUC, TAR at FAR 1%, and each model's card threshold at FAR 1%), and their simulated
@@ -58,8 +60,37 @@ class Attempts:
     genuine: torch.Tensor  # [P] bool
 
 
-def crop(path: Path, size: int) -> Image.Image:
+def celeba_points_cached(celeba: Path, cache: Path) -> dict[str, np.ndarray]:
+    """MTCNN's five points per photo (``relpath -> points``), computed once and kept in ``cache`` (JSON in
+    the format of a registration's alignment.json, so that file can be given instead)."""
+    import json
+
+    if cache.is_file():
+        outcomes = json.loads(cache.read_text())
+        return {o["path"]: np.asarray(o["points"]) for o in outcomes if o["status"] == "aligned"}
+    from bench.landmarks import celeba_points
+    from facefleet.faces.onnx_export import export_mtcnn
+
+    with tempfile.TemporaryDirectory(prefix="facefleet-mtcnn-") as tmp:
+        export_mtcnn(Path(tmp))
+        points = celeba_points(celeba, None, Path(tmp))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    outcomes = [{"path": k, "status": "aligned", "points": v.tolist()} for k, v in sorted(points.items())]
+    cache.write_text(json.dumps(outcomes))
+    return points
+
+
+def crop(path: Path, size: int, points: dict[str, np.ndarray] | None = None) -> Image.Image | None:
+    """The aligned face (five points -> ArcFace template) when ``points`` are given (None: no face found),
+    else the fixed centre crop."""
     image = Image.open(path).convert("RGB")
+    if points is not None:
+        from facefleet.faces.align import align_points
+
+        five = points.get(f"{path.parent.name}/{path.name}")
+        if five is None:
+            return None
+        return align_points(image, five).resize((size, size), Image.Resampling.BILINEAR)
     side = int(min(image.size) * 0.6)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
@@ -246,6 +277,13 @@ def main() -> None:
     parser.add_argument("--student-steps", type=int, default=300)
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unaligned", action="store_true", help="centre crops instead of MTCNN alignment")
+    parser.add_argument(
+        "--points-cache",
+        type=Path,
+        default=Path(".facefleet/bench/celeba_points.json"),
+        help="MTCNN points of celeba_ids (made on the first run; or a registration's alignment.json)",
+    )
     args = parser.parse_args()
     if args.data is None or not args.data.is_dir():
         parser.error("celeba_ids not found; give --data DIR (../shared/benchdata/celeba_ids)")
@@ -256,7 +294,13 @@ def main() -> None:
         print(f"[{time.time() - started:5.0f}s] {text}", flush=True)
 
     people_dirs = sorted(p for p in args.data.iterdir() if p.is_dir())
-    photos = [[crop(f, args.teacher_size) for f in sorted(d.glob("*.jpg"))] for d in people_dirs]
+    points = None if args.unaligned else celeba_points_cached(args.data, args.points_cache)
+    say("aligned with MTCNN's five points" if points is not None else "unaligned centre crops")
+    photos = [
+        [c for f in sorted(d.glob("*.jpg")) if (c := crop(f, args.teacher_size, points)) is not None]
+        for d in people_dirs
+    ]
+    photos = [p for p in photos if len(p) >= 3] if points is not None else photos
     train_people, field, held = (
         photos[:TRAIN_IDS],
         photos[TRAIN_IDS : TRAIN_IDS + FIELD_IDS],
@@ -321,12 +365,14 @@ def main() -> None:
         f"{args.teacher_steps} steps"
     )
     print(
-        f"\nDistillation on celeba_ids (centre crops, NOT aligned), seed {args.seed}; teacher {teacher_desc}; "
+        f"\nDistillation on celeba_ids ({'MTCNN-aligned' if points else 'centre crops, NOT aligned'}), "
+        f"seed {args.seed}; teacher {teacher_desc}; "
         f"students tiny w16 @ {args.student_size}px, {steps} steps x {BATCH} each; thresholds at FAR 1% on "
         "the clean held-out pairs"
     )
     print(
-        "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | false accepts | ms (ORT, 1 thread) |"
+        "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | false accepts "
+        "| ms (ORT, 1 thread) |"
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
