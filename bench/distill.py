@@ -68,16 +68,36 @@ def celeba_points_cached(celeba: Path, cache: Path) -> dict[str, np.ndarray]:
     if cache.is_file():
         outcomes = json.loads(cache.read_text())
         return {o["path"]: np.asarray(o["points"]) for o in outcomes if o["status"] == "aligned"}
-    from bench.landmarks import celeba_points
-    from facefleet.faces.onnx_export import export_mtcnn
+    from multiprocessing import Pool
 
-    with tempfile.TemporaryDirectory(prefix="facefleet-mtcnn-") as tmp:
-        export_mtcnn(Path(tmp))
-        points = celeba_points(celeba, None, Path(tmp))
+    photos = sorted(celeba.glob("*/*.jpg"))
+    with Pool(2) as pool:  # two processes: MTCNN on 3,500 photos is the slow part of a first run
+        found = pool.map(_detect_points, [photos[i::2] for i in range(2)])
+    points = {k: v for part in found for k, v in part.items()}
     cache.parent.mkdir(parents=True, exist_ok=True)
     outcomes = [{"path": k, "status": "aligned", "points": v.tolist()} for k, v in sorted(points.items())]
     cache.write_text(json.dumps(outcomes))
     return points
+
+
+def _detect_points(photos: list[Path]) -> dict[str, np.ndarray]:
+    """MTCNN's five points of the chosen face of each photo, detected at half size (2.7x faster here; the
+    photos' long side is <= 400 px, faces stay far above MTCNN's smallest) and scaled back."""
+    from facefleet.faces.aligner import MTCNNAligner
+    from facefleet.faces.onnx_export import export_mtcnn, onnx_runners
+
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="facefleet-mtcnn-") as tmp:
+        export_mtcnn(Path(tmp))
+        aligner = MTCNNAligner(onnx_runners(Path(tmp)))
+        for photo in photos:
+            with Image.open(photo) as opened:
+                image = opened.convert("RGB")
+            small = image.resize((image.width // 2, image.height // 2), Image.Resampling.BILINEAR)
+            outcome = aligner.align(small)
+            if outcome.points is not None:
+                found[f"{photo.parent.name}/{photo.name}"] = np.asarray(outcome.points) * 2.0
+    return found
 
 
 def crop(path: Path, size: int, points: dict[str, np.ndarray] | None = None) -> Image.Image | None:
