@@ -15,7 +15,7 @@ clean; a genuine attempt is one of their other photos drifted; an impostor attem
 photo claimed as them. The field attempts are labelled from ground truth (a scripted inspector) and packed
 as pairs (reference crop, attempt crop, verdict), the inspection-set format.
 
-Models: the teacher is trained with ArcFace on the 200 training identities (default: tiny width 32 at 64 px,
+Models: the teacher is trained with ArcFace on the 200 training identities (default: tiny width 32 at 48 px,
 what a loaded 2-core machine trains in minutes; --teacher-width / --teacher-size / --teacher-backbone for a
 bigger one). Three students (tiny width 16 at 32 px: the teacher's crops are resized), the same steps and
 batch each: (a) from scratch with ArcFace on the labels, (b) distilled (format 1: cosine distance to the
@@ -24,7 +24,7 @@ logistic loss of the pair score against the verdict at the teacher card's thresh
 are `facefleet.nn.distill`'s, as the `distill` run uses them. Latency: ONNX Runtime, 1 thread, batch 1.
 Targets: (b) closes >= 50% of the AUC gap between (a) and the teacher; (c) has >= 30% fewer false rejects
 than (b) on held-out drifted genuine attempts, without more false accepts; student latency <= 0.3x teacher.
-Run: nice -n 10 .venv/bin/python bench/distill.py [--student-steps 300] [--teacher-steps 400] [--seed 0]
+Run: nice -n 10 .venv/bin/python bench/distill.py [--student-steps 250] [--teacher-steps 600] [--seed 0]
 """
 
 from __future__ import annotations
@@ -292,10 +292,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.is_dir()), None))
     parser.add_argument("--teacher-backbone", default="tiny")
     parser.add_argument("--teacher-width", type=int, default=32, help="tiny only")
-    parser.add_argument("--teacher-size", type=int, default=64)
-    parser.add_argument("--teacher-steps", type=int, default=400)
+    parser.add_argument("--teacher-size", type=int, default=48)
+    parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--student-size", type=int, default=32)
-    parser.add_argument("--student-steps", type=int, default=300)
+    parser.add_argument("--student-steps", type=int, default=250)
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unaligned", action="store_true", help="centre crops instead of MTCNN alignment")
