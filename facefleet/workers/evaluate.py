@@ -124,7 +124,7 @@ def load_eval_sets(
             pairs_key = layout.pairs_key(name, version)
             left, right, same = load_verification_set(store, manifest_key, pairs_key, config.input_size)
             sets.append(EvalSet(name, left, right, same, read_pair_folds(store, pairs_key)))
-        elif config.eval_pairs_per_dataset:
+        elif role == "train" and config.eval_pairs_per_dataset:
             pairs = pairs_within_dataset(
                 read_manifest(store, manifest_key), config.eval_pairs_per_dataset, config.seed
             )

@@ -19,6 +19,7 @@ from facefleet.platform.models.card import (
     AlignerSpec,
     ArchitectureSpec,
     DatasetEntry,
+    DistillationSpec,
     InputSpec,
     ModelCard,
     ProbeSpec,
@@ -86,6 +87,7 @@ def build_card(
     metrics: dict[str, Any],
     threshold: float,
     aligner: AlignerSpec | None = None,
+    distillation: DistillationSpec | None = None,
 ) -> ModelCard:
     probe = make_probe_input(PROBE_SEED, PROBE_COUNT, config.input_size)
     with torch.no_grad():
@@ -109,6 +111,7 @@ def build_card(
         },
         probe=ProbeSpec(seed=PROBE_SEED, count=PROBE_COUNT, embeddings=embeddings),
         aligner=aligner,
+        distillation=distillation,
     )
 
 
@@ -123,6 +126,7 @@ def export_and_register(
     metrics: dict[str, Any],
     threshold: float,
     dataset_version_ids: list[int] | None = None,
+    distillation: DistillationSpec | None = None,
 ) -> tuple[ModelVersion, float]:
     """Write the artifacts, check ONNX against torch, register version n+1 with alias ``candidate``.
 
@@ -147,6 +151,7 @@ def export_and_register(
             metrics={**metrics, "onnx_max_abs_diff": parity},
             threshold=threshold,
             aligner=aligner,
+            distillation=distillation,
         )
         model = register_model_version(
             session, store, name=config.model_name, run_id=run_id, artifacts_dir=folder, card=card

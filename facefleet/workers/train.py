@@ -75,6 +75,16 @@ def _train_evaluate_export(run_id: int) -> str:
             return "cancelled"
         _finish(run_id, "succeeded", summary=landmarks_run.finish_run(landmark_job, landmark_outcome))
         return "succeeded"
+    if kind == "distill":
+        from facefleet.workers import distill
+
+        with session_scope() as session:
+            distill_job = distill.prepare_job(session, run_id)
+        distill_outcome = train_driver.run_trainer(distill_job, distill.distill_train_func)
+        if _cancel_if_requested(run_id):
+            return "cancelled"
+        _finish(run_id, "succeeded", summary=distill.finish_run(distill_job, distill_outcome))
+        return "succeeded"
     with session_scope() as session:
         job = train_driver.prepare_job(session, run_id)
     outcome = train_driver.run_trainer(job)

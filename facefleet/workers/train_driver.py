@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +95,9 @@ def init_ray(config: TrainingConfig) -> None:
     )
 
 
-def run_trainer(job: TrainJob) -> FitOutcome:
-    """Run the TorchTrainer; the same storage path and name resume from the last checkpoint."""
+def run_trainer(job: TrainJob, train_loop: Callable[[dict[str, Any]], None] = train_func) -> FitOutcome:
+    """Run the TorchTrainer over ``train_loop`` (the recognition loop unless a run kind brings its own); the
+    same storage path and name resume from the last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -109,7 +111,7 @@ def run_trainer(job: TrainJob) -> FitOutcome:
         **({"GPU": cfg.scaling.gpus_per_worker} if use_gpu else {}),
     }
     trainer = TorchTrainer(
-        train_func,
+        train_loop,
         train_loop_config=job.model_dump(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(

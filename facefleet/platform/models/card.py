@@ -69,6 +69,30 @@ class AlignerSpec(BaseModel):
     crop_scale: float | None = Field(default=None, description="The landmark model's crop side / box side.")
 
 
+class InspectionSetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: int
+    attempts: int = 0
+    genuine: int = 0
+    impostor: int = 0
+
+
+class DistillationSpec(BaseModel):
+    """A student's provenance (``kind: distill`` runs): the teacher it learned from and the inspection sets
+    whose verdicts trained its decisions at ``teacher_threshold``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_name: str
+    teacher_version: int
+    teacher_card_sha256: str
+    teacher_backbone: str
+    teacher_threshold: float
+    inspection_sets: list[InspectionSetEntry] = Field(default_factory=list)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,6 +113,9 @@ class ModelCard(BaseModel):
     probe: ProbeSpec
     aligner: AlignerSpec | None = Field(
         default=None, description="How faces were aligned for this model; terminals align the same way."
+    )
+    distillation: DistillationSpec | None = Field(
+        default=None, description="Distilled students only: the teacher and the inspection sets."
     )
     created_at: str = ""
 

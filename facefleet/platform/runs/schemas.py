@@ -117,15 +117,65 @@ class LandmarkConfig(_Strict):
     flip: bool = True
 
 
+class TeacherRef(_Strict):
+    """The teacher a ``distill`` run was created with, pinned by the platform (not set by the user)."""
+
+    name: str
+    version: int
+    card_sha256: str = Field(max_length=64)
+    backbone: str
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="get_backbone arguments of the card")
+    input_size: int = Field(ge=16, le=512)
+    embedding_dim: int = Field(ge=2, le=8192)
+    threshold: float = Field(ge=-1.0, le=1.0, description="the teacher card's cosine threshold")
+
+
+class DistillConfig(_Strict):
+    """A ``kind: distill`` run (seed 002): a student backbone learns a registered teacher's embeddings
+    (format 1) and, on inspection sets, the inspectors' verdicts at the teacher card's threshold
+    (format 2)."""
+
+    teacher: str = Field(
+        default="", max_length=200, description="a registered embedding model: name@version or name@alias"
+    )
+    inspection_sets: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="inspection-set dataset versions (name, name:version or id); pinned when the run is made",
+    )
+    embedding_weight: float = Field(default=1.0, ge=0.0, le=1e4, description="cosine distance to the teacher")
+    similarity_weight: float = Field(
+        default=1.0, ge=0.0, le=1e4, description="MSE of the batch cosine-similarity matrices"
+    )
+    inspection_weight: float = Field(
+        default=1.0, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
+    )
+    temperature: float = Field(
+        default=0.05, gt=0.0, le=10.0, description="decision logit = (score - threshold) / temperature"
+    )
+    inspection_batch: int = Field(
+        default=32, ge=1, le=4096, description="inspected pairs per worker per step"
+    )
+    card_threshold: Literal["evaluated", "teacher"] = Field(
+        default="evaluated",
+        description="evaluated: at operating_far on the first verification set, like any run; teacher: the "
+        "teacher card's threshold (the one format 2 trains the decisions at)",
+    )
+    resolved_teacher: TeacherRef | None = Field(
+        default=None, description="set by the platform when the run is created"
+    )
+
+
 class TrainingConfig(_Strict):
     """Everything that decides what a run computes; stored as JSON on the run and in the model card."""
 
-    kind: Literal["recognition", "landmarks"] = Field(
+    kind: Literal["recognition", "landmarks", "distill"] = Field(
         default="recognition",
         description="recognition: an embedding model on train datasets; landmarks: the five-point model "
-        "(seed 001) on landmarks datasets",
+        "(seed 001) on landmarks datasets; distill: a student backbone from a registered teacher (seed 002)",
     )
     landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     model_name: Name = "facefleet"
     backbone: str = "iresnet50"
     embedding_dim: int | None = Field(
@@ -170,6 +220,12 @@ class TrainingConfig(_Strict):
     def _self_consistent(self) -> TrainingConfig:
         if self.steps is None and self.epochs is None:
             self.steps = 10_000
+        if self.kind == "distill" and not self.distill.teacher.strip():
+            raise ValueError(
+                "a distill run needs distill.teacher: a registered model, name@version or name@alias"
+            )
+        if self.kind != "distill" and (self.distill.teacher or self.distill.inspection_sets):
+            raise ValueError("distill.teacher and distill.inspection_sets are for kind: distill runs only")
         if self.biometric.enabled:
             k = self.biometric.images_per_identity
             if k < 2:

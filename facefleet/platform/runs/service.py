@@ -55,7 +55,7 @@ def check_runnable(config: TrainingConfig, *, train_dataset_count: int, local_ma
             f"unknown backbone {config.backbone!r}; choose one of {', '.join(sorted(known))}",
             field="backbone",
         )
-    if config.reversal.enabled and train_dataset_count < 2:
+    if config.reversal.enabled and train_dataset_count < 2 and config.kind != "distill":
         raise InvalidInputError(
             "gradient reversal needs at least two training datasets (a dataset classifier over one dataset "
             "learns nothing); add datasets or set reversal.enabled=false",
@@ -247,6 +247,11 @@ def create_run(
 ) -> Run:
     """A queued run over training dataset versions (class offsets in order) and verification sets."""
     training_config = parse_config(config)
+    inspection: list[DatasetVersion] = []
+    if training_config.kind == "distill":
+        from facefleet.platform.runs.distill import resolve_distill_inputs
+
+        training_config, inspection = resolve_distill_inputs(session, training_config)
     if not dataset_names_or_version_ids:
         raise InvalidInputError("a run needs at least one training dataset", field="datasets")
     dataset_kind = "landmarks" if training_config.kind == "landmarks" else "train"
@@ -283,6 +288,10 @@ def create_run(
         total_steps=total_steps_for(training_config, sum(v.image_count for v, _ in train)),
     )
     rows = run_dataset_rows([v for v, _ in train], [v for v, _ in verification])
+    if inspection:
+        from facefleet.platform.runs.distill import inspection_rows
+
+        rows += inspection_rows(inspection, start=len(rows))
     run.datasets = rows
     session.add(run)
     session.flush()

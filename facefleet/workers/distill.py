@@ -1,0 +1,388 @@
+"""A ``kind: distill`` run (seed 002): a student backbone learns a frozen registered teacher on Ray Train.
+
+Same shape as the recognition run and reusing its parts (job preparation, TorchTrainer, checkpoints, rank-0
+reporting, evaluation, ONNX export, registry): each worker loads the teacher from the registry's safetensors
+(SHA-256 checked, frozen, eval mode), embeds every training batch with both nets (images resized to each
+net's input size) and trains the student on `facefleet.nn.distill`'s losses: format 1 against the teacher's
+embeddings, plus format 2 on pairs drawn from the run's inspection sets (reference crop, attempt crop,
+verdict) at the teacher card's threshold. The registered card names the teacher and the inspection sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+from safetensors.torch import load as load_safetensors
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from torch import nn
+
+from facefleet.nn.backbones import Backbone, get_backbone
+from facefleet.nn.distill import distillation_losses, pair_scores
+from facefleet.platform.datasets import layout
+from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
+from facefleet.platform.db.session import session_scope
+from facefleet.platform.errors import InvalidInputError
+from facefleet.platform.models.card import DistillationSpec, InspectionSetEntry
+from facefleet.platform.models.registry import get_model_version
+from facefleet.platform.runs import service
+from facefleet.platform.runs.distill import WEIGHTS_FILE
+from facefleet.platform.runs.schemas import TeacherRef, TrainingConfig
+from facefleet.platform.store import ObjectStore, get_store, store_from_url
+from facefleet.workers import train_driver
+from facefleet.workers.train_driver import FitOutcome
+from facefleet.workers.train_loop import TrainJob, any_rank_says, pick_device, wrap_distributed
+from facefleet.workers.train_model import build_optimizer
+from facefleet.workers.train_state import TrainState, load_checkpoint_payload, restore_state, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class TeacherSource(BaseModel):
+    ref: TeacherRef
+    weights_key: str
+    weights_sha256: str
+
+
+class InspectionSource(BaseModel):
+    name: str
+    version: int
+    manifest_key: str
+    pairs_key: str
+    report: dict[str, Any] = {}
+
+
+class DistillJob(TrainJob):
+    """A TrainJob (label space, URLs, steps) plus where the teacher and the inspection sets are."""
+
+    teacher: TeacherSource
+    inspection: list[InspectionSource] = []
+
+
+class StudentModel(nn.Module):
+    """The student backbone, plus a training-only projection into the teacher's embedding space when the
+    sizes differ (the cosine-distance term needs it; it is not exported)."""
+
+    sharded_head = False  # what `wrap_distributed` asks of a training model
+    model_net = None  # what the rank-0 evaluation asks of one
+
+    def __init__(self, config: TrainingConfig, teacher_dim: int) -> None:
+        super().__init__()
+        self.backbone: Backbone = get_backbone(
+            config.backbone, embedding_dim=config.embedding_dim, input_size=config.input_size
+        )
+        dim = int(self.backbone.embedding_dim)
+        self.projection = nn.Linear(dim, teacher_dim, bias=False) if dim != teacher_dim else None
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        embeddings = self.backbone(images)
+        return embeddings, (self.projection(embeddings) if self.projection is not None else None)
+
+
+def prepare_job(session: Session, run_id: int) -> DistillJob:
+    """The recognition job of the run (marks it starting), plus its pinned teacher and inspection sets."""
+    base = train_driver.prepare_job(session, run_id)
+    ref = base.config.distill.resolved_teacher
+    if ref is None:
+        raise InvalidInputError(f"run {run_id} has no resolved teacher; create it through the runs service")
+    model = get_model_version(session, ref.name, ref.version)
+    if model.card_sha256 != ref.card_sha256 or WEIGHTS_FILE not in model.artifacts:
+        raise InvalidInputError(f"teacher {ref.name}@{ref.version} changed since run {run_id} was created")
+    weights = model.artifacts[WEIGHTS_FILE]
+    rows = session.execute(
+        select(Dataset.name, DatasetVersion.version, DatasetVersion.manifest_key, DatasetVersion.report)
+        .join(DatasetVersion, Dataset.id == DatasetVersion.dataset_id)
+        .join(RunDataset, RunDataset.dataset_version_id == DatasetVersion.id)
+        .where(RunDataset.run_id == run_id, RunDataset.role == "inspection")
+        .order_by(RunDataset.position)
+    ).all()
+    return DistillJob(
+        **base.model_dump(),
+        teacher=TeacherSource(
+            ref=ref, weights_key=str(weights["key"]), weights_sha256=str(weights["sha256"])
+        ),
+        inspection=[
+            InspectionSource(
+                name=name,
+                version=version,
+                manifest_key=manifest_key or "",
+                pairs_key=layout.pairs_key(name, version),
+                report=report or {},
+            )
+            for name, version, manifest_key, report in rows
+        ],
+    )
+
+
+def _store(job: DistillJob) -> ObjectStore:
+    return store_from_url(job.store_url, endpoint_url=job.s3_endpoint_url)
+
+
+def load_teacher(job: DistillJob, device: torch.device) -> Backbone:
+    """The registry's teacher weights (SHA-256 checked), frozen, in eval mode."""
+    source = job.teacher
+    data = _store(job).get_bytes(source.weights_key)
+    if hashlib.sha256(data).hexdigest() != source.weights_sha256:
+        raise RuntimeError(
+            f"teacher {source.ref.name}@{source.ref.version}: weights do not match their SHA-256"
+        )
+    state = load_safetensors(data)
+    prefix = "backbone."
+    if state and all(key.startswith(prefix) for key in state):
+        state = {key[len(prefix) :]: value for key, value in state.items()}
+    ref = source.ref
+    teacher = get_backbone(
+        ref.backbone, embedding_dim=ref.embedding_dim, input_size=ref.input_size, **ref.kwargs
+    )
+    teacher.load_state_dict(state)
+    teacher.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square images to ``size`` (the teacher's and the student's input sizes may differ)."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def load_inspection_pairs(
+    job: DistillJob, input_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every inspected attempt of the run's inspection sets: (reference crops, attempt crops, genuine)."""
+    from facefleet.workers.data import load_verification_set
+
+    store = _store(job)
+    parts = [load_verification_set(store, s.manifest_key, s.pairs_key, input_size) for s in job.inspection]
+    if not parts:
+        empty = torch.zeros(0, 3, input_size, input_size)
+        return empty, empty, torch.zeros(0, dtype=torch.bool)
+    return tuple(torch.cat(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def training_batches(
+    job: DistillJob, rank: int, world_size: int, start_step: int, load_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Images of the training datasets forever (labels unused), decoded at ``load_size``."""
+    from facefleet.workers.data import make_train_loader
+
+    cfg, epoch = job.config, 0
+    while True:
+        loader = make_train_loader(
+            job.entries,
+            store_url=job.store_url,
+            s3_endpoint_url=job.s3_endpoint_url,
+            batch_size=cfg.batch_size,
+            input_size=load_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=cfg.data_workers,
+            seed=cfg.seed + 7919 * start_step + epoch,
+            cache_dir=Path(job.cache_dir),
+            cache_bytes=cfg.cache_bytes,
+        )
+        for images, _labels, _datasets in loader:
+            yield images.to(device, non_blocking=True)
+        epoch += 1
+
+
+def _pair_batch(
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], count: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random inspected pairs, each crop flipped with probability 1/2: (crops, genuine)."""
+    left, right, same = pairs
+    pick = torch.from_numpy(rng.integers(0, len(same), count))
+    crops = torch.cat([left[pick], right[pick]])
+    flip = torch.from_numpy(rng.random(2 * count) < 0.5)
+    crops = torch.where(flip[:, None, None, None], torch.flip(crops, dims=[3]), crops)
+    return crops, same[pick]
+
+
+def distill_train_func(loop_config: dict[str, Any]) -> None:
+    """One worker: frozen teacher, DDP student, format 1 on training images + format 2 on inspected pairs."""
+    from facefleet.workers.train_reporting import RankZeroReporter
+
+    job = DistillJob.model_validate(loop_config)
+    cfg, spec = job.config, job.config.distill
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = pick_device(cfg)
+    torch.manual_seed(cfg.seed + rank)
+    teacher = load_teacher(job, device)
+    ref = job.teacher.ref
+    student = StudentModel(cfg, ref.embedding_dim).to(device)
+    optimizer, scheduler = build_optimizer(cfg, student, job.total_steps)
+    state = TrainState(student, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False))
+    start_step = restore_state(ray.train.get_checkpoint(), state, device)
+    ddp = wrap_distributed(student, device)  # type: ignore[arg-type]
+    reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
+    pairs = load_inspection_pairs(job, cfg.input_size)
+    use_pairs = len(pairs[2]) > 0 and spec.inspection_weight > 0
+    rng = np.random.default_rng([cfg.seed, rank, start_step, 2])
+    batches = training_batches(job, rank, world_size, start_step, max(cfg.input_size, ref.input_size), device)
+    step = start_step
+    student.train()
+    while step < job.total_steps:
+        wait_started = time.perf_counter()
+        images = next(batches)
+        data_wait = time.perf_counter() - wait_started
+        with torch.no_grad():
+            target = teacher(resize(images, ref.input_size))
+        batch, count = resize(images, cfg.input_size), images.shape[0]
+        same = None
+        if use_pairs:
+            crops, same = _pair_batch(pairs, spec.inspection_batch, rng)
+            batch = torch.cat([batch, crops.to(device)])  # one forward: BatchNorm sees one batch
+        embeddings, projected = ddp(batch)
+        scores = None
+        if same is not None:
+            k = spec.inspection_batch
+            scores = pair_scores(embeddings[count : count + k], embeddings[count + k :])
+        losses = distillation_losses(
+            embeddings[:count],
+            target,
+            embedding_weight=spec.embedding_weight,
+            similarity_weight=spec.similarity_weight,
+            projected_student=None if projected is None else projected[:count],
+            inspection_scores=scores,
+            inspection_same=None if same is None else same.to(device),
+            threshold=ref.threshold,
+            temperature=spec.temperature,
+            inspection_weight=spec.inspection_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if reporter is not None:
+            reporter.after_step(
+                step, losses, count * world_size, data_wait, optimizer.param_groups[0]["lr"], 1
+            )
+        last = step == job.total_steps
+        if step % cfg.metrics_interval == 0 or last:
+            cancel = reporter.write(step) if reporter is not None else False
+            if any_rank_says(cancel, device):
+                logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
+                return
+            if reporter is not None and cfg.eval_interval and step % cfg.eval_interval == 0 and not last:
+                reporter.evaluate(step, student)  # type: ignore[arg-type]
+        if step % cfg.checkpoint_interval == 0 or last:
+            checkpoint = save_checkpoint(state, step, writer=rank == 0)
+            ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
+
+
+@torch.no_grad()
+def inspection_metrics(backbone: Backbone, job: DistillJob, threshold: float) -> dict[str, dict[str, float]]:
+    """Per inspection set: how the student's decisions at ``threshold`` agree with the verdicts."""
+    from facefleet.workers.data import load_verification_set
+
+    backbone.eval()
+    store, size, out = _store(job), job.config.input_size, {}
+    for source in job.inspection:
+        left, right, same = load_verification_set(store, source.manifest_key, source.pairs_key, size)
+        scores = torch.cat(
+            [
+                pair_scores(backbone(left[i : i + 256]), backbone(right[i : i + 256]))
+                for i in range(0, len(same), 256)
+            ]
+        )
+        accept = scores >= threshold
+        out[f"{source.name}:{source.version}"] = {
+            "pairs": float(len(same)),
+            "agreement": float((accept == same).float().mean()),
+            "false_rejects": float((~accept & same).sum()),
+            "false_accepts": float((accept & ~same).sum()),
+        }
+    return out
+
+
+def distillation_spec(job: DistillJob) -> DistillationSpec:
+    ref = job.teacher.ref
+    return DistillationSpec(
+        teacher_name=ref.name,
+        teacher_version=ref.version,
+        teacher_card_sha256=ref.card_sha256,
+        teacher_backbone=ref.backbone,
+        teacher_threshold=ref.threshold,
+        inspection_sets=[
+            InspectionSetEntry(
+                name=s.name,
+                version=s.version,
+                attempts=int(s.report.get("attempts", 0)),
+                genuine=int(s.report.get("genuine", 0)),
+                impostor=int(s.report.get("impostor", 0)),
+            )
+            for s in job.inspection
+        ],
+    )
+
+
+def finish_run(job: DistillJob, outcome: FitOutcome) -> dict[str, Any]:
+    """Evaluate the student like any run, check it on its inspection sets, export and register it."""
+    from facefleet.workers.evaluate import evaluate_model, load_eval_sets, save_plots
+    from facefleet.workers.export import export_and_register
+
+    if outcome.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+    cfg = job.config
+    student = StudentModel(cfg, job.teacher.ref.embedding_dim)
+    student.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
+    store = get_store()
+    with session_scope() as session:
+        service.update_progress(
+            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
+        )
+        sets = load_eval_sets(
+            session, job.run_id, cfg, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url
+        )
+    results = evaluate_model(student.backbone, None, sets, cfg)
+    threshold = (
+        job.teacher.ref.threshold
+        if cfg.distill.card_threshold == "teacher"
+        else results.cosine_threshold(cfg.operating_far)
+    )
+    inspected = inspection_metrics(student.backbone, job, threshold)
+    summary: dict[str, Any] = {**results.summary(), "inspection": inspected}
+    flat = results.flat_metrics()
+    flat.update({f"inspection/{name}/{k}": v for name, m in inspected.items() for k, v in m.items()})
+    with session_scope() as session:
+        service.record_metrics(session, job.run_id, job.total_steps, flat)
+        plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
+        service.update_progress(
+            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
+        )
+    spec = distillation_spec(job)
+    with session_scope() as session:
+        model_version, parity = export_and_register(
+            session,
+            store,
+            run_id=job.run_id,
+            backbone=student.backbone,
+            config=cfg,
+            datasets=train_driver.dataset_entries(session, job.run_id),
+            metrics=summary,
+            threshold=threshold,
+            dataset_version_ids=[entry.dataset_version_id for entry in job.entries],
+            distillation=spec,
+        )
+        return {
+            "evaluation": summary,
+            "plots": plots,
+            "checkpoint_path": outcome.storage_path,
+            "model": {"name": model_version.name, "version": model_version.version},
+            "onnx_max_abs_diff": parity,
+            "threshold": threshold,
+            "teacher": {"name": spec.teacher_name, "version": spec.teacher_version},
+            "inspection_sets": [f"{s.name}:{s.version}" for s in spec.inspection_sets],
+        }
