@@ -166,9 +166,12 @@ def test_scheduler_deletes_attempts_past_retention_with_an_audit_event(
     assert event.actor == "scheduler" and event.details["deleted"] == 1
     assert event.details["per_device"] == {str(device_id): 1}
     assert scheduler.tick().attempts_expired == 0  # nothing left to do: no second event
-    assert session.scalar(
-        select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "inspections.expire")
-    ) == 1
+    assert (
+        session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "inspections.expire")
+        )
+        == 1
+    )
 
 
 def test_erasure_deletes_one_devices_attempts_and_is_audited(
@@ -184,7 +187,9 @@ def test_erasure_deletes_one_devices_attempts_and_is_audited(
         inspections.record_attempt(session, store, device, attempt_body(version_id, seed), **LIMITS)
     theirs = inspections.record_attempt(session, store, other, attempt_body(version_id, 9), **LIMITS)
     session.commit()
-    result = inspections.erase_device_attempts_audited(session, store, device_id=device.id, actor="key:1:root")
+    result = inspections.erase_device_attempts_audited(
+        session, store, device_id=device.id, actor="key:1:root"
+    )
     session.commit()
     assert result.deleted == 3
     assert [a.id for a in session.scalars(select(Attempt))] == [theirs.id]
