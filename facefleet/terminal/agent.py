@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 
 from facefleet.terminal import AGENT_VERSION, collection
 from facefleet.terminal.bundle import VerificationError, verify_card
 from facefleet.terminal.client import DeviceApiError, DeviceClient
-from facefleet.terminal.local import Identity, Terminal, VerifyResult, write_atomically
+from facefleet.terminal.local import Identity, Terminal, VerifyResult, to_png, write_atomically
 
 log = logging.getLogger("facefleet.terminal")
 
@@ -128,12 +129,13 @@ class TerminalAgent:
             path = self.terminal.data_dir / collection.COLLECTION_FILE
             write_atomically(path, settings.model_dump_json().encode())
 
-    def verify(self, user: str, image: bytes) -> VerifyResult:
+    def verify(self, user: str, image: bytes | Image.Image) -> VerifyResult:
         """Verify on the terminal; upload the attempt when the collection settings select it.
 
         Collection never changes the answer: an upload the platform refuses (or that fails) is counted
         and logged, and the verification result stands.
         """
+        image = to_png(image)
         result = self.terminal.verify_user(user, image)
         settings = self.collection_settings()
         counters = self.collection_counters
