@@ -15,6 +15,7 @@ from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId, QueryId
 from facefleet.api.responses import model_response
 from facefleet.platform.datasets.schemas import DatasetVersionDetail
+from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.inspections import service as inspections
 from facefleet.platform.inspections import sets
 from facefleet.platform.inspections.schemas import (
@@ -39,7 +40,7 @@ def list_attempts(
     _inspector: Inspector,
     page: KeysetPagination,
     status: AttemptStatus | None = Query(default="pending", description="pending | labelled"),
-    device: int | None = Query(default=None, ge=1, description="only this device's attempts"),
+    device: int | None = Query(default=None, ge=1, le=DB_INT_MAX, description="only this device's attempts"),
 ) -> Response:
     """Attempts within retention, oldest first (default: the ones still waiting for a verdict)."""
     rows, total = inspections.list_attempts(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,9 @@ Verdict = Literal["genuine", "impostor", "unusable"]
 AttemptStatus = Literal["pending", "labelled"]
 # Cosine scores; a little slack for float rounding, and -1 is what a terminal reports when it found no face.
 SCORE_SLACK = 1e-3
+RowId = Annotated[int, Field(ge=1, le=DB_INT_MAX)]
+# A user name as the terminal knows it: any text but control characters.
+UserName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class CollectionSettings(BaseModel):
@@ -59,7 +62,7 @@ class AttemptUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_version_id: int = Field(ge=1, le=DB_INT_MAX, description="The model that scored the attempt.")
-    user: str = Field(min_length=1, max_length=128, description="The claimed (enrolled) user.")
+    user: UserName = Field(description="The claimed (enrolled) user.")
     score: float = Field(ge=-1.0 - SCORE_SLACK, le=1.0 + SCORE_SLACK, allow_inf_nan=False)
     decision: Literal["accept", "reject"]
     threshold: float = Field(ge=-1.0, le=1.0, allow_inf_nan=False, description="The card's threshold.")
@@ -112,11 +115,11 @@ class InspectionSetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name
-    attempt_ids: list[int] | None = Field(
+    attempt_ids: list[RowId] | None = Field(
         default=None, max_length=100_000, description="Exactly these attempts; else the filters below."
     )
-    device_ids: list[int] | None = Field(default=None, max_length=10_000)
+    device_ids: list[RowId] | None = Field(default=None, max_length=10_000)
     group: str | None = Field(default=None, max_length=128)
-    model_version_ids: list[int] | None = Field(default=None, max_length=1000)
+    model_version_ids: list[RowId] | None = Field(default=None, max_length=1000)
     since: datetime | None = None
     until: datetime | None = None
