@@ -4,6 +4,7 @@ inspector role (403 everywhere else), verdicts, erasure, inspection sets, and th
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -254,3 +255,19 @@ def test_cli_local_and_remote(sqlite_api: Api, server_url: str, monkeypatch: pyt
         )
     assert actors == {"cli", next(a for a in actors if a.endswith(":remote-ann"))}
     assert _cli("erase", "--device", str(device_id), "--json") == {"device_id": device_id, "deleted": 2}
+
+
+def test_an_inspector_key_cannot_use_the_web_console(sqlite_api: Api) -> None:
+    api = sqlite_api
+    key = seed_key(api.engine, "inspector", "ann")["Authorization"].removeprefix("Bearer ")
+    form = api.client.get("/ui/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token, form.text
+    api.client.post(
+        "/ui/login",
+        data={"api_key": key, "csrf": token.group(1), "next": "/ui/runs"},
+        follow_redirects=False,
+    )
+    page = api.client.get("/ui/runs", follow_redirects=False)
+    assert page.status_code == 403 and "inspector" in page.text, (page.status_code, page.text[:300])
+    assert api.client.get("/v1/runs").status_code in (401, 403)  # the console cookie opens no API route

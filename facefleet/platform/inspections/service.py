@@ -33,6 +33,7 @@ from facefleet.platform.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
 )
 from facefleet.platform.inspections.schemas import (
     AssignedCollection,
@@ -156,7 +157,7 @@ def record_attempt(
     """
     now = now or utcnow()
     if device.status == "disabled":
-        raise FacefleetError(f"device {device.name!r} is disabled", status_code=403)
+        raise PermissionDeniedError(f"device {device.name!r} is disabled")
     setting = session.get(CollectionSetting, device.group)
     if setting is None or not setting.enabled:
         raise ConflictError(
