@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.names import Name
@@ -16,6 +16,17 @@ AttemptStatus = Literal["pending", "labelled"]
 # Cosine scores; a little slack for float rounding, and -1 is what a terminal reports when it found no face.
 SCORE_SLACK = 1e-3
 RowId = Annotated[int, Field(ge=1, le=DB_INT_MAX)]
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """A time the database can hold: converted to UTC (naive: taken as UTC), years 1-9999 after that."""
+    try:
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise ValueError("must be a time between the years 1 and 9999 in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_in_utc)]
 # A user name as the terminal knows it: any text but control characters.
 UserName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -66,7 +77,7 @@ class AttemptUpload(BaseModel):
     score: float = Field(ge=-1.0 - SCORE_SLACK, le=1.0 + SCORE_SLACK, allow_inf_nan=False)
     decision: Literal["accept", "reject"]
     threshold: float = Field(ge=-1.0, le=1.0, allow_inf_nan=False, description="The card's threshold.")
-    captured_at: datetime
+    captured_at: UtcTime
     probe_png_b64: str = Field(min_length=1, description="The aligned face crop of the attempt (PNG/JPEG).")
     reference_png_b64: str = Field(
         min_length=1, description="The claimed user's enrolled reference crop (PNG/JPEG)."
@@ -121,5 +132,5 @@ class InspectionSetCreate(BaseModel):
     device_ids: list[RowId] | None = Field(default=None, max_length=10_000)
     group: str | None = Field(default=None, max_length=128)
     model_version_ids: list[RowId] | None = Field(default=None, max_length=1000)
-    since: datetime | None = None
-    until: datetime | None = None
+    since: UtcTime | None = None
+    until: UtcTime | None = None
