@@ -13,6 +13,7 @@ from facefleet.commands import (
     db,
     deployments,
     devices,
+    inspections,
     keys,
     models,
     policies,
@@ -34,6 +35,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(devices.app, name="devices")
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(policies.app, name="policies")
+app.add_typer(inspections.app, name="inspections")
 app.add_typer(terminal.app, name="terminal")
 app.command("serve")(server.serve)
 app.command("scheduler")(server.scheduler)

@@ -17,6 +17,12 @@ from facefleet.api.schemas import AliasUpdate, ApiKeyCreate, CancelRequest, RunC
 from facefleet.platform.datasets.schemas import RegisterRequest
 from facefleet.platform.deployments.schemas import DeploymentCreate, StatusReport
 from facefleet.platform.devices.schemas import DeviceCreate, EnrollRequest, HeartbeatRequest
+from facefleet.platform.inspections.schemas import (
+    AttemptUpload,
+    CollectionSettings,
+    InspectionSetCreate,
+    VerdictRequest,
+)
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyUpdate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,6 +40,10 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/device/enroll"): EnrollRequest,
     ("POST", "/v1/device/status"): StatusReport,
     ("POST", "/v1/device/heartbeat"): HeartbeatRequest,
+    ("POST", "/v1/device/attempts"): AttemptUpload,
+    ("PUT", "/v1/collection/{group}"): CollectionSettings,
+    ("POST", "/v1/inspections/{attempt_id}"): VerdictRequest,
+    ("POST", "/v1/inspection-sets"): InspectionSetCreate,
 }
 
 
@@ -47,7 +57,7 @@ def curl_calls() -> list[tuple[str, str, list[str]]]:
         argv = shlex.split(line)
         method = argv[argv.index("-X") + 1]
         url = next(arg for arg in argv if arg.startswith("$API/"))
-        calls.append((method, url.removeprefix("$API"), argv))
+        calls.append((method, url.removeprefix("$API").split("?", 1)[0], argv))  # the route, not its query
     return calls
 
 

@@ -86,6 +86,21 @@ RULES: list[Rule] = [
         timeout=600.0,
     ),
     Rule("facefleet datasets synth", "run", "writes the datasets the next commands use", timeout=300.0),
+    Rule(
+        "facefleet inspections label",
+        "help",
+        "needs an attempt a terminal uploaded (tests/api/test_api_inspections.py labels them, both modes)",
+    ),
+    Rule(
+        "facefleet inspections export",
+        "help",
+        "needs labelled attempts (tests/api/test_api_inspections.py, tests/platform/inspections export them)",
+    ),
+    Rule(
+        "facefleet inspections erase",
+        "help",
+        "needs a registered device (tests/api/test_api_inspections.py erases one's attempts)",
+    ),
     Rule("facefleet ", "run", "the CLI itself, against the temp data dir"),
     Rule("openssl genpkey", "run", "writes a key file into the temp dir"),
     Rule("printf ", "run", "writes a config file the next commands read"),

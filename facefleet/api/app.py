@@ -17,8 +17,10 @@ from facefleet.api.routes import (
     datasets,
     deployments,
     device,
+    device_attempts,
     devices,
     health,
+    inspections,
     keys,
     models,
     policies,
@@ -67,4 +69,7 @@ def create_app(
     for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, device):
         app.include_router(module.router)
     app.include_router(run_overlaps_router)
+    app.include_router(device_attempts.router)
+    for router in (inspections.router, inspections.sets_router, inspections.collection_router):
+        app.include_router(router)
     return app

@@ -80,8 +80,8 @@ def bearer_token(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-async def require_viewer(request: Request, session: DbSession) -> Principal:
-    """Any valid API key (admin or viewer). 401 without one; 403 for device credentials."""
+async def require_key(request: Request, session: DbSession) -> Principal:
+    """Any valid API key, whatever its role. 401 without one; 403 for device credentials."""
     token = bearer_token(request)
     if not token and request.method in SAFE_METHODS:
         # The web console's scripts read the API with the session cookie (SameSite=Strict); writes
@@ -105,6 +105,30 @@ async def require_viewer(request: Request, session: DbSession) -> Principal:
         principal = Principal(key_id=key.id, name=key.name, role=key.role)
         cache.put(digest, principal)
     request.state.principal = principal
+    return principal
+
+
+INSPECTOR_ONLY_MESSAGE = (
+    "API key {name!r} has role 'inspector', which may only list and label attempts "
+    "(/v1/inspections); this request needs an admin or viewer key"
+)
+
+
+async def require_viewer(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
+    """An admin or viewer key; an inspector key gets 403 everywhere but /v1/inspections."""
+    if principal.role == "inspector":
+        raise PermissionDeniedError(INSPECTOR_ONLY_MESSAGE.format(name=principal.name), field="Authorization")
+    return principal
+
+
+def require_inspector(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
+    """An inspector or admin key (attempts hold faces: viewers do not see them)."""
+    if principal.role not in ("inspector", "admin"):
+        raise PermissionDeniedError(
+            f"API key {principal.name!r} has role {principal.role!r}; listing and labelling attempts "
+            "needs an inspector or admin key",
+            field="Authorization",
+        )
     return principal
 
 
@@ -180,4 +204,5 @@ def require_admin(principal: Annotated[Principal, Depends(require_viewer)]) -> P
 
 
 Viewer = Annotated[Principal, Depends(require_viewer)]
+Inspector = Annotated[Principal, Depends(require_inspector)]
 Admin = Annotated[Principal, Depends(require_admin)]

@@ -19,7 +19,9 @@ class StrictBody(BaseModel):
 
 class ApiKeyCreate(StrictBody):
     name: Name = Field(description="who or what uses the key, e.g. 'ci-bot'")
-    role: Literal["admin", "viewer"] = Field(description="admin: everything; viewer: read-only")
+    role: Literal["admin", "viewer", "inspector"] = Field(
+        description="admin: everything; viewer: read-only; inspector: list and label attempts only"
+    )
 
 
 class ApiKeyRead(BaseModel):

@@ -45,7 +45,9 @@ def _fail(error: FacefleetError) -> None:
 
 @app.command("create")
 def create(
-    role: Annotated[str, typer.Option("--role", help="admin (everything) or viewer (read-only)")] = "viewer",
+    role: Annotated[
+        str, typer.Option("--role", help="admin (all), viewer (read-only) or inspector (label attempts)")
+    ] = "viewer",
     name: Annotated[
         str | None,
         typer.Option("--name", help="who uses the key, e.g. ci-bot; default: <role>-<UTC time>"),

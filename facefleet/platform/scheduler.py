@@ -25,12 +25,14 @@ from facefleet.platform.db.base import as_utc
 from facefleet.platform.db.models import OutboxEvent, RetrainPolicy, Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import FacefleetError, NotFoundError
+from facefleet.platform.inspections.service import purge_expired_attempts
 from facefleet.platform.leases import acquire_lease
 from facefleet.platform.models import registry
 from facefleet.platform.policies import outcomes, retrain
 from facefleet.platform.policies.service import add_trigger, next_cron_time
 from facefleet.platform.runs import service as runs_service
 from facefleet.platform.settings import Settings, get_settings
+from facefleet.platform.store import ObjectStore, get_store
 
 log = logging.getLogger("facefleet.scheduler")
 
@@ -60,6 +62,7 @@ class TickReport:
     finished_runs: list[int] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
     notifications_sent: int = 0
+    attempts_expired: int = 0
 
 
 class Scheduler:
@@ -75,6 +78,7 @@ class Scheduler:
         clock: Clock | None = None,
         settings: Settings | None = None,
         lease_seconds: float = 60.0,
+        store: ObjectStore | None = None,
     ) -> None:
         self.engine = engine
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -84,6 +88,13 @@ class Scheduler:
         self.settings = settings or get_settings()
         self.lease_seconds = lease_seconds
         self.row_locks = engine.dialect.name == "postgresql"
+        self._store = store
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = get_store(self.settings)
+        return self._store
 
     # ------------------------------------------------------------------ driving
 
@@ -101,6 +112,7 @@ class Scheduler:
             self.fire_due_policies,
             self.start_queued_runs,
             self.deliver_notifications,
+            self.purge_expired_attempts,
         ]
         for step in steps:
             try:
@@ -341,3 +353,10 @@ class Scheduler:
     def deliver_notifications(self, now: datetime, report: TickReport) -> None:
         with session_scope(self.engine) as session:
             report.notifications_sent += notifications.deliver_due(session, now=now, settings=self.settings)
+
+    def purge_expired_attempts(self, now: datetime, report: TickReport) -> None:
+        """Attempts past their retention: objects and rows deleted, one audit event per sweep."""
+        with session_scope(self.engine) as session:
+            report.attempts_expired += purge_expired_attempts(
+                session, self.store, now=now, actor=ACTOR, lock_rows=self.row_locks
+            )

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         "comma-separated); empty: the API registers uploads only. The CLI without --server reads any "
         "path its user can.",
     )
+    attempt_max_bytes: int = Field(
+        default=1 << 20,
+        ge=1,
+        description="Largest attempt a terminal may upload (request body, both face crops, base64).",
+    )
+    attempt_rate_per_hour: int = Field(
+        default=120, ge=1, description="Most attempts one terminal may upload in any hour."
+    )
     archive_max_bytes: int = Field(
         default=32 << 30, ge=1, description="Most bytes a dataset archive may expand to (all entries)."
     )

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 
-from facefleet.terminal import AGENT_VERSION
+from facefleet.terminal import AGENT_VERSION, collection
 from facefleet.terminal.bundle import VerificationError, verify_card
 from facefleet.terminal.client import DeviceApiError, DeviceClient
-from facefleet.terminal.local import Identity, Terminal
+from facefleet.terminal.local import Identity, Terminal, VerifyResult, to_png, write_atomically
 
 log = logging.getLogger("facefleet.terminal")
 
@@ -33,8 +34,11 @@ class TerminalAgent:
         transport: httpx.BaseTransport | None = None,
         poll_interval: float = 5.0,
         max_backoff: float = 300.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.terminal = terminal
+        self.rng = rng or random.Random()
+        self.collection_counters = collection.CollectionCounters()
         self.transport = transport
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
@@ -86,6 +90,7 @@ class TerminalAgent:
         """Heartbeat, fetch the assignment, act on it. Returns what happened."""
         self._heartbeat()
         assignment = self.client.assignment()
+        self._follow_collection(assignment.get("collection"))
         action = assignment["action"]
         if action == "install":
             return self._install(assignment)
@@ -110,7 +115,71 @@ class TerminalAgent:
             "adapted": bool(model and model.adapted),
             # updates applied / refused by the impostor-probe guard, probe FAR, resets, fallbacks
             "adaptation": adaptation.model_dump() if adaptation else None,
+            "collection": self.collection_counters.as_health(),
         }
+
+    # ---- collection of attempts for inspection (issue 13)
+    def collection_settings(self) -> collection.CollectionSettings:
+        return collection.load_settings(self.terminal.data_dir)
+
+    def _follow_collection(self, part: dict[str, Any] | None) -> None:
+        """Keep the assignment's collection settings on disk (absent: off)."""
+        settings = collection.CollectionSettings.model_validate(part or {})
+        if settings != self.collection_settings():
+            path = self.terminal.data_dir / collection.COLLECTION_FILE
+            write_atomically(path, settings.model_dump_json().encode())
+
+    def verify(self, user: str, image: bytes | Image.Image) -> VerifyResult:
+        """Verify on the terminal; upload the attempt when the collection settings select it.
+
+        Collection never changes the answer: an upload the platform refuses (or that fails) is counted
+        and logged, and the verification result stands.
+        """
+        image = to_png(image)
+        result = self.terminal.verify_user(user, image)
+        settings = self.collection_settings()
+        counters = self.collection_counters
+        if result.reason or not collection.should_upload(
+            settings, match=result.match, score=result.score, threshold=result.threshold, rng=self.rng
+        ):
+            counters.not_selected += 1 if settings.enabled else 0
+            return result
+        body = self._attempt_body(result, image)
+        if body is None:
+            counters.not_selected += 1
+            return result
+        try:
+            self.client.upload_attempt(body)
+            counters.uploaded += 1
+        except DeviceApiError as exc:
+            counters.refused += 1
+            counters.refusals[exc.status] = counters.refusals.get(exc.status, 0) + 1
+            counters.last_error = str(exc)
+            log.info("attempt not collected: %s", exc)
+        except httpx.TransportError as exc:
+            counters.failed += 1
+            counters.last_error = str(exc)
+            log.warning("attempt upload failed: %s", exc)
+        return result
+
+    def _attempt_body(self, result: VerifyResult, image: bytes) -> dict[str, Any] | None:
+        model = self.terminal.current_model()
+        sample = self.terminal.db.sample(result.sample_id) if result.sample_id is not None else None
+        if model is None or sample is None:
+            return None
+        probe = collection.face_crop_png(model, image)
+        reference = collection.face_crop_png(model, sample.image)
+        if probe is None or reference is None:
+            return None
+        return collection.attempt_body(
+            model_version_id=result.model_version_id,
+            user=result.user,
+            score=result.score,
+            match=result.match,
+            threshold=result.threshold,
+            probe_png=probe,
+            reference_png=reference,
+        )
 
     def _install(self, assignment: dict[str, Any]) -> str:
         model, deployment_id = assignment["model"], assignment["deployment_id"]

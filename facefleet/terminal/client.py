@@ -91,6 +91,10 @@ class DeviceClient:
             {"agent_version": agent_version, "model_version_id": model_version_id, "health": health},
         )
 
+    def upload_attempt(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One verification attempt for inspection (``facefleet.terminal.collection.attempt_body``)."""
+        return self._json("POST", "/v1/device/attempts", body)
+
     def download(self, url: str, part: Path, size: int) -> None:
         """Fetch ``url`` into ``part``, resuming from what is already there (``Range: bytes=N-``)."""
         offset = part.stat().st_size if part.exists() else 0

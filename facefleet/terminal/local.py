@@ -64,6 +64,7 @@ class VerifyResult:
     adapted_now: bool = False  # an adaptation update was committed after this verification
     update_refused: bool = False  # an update was computed and refused by the impostor-probe guard
     reason: str = ""  # why there is no score (e.g. the model's aligner found no face)
+    sample_id: int | None = None  # the claimed user's enrolled sample that scored best
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -254,7 +255,12 @@ class Terminal:
         scores = [float(embedding @ t.embedding) for t in templates]
         best = int(np.argmax(scores))
         result = VerifyResult(
-            user, scores[best] >= model.card.threshold, scores[best], model.card.threshold, version
+            user,
+            scores[best] >= model.card.threshold,
+            scores[best],
+            model.card.threshold,
+            version,
+            sample_id=templates[best].sample_id,
         )
         if result.match and self._adapts(model):
             outcome = self._adapt(model, batch, templates[best].embedding, user)
@@ -374,6 +380,7 @@ class Terminal:
         )
         current = probe.evaluate(backbone.forward_upper, threshold)
         shipped = self._shipped_report(adapter, probe, threshold)
+
         def guard() -> GuardDecision:
             candidate = probe.evaluate(backbone.forward_upper, threshold)
             return judge(current, candidate, threshold, self.guard_config, shipped)

@@ -66,6 +66,11 @@ class TemplateDB:
             rows = db.execute("SELECT id, user, image FROM samples ORDER BY id").fetchall()
         return [Sample(int(i), str(u), bytes(b)) for i, u, b in rows]
 
+    def sample(self, sample_id: int) -> Sample | None:
+        with self._connect() as db:
+            row = db.execute("SELECT id, user, image FROM samples WHERE id = ?", (sample_id,)).fetchone()
+        return None if row is None else Sample(int(row[0]), str(row[1]), bytes(row[2]))
+
     def users(self) -> list[str]:
         with self._connect() as db:
             return [str(u) for (u,) in db.execute("SELECT DISTINCT user FROM samples ORDER BY user")]

@@ -121,6 +121,11 @@ async def current_console(request: Request, session: DbSession) -> Console:
     if principal is None or signed_in is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target)
+    if principal.role == "inspector":
+        raise ConsoleForbidden(
+            f"API key {principal.name!r} has role 'inspector': it may only list and label attempts "
+            "through /v1/inspections or `facefleet inspections`"
+        )
     return Console(request, principal, console_session.csrf_token(console_secret(request), signed_in))
 
 

@@ -27,6 +27,8 @@ EXPECTED_TABLES = {
     "api_keys",
     "audit_events",
     "notifications",
+    "collection_settings",
+    "attempts",
 }
 
 

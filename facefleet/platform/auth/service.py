@@ -17,7 +17,7 @@ from facefleet.platform.names import check_name
 
 API_KEY_PREFIX = "ffk_"
 DEVICE_TOKEN_PREFIX = "ffd_"
-ROLES = ("admin", "viewer")
+ROLES = ("admin", "viewer", "inspector")  # inspector: list and label attempts only
 # Writing last_used_at on every request would turn each read into a write; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 

@@ -329,3 +329,52 @@ class Notification(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+# ---------------------------------------------------------------- inspection (issue 13)
+
+
+class CollectionSetting(Base):
+    """Whether a group's terminals upload verification attempts for human inspection, and which ones."""
+
+    __tablename__ = "collection_settings"
+
+    group: Mapped[str] = mapped_column(String(128), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    sample_rate: Mapped[float] = mapped_column(Float, default=1.0)
+    attempts: Mapped[str] = mapped_column(String(16), default="rejections")  # rejections|near_threshold|all
+    near_threshold_band: Mapped[float] = mapped_column(Float, default=0.05)
+    retention_days: Mapped[int] = mapped_column(Integer, default=30)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Attempt(Base):
+    """A verification attempt a terminal uploaded: crops in the store under attempts/<device>/<id>/."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (
+        Index("ix_attempts_status_id", "status", "id"),
+        Index("ix_attempts_device_id_created_at", "device_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    group: Mapped[str] = mapped_column(String(128))
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True
+    )
+    user: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(8))  # accept|reject
+    threshold: Mapped[float] = mapped_column(Float)
+    captured_at: Mapped[datetime] = mapped_column()
+    probe_key: Mapped[str] = mapped_column(Text)
+    reference_key: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|labelled
+    verdict: Mapped[str | None] = mapped_column(String(16), nullable=True)  # genuine|impostor|unusable
+    labelled_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    labelled_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from sqlalchemy import select
@@ -15,6 +15,8 @@ from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, M
 from facefleet.platform.deployments.schemas import AssignedArtifact, AssignedModel, AssignmentRead
 from facefleet.platform.deployments.service import current_stage, is_released
 from facefleet.platform.errors import NotFoundError, PermissionDeniedError
+from facefleet.platform.inspections.schemas import AssignedCollection
+from facefleet.platform.inspections.service import assigned_collection
 from facefleet.platform.store import ObjectStore
 
 CARD_FILE = "model_card.json"
@@ -72,10 +74,12 @@ class AssignmentState:
     status: str | None = None
     target_id: int | None = None
     card_sha256: str = ""
+    collection: AssignedCollection = field(default_factory=AssignedCollection)  # what to upload (issue 13)
 
     @property
     def etag(self) -> str:
         text = f"{self.deployment_id}|{self.action}|{self.status}|{self.target_id}|{self.card_sha256}"
+        text += "|" + self.collection.model_dump_json()
         return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
 
 
@@ -100,19 +104,27 @@ class AssignedModelCache:
 
 def assignment_state(session: Session, device: Device) -> AssignmentState:
     """What this device (and only it) should do now, as the few values the answer depends on."""
+    collection = assigned_collection(session, device.group)
     found = current_rollout(session, device)
     if found is None:
-        return AssignmentState(deployment_id=None, action="none")
+        return AssignmentState(deployment_id=None, action="none", collection=collection)
     deployment, row = found
     target_id = _target_version_id(session, deployment, row)
     if target_id is None and not (deployment.status == "stopped" and row.status == "failed"):
-        return AssignmentState(deployment_id=deployment.id, action="none", status=row.status)
+        return AssignmentState(
+            deployment_id=deployment.id, action="none", status=row.status, collection=collection
+        )
     action: Literal["install", "rollback"] = "rollback" if row.status == "failed" else "install"
     card = ""
     if target_id is not None:
         card = session.scalar(select(ModelVersion.card_sha256).where(ModelVersion.id == target_id)) or ""
     return AssignmentState(
-        deployment_id=deployment.id, action=action, status=row.status, target_id=target_id, card_sha256=card
+        deployment_id=deployment.id,
+        action=action,
+        status=row.status,
+        target_id=target_id,
+        card_sha256=card,
+        collection=collection,
     )
 
 
@@ -133,7 +145,11 @@ def render_assignment(
             if cache is not None and state.card_sha256:
                 cache.put(key, model)
     return AssignmentRead(
-        deployment_id=state.deployment_id, action=state.action, status=state.status, model=model
+        deployment_id=state.deployment_id,
+        action=state.action,
+        status=state.status,
+        model=model,
+        collection=state.collection,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facefleet.platform.db.base import DB_INT_MAX
+from facefleet.platform.inspections.schemas import AssignedCollection
 from facefleet.platform.names import Name
 
 DeviceRolloutStatus = Literal["pending", "downloading", "installed", "failed", "rolled_back", "superseded"]
@@ -85,6 +86,9 @@ class AssignmentRead(BaseModel):
     action: Literal["install", "rollback", "none"]
     status: str | None = Field(default=None, description="This device's status in the deployment.")
     model: AssignedModel | None = None
+    collection: AssignedCollection = Field(
+        default_factory=AssignedCollection, description="Which verification attempts to upload."
+    )
 
 
 class StatusReport(BaseModel):

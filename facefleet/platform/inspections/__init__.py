@@ -1,0 +1,1 @@
+"""Attempts terminals upload for human inspection: collection settings, labels, retention, inspection sets."""
