@@ -53,6 +53,13 @@ class ReversalConfig(_Strict):
     switch_step: int | None = Field(
         default=None, ge=0, le=MAX_STEPS, description="overrides switch_fraction when set"
     )
+    schedule: Literal["step", "ramp"] = Field(
+        default="step",
+        description="step: lambda from switch_step on; ramp: DANN's 2/(1+exp(-10p))-1 ramp up to lambda",
+    )
+    classifier_hidden: int = Field(
+        default=0, ge=0, le=8192, description="hidden width of the dataset classifier; 0 = linear"
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
@@ -75,6 +82,16 @@ class BiometricConfig(_Strict):
         description="hard mining: keep pairs farther than sigma*sqrt(m) from target, at least this share",
     )
     images_per_identity: int = Field(default=4, ge=1, le=1024, description="K of the P x K balanced batch")
+    feature_grad: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the KL gradient that reaches the backbone; 0 = ModelNet on detached embeddings",
+    )
+    pair_features: Literal["concat", "symmetric"] = Field(
+        default="concat",
+        description="ModelNet input: concat [f1, f2] (seed) or symmetric [f1*f2, |f1-f2|] (holds the cosine)",
+    )
 
 
 class OptimizerConfig(_Strict):
