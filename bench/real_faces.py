@@ -38,12 +38,13 @@ from real_faces_data import BENCHDATA, CACHE, ROOT, Split, align_folder, build_s
 
 OUT = ROOT / "bench" / "results" / "real_faces"
 
-# The base configuration: tiny backbone, 64 px, ArcFace s=32 m=0.3 (issue 20), SGD cosine.
+# The base configuration: tiny backbone, 48 px, ArcFace s=32 m=0.3 (issue 20), SGD cosine; sized for the
+# shared 2-core machine (one run ~5 minutes of wall time there, most of it Ray start-up and evaluation).
 BASE: dict[str, Any] = {
     "backbone": "tiny",
-    "input_size": 64,
-    "batch_size": 64,
-    "steps": 1500,
+    "input_size": 48,
+    "batch_size": 32,
+    "steps": 600,
     "checkpoint_interval": 10_000,
     "metrics_interval": 25,
     "data_workers": 0,
@@ -53,20 +54,34 @@ BASE: dict[str, Any] = {
     "reversal": {"enabled": False},
     "biometric": {"enabled": False},
     "optimizer": {"name": "sgd", "lr": 0.1},
-    "schedule": {"kind": "cosine", "warmup_steps": 50},
+    "schedule": {"kind": "cosine", "warmup_steps": 30},
     "scaling": {"num_workers": 2},
 }
+# Reversal as issue 20 found it (lambda 0.1 from 1/3 of the run, linear classifier: it did nothing) and
+# the schedule this bench runs: DANN's ramp up to lambda 1 against a classifier with a hidden layer.
+REVERSAL_SEED = {"enabled": True, "lambda": 0.1, "schedule": "step", "classifier_hidden": 0}
+REVERSAL = {"enabled": True, "lambda": 1.0, "schedule": "ramp", "classifier_hidden": 128}
+# BioMetricNet: the seed's placement (the KL gradient enters the backbone, ModelNet reads [f1, f2]) and the
+# fix: ModelNet learns on detached embeddings from [f1*f2, |f1-f2|].
+BIOMETRIC_SEED = {"enabled": True, "alpha": 0.1, "layers": 3, "feature_grad": 1.0, "pair_features": "concat"}
+BIOMETRIC = {"enabled": True, "alpha": 0.1, "layers": 3, "feature_grad": 0.0, "pair_features": "symmetric"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "naive": {"head": {"crossing_p": 1.0}},
     "da": {},
-    "grl": {"reversal": {"enabled": True}},
-    "kl": {"reversal": {"enabled": True}, "biometric": {"enabled": True}},
+    "grl": {"reversal": REVERSAL},
+    "kl": {"reversal": REVERSAL, "biometric": BIOMETRIC},
+    "grl-seed": {"reversal": REVERSAL_SEED},
+    "kl-seed": {"reversal": REVERSAL, "biometric": BIOMETRIC_SEED},
+    "da-s64": {"head": {"s": 64.0, "m2": 0.5}},
 }
 LABELS = {
     "naive": "naive (crossing p = 1, no reversal)",
     "da": "dataset-aware (DA)",
     "grl": "DA + reversal (GRL)",
     "kl": "DA + GRL + BioMetricNet (KL)",
+    "grl-seed": "DA + GRL as before (lambda 0.1 step, linear classifier)",
+    "kl-seed": "DA + GRL + KL as before (gradient into the backbone, [f1, f2])",
+    "da-s64": "DA with the seed's s = 64, m = 0.5",
 }
 
 
@@ -231,7 +246,7 @@ METRICS = [
 
 
 def row_values(result: dict[str, Any], set_name: str) -> dict[str, float]:
-    evaluation = result["summary"]["evaluation"][set_name]
+    evaluation = result["evaluation"][set_name]
     values = {column: float(evaluation[mode][key]) for column, mode, key in METRICS if mode in evaluation}
     values["probe"] = result["probe"]
     if result.get("train_domain_accuracy") is not None:
@@ -261,21 +276,18 @@ def table(results: dict[str, list[dict[str, Any]]], set_name: str) -> str:
     return "\n".join(lines)
 
 
-def roc_plot(results: dict[str, list[dict[str, Any]]], set_name: str, path: Path) -> None:
+def roc_plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Test-set cosine ROC of every run (one colour per variant, one line per seed), log FAR axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from facefleet.platform.store import get_store
-
-    store = get_store()
     figure, axis = plt.subplots(figsize=(6.5, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (variant, runs) in enumerate(results.items()):
         for j, run in enumerate(runs):
-            document = json.loads(store.get_bytes(f"runs/{run['run_id']}/plots/roc.json"))
-            curve = document["sets"][set_name]["cosine"]
+            curve = run["roc"]
             axis.plot(
                 curve["fpr"],
                 curve["tpr"],
@@ -286,20 +298,41 @@ def roc_plot(results: dict[str, list[dict[str, Any]]], set_name: str, path: Path
             )
     axis.set_xscale("log")
     axis.set(xlim=(1e-3, 1), ylim=(0, 1), xlabel="false accept rate", ylabel="true accept rate")
-    axis.set_title(f"real faces: {set_name}, cosine (one line per seed)", fontsize=9)
+    axis.set_title("real faces: test pairs, cosine of flip-fused embeddings (one line per seed)", fontsize=9)
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
+def test_roc(run_id: int) -> dict[str, Any]:
+    from facefleet.platform.store import get_store
+
+    document = json.loads(get_store().get_bytes(f"runs/{run_id}/plots/roc.json"))
+    return dict(document["sets"]["rf-test"]["cosine"])
+
+
+def report(results: dict[str, list[dict[str, Any]]], header: dict[str, Any], tag: str) -> None:
+    """Print the tables, write <tag>.json (every run's numbers) and roc_<tag>.png."""
+    lines = [
+        *header["lines"],
+        f"test pairs ({header['pairs']['test']}):",
+        table(results, "rf-test"),
+        f"validation pairs ({header['pairs']['val']}; what settings were chosen on):",
+        table(results, "rf-val"),
+    ]
+    print("\n".join(lines))
+    roc_plot(results, OUT / f"roc_{tag}.png")
+    (OUT / f"{tag}.json").write_text(
+        json.dumps({"header": header, "report": lines, "runs": results}, indent=1)
+    )
+    print(f"wrote {OUT / f'{tag}.json'} and {OUT / f'roc_{tag}.png'}")
+
+
 def parse_changes(assignments: list[str]) -> dict[str, Any]:
     from facefleet.platform.runs.schemas import apply_overrides
 
     return apply_overrides({}, assignments)
-
-
-KEPT = ("seed", "run_id", "seconds", "probe", "train_domain_accuracy", "config")
 
 
 def main() -> None:
@@ -316,11 +349,18 @@ def main() -> None:
         "--sets-for", action="append", default=[], help="VARIANT:key=value for one variant only"
     )
     parser.add_argument("--tag", default="latest")
+    parser.add_argument("--no-align", action="store_true", help="use the cache as it is (smoke runs)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "results" / "real_faces_work")
+    parser.add_argument("--merge", default="", help="tags of earlier runs: print one table of them all")
     args = parser.parse_args()
+    args.workdir = args.workdir.resolve()
+    if args.merge:
+        merge_reports(args.merge.split(","), args.tag)
+        return
     started = time.monotonic()
-    for name in ("orl_faces", "celeba_ids"):
-        print(name, align_folder(BENCHDATA / name, CACHE / name), flush=True)
+    if not args.no_align:
+        for name in ("orl_faces", "celeba_ids"):
+            print(name, align_folder(BENCHDATA / name, CACHE / name), flush=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
     split = build_split(args.workdir)
@@ -348,50 +388,48 @@ def main() -> None:
             result = train(datasets, verification, config, f"{variant} seed {seed}")
             backbone = load_backbone(result["summary"]["model"], config)
             result["probe"] = probe_accuracy(backbone, split.probe, config["input_size"], seed)
-            result.update(seed=seed, variant=variant, config=config)
+            result.update(seed=seed, variant=variant, config=config, roc=test_roc(result["run_id"]))
+            result["evaluation"] = result.pop("summary")["evaluation"]
             results.setdefault(variant, []).append(result)
-            test = result["summary"]["evaluation"]["rf-test"]["cosine"]
+            partial = {"header": {"pairs": split.pairs, "lines": ["(partial)"] * 3}, "runs": results}
+            (OUT / f"{args.tag}.json").write_text(json.dumps(partial, indent=1))  # survives a crash
+            test = result["evaluation"]["rf-test"]["cosine"]
             print(
                 f"  {variant} seed {seed}: run {result['run_id']}, {result['seconds']:.0f} s, test acc "
                 f"{test['accuracy']:.3f} AUC {test['auc']:.3f}, probe {result['probe']:.3f}",
                 flush=True,
             )
     counts = np.bincount([d for _, d, _ in split.probe])
-    chance = float(counts.max() / counts.sum())
-    report = [
-        f"real faces: {split.people} people, {split.shared} shared by A and B; "
-        f"{base['backbone']} {base['input_size']} px, {base['steps']} steps x {base['batch_size']} x 2 "
-        "workers",
-        f"probe: fresh logistic regression, 5 person-disjoint folds, on {len(split.probe)} held-out "
-        f"images, dataset labels {counts.tolist()} (majority {chance:.3f}, 1/K {1 / len(counts):.3f})",
-        f"test pairs ({split.pairs['test']}):",
-        table(results, "rf-test"),
-        f"validation pairs ({split.pairs['val']}; what settings were chosen on):",
-        table(results, "rf-val"),
-        f"total {time.monotonic() - started:.0f} s on the shared 2-core machine (loaded)",
+    header = {
+        "pairs": split.pairs,
+        "lines": [
+            f"real faces: {split.people} people, {split.shared} shared by A and B; {base['backbone']} "
+            f"{base['input_size']} px, {base['steps']} steps x {base['batch_size']} x 2 workers",
+            f"probe: fresh logistic regression, 5 person-disjoint folds, on {len(split.probe)} held-out "
+            f"images, dataset labels {counts.tolist()} (majority {counts.max() / counts.sum():.3f}, "
+            f"1/K {1 / len(counts):.3f})",
+            f"this process: {time.monotonic() - started:.0f} s on the shared 2-core machine (loaded)",
+        ],
+    }
+    report(results, header, args.tag)
+
+
+def merge_reports(tags: list[str], tag: str) -> None:
+    """One table from the JSON files of several bench processes (e.g. seeds run in parallel)."""
+    documents = [json.loads((OUT / f"{t}.json").read_text()) for t in tags]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for document in documents:
+        for variant, runs in document["runs"].items():
+            results.setdefault(variant, []).extend(runs)
+    for runs in results.values():
+        runs.sort(key=lambda run: run["seed"])
+    order = [v for v in VARIANTS if v in results] + [v for v in results if v not in VARIANTS]
+    header = dict(documents[0]["header"])
+    header["lines"] = [
+        *header["lines"][:2],
+        *(f"{t}: {d['header']['lines'][-1]}" for t, d in zip(tags, documents, strict=True)),
     ]
-    print("\n".join(report))
-    roc_plot(results, "rf-test", OUT / f"roc_{args.tag}.png")
-    (OUT / f"{args.tag}.json").write_text(
-        json.dumps(
-            {
-                "report": report,
-                "runs": {
-                    v: [
-                        {
-                            k: r[k]
-                            for k in ("seed", "run_id", "seconds", "probe", "train_domain_accuracy", "config")
-                        }
-                        | {"evaluation": r["summary"]["evaluation"]}
-                        for r in runs
-                    ]
-                    for v, runs in results.items()
-                },
-            },
-            indent=1,
-        )
-    )
-    print(f"wrote {OUT / f'{args.tag}.json'} and {OUT / f'roc_{args.tag}.png'}")
+    report({v: results[v] for v in order}, header, tag)
 
 
 if __name__ == "__main__":
