@@ -126,6 +126,23 @@ def register(split: Split) -> tuple[list[str], list[str]]:
 
 
 def train(datasets: list[str], verification: list[str], config: dict[str, Any], label: str) -> dict[str, Any]:
+    """One run; again (a new run) when Ray's node did not come up within Ray's fixed 30 s (a loaded
+    machine), at most three times."""
+    for attempt in range(3):
+        try:
+            return train_once(datasets, verification, config, label)
+        except RayStartupError as error:
+            print(f"    {label}: {error} (attempt {attempt + 1}); starting it again", flush=True)
+    raise SystemExit(f"{label}: Ray did not start three times")
+
+
+class RayStartupError(RuntimeError):
+    pass
+
+
+def train_once(
+    datasets: list[str], verification: list[str], config: dict[str, Any], label: str
+) -> dict[str, Any]:
     from facefleet.platform.db.models import Run
     from facefleet.platform.db.session import session_scope
     from facefleet.platform.runs import service
@@ -158,6 +175,8 @@ def train(datasets: list[str], verification: list[str], config: dict[str, Any], 
                 summary, error = dict(run.summary), run.error
                 domain = service.run_metrics(session, run_id, ["domain_accuracy"]).get("domain_accuracy", [])
                 break
+    if status != "succeeded" and "timed out during startup" in (error or ""):
+        raise RayStartupError(f"run {run_id}: Ray's node timed out during startup")
     if status != "succeeded":
         raise SystemExit(f"run {run_id} ({label}) {status}: {error}; log {LocalLauncher().log_path(run_id)}")
     return {
@@ -404,7 +423,8 @@ def main() -> None:
         "pairs": split.pairs,
         "lines": [
             f"real faces: {split.people} people, {split.shared} shared by A and B; {base['backbone']} "
-            f"{base['input_size']} px, {base['steps']} steps x {base['batch_size']} x 2 workers",
+            f"{base['input_size']} px, {base['steps']} steps x {base['batch_size']} images x "
+            f"{base['scaling']['num_workers'] or '1 (Ray Train local mode)'} worker(s)",
             f"probe: fresh logistic regression, 5 person-disjoint folds, on {len(split.probe)} held-out "
             f"images, dataset labels {counts.tolist()} (majority {counts.max() / counts.sum():.3f}, "
             f"1/K {1 / len(counts):.3f})",
