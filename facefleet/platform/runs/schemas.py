@@ -32,7 +32,7 @@ class HeadConfig(_Strict):
     kind: HeadKind = "arcface"
     s: float = Field(default=32.0, gt=0, le=MAX_SCALE, description="logit scale (seed: 64)")
     m1: float = Field(default=1.0, ge=1.0, le=16.0, description="SphereFace multiplicative angular margin")
-    m2: float = Field(default=0.3, ge=0.0, lt=3.1416, description="ArcFace additive angular margin (seed: 0.5)")
+    m2: float = Field(default=0.3, ge=0.0, lt=3.1416, description="ArcFace additive angular margin, seed 0.5")
     m3: float = Field(default=0.0, ge=0.0, le=2.0, description="CosFace additive cosine margin")
     crossing_p: float = Field(default=1e-4, ge=0.0, le=1.0, description="0 dataset-aware, 1 plain softmax")
     sharded: bool = Field(
