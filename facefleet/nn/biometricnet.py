@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,10 +32,14 @@ class ModelNet(nn.Module):
         keep_prob: float = 0.8,
         *,
         output_init: float = 0.0,
+        pair_features: str = "concat",
     ) -> None:
         super().__init__()
         if layers < 1 or not 0.0 < keep_prob <= 1.0:
             raise ValueError("ModelNet needs layers >= 1 and keep_prob in (0, 1]")
+        if pair_features not in ("concat", "symmetric"):
+            raise ValueError("pair_features must be 'concat' or 'symmetric'")
+        self.pair_features = pair_features
         start = 2 * feature_dim
         widths = [max(out_dim, round(start * (out_dim / start) ** (i / layers))) for i in range(layers + 1)]
         widths[-1] = out_dim
@@ -52,7 +57,36 @@ class ModelNet(nn.Module):
         self.feature_dim, self.out_dim = feature_dim, out_dim
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([features_a, features_b], dim=1))
+        return self.net(pair_input(features_a, features_b, self.pair_features))
+
+
+def pair_input(features_a: torch.Tensor, features_b: torch.Tensor, kind: str = "concat") -> torch.Tensor:
+    """ModelNet's input [P, 2·D]: the seed's [f1, f2], or "symmetric" [f1 ⊙ f2, |f1 − f2|], which does not
+    depend on the pair's order and holds the cosine of unit features as a linear function (the sum of the
+    first half), so a ModelNet can start from the cosine decision instead of learning a product."""
+    if kind == "symmetric":
+        return torch.cat([features_a * features_b, (features_a - features_b).abs()], dim=1)
+    return torch.cat([features_a, features_b], dim=1)
+
+
+class _GradientScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad_output * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; the gradient times `scale` backward (0: x.detach(), 1: x unchanged)."""
+    if scale == 0.0:
+        return x.detach()
+    if scale == 1.0:
+        return x
+    return _GradientScale.apply(x, float(scale))
 
 
 def gaussian_kl_to_isotropic(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +27,58 @@ def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
 
 
 class DatasetClassifier(nn.Module):
-    """G_d: a linear layer embedding [N, D] -> dataset logits [N, K].
+    """G_d: a linear layer (optionally after one hidden layer) embedding [N, D] -> dataset logits [N, K].
 
     With `normalize` (default) it classifies the L2-normalised embedding, the vector verification
     compares. Why: margin heads ignore the embedding's length, so under reversal the embedding net can
     otherwise inflate that length without bound to make the classifier confidently wrong; measured
     in tests/nn/test_learning.py this drove held-out accuracy to chance.
+
+    With `hidden` > 0 a hidden layer of that width (ReLU) comes first: a linear classifier on the unit
+    sphere is weak, so reversal against it removes only linearly readable dataset information.
     """
 
-    def __init__(self, embedding_dim: int, num_datasets: int, normalize: bool = True) -> None:
+    def __init__(
+        self, embedding_dim: int, num_datasets: int, normalize: bool = True, hidden: int = 0
+    ) -> None:
         super().__init__()
         if num_datasets < 1:
             raise ValueError("a dataset classifier needs at least one dataset")
+        if hidden < 0:
+            raise ValueError("hidden must be >= 0")
         self.num_datasets = num_datasets
         self.normalize = normalize
-        self.linear = nn.Linear(embedding_dim, num_datasets)
+        self.hidden = (
+            nn.Sequential(nn.Linear(embedding_dim, hidden), nn.ReLU()) if hidden > 0 else nn.Identity()
+        )
+        self.linear = nn.Linear(hidden or embedding_dim, num_datasets)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.normalize(embeddings, dim=1) if self.normalize else embeddings)
+        return self.linear(self.hidden(F.normalize(embeddings, dim=1) if self.normalize else embeddings))
+
+
+ReversalSchedule = Literal["step", "ramp"]
+
+
+def reversal_lambda(
+    step: int,
+    switch_step: int | None,
+    total_steps: int,
+    lambd: float,
+    schedule: ReversalSchedule = "step",
+    gamma: float = 10.0,
+) -> float:
+    """The reversal weight at `step`: 0 before `switch_step` (or without reversal); from it, `lambd`
+    ("step") or DANN's ramp lambd·(2 / (1 + exp(−gamma·p)) − 1) with p the share of stage 2 done
+    ("ramp": starts at 0, so the fresh reversal does not knock the embedding off course, and reaches
+    ~lambd by the end of the run)."""
+    if not in_reversal_stage(step, switch_step):
+        return 0.0
+    if schedule == "step":
+        return float(lambd)
+    assert switch_step is not None
+    progress = min(1.0, max(0.0, (step - switch_step) / max(1, total_steps - switch_step)))
+    return float(lambd) * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
 
 
 def in_reversal_stage(step: int, switch_step: int | None) -> bool:

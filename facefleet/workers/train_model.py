@@ -7,8 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from facefleet.nn.backbones import get_backbone
-from facefleet.nn.biometricnet import ModelNet, biometricnet_kl_loss, make_pairs, select_hard_pairs
-from facefleet.nn.domain import DatasetClassifier, domain_loss, in_reversal_stage
+from facefleet.nn.biometricnet import (
+    ModelNet,
+    biometricnet_kl_loss,
+    make_pairs,
+    scale_grad,
+    select_hard_pairs,
+)
+from facefleet.nn.domain import DatasetClassifier, domain_loss, in_reversal_stage, reversal_lambda
 from facefleet.nn.heads import DatasetAwareMarginHead
 from facefleet.nn.schedule import warmup_cosine_factor
 from facefleet.platform.runs.schemas import TrainingConfig
@@ -63,8 +69,11 @@ class FaceTrainingModel(nn.Module):
         # With K >= 2 the classifier always trains (on detached embeddings without reversal), so its
         # accuracy is logged for baselines too; reversal only decides whether its gradient reaches G_f.
         self.dataset_classifier = (
-            DatasetClassifier(dim, len(classes_per_dataset)) if len(classes_per_dataset) > 1 else None
+            DatasetClassifier(dim, len(classes_per_dataset), hidden=config.reversal.classifier_hidden)
+            if len(classes_per_dataset) > 1
+            else None
         )
+        self.total_steps = total_steps
         self.switch_step = config.switch_step(total_steps) if config.reversal.enabled else None
         bio = config.biometric
         self.model_net = (
@@ -74,6 +83,7 @@ class FaceTrainingModel(nn.Module):
                 bio.layers,
                 bio.keep_prob,
                 output_init=(bio.mu_match + bio.mu_nonmatch) / 2,  # start between the two targets
+                pair_features=bio.pair_features,
             )
             if bio.enabled
             else None
@@ -99,12 +109,19 @@ class FaceTrainingModel(nn.Module):
                 dataset_index,
                 step=step,
                 switch_step=self.switch_step,
-                lambd=self.config.reversal.lambda_,
+                lambd=reversal_lambda(
+                    step,
+                    self.switch_step,
+                    self.total_steps,
+                    self.config.reversal.lambda_,
+                    self.config.reversal.schedule,
+                ),
             )
             losses["domain_loss"], losses["domain_accuracy"] = d_loss, accuracy
             total = total + d_loss
         if self.model_net is not None:
-            kl = self._pair_loss(F.normalize(embeddings.float(), dim=1), labels, dataset_index)
+            features = scale_grad(embeddings.float(), self.config.biometric.feature_grad)
+            kl = self._pair_loss(F.normalize(features, dim=1), labels, dataset_index)
             losses["kl_loss"] = kl
             total = total + self.config.biometric.alpha * kl
         losses["loss"] = total

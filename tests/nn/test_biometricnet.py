@@ -113,3 +113,34 @@ def test_modelnet_starts_at_output_init_and_keeps_pair_dependence() -> None:
     # (scripts/spreads/small.py), native AVX512 and ATEN_CPU_CAPABILITY=default alike (to 1e-6):
     # 3.15 .. 18.4 (seed 0: 6.41); the bound keeps a 1.5x margin below the smallest.
     assert he_std > 2 * default_std
+
+
+def test_symmetric_pair_input_holds_the_cosine_and_ignores_order() -> None:
+    from facefleet.nn.biometricnet import pair_input
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 5, generator=gen, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(6, 5, generator=gen, dtype=torch.float64), dim=1)
+    sym = pair_input(a, b, "symmetric")
+    assert sym.shape == (6, 10) and torch.equal(sym, pair_input(b, a, "symmetric"))
+    assert torch.allclose(sym[:, :5].sum(1), (a * b).sum(1))  # the cosine, linearly readable
+    assert torch.equal(pair_input(a, b), torch.cat([a, b], dim=1))  # the seed's input by default
+    net = ModelNet(5, 1, 3, 1.0, pair_features="symmetric").double().eval()
+    assert torch.allclose(net(a, b), net(b, a))
+    with pytest.raises(ValueError, match="pair_features"):
+        ModelNet(5, pair_features="outer")
+
+
+def test_scale_grad_scales_only_the_backward_pass() -> None:
+    from facefleet.nn.biometricnet import scale_grad
+
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 3, dtype=torch.float64)
+    for scale in (0.0, 0.25, 1.0):
+        out = scale_grad(x, scale)
+        assert torch.equal(out, x)
+        if scale == 0.0:
+            assert not out.requires_grad
+            continue
+        (grad,) = torch.autograd.grad((out * upstream).sum(), x)
+        assert torch.allclose(grad, scale * upstream)

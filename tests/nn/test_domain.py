@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from facefleet.nn.domain import DatasetClassifier, domain_loss, grad_reverse, in_reversal_stage
@@ -49,3 +51,44 @@ def test_warmup_cosine_factor() -> None:
     assert warmup_cosine_factor(10, total_steps=100, warmup_steps=10) == 1.0
     assert abs(warmup_cosine_factor(55, total_steps=100, warmup_steps=10) - 0.5) < 1e-12
     assert abs(warmup_cosine_factor(100, total_steps=100, warmup_steps=10, min_ratio=0.01) - 0.01) < 1e-12
+
+
+def test_reversal_lambda_step_and_ramp_schedules() -> None:
+    from facefleet.nn.domain import reversal_lambda
+
+    assert reversal_lambda(9, 10, 100, 0.5) == 0.0  # stage 1
+    assert reversal_lambda(50, None, 100, 0.5, "ramp") == 0.0  # no reversal
+    assert reversal_lambda(10, 10, 100, 0.5, "step") == 0.5
+    assert reversal_lambda(99, 10, 100, 0.5, "step") == 0.5
+    ramp = [reversal_lambda(s, 10, 100, 0.5, "ramp") for s in range(10, 101)]
+    assert ramp[0] == 0.0  # starts from nothing at the switch
+    assert all(a < b for a, b in zip(ramp, ramp[1:], strict=False))  # rises every step
+    assert abs(ramp[-1] - 0.5 * (2 / (1 + math.exp(-10)) - 1)) < 1e-12  # ~lambda at the end
+    assert abs(ramp[45] - 0.5 * (2 / (1 + math.exp(-5)) - 1)) < 1e-12  # halfway: p = 0.5
+
+
+def test_dataset_classifier_with_a_hidden_layer() -> None:
+    torch.manual_seed(0)
+    linear, deep = DatasetClassifier(8, 3), DatasetClassifier(8, 3, hidden=16)
+    embeddings = torch.randn(5, 8)
+    assert linear(embeddings).shape == deep(embeddings).shape == (5, 3)
+    assert sum(p.numel() for p in linear.parameters()) == 8 * 3 + 3
+    assert sum(p.numel() for p in deep.parameters()) == 8 * 16 + 16 + 16 * 3 + 3
+    # it still reads the normalised embedding: the length of the embedding changes nothing
+    assert torch.allclose(deep(embeddings), deep(7.0 * embeddings), atol=1e-6)
+    # XOR-like dataset labels a linear classifier cannot separate, the hidden layer can
+    points = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]).repeat(8, 1)
+    labels = torch.tensor([0, 0, 1, 1]).repeat(8)
+
+    def fitted_accuracy(classifier: DatasetClassifier) -> float:
+        optimizer = torch.optim.Adam(classifier.parameters(), lr=0.05)
+        for _ in range(300):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(classifier(points), labels).backward()
+            optimizer.step()
+        return float((classifier(points).argmax(1) == labels).float().mean())
+
+    torch.manual_seed(0)
+    assert fitted_accuracy(DatasetClassifier(2, 2)) <= 0.75
+    torch.manual_seed(0)
+    assert fitted_accuracy(DatasetClassifier(2, 2, hidden=16)) == 1.0

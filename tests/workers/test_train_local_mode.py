@@ -75,3 +75,38 @@ def test_baseline_without_reversal_never_enters_stage_two(enabled: bool) -> None
     )
     model = build_training_model(config, [4, 4], total_steps=10)
     assert model.switch_step is None and model.stage(9) == 1 and model.dataset_classifier is not None
+
+
+def test_detached_biometric_features_keep_the_kl_gradient_out_of_the_backbone() -> None:
+    config = TrainingConfig.model_validate(
+        tiny_config(biometric={"enabled": True, "feature_grad": 0.0, "pair_features": "symmetric"})
+    )
+    model = build_training_model(config, [4, 4], total_steps=10)
+    images = torch.randn(8, 3, 32, 32)
+    labels = torch.tensor([0, 0, 1, 1, 4, 4, 5, 5])
+    datasets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    model(images, labels, datasets, 0)["kl_loss"].backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.model_net is not None
+    assert sum(float(p.grad.abs().sum()) for p in model.model_net.parameters() if p.grad is not None) > 0
+
+
+def test_ramped_reversal_reaches_the_backbone_only_after_the_switch() -> None:
+    config = TrainingConfig.model_validate(
+        tiny_config(
+            reversal={"switch_step": 5, "schedule": "ramp", "lambda": 1.0, "classifier_hidden": 16},
+            biometric={"enabled": False},
+        )
+    )
+    model = build_training_model(config, [4, 4], total_steps=10)
+    images = torch.randn(8, 3, 32, 32)
+    labels = torch.arange(8)
+    datasets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+    def backbone_grad(step: int) -> float:
+        model.zero_grad()
+        model(images, labels, datasets, step)["domain_loss"].backward()
+        return sum(float(p.grad.abs().sum()) for p in model.backbone.parameters() if p.grad is not None)
+
+    assert backbone_grad(4) == 0.0 and backbone_grad(5) == 0.0  # the ramp starts at 0 at the switch
+    assert backbone_grad(9) > 0.0
