@@ -47,8 +47,8 @@ class AdaptationConfig:
     # Which accepted inputs become positives: the score must clear the threshold by ``positive_margin`` and
     # beat every other enrolled user's best score by ``identification_margin`` (a second check, so a
     # borderline accept, which is where impostors are accepted, never trains the model).
-    positive_margin: float = 0.05
-    identification_margin: float = 0.1
+    positive_margin: float = 0.02
+    identification_margin: float = 0.05
     # ||upper - shipped upper|| / ||shipped upper|| never exceeds this (a step beyond is scaled back).
     max_relative_drift: float = 0.5
     # Negatives' count and weight are multiplied by (1 + pressure); pressure follows the probe.

@@ -22,7 +22,7 @@ THRESHOLD = 0.7
 FINAL_DRIFT = 0.6
 
 
-def _terminal(tmp_path: Path, guard: GuardConfig) -> Terminal:
+def _terminal(tmp_path: Path, guard: GuardConfig, seed: int = 0) -> Terminal:
     """A terminal with a trained tiny model installed from a card signed by a key it pinned."""
     key = Ed25519PrivateKey.generate()
     pem = (
@@ -31,7 +31,7 @@ def _terminal(tmp_path: Path, guard: GuardConfig) -> Terminal:
         .decode()
     )
     card = write_artifacts(
-        tmp_path / "artifacts", trained_backbone(0, identities=64, steps=300), threshold=THRESHOLD
+        tmp_path / "artifacts", trained_backbone(seed, identities=64, steps=300), threshold=THRESHOLD
     )
     card_bytes = card.to_bytes()
     # Guard off: the seed's method as filed (every accepted input is a positive, no probe check).
@@ -80,6 +80,37 @@ def _drift(terminal: Terminal) -> tuple[int, int, int]:
             updates += result.adapted_now
             refused += result.update_refused
     return accepted, updates, refused
+
+
+def measure(tmp_path: Path, guard: GuardConfig, seed: int = 0) -> dict[str, float]:
+    """One drifting run (model seed ``seed``): what the tests below assert on (scripts/spreads/adaptation.py
+    prints it over seeds and CPU capabilities)."""
+    terminal = _terminal(tmp_path, guard, seed)
+    for user in USERS:
+        terminal.enroll_user(f"u{user}", [face(user, c) for c in range(3)])
+    genuine_before, impostor_before = _scores(terminal, FINAL_DRIFT)
+    accepted, updates, refused = _drift(terminal)
+    genuine_after, impostor_after = _scores(terminal, FINAL_DRIFT)
+    status = terminal.adaptation_status()
+    return {
+        "updates": updates,
+        "refused": refused,
+        "accepted": accepted,
+        "genuine_before": float(genuine_before.mean()),
+        "genuine_after": float(genuine_after.mean()),
+        "genuine_gain": float(genuine_after.mean() - genuine_before.mean()),
+        "accept_before": float(np.mean(genuine_before >= THRESHOLD)),
+        "accept_after": float(np.mean(genuine_after >= THRESHOLD)),
+        "impostor_mean_after": float(impostor_after.mean()),
+        "impostor_max_before": float(impostor_before.max()),
+        "impostor_max_after": float(impostor_after.max()),
+        "false_accepts_before": int(np.sum(impostor_before >= THRESHOLD)),
+        "false_accepts_after": int(np.sum(impostor_after >= THRESHOLD)),
+        "probe_far": -1.0 if status is None or status.probe_far is None else status.probe_far,
+        "probe_far_shipped": -1.0
+        if status is None or status.probe_far_shipped is None
+        else status.probe_far_shipped,
+    }
 
 
 @pytest.mark.slow
