@@ -136,8 +136,10 @@ def test_adaptation_raises_genuine_scores_under_drift_and_keeps_impostors_low(tm
         f"false accepts {np.sum(impostor_before >= THRESHOLD)} -> {np.sum(impostor_after >= THRESHOLD)}"
         f"/{impostor_after.size} (threshold {THRESHOLD})"
     )
-    # Bounds measured over model seeds 0-4, natively (AVX2) and with ATEN_CPU_CAPABILITY=default
-    # (10 runs; spread beside each assertion). No assertion may depend on one CPU's rounding (issue 11).
+    # Bounds measured over model seeds 0-4, natively (AVX2) and with ATEN_CPU_CAPABILITY=default (10 runs)
+    # for the seed's method before issue 18's second pass changed the loss (positive target re-extracted,
+    # negatives hinged at threshold - 0.2); that pass could not re-measure all seeds on the loaded machine
+    # (scripts/spreads/adaptation.py does it): see the values noted "now" for what was re-measured.
     assert updates >= 12  # measured 16-18
     assert genuine_after.mean() > genuine_before.mean() + 0.3  # gain measured 0.42-0.60
     assert np.mean(genuine_before >= THRESHOLD) < 0.2  # measured 0% everywhere
@@ -169,11 +171,15 @@ def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
         f"{impostor_before.max():.3f} -> {impostor_after.max():.3f}; probe FAR {status.probe_far_shipped} -> "
         f"{status.probe_far}; last refusal: {status.last_rejection}"
     )
-    # Bounds measured over model seeds 0-4, natively and with ATEN_CPU_CAPABILITY=default.
-    assert updates + refused >= 4  # attempts measured 5-9 (refused 1-5: full steps raise probe impostors)
+    # Gated positives + re-extracted target + hinged negatives (issue 18, second pass): measured on model
+    # seed 0 natively (AVX-512): 6 committed / 6 refused, genuine mean 0.406 -> 0.544, impostor max
+    # 0.304 -> 0.438, 0 -> 0 false accepts (and 8 / 3, 0.566, 0.473 with gate margins 0.05 / 0.1).
+    # Seeds 1-4 and ATEN_CPU_CAPABILITY=default: scripts/spreads/adaptation.py (not all re-run yet).
+    assert updates + refused >= 4  # attempts measured 11-12
     assert status.updates_applied == updates and status.updates_rejected == refused
     assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
     assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
     assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.04-0.40
-    # Known limit (README): on these synthetic users the guarded updates do not raise genuine scores
-    # (mean measured to fall by 0.15-0.31), so no gain is asserted here.
+    # The guarded updates now raise genuine scores (they fell by 0.15-0.31 before the second pass); only
+    # the direction is asserted until the spread over seeds is measured.
+    assert genuine_after.mean() > genuine_before.mean()  # gain measured 0.14-0.16 (seed 0)
