@@ -176,12 +176,13 @@ def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
     # Gated positives + re-extracted target + hinged negatives (issue 18, second pass): measured on model
     # seed 0 natively (AVX-512): 6 committed / 6 refused, genuine mean 0.406 -> 0.544, impostor max
     # 0.304 -> 0.438, 0 -> 0 false accepts (and 8 / 3, 0.566, 0.473 with gate margins 0.05 / 0.1).
-    # Seeds 1-4 and ATEN_CPU_CAPABILITY=default: scripts/spreads/adaptation.py (not all re-run yet).
-    assert updates + refused >= 4  # attempts measured 11-12
+    # ATEN_CPU_CAPABILITY=default, seed 0: 6 / 6, 0.407 -> 0.548, max 0.442, 0 -> 0.
+    # Seeds 1-4: scripts/spreads/adaptation.py (not re-run yet on the loaded machine).
+    assert updates + refused >= 4  # attempts measured 11-12 (both capabilities)
     assert status.updates_applied == updates and status.updates_rejected == refused
     assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
     assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
     assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.04-0.40
     # The guarded updates now raise genuine scores (they fell by 0.15-0.31 before the second pass); only
     # the direction is asserted until the spread over seeds is measured.
-    assert genuine_after.mean() > genuine_before.mean()  # gain measured 0.14-0.16 (seed 0)
+    assert genuine_after.mean() > genuine_before.mean()  # gain measured 0.14 both capabilities (seed 0)
