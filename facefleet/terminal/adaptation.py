@@ -37,19 +37,31 @@ class AdaptationConfig:
     negatives_per_positive: int = 2
     learning_rate: float = 0.1
     negative_weight: float = 3.0
+    # Without a threshold (``observe_success(threshold=None)``), negatives are pushed below this cosine;
+    # with the card's threshold they are pushed below ``threshold - negative_gap`` (only the ones that come
+    # near the door; pushing every impostor apart spreads the genuine users too).
     negative_margin: float = 0.1
+    negative_gap: float = 0.2
     # Stored middle features of *other* enrolled users used as extra negatives per positive (0 = noise only).
     enrolled_negatives_per_positive: int = 8
+    # Which accepted inputs become positives: the score must clear the threshold by ``positive_margin`` and
+    # beat every other enrolled user's best score by ``identification_margin`` (a second check, so a
+    # borderline accept, which is where impostors are accepted, never trains the model).
+    positive_margin: float = 0.02
+    identification_margin: float = 0.05
     # ||upper - shipped upper|| / ||shipped upper|| never exceeds this (a step beyond is scaled back).
     max_relative_drift: float = 0.5
     # Negatives' count and weight are multiplied by (1 + pressure); pressure follows the probe.
     max_pressure: float = 3.0
     # A step the guard refuses is retried at half the size this many times before it is rolled back.
     backtracks: int = 6
-    # False: only weight tensors adapt (biases and norm scales move every embedding alike); measured no
-    # safer on the synthetic users, so all upper parameters adapt by default (the seed's method).
+    # False: only weight tensors adapt (biases and norm scales move every embedding alike).
     adapt_biases_and_norms: bool = True
     seed: int = 0
+
+
+# The seed's method as filed: every accepted input becomes a positive (what the guard-off runs compare with).
+SEED_METHOD = AdaptationConfig(positive_margin=0.0, identification_margin=float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,8 @@ class UpperLayerAdapter:
         self.positive = GradientContainers(self.parameters)
         self.negative = GradientContainers(self.parameters)
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.batch: list[tuple[torch.Tensor, torch.Tensor]] = []  # this update's positives (middle, target)
+        # this update's positives: (middle, the user's own stored middles or None, fixed matched template)
+        self.batch: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         self.pressure = 0.0
         self.updates = 0
         self.rejected = 0
@@ -133,28 +146,60 @@ class UpperLayerAdapter:
     def ready(self) -> bool:
         return self.positive.count >= self.config.positives_per_update
 
+    def qualifies(self, score: float, threshold: float, best_other: float | None) -> bool:
+        """Whether an accepted input is confidently genuine enough to become a positive."""
+        if score < threshold + self.config.positive_margin:
+            return False
+        return best_other is None or best_other <= score - self.config.identification_margin
+
+    def _target(
+        self, feature: torch.Tensor, own: torch.Tensor | None, fallback: torch.Tensor
+    ) -> torch.Tensor:
+        """The user's template as it would be re-extracted under the current weights (the closest of the
+        user's own stored middles, with gradient: the loss is the verification score itself); the fixed
+        matched template when the user has no stored middle the update may use."""
+        if own is None:
+            return fallback
+        templates = self._features(own)
+        best = int((templates.detach() @ feature.detach().T).flatten().argmax())
+        return templates[best : best + 1]
+
     def observe_success(
-        self, middle: torch.Tensor, template: torch.Tensor, impostor_middles: torch.Tensor | None = None
+        self,
+        middle: torch.Tensor,
+        template: torch.Tensor,
+        impostor_middles: torch.Tensor | None = None,
+        *,
+        own_middles: torch.Tensor | None = None,
+        threshold: float | None = None,
     ) -> bool:
         """Accumulate one positive (and its negatives); True when enough are there for ``try_update``.
 
         ``impostor_middles``: stored middle features of other enrolled users that the probe does not hold out.
+        ``own_middles``: the user's own such features (the positive is pulled toward their re-extracted
+        template; without them toward the fixed ``template``). ``threshold``: the card's, for the negatives.
         """
-        target = F.normalize(template.detach().reshape(1, -1), dim=-1)
-        feature = self._features(middle.detach())
-        self.batch.append((middle.detach(), target))
+        x = middle.detach()
+        own = own_middles.detach() if own_middles is not None and len(own_middles) else None
+        fallback = F.normalize(template.detach().reshape(1, -1), dim=-1)
+        self.batch.append((x, own, fallback))
+        feature = self._features(x)
+        target = self._target(feature, own, fallback)
         self.positive.add(self._gradients((1 - (feature * target).sum(dim=-1)).mean()))
-        self._accumulate_negatives(target, impostor_middles)
+        self._accumulate_negatives(x, own, fallback, impostor_middles, threshold)
         return self.ready
 
     @torch.no_grad()
     def positive_score(self) -> float | None:
-        """Mean cosine of this update's accepted inputs to their templates under the current weights."""
+        """Mean score of this update's positives against their users' templates as the current weights
+        would re-extract them (what the update is for)."""
         if not self.batch:
             return None
-        middles = torch.cat([m for m, _ in self.batch])
-        targets = torch.cat([t for _, t in self.batch])
-        return float((self._features(middles) * targets).sum(dim=-1).mean())
+        total = 0.0
+        for x, own, fallback in self.batch:
+            feature = self._features(x)
+            total += float((feature * self._target(feature, own, fallback)).sum())
+        return total / len(self.batch)
 
     def negative_counts(self) -> tuple[int, int]:
         """(noise, enrolled) negatives per positive at the current pressure."""
@@ -164,8 +209,16 @@ class UpperLayerAdapter:
             round(self.config.enrolled_negatives_per_positive * scale),
         )
 
-    def _accumulate_negatives(self, target: torch.Tensor, impostor_middles: torch.Tensor | None) -> None:
-        """Negatives in proportion to positives: noise through the frozen lower part + enrolled impostors."""
+    def _accumulate_negatives(
+        self,
+        x: torch.Tensor,
+        own: torch.Tensor | None,
+        fallback: torch.Tensor,
+        impostor_middles: torch.Tensor | None,
+        threshold: float | None,
+    ) -> None:
+        """Negatives in proportion to positives: noise through the frozen lower part + enrolled impostors,
+        kept away from both the positive input and its user's template (hinge below the door)."""
         noise, enrolled = self.negative_counts()
         parts = []
         if noise > 0:
@@ -176,9 +229,12 @@ class UpperLayerAdapter:
             parts.append(impostor_middles[pick[:enrolled]].detach())
         if not parts:
             return
-        negative_middle = torch.cat(parts)
-        similarity = (self._features(negative_middle) * target).sum(dim=-1)
-        loss = F.relu(similarity - self.config.negative_margin).mean()
+        negatives = self._features(torch.cat(parts))
+        feature = self._features(x)
+        anchors = torch.cat([feature, self._target(feature, own, fallback)])
+        similarity = negatives @ anchors.T
+        floor = self.config.negative_margin if threshold is None else threshold - self.config.negative_gap
+        loss = F.relu(similarity - floor).mean()
         self.negative.add(self._gradients(loss))
 
     def generate_negatives(self, count: int) -> torch.Tensor:

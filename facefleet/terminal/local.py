@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +263,7 @@ class Terminal:
             sample_id=templates[best].sample_id,
         )
         if result.match and self._adapts(model):
-            outcome = self._adapt(model, batch, templates[best].embedding, user)
+            outcome = self._adapt(model, batch, embedding, templates[best].embedding, user)
             result.adapted_now = bool(outcome and outcome.applied)
             result.update_refused = bool(outcome and not outcome.applied)
         return result
@@ -349,7 +349,7 @@ class Terminal:
         return [t for t in templates if t.middle is not None]
 
     def _adapt(
-        self, model: TerminalModel, batch: np.ndarray, template: np.ndarray, user: str
+        self, model: TerminalModel, batch: np.ndarray, embedding: np.ndarray, template: np.ndarray, user: str
     ) -> UpdateOutcome | None:
         version = int(self.current_version_id())  # type: ignore[arg-type]
         key = str(version)
@@ -360,15 +360,27 @@ class Terminal:
             )
             self._adapter.pressure = read_status(self._status_path(version)).negative_pressure
         adapter = self._adapter
+        threshold = model.card.threshold
+        score = float(embedding @ template)
+        others_scores = [float(embedding @ t.embedding) for t in templates if t.user != user]
+        if not adapter.qualifies(score, threshold, max(others_scores) if others_scores else None):
+            return None  # accepted, but not confidently genuine: it never trains the model
         guarded = self.guard_config.enabled
         _probe, update_rows = split_enrolled([t.sample_id for t in templates], [t.user for t in templates])
         usable = update_rows if guarded else range(len(templates))  # the probe is held out of the update
         others = [m for i in usable if templates[i].user != user and (m := templates[i].middle) is not None]
+        own = [m for i in usable if templates[i].user == user and (m := templates[i].middle) is not None]
         negatives = torch.from_numpy(np.stack(others)) if others else None
-        if not adapter.observe_success(model.middle(batch), torch.from_numpy(template), negatives):
+        own_middles = torch.from_numpy(np.stack(own)) if own else None
+        if not adapter.observe_success(
+            model.middle(batch),
+            torch.from_numpy(template),
+            negatives,
+            own_middles=own_middles,
+            threshold=threshold,
+        ):
             return None
         backbone = model.backbone()
-        threshold = model.card.threshold
         middles = [t.middle for t in templates if t.middle is not None]  # all of them (_with_middles)
         probe = ImpostorProbe.build(
             torch.from_numpy(np.stack(middles)),
@@ -378,11 +390,15 @@ class Terminal:
             model.input_size,
             self.guard_config,
         )
-        current = probe.evaluate(backbone.forward_upper, threshold)
+        current = replace(
+            probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()
+        )
         shipped = self._shipped_report(adapter, probe, threshold)
 
         def guard() -> GuardDecision:
-            candidate = probe.evaluate(backbone.forward_upper, threshold)
+            candidate = replace(
+                probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()
+            )
             return judge(current, candidate, threshold, self.guard_config, shipped)
 
         outcome = adapter.try_update(guard if guarded else None)

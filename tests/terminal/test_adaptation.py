@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from facefleet.terminal.adaptation import SEED_METHOD
 from facefleet.terminal.guard import GuardConfig
 from facefleet.terminal.local import Identity, Terminal
 from facefleet.terminal.runtime import ADAPTED_FILE
@@ -21,7 +22,7 @@ THRESHOLD = 0.7
 FINAL_DRIFT = 0.6
 
 
-def _terminal(tmp_path: Path, guard: GuardConfig) -> Terminal:
+def _terminal(tmp_path: Path, guard: GuardConfig, seed: int = 0) -> Terminal:
     """A terminal with a trained tiny model installed from a card signed by a key it pinned."""
     key = Ed25519PrivateKey.generate()
     pem = (
@@ -30,10 +31,13 @@ def _terminal(tmp_path: Path, guard: GuardConfig) -> Terminal:
         .decode()
     )
     card = write_artifacts(
-        tmp_path / "artifacts", trained_backbone(0, identities=64, steps=300), threshold=THRESHOLD
+        tmp_path / "artifacts", trained_backbone(seed, identities=64, steps=300), threshold=THRESHOLD
     )
     card_bytes = card.to_bytes()
-    terminal = Terminal(tmp_path / "terminal", guard=guard)
+    # Guard off: the seed's method as filed (every accepted input is a positive, no probe check).
+    terminal = Terminal(
+        tmp_path / "terminal", guard=guard, adaptation=None if guard.enabled else SEED_METHOD
+    )
     terminal.save_identity(
         Identity(
             server_url="http://unused",
@@ -78,6 +82,37 @@ def _drift(terminal: Terminal) -> tuple[int, int, int]:
     return accepted, updates, refused
 
 
+def measure(tmp_path: Path, guard: GuardConfig, seed: int = 0) -> dict[str, float]:
+    """One drifting run (model seed ``seed``): what the tests below assert on (scripts/spreads/adaptation.py
+    prints it over seeds and CPU capabilities)."""
+    terminal = _terminal(tmp_path, guard, seed)
+    for user in USERS:
+        terminal.enroll_user(f"u{user}", [face(user, c) for c in range(3)])
+    genuine_before, impostor_before = _scores(terminal, FINAL_DRIFT)
+    accepted, updates, refused = _drift(terminal)
+    genuine_after, impostor_after = _scores(terminal, FINAL_DRIFT)
+    status = terminal.adaptation_status()
+    return {
+        "updates": updates,
+        "refused": refused,
+        "accepted": accepted,
+        "genuine_before": float(genuine_before.mean()),
+        "genuine_after": float(genuine_after.mean()),
+        "genuine_gain": float(genuine_after.mean() - genuine_before.mean()),
+        "accept_before": float(np.mean(genuine_before >= THRESHOLD)),
+        "accept_after": float(np.mean(genuine_after >= THRESHOLD)),
+        "impostor_mean_after": float(impostor_after.mean()),
+        "impostor_max_before": float(impostor_before.max()),
+        "impostor_max_after": float(impostor_after.max()),
+        "false_accepts_before": int(np.sum(impostor_before >= THRESHOLD)),
+        "false_accepts_after": int(np.sum(impostor_after >= THRESHOLD)),
+        "probe_far": -1.0 if status is None or status.probe_far is None else status.probe_far,
+        "probe_far_shipped": -1.0
+        if status is None or status.probe_far_shipped is None
+        else status.probe_far_shipped,
+    }
+
+
 @pytest.mark.slow
 def test_adaptation_raises_genuine_scores_under_drift_and_keeps_impostors_low(tmp_path: Path) -> None:
     """The seed's method alone (guard off): what it learns, and the false accepts the guard exists for."""
@@ -101,8 +136,12 @@ def test_adaptation_raises_genuine_scores_under_drift_and_keeps_impostors_low(tm
         f"false accepts {np.sum(impostor_before >= THRESHOLD)} -> {np.sum(impostor_after >= THRESHOLD)}"
         f"/{impostor_after.size} (threshold {THRESHOLD})"
     )
-    # Bounds measured over model seeds 0-4, natively (AVX2) and with ATEN_CPU_CAPABILITY=default
-    # (10 runs; spread beside each assertion). No assertion may depend on one CPU's rounding (issue 11).
+    # Bounds measured over model seeds 0-4, natively (AVX2) and with ATEN_CPU_CAPABILITY=default (10 runs)
+    # for the seed's method before issue 18's second pass changed the loss (positive target re-extracted,
+    # negatives hinged at threshold - 0.2); that pass could not re-measure all seeds on the loaded machine
+    # (scripts/spreads/adaptation.py does it). Re-measured on model seed 0: native (AVX-512) 18 updates,
+    # gain 0.53, 100 % accepted, impostor mean 0.415, 0/24 false accepts; ATEN_CPU_CAPABILITY=default
+    # 17 updates, gain 0.45, 83 %, impostor mean 0.315, 0/24. Both inside every bound below.
     assert updates >= 12  # measured 16-18
     assert genuine_after.mean() > genuine_before.mean() + 0.3  # gain measured 0.42-0.60
     assert np.mean(genuine_before >= THRESHOLD) < 0.2  # measured 0% everywhere
@@ -134,11 +173,16 @@ def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
         f"{impostor_before.max():.3f} -> {impostor_after.max():.3f}; probe FAR {status.probe_far_shipped} -> "
         f"{status.probe_far}; last refusal: {status.last_rejection}"
     )
-    # Bounds measured over model seeds 0-4, natively and with ATEN_CPU_CAPABILITY=default.
-    assert updates + refused >= 4  # attempts measured 5-9 (refused 1-5: full steps raise probe impostors)
+    # Gated positives + re-extracted target + hinged negatives (issue 18, second pass): measured on model
+    # seed 0 natively (AVX-512): 6 committed / 6 refused, genuine mean 0.406 -> 0.544, impostor max
+    # 0.304 -> 0.438, 0 -> 0 false accepts (and 8 / 3, 0.566, 0.473 with gate margins 0.05 / 0.1).
+    # ATEN_CPU_CAPABILITY=default, seed 0: 6 / 6, 0.407 -> 0.548, max 0.442, 0 -> 0.
+    # Seeds 1-4: scripts/spreads/adaptation.py (not re-run yet on the loaded machine).
+    assert updates + refused >= 4  # attempts measured 11-12 (both capabilities)
     assert status.updates_applied == updates and status.updates_rejected == refused
     assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
     assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
     assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.04-0.40
-    # Known limit (README): on these synthetic users the guarded updates do not raise genuine scores
-    # (mean measured to fall by 0.15-0.31), so no gain is asserted here.
+    # The guarded updates now raise genuine scores (they fell by 0.15-0.31 before the second pass); only
+    # the direction is asserted until the spread over seeds is measured.
+    assert genuine_after.mean() > genuine_before.mean()  # gain measured 0.14 both capabilities (seed 0)
