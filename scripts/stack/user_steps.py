@@ -23,6 +23,9 @@ import httpx
 
 STATE = Path("/tmp/stack-state.json")
 SERVER = os.environ["FACEFLEET_SERVER_URL"]
+# POST /v1/runs: the first run on a cluster waits for the launcher's pre-flight job on every Ray node (bounded
+# at 180 s by the API); on this loaded 2-core machine that took more than the 30 s of every other request.
+CREATE_RUN_TIMEOUT = 240.0
 TINY_CONFIG: dict[str, Any] = {
     "backbone": "tiny",
     "embedding_dim": 16,
@@ -89,7 +92,8 @@ def _body(**config: Any) -> dict[str, Any]:
 def start_long() -> None:
     """A longer run for the kill-the-worker step: checkpoints to S3 every 20 steps."""
     with _client() as client:
-        created = client.post("/v1/runs", json=_body(steps=400, checkpoint_interval=20, metrics_interval=20))
+        body = _body(steps=400, checkpoint_interval=20, metrics_interval=20)
+        created = client.post("/v1/runs", json=body, timeout=CREATE_RUN_TIMEOUT)
         if created.status_code >= 300:
             raise SystemExit(f"POST /v1/runs: {created.status_code} {created.text}")
     _save(long_run_id=created.json()["id"])
@@ -169,7 +173,7 @@ def run() -> None:
     }
     deadline = time.monotonic() + float(os.environ.get("STACK_RUN_TIMEOUT", "900"))
     with _client() as client:
-        created = client.post("/v1/runs", json=body)
+        created = client.post("/v1/runs", json=body, timeout=CREATE_RUN_TIMEOUT)
         if created.status_code >= 300:
             raise SystemExit(f"POST /v1/runs: {created.status_code} {created.text}")
         run_id = created.json()["id"]
@@ -288,12 +292,15 @@ def policy() -> None:
         print(f"stack-faces-1 versions: {sorted(v['version'] for v in versions)}")
         if len(versions) < 2:
             raise SystemExit("the second registration did not create a new version of stack-faces-1")
+        # Creating the run includes the ray launcher's pre-flight job on every Ray node (the scheduler's first
+        # run: nothing cached; bounded at 180 s), which took over 2 minutes on this loaded machine.
         registered = time.monotonic()
-        deadline = registered + 120
+        deadline = registered + 360
         while not (runs := _policy_runs(client, policy_id)):
             if time.monotonic() > deadline:
                 view = client.get(f"/v1/policies/{policy_id}").json()
-                raise SystemExit(f"the scheduler created no run for policy {policy_id} in 120 s: {view}")
+                failed = client.get("/v1/audit", params={"action": "policies.fire_failed"}).json()
+                raise SystemExit(f"no run for policy {policy_id} in 360 s: {view}; fire_failed: {failed}")
             time.sleep(1)
         run = runs[0]
         print(f"run {run['id']} created {time.monotonic() - registered:.0f} s after the registration: "
