@@ -55,7 +55,10 @@ def _save(**values: Any) -> None:
 
 def _client() -> httpx.Client:
     headers = {"Authorization": f"Bearer {os.environ['FACEFLEET_API_KEY']}"}
-    return httpx.Client(base_url=SERVER, headers=headers, timeout=30)
+    # Connection retries: one boot saw "Temporary failure in name resolution" for `api` right after the
+    # terminal container stopped (likely the network's DNS reloading; not confirmed).
+    transport = httpx.HTTPTransport(retries=5)
+    return httpx.Client(base_url=SERVER, headers=headers, timeout=30, transport=transport)
 
 
 def _cli(*args: str) -> str:
