@@ -16,13 +16,13 @@ from facefleet.api.routes import (
     audit,
     datasets,
     deployments,
-    device,
     devices,
     health,
     keys,
     models,
     policies,
     runs,
+    terminal_api,
 )
 from facefleet.platform.db.session import engine_for, session_factory
 from facefleet.platform.deployments.assignment import AssignedModelCache
@@ -63,6 +63,6 @@ def create_app(
         max_wait=settings.api_max_wait_seconds,
     )
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
-    for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, device):
+    for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, terminal_api):
         app.include_router(module.router)
     return app
