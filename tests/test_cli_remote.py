@@ -21,7 +21,7 @@ from facefleet.api.app import create_app
 from facefleet.cli import app
 from facefleet.platform.auth.service import create_api_key
 from facefleet.platform.db.models import AuditEvent
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service as runs
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore

@@ -22,7 +22,7 @@ from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models.card import ArchitectureSpec, DatasetEntry, InputSpec, ModelCard, ProbeSpec
-from facefleet.platform.models.registry import artifact_info, register_model_version
+from facefleet.platform.models.service import artifact_info, register_model_version
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings

@@ -155,7 +155,7 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
         _record_training(session, store, live.id, speed=2.0, steps=live.total_steps // 3)
         session.commit()
 
-        from facefleet.platform.models import registry
+        from facefleet.platform.models import service as registry
 
         first = _model(session, store, "facefleet", 1, run_ids[1], _roc(1, 0.7))
         second = _model(session, store, "facefleet", 2, run_ids[0], _roc(0, 1.2))

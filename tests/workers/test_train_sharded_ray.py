@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.train_driver import FAIL_ONCE_ENV

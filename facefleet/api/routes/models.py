@@ -15,7 +15,7 @@ from facefleet.api.pagination import Page, Pagination, make_page, slice_page
 from facefleet.api.schemas import AliasUpdate, StrictBody
 from facefleet.platform import audit, notifications
 from facefleet.platform.errors import NotFoundError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.models.schemas import ModelSummary, ModelVersionView
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)

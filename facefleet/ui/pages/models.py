@@ -12,7 +12,7 @@ from facefleet.api.deps import DbSession
 from facefleet.api.routes import models as models_api
 from facefleet.platform.db.models import AuditEvent
 from facefleet.platform.errors import FacefleetError, NotFoundError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.ui.web import ConsoleUser, ConsoleWriter, back
 
 router = APIRouter(prefix="/ui/models", include_in_schema=False)
