@@ -20,12 +20,11 @@ from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page, paginate_query
 from facefleet.api.params import PathId, QueryId
 from facefleet.api.responses import model_response
-from facefleet.api.schemas import CancelRequest, RunCreate
 from facefleet.platform import audit
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.runs import service
-from facefleet.platform.runs.schemas import MetricPoint, RunView, TrainingConfig
+from facefleet.platform.runs.schemas import CancelRequest, MetricPoint, RunCreate, RunView, TrainingConfig
 from facefleet.platform.store import validate_key
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
