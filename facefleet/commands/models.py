@@ -160,7 +160,5 @@ def promote(
             number = ModelVersionView.model_validate(client.post(path, {"alias": alias})).version
         else:
             with local_session() as session:
-                target = registry.get_model_version(session, name, version)
-                registry.set_alias(session, name, alias, target.version)
-                number = target.version
+                number = registry.move_alias_audited(session, name, alias, version, actor="cli").version
     console.print(f"{name}: {alias} -> v{number}")

@@ -1,11 +1,15 @@
-"""Runs service: create, start, follow and cancel training runs. The database is the truth for run status."""
+"""Runs service: create, start, follow and cancel training runs. The database is the truth for run status.
+
+``create_run_audited`` and ``cancel_run_audited`` are the use cases the API and the CLI's local mode call:
+validation, the change, the audit event, and for a new run the commit-then-launch step that marks the run
+failed when the launcher cannot start it."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -13,16 +17,18 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from facefleet.platform import audit
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
-from facefleet.platform.runs.schemas import MAX_STEPS, RunDatasetView, RunView, TrainingConfig
+from facefleet.platform.runs.schemas import MAX_STEPS, RunCreate, RunDatasetView, RunView, TrainingConfig
 
 if TYPE_CHECKING:
     from facefleet.platform.runs.launchers import Launcher
 
 FINISHED = ("succeeded", "failed", "cancelled")
 ACTIVE = ("queued", "starting", "running")
+RunStarter = Callable[[Session, Run], object]
 
 
 def _now() -> datetime:
@@ -289,6 +295,33 @@ def create_run(
     return run
 
 
+def create_run_audited(
+    session: Session, body: RunCreate, *, actor: str, starter: RunStarter | None = None
+) -> RunView:
+    """Queue a run from a validated request, record it, and with ``start`` hand it to the launcher.
+
+    The worker reads the run from the database, so it is committed before ``starter`` (default
+    ``start_run``: the configured launcher) runs; a launcher that fails leaves the run ``failed`` with why
+    in ``error`` (the caller commits that), never an exception from the launcher."""
+    run = create_run(
+        session,
+        dataset_names_or_version_ids=body.datasets,
+        verification_sets=body.verification_sets,
+        config=body.config,
+        created_by=actor,
+        name=body.name,
+    )
+    details = {"datasets": [str(d) for d in body.datasets], "start": body.start}
+    audit.record(session, actor, "runs.create", "run", run.id, details)
+    if body.start:
+        session.commit()
+        try:
+            (starter or start_run)(session, run)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded as failed; the caller sees why
+            mark_finished(session, run, "failed", f"the launcher could not start the run: {exc}")
+    return run_view(session, get_run(session, run.id))
+
+
 def get_run(session: Session, run_id: int) -> Run:
     run = session.scalars(select(Run).where(Run.id == run_id).options(selectinload(Run.datasets))).first()
     if run is None:
@@ -377,6 +410,13 @@ def cancel_run(
         mark_finished(session, run, "cancelled", "cancelled; the job had already stopped")
     session.flush()
     return run
+
+
+def cancel_run_audited(session: Session, run_id: int, *, force: bool, actor: str) -> RunView:
+    """``cancel_run`` and its audit event."""
+    run = cancel_run(session, run_id, force=force)
+    audit.record(session, actor, "runs.cancel", "run", run_id, {"force": force})
+    return run_view(session, run)
 
 
 def update_progress(
