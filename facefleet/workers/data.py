@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 
 from facefleet.platform.datasets.shards import read_manifest, read_pairs
 from facefleet.platform.errors import InvalidInputError, NotFoundError
+from facefleet.platform.runs.datasets import class_offsets
+from facefleet.platform.runs.lifecycle import PlannedDataset
 from facefleet.platform.store import ObjectStore, store_from_url
 from facefleet.workers.data_cache import ShardReader
 from facefleet.workers.prefetch import PrefetchingDataLoader
@@ -44,17 +46,33 @@ class LabelSpaceEntry(BaseModel):
 def build_label_space(entries_in_order: Sequence[LabelSpaceEntry]) -> list[LabelSpaceEntry]:
     """Assign consecutive class offsets in the given order (pure: returns new entries)."""
     seen: set[int] = set()
-    result: list[LabelSpaceEntry] = []
-    offset = 0
     for entry in entries_in_order:
         if entry.dataset_version_id in seen:
             raise InvalidInputError(f"dataset version {entry.dataset_version_id} is listed twice")
         if entry.num_classes < 1:
             raise InvalidInputError(f"{entry.dataset_name}@{entry.version} has no identities")
         seen.add(entry.dataset_version_id)
-        result.append(entry.model_copy(update={"class_offset": offset}))
-        offset += entry.num_classes
-    return result
+    offsets = class_offsets([entry.num_classes for entry in entries_in_order])
+    return [
+        entry.model_copy(update={"class_offset": offset})
+        for entry, offset in zip(entries_in_order, offsets, strict=True)
+    ]
+
+
+def plan_label_space(train: Sequence[PlannedDataset]) -> list[LabelSpaceEntry]:
+    """The label space of a run as its rows store it (offsets computed once, when the run was created)."""
+    return [
+        LabelSpaceEntry(
+            dataset_version_id=entry.dataset_version_id,
+            dataset_name=entry.dataset,
+            version=entry.version,
+            manifest_key=entry.manifest_key,
+            class_offset=entry.class_offset,
+            num_classes=entry.num_classes,
+            image_count=entry.image_count,
+        )
+        for entry in train
+    ]
 
 
 def label_space_for_versions(session: Session, dataset_version_ids: Sequence[int]) -> list[LabelSpaceEntry]:

@@ -10,7 +10,6 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -21,18 +20,18 @@ from facefleet.platform import audit
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
+from facefleet.platform.runs.datasets import class_offsets, run_datasets
+from facefleet.platform.runs.lifecycle import ACTIVE as ACTIVE
+from facefleet.platform.runs.lifecycle import FINISHED as FINISHED
+from facefleet.platform.runs.lifecycle import mark_finished as mark_finished
 from facefleet.platform.runs.schemas import MAX_STEPS, RunCreate, RunDatasetView, RunView, TrainingConfig
 
 if TYPE_CHECKING:
     from facefleet.platform.runs.launchers import Launcher
 
-FINISHED = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "starting", "running")
+# ACTIVE, FINISHED and mark_finished are lifecycle.py's (the statuses' one home), re-exported for callers.
+
 RunStarter = Callable[[Session, Run], object]
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def parse_config(config: TrainingConfig | dict[str, Any] | None) -> TrainingConfig:
@@ -221,18 +220,17 @@ def run_dataset_rows(
     train: Sequence[DatasetVersion], verification: Sequence[DatasetVersion]
 ) -> list[RunDataset]:
     """Training versions take consecutive class ranges in order (design §5.1); verification sets follow."""
-    rows, offset = [], 0
-    for position, version in enumerate(train):
-        rows.append(
-            RunDataset(
-                position=position,
-                role="train",
-                dataset_version_id=version.id,
-                class_offset=offset,
-                num_classes=version.identity_count,
-            )
+    offsets = class_offsets([version.identity_count for version in train])
+    rows = [
+        RunDataset(
+            position=position,
+            role="train",
+            dataset_version_id=version.id,
+            class_offset=offset,
+            num_classes=version.identity_count,
         )
-        offset += version.identity_count
+        for position, (version, offset) in enumerate(zip(train, offsets, strict=True))
+    ]
     rows += [
         RunDataset(position=position, role="verification", dataset_version_id=version.id)
         for position, version in enumerate(verification, start=len(train))
@@ -342,22 +340,15 @@ def run_view(session: Session, run: Run) -> RunView:
 
 def run_views(session: Session, runs: Sequence[Run]) -> list[RunView]:
     """Views of ``runs`` with their datasets named, in one query for the whole list (no N+1)."""
-    rows = session.execute(
-        select(RunDataset, DatasetVersion.version, Dataset.name)
-        .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
-        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id.in_([run.id for run in runs]))
-        .order_by(RunDataset.run_id, RunDataset.position)
-    ).all()
     datasets: dict[int, list[RunDatasetView]] = {run.id: [] for run in runs}
-    for row, version, name in rows:
+    for row, version, dataset in run_datasets(session, [run.id for run in runs]):
         datasets[row.run_id].append(
             RunDatasetView(
                 position=row.position,
                 role=row.role,
                 dataset_version_id=row.dataset_version_id,
-                dataset=name,
-                version=version,
+                dataset=dataset.name,
+                version=version.version,
                 class_offset=row.class_offset,
                 num_classes=row.num_classes,
             )
@@ -379,13 +370,6 @@ def start_run(session: Session, run: Run, launcher: Launcher | None = None) -> R
     run.launcher_job_id = launcher.start(run)
     session.flush()
     return run
-
-
-def mark_finished(session: Session, run: Run, status: str, error: str | None = None) -> None:
-    run.status = status
-    run.error = error
-    run.finished_at = _now()
-    session.flush()
 
 
 def cancel_run(
@@ -417,27 +401,6 @@ def cancel_run_audited(session: Session, run_id: int, *, force: bool, actor: str
     run = cancel_run(session, run_id, force=force)
     audit.record(session, actor, "runs.cancel", "run", run_id, {"force": force})
     return run_view(session, run)
-
-
-def update_progress(
-    session: Session,
-    run_id: int,
-    *,
-    step: int,
-    total_steps: int,
-    stage: str | None = None,
-    eta_seconds: float | None = None,
-) -> None:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFoundError(f"no run with id {run_id}")
-    run.step, run.total_steps = step, total_steps
-    run.progress = min(1.0, step / total_steps) if total_steps else 0.0
-    run.eta_seconds = eta_seconds
-    if stage is not None:
-        run.stage = stage
-    run.heartbeat_at = _now()
-    session.flush()
 
 
 def record_metrics(session: Session, run_id: int, step: int, metrics: dict[str, float]) -> None:
