@@ -21,7 +21,8 @@ from facefleet.platform.runs.datasets import run_datasets
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import get_store
-from facefleet.workers.train_loop import TrainJob, train_func
+from facefleet.workers.train_job import TrainJob
+from facefleet.workers.train_loop import train_func
 
 logger = logging.getLogger(__name__)
 FAIL_ONCE_ENV = "FACEFLEET_TEST_FAIL_ONCE_AFTER_STEP"  # test hook: crash rank 0 once after this checkpoint
@@ -47,7 +48,7 @@ def wait_for_run(run_id: int, timeout: float = 30.0) -> None:
 
 def prepare_job(session: Session, run_id: int) -> TrainJob:
     """Mark the run starting and build everything the workers need (label space, URLs, step count)."""
-    from facefleet.workers.data import plan_label_space
+    from facefleet.workers.label_space import plan_label_space
 
     plan = lifecycle.training_plan(session, run_id)
     settings = get_settings()

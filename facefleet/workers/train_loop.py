@@ -16,30 +16,15 @@ from typing import Any
 import ray.train
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel
 
 from facefleet.platform.runs.schemas import TrainingConfig
-from facefleet.workers.data import LabelSpaceEntry
 from facefleet.workers.partial_fc import DistributedMarginHead, ignore_head_in_ddp
+from facefleet.workers.train_job import TrainJob as TrainJob
 from facefleet.workers.train_model import FaceTrainingModel, build_optimizer, build_training_model
 from facefleet.workers.train_reporting import RankZeroReporter
 from facefleet.workers.train_state import TrainState, restore_state, save_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-class TrainJob(BaseModel):
-    """Everything a worker needs, passed as the Ray Train loop config (pickled by Ray)."""
-
-    run_id: int
-    config: TrainingConfig
-    entries: list[LabelSpaceEntry]  # one per training dataset, with its class offset
-    total_steps: int
-    database_url: str
-    store_url: str
-    s3_endpoint_url: str | None = None
-    cache_dir: str
-    fail_once_after_step: int | None = None  # test hook: rank 0 raises once after this checkpointed step
 
 
 def pick_device(config: TrainingConfig) -> torch.device:

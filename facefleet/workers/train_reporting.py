@@ -13,7 +13,7 @@ from facefleet.platform.db.session import make_engine
 from facefleet.platform.runs import lifecycle, service
 
 if TYPE_CHECKING:
-    from facefleet.workers.train_loop import TrainJob
+    from facefleet.workers.train_job import TrainJob
     from facefleet.workers.train_model import FaceTrainingModel
 
 
