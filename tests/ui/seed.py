@@ -211,7 +211,7 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
             runs.get_run(session, run_ids[2]),
             evaluate=lambda *_: {},
             settings=settings,
-            now=runs._now(),
+            now=lifecycle.now(),
         )
         audit.record(session, "key:1:ops-admin", "datasets.register", "dataset", "faces-a", {"version": 1})
         session.commit()
