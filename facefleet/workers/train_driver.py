@@ -25,7 +25,6 @@ from facefleet.workers.train_job import TrainJob
 from facefleet.workers.train_loop import train_func
 
 logger = logging.getLogger(__name__)
-FAIL_ONCE_ENV = "FACEFLEET_TEST_FAIL_ONCE_AFTER_STEP"  # test hook: crash rank 0 once after this checkpoint
 
 
 @dataclass
@@ -53,7 +52,6 @@ def prepare_job(session: Session, run_id: int) -> TrainJob:
     plan = lifecycle.training_plan(session, run_id)
     settings = get_settings()
     lifecycle.mark_starting(session, run_id)
-    fail_after = os.environ.get(FAIL_ONCE_ENV)
     return TrainJob(
         run_id=run_id,
         config=plan.config,
@@ -63,7 +61,6 @@ def prepare_job(session: Session, run_id: int) -> TrainJob:
         store_url=settings.effective_store_url,
         s3_endpoint_url=settings.s3_endpoint_url,
         cache_dir=str((settings.data_dir / "cache").resolve()),
-        fail_once_after_step=int(fail_after) if fail_after else None,
     )
 
 

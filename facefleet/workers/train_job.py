@@ -19,4 +19,3 @@ class TrainJob(BaseModel):
     store_url: str
     s3_endpoint_url: str | None = None
     cache_dir: str
-    fail_once_after_step: int | None = None  # test hook: rank 0 raises once after this checkpointed step

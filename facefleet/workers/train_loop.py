@@ -109,7 +109,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
     ddp = wrap_distributed(model, device)
     reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
     batches = infinite_batches(job, rank, world_size, start_step, device)
-    fail_pending = job.fail_once_after_step is not None and start_step == 0
     step = start_step
     while step < job.total_steps:
         wait_started = time.perf_counter()
@@ -143,13 +142,3 @@ def train_func(loop_config: dict[str, Any]) -> None:
         if step % cfg.checkpoint_interval == 0 or last:
             checkpoint = save_checkpoint(state, step, writer=rank == 0)
             ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
-            if fail_pending and rank == 0 and step >= (job.fail_once_after_step or 0) and not last:
-                inject_failure_after_commit(step)
-
-
-def inject_failure_after_commit(step: int) -> None:
-    """Test hook: wait until the controller has committed the checkpoint, then crash this worker."""
-    ray.train.get_all_reported_checkpoints(
-        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60
-    )
-    raise RuntimeError(f"injected failure after the checkpoint at step {step} (test hook)")

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import FacefleetError, InvalidInputError
-from facefleet.platform.runs.entrypoint import entrypoint_args, entrypoint_command
+from facefleet.platform.runs.entrypoint import ENTRYPOINT_MODULE, entrypoint_args, entrypoint_command
 from facefleet.platform.runs.failures import describe, settings_secrets
 from facefleet.platform.runs.ray_jobs import FINISHED_STATES, RayJobsClient
 from facefleet.platform.settings import Settings, get_settings
@@ -60,8 +60,9 @@ class LocalLauncher:
     name = "local"
     _children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, module: str = ENTRYPOINT_MODULE) -> None:
         self.settings = settings or get_settings()
+        self.module = module  # the entrypoint module the child runs
 
     def log_path(self, run_id: int) -> Path:
         return self.settings.data_dir.resolve() / "runs" / f"{run_id}.log"
@@ -72,7 +73,7 @@ class LocalLauncher:
         env = {**os.environ, **worker_environment(self.settings)}
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
-                [sys.executable, *entrypoint_args(run.id)],
+                [sys.executable, *entrypoint_args(run.id, self.module)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
