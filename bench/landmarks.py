@@ -52,7 +52,7 @@ def train_landmark_model(workdir: Path, helen: Path, steps: int, batch: int) -> 
     from facefleet.platform.datasets import service as datasets
     from facefleet.platform.db import migrate
     from facefleet.platform.db.session import session_scope
-    from facefleet.platform.models import registry
+    from facefleet.platform.models import service as registry
     from facefleet.platform.runs import service
     from facefleet.platform.settings import get_settings
     from facefleet.platform.store import get_store

@@ -201,7 +201,7 @@ def load_backbone(model: dict[str, Any], config: dict[str, Any]) -> Any:
 
     from facefleet.nn.backbones import get_backbone
     from facefleet.platform.db.session import session_scope
-    from facefleet.platform.models import registry
+    from facefleet.platform.models import service as registry
     from facefleet.platform.store import get_store
 
     with session_scope() as session:

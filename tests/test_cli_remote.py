@@ -21,7 +21,8 @@ from facefleet.api.app import create_app
 from facefleet.cli import app
 from facefleet.platform.auth.service import create_api_key
 from facefleet.platform.db.models import AuditEvent
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
+from facefleet.platform.runs import lifecycle
 from facefleet.platform.runs import service as runs
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore
@@ -158,12 +159,12 @@ def _simulate_worker(engine: Engine, run_id: int) -> None:
     with Session(engine) as session:
         run = runs.get_run(session, run_id)
         run.status, run.stage = "running", "training"
-        runs.update_progress(session, run_id, step=3, total_steps=5)
+        lifecycle.report_progress(session, run_id, step=3, total_steps=5)
         runs.record_metrics(session, run_id, 3, {"loss": 1.25})
         session.commit()
     time.sleep(0.3)
     with Session(engine) as session:
-        runs.update_progress(session, run_id, step=5, total_steps=5)
+        lifecycle.report_progress(session, run_id, step=5, total_steps=5)
         runs.mark_finished(session, runs.get_run(session, run_id), "succeeded")
         session.commit()
 

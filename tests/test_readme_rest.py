@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from facefleet.api.app import create_app
 from facefleet.api.routes.models import PromoteRequest
-from facefleet.api.schemas import AliasUpdate, ApiKeyCreate, CancelRequest, RunCreate
+from facefleet.api.schemas import AliasUpdate, ApiKeyCreate
 from facefleet.platform.datasets.schemas import RegisterRequest
 from facefleet.platform.deployments.schemas import DeploymentCreate, StatusReport
 from facefleet.platform.devices.schemas import DeviceCreate, EnrollRequest, HeartbeatRequest
@@ -24,6 +24,7 @@ from facefleet.platform.inspections.schemas import (
     VerdictRequest,
 )
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyUpdate
+from facefleet.platform.runs.schemas import CancelRequest, RunCreate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BODIES: dict[tuple[str, str], type[BaseModel]] = {

@@ -16,7 +16,6 @@ from facefleet.api.routes import (
     audit,
     datasets,
     deployments,
-    device,
     device_attempts,
     devices,
     health,
@@ -25,6 +24,7 @@ from facefleet.api.routes import (
     models,
     policies,
     runs,
+    terminal_api,
 )
 from facefleet.api.routes.run_overlaps import router as run_overlaps_router
 from facefleet.platform.db.session import engine_for, session_factory
@@ -66,7 +66,7 @@ def create_app(
         max_wait=settings.api_max_wait_seconds,
     )
     app.add_middleware(PrometheusMiddleware, metrics=app.state.metrics)
-    for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, device):
+    for module in (health, keys, audit, datasets, runs, models, policies, devices, deployments, terminal_api):
         app.include_router(module.router)
     app.include_router(run_overlaps_router)
     app.include_router(device_attempts.router)

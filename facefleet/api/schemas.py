@@ -1,4 +1,4 @@
-"""Bodies of the API's own resources (keys, audit, health, runs). Unknown fields are rejected."""
+"""Bodies of the API's own resources (keys, audit, health, aliases). Unknown fields are rejected."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from facefleet.platform.db.base import DB_INT_MAX
-from facefleet.platform.names import Label, Name
+from facefleet.platform.names import Name
 
 
 class StrictBody(BaseModel):
@@ -55,22 +55,6 @@ class AuditEventRead(BaseModel):
 class HealthStatus(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
-
-
-class RunCreate(StrictBody):
-    """Start a training run over dataset versions (``name``, ``name:version`` or a version id)."""
-
-    datasets: list[str | int] = Field(
-        min_length=1, max_length=256, description="training datasets, in class-offset order"
-    )
-    verification_sets: list[str | int] = Field(default_factory=list, max_length=64)
-    config: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields (see the schema)")
-    name: Label = Field("", description="display name; default: the datasets' names joined by '+'")
-    start: bool = Field(True, description="hand the run to the launcher now (false: leave it queued)")
-
-
-class CancelRequest(StrictBody):
-    force: bool = Field(False, description="also stop the job through the launcher at once")
 
 
 class AliasUpdate(StrictBody):

@@ -20,7 +20,7 @@ from facefleet.commands._remote import (
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead
 from facefleet.platform.errors import InvalidInputError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.models.schemas import ModelVersionView
 
 app = typer.Typer(

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
-from facefleet.platform import audit
 from facefleet.platform.devices import service as devices
 from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceRegistered
 
@@ -91,6 +90,5 @@ def disable(device_id: Annotated[int, typer.Argument(help="device id")], server:
             client.post(f"/v1/devices/{device_id}/disable")
         else:
             with local_session() as session:
-                device = devices.disable_device(session, device_id=device_id)
-                audit.record(session, "cli", "devices.disable", "device", device.id, {"name": device.name})
+                devices.disable_device_audited(session, device_id, actor="cli")
     console.print(f"device {device_id} disabled")

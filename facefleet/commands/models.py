@@ -11,7 +11,7 @@ from facefleet.client import FacefleetClient
 from facefleet.commands._complete import complete_model_names
 from facefleet.commands._output import JsonOption, api_url, make_console, print_json, stored_location
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.models.schemas import ModelSummary, ModelVersionView
 
 app = typer.Typer(help="Registered models: list, show, promote.", no_args_is_help=True)
@@ -160,7 +160,5 @@ def promote(
             number = ModelVersionView.model_validate(client.post(path, {"alias": alias})).version
         else:
             with local_session() as session:
-                target = registry.get_model_version(session, name, version)
-                registry.set_alias(session, name, alias, target.version)
-                number = target.version
+                number = registry.move_alias_audited(session, name, alias, version, actor="cli").version
     console.print(f"{name}: {alias} -> v{number}")

@@ -13,7 +13,6 @@ from facefleet.client import FacefleetClient
 from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
 from facefleet.commands.runs import load_config
-from facefleet.platform import audit
 from facefleet.platform.policies import service
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyRead, PolicyUpdate
 from facefleet.platform.runs.schemas import apply_overrides
@@ -116,9 +115,7 @@ def create(
             policy = PolicyRead.model_validate(client.post("/v1/policies", fields))
         else:
             with local_session() as session:
-                row = service.create_policy(session, spec=spec)
-                audit.record(session, "cli", "policies.create", "policy", row.id, {"name": row.name})
-                policy = PolicyRead.model_validate(row)
+                policy = service.create_policy_audited(session, spec, actor="cli")
     console.print(f"policy {policy.id} ({policy.name}) created; triggers: {', '.join(policy.triggers)}")
 
 
@@ -239,9 +236,7 @@ def update(
             policy = PolicyRead.model_validate(client.patch(f"/v1/policies/{policy_id}", changes))
         else:
             with local_session() as session:
-                row = service.update_policy(session, policy_id=policy_id, changes=body)
-                audit.record(session, "cli", "policies.update", "policy", row.id, {"fields": sorted(changes)})
-                policy = PolicyRead.model_validate(row)
+                policy = service.update_policy_audited(session, policy_id, body, actor="cli")
     console.print(f"policy {policy.id} ({policy.name}) updated: {describe_changes(changes, policy)}")
 
 
@@ -277,8 +272,7 @@ def delete(policy_id: PolicyIdArgument, server: ServerOption = None) -> None:
             client.delete(f"/v1/policies/{policy_id}")
         else:
             with local_session() as session:
-                service.delete_policy(session, policy_id=policy_id)
-                audit.record(session, "cli", "policies.delete", "policy", policy_id)
+                service.delete_policy_audited(session, policy_id, actor="cli")
     console.print(f"policy {policy_id} deleted")
 
 
@@ -290,7 +284,5 @@ def fire(policy_id: PolicyIdArgument, server: ServerOption = None) -> None:
             policy = PolicyRead.model_validate(client.post(f"/v1/policies/{policy_id}:fire"))
         else:
             with local_session() as session:
-                row = service.request_fire(session, policy_id=policy_id, requested_by="cli")
-                audit.record(session, "cli", "policies.fire", "policy", row.id)
-                policy = PolicyRead.model_validate(row)
+                policy = service.fire_policy_audited(session, policy_id, actor="cli")
     console.print(f"policy {policy.id} ({policy.name}) fired; the scheduler starts the run at its next tick")

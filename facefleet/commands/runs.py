@@ -17,12 +17,12 @@ from facefleet.client import FacefleetClient
 from facefleet.commands import runs_inspect, runs_overlaps
 from facefleet.commands._complete import complete_run_ids
 from facefleet.commands._output import JsonOption, api_url, make_console, print_json, stored_location
-from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors
+from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import FacefleetError, InvalidInputError
 from facefleet.platform.runs import service
-from facefleet.platform.runs.schemas import RunView, apply_overrides
+from facefleet.platform.runs.schemas import RunCreate, RunView, apply_overrides
 
 app = typer.Typer(help="Training runs: create, follow, inspect, compare, cancel.", no_args_is_help=True)
 app.command("logs")(runs_inspect.logs)
@@ -195,20 +195,10 @@ def create(
 
 
 def _create_locally(body: dict[str, Any]) -> RunView:
+    """The API's use case on the local database: validated, audited, started, failed if it cannot start."""
+    request = validated(RunCreate, **body)  # local mode refuses what the API would
     with local_session() as session:
-        run_id = service.create_run(
-            session,
-            dataset_names_or_version_ids=body["datasets"],
-            verification_sets=body["verification_sets"],
-            config=body["config"],
-            name=body["name"],
-            created_by="cli",
-        ).id
-    with session_scope() as session:
-        run = service.get_run(session, run_id)
-        if body["start"]:  # the worker reads the run, so it must be committed first
-            service.start_run(session, run)
-        return service.run_view(session, run)
+        return service.create_run_audited(session, request, actor="cli")
 
 
 @app.command("list")
@@ -335,5 +325,5 @@ def cancel(
             status = client.post(f"/v1/runs/{run_id}:cancel", {"force": force})["status"]
         else:
             with local_session() as session:
-                status = service.cancel_run(session, run_id, force=force).status
+                status = service.cancel_run_audited(session, run_id, force=force, actor="cli").status
     console.print(f"run {run_id}: {'cancelled' if status == 'cancelled' else 'cancel requested'}")

@@ -27,7 +27,7 @@ from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import FacefleetError, NotFoundError
 from facefleet.platform.inspections.service import purge_expired_attempts
 from facefleet.platform.leases import acquire_lease
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.policies import outcomes, retrain
 from facefleet.platform.policies.service import add_trigger, next_cron_time
 from facefleet.platform.runs import service as runs_service

@@ -1,4 +1,4 @@
-"""Training data pipeline: the multi-dataset label space (design.md §5.1) and sharded, streamed image loading.
+"""Training data pipeline: sharded, streamed image loading over a run's label space (label_space.py).
 
 Each Ray worker (rank of world_size) reads only its slice of the shards; inside a rank the DataLoader
 processes split that slice again, read whole shards in order (shard locality: a shard is fetched from the
@@ -17,118 +17,20 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
-from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from facefleet.platform.datasets.shards import read_manifest, read_pairs
-from facefleet.platform.errors import InvalidInputError, NotFoundError
+from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.store import ObjectStore, store_from_url
 from facefleet.workers.data_cache import ShardReader
+
+# The label space and the sample index live in label_space.py; re-exported for callers of data.py.
+from facefleet.workers.label_space import LabelSpaceEntry as LabelSpaceEntry
+from facefleet.workers.label_space import SampleIndex as SampleIndex
+from facefleet.workers.label_space import build_label_space as build_label_space
+from facefleet.workers.label_space import label_space_for_versions as label_space_for_versions
 from facefleet.workers.prefetch import PrefetchingDataLoader
-
-
-class LabelSpaceEntry(BaseModel):
-    """One dataset version of a run and the global class range [class_offset, class_offset + num_classes)."""
-
-    dataset_version_id: int
-    dataset_name: str
-    version: int
-    manifest_key: str
-    class_offset: int = 0
-    num_classes: int
-    image_count: int
-
-
-def build_label_space(entries_in_order: Sequence[LabelSpaceEntry]) -> list[LabelSpaceEntry]:
-    """Assign consecutive class offsets in the given order (pure: returns new entries)."""
-    seen: set[int] = set()
-    result: list[LabelSpaceEntry] = []
-    offset = 0
-    for entry in entries_in_order:
-        if entry.dataset_version_id in seen:
-            raise InvalidInputError(f"dataset version {entry.dataset_version_id} is listed twice")
-        if entry.num_classes < 1:
-            raise InvalidInputError(f"{entry.dataset_name}@{entry.version} has no identities")
-        seen.add(entry.dataset_version_id)
-        result.append(entry.model_copy(update={"class_offset": offset}))
-        offset += entry.num_classes
-    return result
-
-
-def label_space_for_versions(session: Session, dataset_version_ids: Sequence[int]) -> list[LabelSpaceEntry]:
-    """Load the versions (all must be 'ready') and build their label space in the given order."""
-    from facefleet.platform.db.models import Dataset, DatasetVersion
-
-    rows = session.execute(
-        select(DatasetVersion, Dataset.name)
-        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-        .where(DatasetVersion.id.in_(list(dataset_version_ids)))
-    ).all()
-    by_id = {version.id: (version, name) for version, name in rows}
-    entries = []
-    for version_id in dataset_version_ids:
-        if version_id not in by_id:
-            raise NotFoundError(f"dataset version {version_id} does not exist")
-        version, name = by_id[version_id]
-        label = f"{name}@{version.version}"
-        if version.status != "ready" or not version.manifest_key:
-            raise InvalidInputError(
-                f"dataset version {label} is '{version.status}', not 'ready'; wait for it or pick another",
-                field="dataset_version_ids",
-            )
-        entries.append(
-            LabelSpaceEntry(
-                dataset_version_id=version.id,
-                dataset_name=name,
-                version=version.version,
-                manifest_key=version.manifest_key,
-                num_classes=version.identity_count,
-                image_count=version.image_count,
-            )
-        )
-    return build_label_space(entries)
-
-
-class SampleIndex:
-    """All samples of a run as numpy columns, grouped by shard: shard, byte range, label, dataset."""
-
-    def __init__(self, store: ObjectStore, entries: Sequence[LabelSpaceEntry]) -> None:
-        shard_keys: list[str] = []
-        columns: dict[str, list[np.ndarray]] = {
-            name: [] for name in ("shard", "offset", "size", "label", "dataset")
-        }
-        for dataset_index, entry in enumerate(entries):
-            table = read_manifest(store, entry.manifest_key)
-            keys, shard_codes = np.unique(
-                np.asarray(table["shard"].to_pylist(), dtype=object), return_inverse=True
-            )
-            labels = table["label"].to_numpy().astype(np.int64)
-            if len(labels) and (labels.min() < 0 or labels.max() >= entry.num_classes):
-                raise InvalidInputError(
-                    f"{entry.dataset_name}@{entry.version}: labels exceed its {entry.num_classes} classes"
-                )
-            columns["shard"].append(shard_codes.astype(np.int64) + len(shard_keys))
-            shard_keys.extend(str(key) for key in keys)
-            columns["offset"].append(table["offset"].to_numpy().astype(np.int64))
-            columns["size"].append(table["size"].to_numpy().astype(np.int64))
-            columns["label"].append(labels + entry.class_offset)
-            columns["dataset"].append(np.full(len(labels), dataset_index, dtype=np.int64))
-        merged = {
-            name: np.concatenate(parts) if parts else np.zeros(0, np.int64) for name, parts in columns.items()
-        }
-        order = np.argsort(merged["shard"], kind="stable")  # group by shard; keep member order inside
-        self.shard_keys = shard_keys
-        self.shard = merged["shard"][order]
-        self.offset = merged["offset"][order]
-        self.size = merged["size"][order]
-        self.label = merged["label"][order]
-        self.dataset = merged["dataset"][order]
-        self.shard_starts = np.searchsorted(self.shard, np.arange(len(shard_keys) + 1))
-
-    def __len__(self) -> int:
-        return len(self.label)
+from facefleet.workers.sampler import BalancedBatchSampler
 
 
 def decode_image(data: bytes, input_size: int, *, flip: bool = False) -> torch.Tensor:
@@ -271,8 +173,6 @@ def make_train_loader(
     ``balanced=(P, K)``: batches of P identities x K images, all identities of a batch from one dataset
     (batch_size must equal P*K). ``epochs=None`` iterates forever; the caller counts steps.
     """
-    from facefleet.workers.sampler import BalancedBatchSampler
-
     if balanced is not None and balanced[0] * balanced[1] != batch_size:
         raise InvalidInputError(
             f"balanced batches of {balanced[0]} identities x {balanced[1]} images hold"

@@ -34,8 +34,8 @@ from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models.card import DistillationSpec, InspectionSetEntry
-from facefleet.platform.models.registry import get_model_version
-from facefleet.platform.runs import service
+from facefleet.platform.models.service import get_model_version
+from facefleet.platform.runs import lifecycle, service
 from facefleet.platform.runs.distill import WEIGHTS_FILE
 from facefleet.platform.runs.schemas import TeacherRef, TrainingConfig
 from facefleet.platform.store import ObjectStore, get_store, store_from_url
@@ -340,7 +340,7 @@ def finish_run(job: DistillJob, outcome: FitOutcome) -> dict[str, Any]:
     student.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
     store = get_store()
     with session_scope() as session:
-        service.update_progress(
+        lifecycle.report_progress(
             session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
         )
         sets = load_eval_sets(
@@ -359,7 +359,7 @@ def finish_run(job: DistillJob, outcome: FitOutcome) -> dict[str, Any]:
     with session_scope() as session:
         service.record_metrics(session, job.run_id, job.total_steps, flat)
         plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
-        service.update_progress(
+        lifecycle.report_progress(
             session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
         )
     spec = distillation_spec(job)

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch import nn
 
@@ -21,7 +20,7 @@ from facefleet.nn.operating_point import OperatingPoint, choose_operating_point
 from facefleet.nn.verification import VerificationMetrics, cosine_scores, verification_metrics
 from facefleet.platform.datasets import layout
 from facefleet.platform.datasets.shards import read_manifest, read_pair_folds
-from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
+from facefleet.platform.runs.datasets import run_datasets
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore, store_from_url
 
@@ -109,13 +108,10 @@ def load_eval_sets(
     from facefleet.workers.data import load_verification_pairs, load_verification_set, pairs_within_dataset
 
     store = store_from_url(store_url, endpoint_url=s3_endpoint_url)
-    rows = session.execute(
-        select(RunDataset.role, DatasetVersion.version, DatasetVersion.manifest_key, Dataset.name)
-        .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
-        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id == run_id)
-        .order_by(RunDataset.position)
-    ).all()
+    rows = [
+        (row.role, version.version, version.manifest_key, dataset.name)
+        for row, version, dataset in run_datasets(session, [run_id])
+    ]
     sets: list[EvalSet] = []
     for role, version, manifest_key, name in rows:
         if manifest_key is None:

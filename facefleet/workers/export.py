@@ -24,7 +24,7 @@ from facefleet.platform.models.card import (
     ModelCard,
     ProbeSpec,
 )
-from facefleet.platform.models.registry import artifact_info, register_model_version
+from facefleet.platform.models.service import artifact_info, register_model_version
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
 

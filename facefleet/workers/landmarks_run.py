@@ -13,17 +13,15 @@ import ray.train
 import torch
 from pydantic import BaseModel
 from safetensors.torch import save_file
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.nn.landmarks import LandmarkInference, LandmarkNet, grid_targets, landmark_loss
 from facefleet.nn.probe import make_probe_input
-from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models.card import ArchitectureSpec, DatasetEntry, InputSpec, ModelCard, ProbeSpec
-from facefleet.platform.models.registry import artifact_info, register_model_version
-from facefleet.platform.runs import service
+from facefleet.platform.models.service import artifact_info, register_model_version
+from facefleet.platform.runs import lifecycle, service
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore, get_store, store_from_url
@@ -55,24 +53,14 @@ def build_net(config: TrainingConfig) -> LandmarkNet:
 
 
 def prepare_job(session: Session, run_id: int) -> LandmarkJob:
-    run = service.get_run(session, run_id)
-    if run.status != "queued":
-        raise InvalidInputError(f"run {run_id} is {run.status}; only a queued run can start")
-    config = TrainingConfig.model_validate(run.config)
-    rows = session.execute(
-        select(Dataset.name, DatasetVersion.version, DatasetVersion.manifest_key)
-        .join(DatasetVersion, Dataset.id == DatasetVersion.dataset_id)
-        .join(RunDataset, RunDataset.dataset_version_id == DatasetVersion.id)
-        .where(RunDataset.run_id == run_id, RunDataset.role == "train")
-        .order_by(RunDataset.position)
-    ).all()
+    plan = lifecycle.training_plan(session, run_id)
     settings = get_settings()
-    run.status, run.started_at, run.stage = "starting", service._now(), "starting workers"
+    lifecycle.mark_starting(session, run_id)
     return LandmarkJob(
         run_id=run_id,
-        config=config,
-        datasets=[(name, version, key or "") for name, version, key in rows],
-        total_steps=run.total_steps,
+        config=plan.config,
+        datasets=[(entry.dataset, entry.version, entry.manifest_key) for entry in plan.train],
+        total_steps=plan.total_steps,
         database_url=settings.effective_database_url,
         store_url=settings.effective_store_url,
         s3_endpoint_url=settings.s3_endpoint_url,
@@ -226,7 +214,7 @@ def finish_run(job: LandmarkJob, outcome: FitOutcome) -> dict[str, Any]:
     net = build_net(cfg)
     net.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
     with session_scope() as session:
-        service.update_progress(
+        lifecycle.report_progress(
             session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
         )
     metrics = evaluate(net, job)

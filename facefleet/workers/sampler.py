@@ -16,7 +16,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from facefleet.platform.errors import InvalidInputError
-from facefleet.workers.data import SampleIndex
+from facefleet.workers.label_space import SampleIndex
 
 
 class BalancedBatchSampler(Sampler[list[int]]):

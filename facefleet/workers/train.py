@@ -1,6 +1,7 @@
 """Worker entrypoint `python -m facefleet.workers.train --run ID`: runs one training run and records its fate.
 
-Status in the database: queued -> starting -> running (set by rank 0) -> succeeded | failed | cancelled.
+Status in the database: queued -> starting -> running (set by rank 0) -> succeeded | failed | cancelled,
+every change through facefleet.platform.runs.lifecycle.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ import sys
 import traceback
 from types import FrameType
 
-from sqlalchemy import update
-
-from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.runs import service
+from facefleet.platform.runs import lifecycle, service
 from facefleet.platform.runs.failures import redact, settings_secrets
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings
@@ -31,24 +29,9 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 
 def _finish(run_id: int, status: str, *, error: str | None = None, summary: dict | None = None) -> None:
-    """Record the end of a run once; a failure after a cancel request counts as cancelled.
-
-    The write is conditional: a cancel committed meanwhile (e.g. `cancel --force`, whose transaction is
-    still open when the stopped worker gets here) is not overwritten."""
+    """Record the end of a run once (lifecycle.finish: a failure after a cancel request is a cancel)."""
     with session_scope() as session:
-        run = session.get(Run, run_id)
-        if run is None or run.status in service.FINISHED:
-            return
-        if status == "failed" and run.cancel_requested:
-            status = "cancelled"
-        values: dict = {"status": status, "stage": status, "error": error, "finished_at": service._now()}
-        if summary is not None:
-            values["summary"] = summary
-        if status == "succeeded":
-            values["progress"] = 1.0
-        session.execute(
-            update(Run).where(Run.id == run_id, Run.status.not_in(service.FINISHED)).values(**values)
-        )
+        lifecycle.finish(session, run_id, status, error=error, summary=summary)
 
 
 def _cancel_if_requested(run_id: int) -> bool:

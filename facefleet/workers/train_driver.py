@@ -11,21 +11,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset
+from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.errors import InvalidInputError, NotFoundError
+from facefleet.platform.errors import NotFoundError
 from facefleet.platform.models.card import DatasetEntry
-from facefleet.platform.runs import service
+from facefleet.platform.runs import lifecycle, service
+from facefleet.platform.runs.datasets import run_datasets
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import get_store
-from facefleet.workers.train_loop import TrainJob, train_func
+from facefleet.workers.train_job import TrainJob
+from facefleet.workers.train_loop import train_func
 
 logger = logging.getLogger(__name__)
-FAIL_ONCE_ENV = "FACEFLEET_TEST_FAIL_ONCE_AFTER_STEP"  # test hook: crash rank 0 once after this checkpoint
 
 
 @dataclass
@@ -48,32 +48,20 @@ def wait_for_run(run_id: int, timeout: float = 30.0) -> None:
 
 def prepare_job(session: Session, run_id: int) -> TrainJob:
     """Mark the run starting and build everything the workers need (label space, URLs, step count)."""
-    from facefleet.workers.data import label_space_for_versions
+    from facefleet.workers.label_space import plan_label_space
 
-    run = service.get_run(session, run_id)
-    if run.status != "queued":
-        raise InvalidInputError(f"run {run_id} is {run.status}; only a queued run can start")
-    config = TrainingConfig.model_validate(run.config)
-    train_rows = [row for row in run.datasets if row.role == "train"]
-    entries = label_space_for_versions(session, [row.dataset_version_id for row in train_rows])
-    for row, entry in zip(train_rows, entries, strict=True):
-        if (row.class_offset, row.num_classes) != (entry.class_offset, entry.num_classes):
-            raise InvalidInputError(
-                f"run {run_id}: the label space of {entry.dataset_name} changed since creation"
-            )
+    plan = lifecycle.training_plan(session, run_id)
     settings = get_settings()
-    run.status, run.started_at, run.stage = "starting", service._now(), "starting workers"
-    fail_after = os.environ.get(FAIL_ONCE_ENV)
+    lifecycle.mark_starting(session, run_id)
     return TrainJob(
         run_id=run_id,
-        config=config,
-        entries=entries,
-        total_steps=run.total_steps,
+        config=plan.config,
+        entries=plan_label_space(plan.train),
+        total_steps=plan.total_steps,
         database_url=settings.effective_database_url,
         store_url=settings.effective_store_url,
         s3_endpoint_url=settings.s3_endpoint_url,
         cache_dir=str((settings.data_dir / "cache").resolve()),
-        fail_once_after_step=int(fail_after) if fail_after else None,
     )
 
 
@@ -130,16 +118,14 @@ def run_trainer(job: TrainJob, train_loop: Callable[[dict[str, Any]], None] = tr
 
 
 def dataset_entries(session: Session, run_id: int) -> list[DatasetEntry]:
-    rows = session.execute(
-        select(RunDataset, DatasetVersion.version, Dataset.name)
-        .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
-        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id == run_id, RunDataset.role == "train")
-        .order_by(RunDataset.position)
-    ).all()
     return [
-        DatasetEntry(name=name, version=version, class_offset=row.class_offset, num_classes=row.num_classes)
-        for row, version, name in rows
+        DatasetEntry(
+            name=dataset.name,
+            version=version.version,
+            class_offset=row.class_offset,
+            num_classes=row.num_classes,
+        )
+        for row, version, dataset in run_datasets(session, [run_id], role="train")
     ]
 
 
@@ -157,7 +143,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     model.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
     store = get_store()
     with session_scope() as session:
-        service.update_progress(
+        lifecycle.report_progress(
             session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
         )
         sets = load_eval_sets(
@@ -180,7 +166,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
             session, job.run_id, job.total_steps, {**results.flat_metrics(), **operating_point_metrics(point)}
         )
         plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
-        service.update_progress(
+        lifecycle.report_progress(
             session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
         )
     with session_scope() as session:

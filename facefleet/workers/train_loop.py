@@ -16,30 +16,15 @@ from typing import Any
 import ray.train
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel
 
 from facefleet.platform.runs.schemas import TrainingConfig
-from facefleet.workers.data import LabelSpaceEntry
 from facefleet.workers.partial_fc import DistributedMarginHead, ignore_head_in_ddp
+from facefleet.workers.train_job import TrainJob as TrainJob
 from facefleet.workers.train_model import FaceTrainingModel, build_optimizer, build_training_model
 from facefleet.workers.train_reporting import RankZeroReporter
 from facefleet.workers.train_state import TrainState, restore_state, save_checkpoint
 
 logger = logging.getLogger(__name__)
-
-
-class TrainJob(BaseModel):
-    """Everything a worker needs, passed as the Ray Train loop config (pickled by Ray)."""
-
-    run_id: int
-    config: TrainingConfig
-    entries: list[LabelSpaceEntry]  # one per training dataset, with its class offset
-    total_steps: int
-    database_url: str
-    store_url: str
-    s3_endpoint_url: str | None = None
-    cache_dir: str
-    fail_once_after_step: int | None = None  # test hook: rank 0 raises once after this checkpointed step
 
 
 def pick_device(config: TrainingConfig) -> torch.device:
@@ -124,7 +109,6 @@ def train_func(loop_config: dict[str, Any]) -> None:
     ddp = wrap_distributed(model, device)
     reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
     batches = infinite_batches(job, rank, world_size, start_step, device)
-    fail_pending = job.fail_once_after_step is not None and start_step == 0
     step = start_step
     while step < job.total_steps:
         wait_started = time.perf_counter()
@@ -158,13 +142,3 @@ def train_func(loop_config: dict[str, Any]) -> None:
         if step % cfg.checkpoint_interval == 0 or last:
             checkpoint = save_checkpoint(state, step, writer=rank == 0)
             ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
-            if fail_pending and rank == 0 and step >= (job.fail_once_after_step or 0) and not last:
-                inject_failure_after_commit(step)
-
-
-def inject_failure_after_commit(step: int) -> None:
-    """Test hook: wait until the controller has committed the checkpoint, then crash this worker."""
-    ray.train.get_all_reported_checkpoints(
-        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=60
-    )
-    raise RuntimeError(f"injected failure after the checkpoint at step {step} (test hook)")

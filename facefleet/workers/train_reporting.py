@@ -6,15 +6,14 @@ import time
 from typing import TYPE_CHECKING
 
 import torch
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import make_engine
-from facefleet.platform.runs import service
+from facefleet.platform.runs import lifecycle, service
 
 if TYPE_CHECKING:
-    from facefleet.workers.train_loop import TrainJob
+    from facefleet.workers.train_job import TrainJob
     from facefleet.workers.train_model import FaceTrainingModel
 
 
@@ -37,12 +36,7 @@ class RankZeroReporter:
         self.stage = 1
         self._eval_sets: list | None = None
         with Session(self.engine) as session, session.begin():
-            # Not over a cancel recorded while the workers were starting.
-            session.execute(
-                update(Run)
-                .where(Run.id == job.run_id, Run.status.not_in(service.FINISHED))
-                .values(status="running")
-            )
+            lifecycle.mark_running(session, job.run_id)  # not over a cancel recorded while starting
             if start_step:
                 service.record_metrics(session, job.run_id, start_step, {"resumed_from_step": start_step})
 
@@ -74,7 +68,7 @@ class RankZeroReporter:
         eta = (now - self.run_started) / done * (self.job.total_steps - step) if done else None
         with Session(self.engine) as session, session.begin():
             service.record_metrics(session, self.job.run_id, step, metrics)
-            service.update_progress(
+            lifecycle.report_progress(
                 session,
                 self.job.run_id,
                 step=step,

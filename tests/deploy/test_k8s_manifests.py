@@ -16,7 +16,7 @@ from deploy_checks import (
     validate_crd_object,
 )
 
-from facefleet.platform import kuberay
+from facefleet.platform.runs import kuberay
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 

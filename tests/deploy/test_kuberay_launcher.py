@@ -15,8 +15,8 @@ import pytest
 import yaml
 from deploy_checks import command_problem, validate_crd_object
 
-from facefleet.platform import kuberay
 from facefleet.platform.errors import ConflictError, FacefleetError, NotFoundError
+from facefleet.platform.runs import kuberay
 from facefleet.platform.settings import Settings
 
 

@@ -12,7 +12,7 @@ from facefleet.nn.backbones import Backbone, get_backbone
 from facefleet.nn.probe import make_probe_input
 from facefleet.platform.db.models import ModelVersion, Run
 from facefleet.platform.models.card import ArchitectureSpec, InputSpec, ModelCard, ProbeSpec
-from facefleet.platform.models.registry import artifact_info, register_model_version
+from facefleet.platform.models.service import artifact_info, register_model_version
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.export import export_and_register

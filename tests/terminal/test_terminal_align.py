@@ -19,7 +19,7 @@ from facefleet.platform.datasets import shards
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.models.card import ModelCard
-from facefleet.platform.models.registry import CARD_FILE, version_prefix
+from facefleet.platform.models.service import CARD_FILE, version_prefix
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
 from facefleet.terminal.local import Identity, Terminal

@@ -24,6 +24,7 @@ from facefleet.platform.devices import service as devices
 from facefleet.platform.policies import outcomes
 from facefleet.platform.policies import service as policies
 from facefleet.platform.policies.schemas import PolicyCreate
+from facefleet.platform.runs import lifecycle
 from facefleet.platform.runs import service as runs
 from facefleet.platform.settings import Settings
 from facefleet.platform.signing import sign_bytes
@@ -68,7 +69,8 @@ def _record_training(session: Session, store: ObjectStore, run_id: int, *, speed
 
 def _finish_with_eval(session: Session, store: ObjectStore, run_id: int, results: EvalResults) -> None:
     run = runs.get_run(session, run_id)
-    runs.update_progress(session, run_id, step=run.total_steps, total_steps=run.total_steps, stage="done")
+    steps = run.total_steps
+    lifecycle.report_progress(session, run_id, step=steps, total_steps=steps, stage="done")
     runs.record_metrics(session, run_id, run.total_steps, results.flat_metrics())
     store.put_bytes(
         f"runs/{run_id}/plots/roc.json",
@@ -149,13 +151,13 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
             created_by="key:1:ops-admin",
         )
         live.status, live.stage = "running", "training"
-        runs.update_progress(
+        lifecycle.report_progress(
             session, live.id, step=live.total_steps // 3, total_steps=live.total_steps, eta_seconds=95
         )
         _record_training(session, store, live.id, speed=2.0, steps=live.total_steps // 3)
         session.commit()
 
-        from facefleet.platform.models import registry
+        from facefleet.platform.models import service as registry
 
         first = _model(session, store, "facefleet", 1, run_ids[1], _roc(1, 0.7))
         second = _model(session, store, "facefleet", 2, run_ids[0], _roc(0, 1.2))
@@ -209,7 +211,7 @@ def seed_console(engine: Engine, store: ObjectStore, settings: Settings, tmp: Pa
             runs.get_run(session, run_ids[2]),
             evaluate=lambda *_: {},
             settings=settings,
-            now=runs._now(),
+            now=lifecycle.now(),
         )
         audit.record(session, "key:1:ops-admin", "datasets.register", "dataset", "faces-a", {"version": 1})
         session.commit()

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from facefleet.platform.models import registry
-from facefleet.platform.runs import service as runs
+from facefleet.platform.models import service as registry
+from facefleet.platform.runs import lifecycle
 from tests.ui.conftest import Console
 
 WAIT_SECONDS = 20
@@ -114,7 +114,7 @@ def test_console_in_chromium(console: Console, browser: Any, tmp_path: Path) -> 
     # Live progress: the running run's page follows the API without a reload.
     _open(driver, console, f"/ui/runs/{seeded.running_run_id}")
     with Session(console.engine) as session:
-        runs.update_progress(session, seeded.running_run_id, step=150, total_steps=200, eta_seconds=12)
+        lifecycle.report_progress(session, seeded.running_run_id, step=150, total_steps=200, eta_seconds=12)
         session.commit()
     _wait(driver, lambda d: d.find_element("css selector", "[data-field=steps]").text.startswith("150 / 200"))
     bar = driver.find_element("css selector", "progress[data-field=progress]")

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.auth import hash_token
 from facefleet.platform.db.models import ApiKey, AuditEvent
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.settings import get_settings
 from facefleet.ui import session as console_session
 from tests.ui.conftest import Console

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from facefleet.platform.datasets.shards import ImageRecord, pack_shards, write_manifest, write_pairs
 from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion
 from facefleet.platform.models.card import ArchitectureSpec, InputSpec, ModelCard, ProbeSpec
-from facefleet.platform.models.registry import artifact_info, register_model_version
+from facefleet.platform.models.service import artifact_info, register_model_version
 from facefleet.platform.store import ObjectStore
 
 Attempt = tuple[bytes, bytes, str]  # (reference crop, attempt crop, verdict)

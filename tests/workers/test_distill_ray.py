@@ -17,7 +17,7 @@ from facefleet.nn.probe import make_probe_input
 from facefleet.platform.db import migrate
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import make_engine, session_scope
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.settings import get_settings
 from facefleet.platform.signing import public_key_pem, verify_signature

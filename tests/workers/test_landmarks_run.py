@@ -12,9 +12,9 @@ from facefleet.platform.datasets import service as datasets
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.models.card import ModelCard
-from facefleet.platform.models.registry import CARD_FILE, version_prefix
+from facefleet.platform.models.service import CARD_FILE, version_prefix
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore

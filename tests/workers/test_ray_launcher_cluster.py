@@ -33,7 +33,7 @@ from facefleet.platform.db import migrate
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import make_engine, session_scope
 from facefleet.platform.errors import InvalidInputError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import ray_preflight
 from facefleet.platform.runs.ray_jobs import RayJobsClient
 from facefleet.platform.settings import get_settings

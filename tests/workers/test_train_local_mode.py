@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore

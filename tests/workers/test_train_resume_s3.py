@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.store import ObjectStore
-from facefleet.workers.train_driver import FAIL_ONCE_ENV
+from tests.workers.fail_once_worker import FAIL_ONCE_ENV, MODULE
 from tests.workers.train_helpers import launch_and_wait, register_tiny_datasets, run_log, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -32,7 +32,7 @@ def test_worker_failure_resumes_from_the_s3_checkpoint(
             biometric={"enabled": False},
         )
         run_id = service.create_run(session, dataset_names_or_version_ids=names, config=config).id
-    code = launch_and_wait(run_id)
+    code = launch_and_wait(run_id, module=MODULE)
     log = run_log(run_id)
     with session_scope() as session:
         run = service.get_run(session, run_id)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.store import ObjectStore
-from facefleet.workers.train_driver import FAIL_ONCE_ENV
+from tests.workers.fail_once_worker import FAIL_ONCE_ENV, MODULE
 from tests.workers.train_helpers import launch_and_wait, register_tiny_datasets, run_log, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -35,7 +35,7 @@ def test_sharded_head_trains_resumes_and_registers(
             head={"sharded": True, "sample_rate": 0.5, "crossing_p": 0.1},
         )
         run_id = service.create_run(session, dataset_names_or_version_ids=names, config=config).id
-    code = launch_and_wait(run_id)
+    code = launch_and_wait(run_id, module=MODULE)
     log = run_log(run_id)
     with session_scope() as session:
         run = service.get_run(session, run_id)

@@ -72,13 +72,14 @@ def register_tiny_datasets(
     return names, "verif"
 
 
-def launch_and_wait(run_id: int, timeout: float = 900.0) -> int:
-    """Start a committed run through the real `local` launcher (a child process) and wait for it to exit."""
+def launch_and_wait(run_id: int, timeout: float = 900.0, *, module: str | None = None) -> int:
+    """Start a committed run through the real `local` launcher (a child process) and wait for it to exit;
+    ``module``: another entrypoint (a test wrapper of the worker)."""
     from facefleet.platform.db.session import session_scope
     from facefleet.platform.runs import service
     from facefleet.platform.runs.launchers import LocalLauncher
 
-    launcher = LocalLauncher()
+    launcher = LocalLauncher(module=module) if module else LocalLauncher()
     with session_scope() as session:
         run = service.start_run(session, service.get_run(session, run_id), launcher)
         job_id = run.launcher_job_id

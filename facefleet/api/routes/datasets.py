@@ -16,7 +16,6 @@ from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES, Problem
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
 from facefleet.api.params import PathId
-from facefleet.platform import audit
 from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import (
     ALIGNER_PATTERN,
@@ -224,7 +223,5 @@ def get_dataset_version(
 @router.delete("/v1/datasets/{name}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 def delete_dataset(name: str, session: DbSession, store: Store, principal: Admin) -> Response:
     """Delete a dataset no run or model uses (409 otherwise), with its versions and stored objects."""
-    dataset = service.get_dataset(session, name)
-    audit.record(session, principal.actor, "datasets.delete", "dataset", dataset.id, {"name": name})
-    service.delete_dataset(session, store, name)
+    service.delete_dataset_audited(session, store, name, actor=principal.actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,6 @@ from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
 from facefleet.api.responses import model_response
-from facefleet.platform import audit
 from facefleet.platform.devices import service as devices
 from facefleet.platform.devices.schemas import DeviceCreate, DeviceRead, DeviceRegistered
 
@@ -41,17 +40,9 @@ def get_device(device_id: PathId, session: DbSession, _admin: Admin) -> Response
 
 @router.post("/{device_id}/disable", response_model=DeviceRead)
 def disable_device(device_id: PathId, session: DbSession, principal: Admin) -> DeviceRead:
-    device = devices.disable_device(session, device_id=device_id)
-    audit.record(session, principal.actor, "devices.disable", "device", device.id, {"name": device.name})
-    return DeviceRead.model_validate(device)
+    return devices.disable_device_audited(session, device_id, actor=principal.actor)
 
 
 @router.post("/{device_id}/enrollment-token", response_model=DeviceRegistered)
 def reissue_token(device_id: PathId, session: DbSession, principal: Admin) -> DeviceRegistered:
-    device, token, expires_at = devices.reissue_enrollment_token(session, device_id=device_id)
-    audit.record(
-        session, principal.actor, "devices.reissue_token", "device", device.id, {"name": device.name}
-    )
-    return DeviceRegistered(
-        device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
-    )
+    return devices.reissue_enrollment_token_audited(session, device_id, actor=principal.actor)

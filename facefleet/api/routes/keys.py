@@ -9,17 +9,14 @@ from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page
 from facefleet.api.params import PathId
 from facefleet.api.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
-from facefleet.platform import audit, auth
+from facefleet.platform import auth
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED)
 def create_key(body: ApiKeyCreate, session: DbSession, principal: Admin) -> ApiKeyCreated:
-    key, token = auth.create_api_key(session, name=body.name, role=body.role)
-    audit.record(
-        session, principal.actor, "keys.create", "api_key", key.id, {"name": key.name, "role": key.role}
-    )
+    key, token = auth.create_api_key_audited(session, name=body.name, role=body.role, actor=principal.actor)
     return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), key=token)
 
 
@@ -35,7 +32,6 @@ def list_keys(
 
 @router.delete("/{key_id}", response_model=ApiKeyRead)
 def revoke_key(key_id: PathId, request: Request, session: DbSession, principal: Admin) -> ApiKeyRead:
-    key = auth.revoke_api_key(session, key_id=key_id)
+    key = auth.revoke_api_key_audited(session, key_id=key_id, actor=principal.actor)
     request.app.state.principal_cache.clear()  # this process stops accepting the key at once
-    audit.record(session, principal.actor, "keys.revoke", "api_key", key.id, {"name": key.name})
     return ApiKeyRead.model_validate(key)

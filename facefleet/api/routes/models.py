@@ -13,13 +13,11 @@ from facefleet.api.deps import Admin, DbSession, Store, Viewer
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
 from facefleet.api.schemas import AliasUpdate, StrictBody
-from facefleet.platform import audit, notifications
 from facefleet.platform.errors import NotFoundError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.models.schemas import ModelSummary, ModelVersionView
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
-PRODUCTION = "production"
 
 
 class AliasMap(BaseModel):
@@ -90,40 +88,11 @@ def set_alias(
     name: str, alias: str, body: AliasUpdate, session: DbSession, principal: Admin
 ) -> ModelVersionView:
     """Point an alias at a version; moving ``production`` is a promotion (and notifies)."""
-    model = registry.get_model_version(session, name, body.version)
-    _move_alias(session, principal.actor, name, alias, model.version)
-    return registry.version_view(session, model)
-
-
-def _move_alias(session: DbSession, actor: str, name: str, alias: str, version: int) -> None:
-    try:
-        previous: int | None = registry.get_model_version(session, name, alias).version
-    except NotFoundError:
-        previous = None
-    registry.set_alias(session, name, alias, version)
-    details = {"alias": alias, "from": previous, "to": version}
-    audit.record(
-        session,
-        actor,
-        "models.promote" if alias == PRODUCTION else "models.alias",
-        "model",
-        f"{name}:{version}",
-        details,
-    )
-    if alias == PRODUCTION and previous != version:
-        notifications.enqueue(
-            session,
-            event="model.promoted",
-            payload={
-                "summary": f"{name} v{version} promoted to production by {actor}",
-                "model": name,
-                **details,
-            },
-        )
+    return registry.move_alias_audited(session, name, alias, body.version, actor=principal.actor)
 
 
 class PromoteRequest(StrictBody):
-    alias: str = Field(PRODUCTION, description="the alias to move (default production)")
+    alias: str = Field(registry.PRODUCTION, description="the alias to move (default production)")
 
 
 def _promote(
@@ -133,9 +102,8 @@ def _promote(
     principal: Admin,
     body: Annotated[PromoteRequest | None, Body()] = None,
 ) -> ModelVersionView:
-    model = registry.get_model_version(session, name, version)
-    _move_alias(session, principal.actor, name, body.alias if body else PRODUCTION, model.version)
-    return registry.version_view(session, model)
+    alias = body.alias if body else registry.PRODUCTION
+    return registry.move_alias_audited(session, name, alias, version, actor=principal.actor)
 
 
 add_action_route(

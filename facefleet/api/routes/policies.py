@@ -10,7 +10,6 @@ from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
 from facefleet.api.responses import model_response
-from facefleet.platform import audit
 from facefleet.platform.policies import service
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyRead, PolicyUpdate
 
@@ -19,9 +18,7 @@ router = APIRouter(prefix="/v1/policies", tags=["policies"], responses=ERROR_RES
 
 @router.post("", response_model=PolicyRead, status_code=status.HTTP_201_CREATED)
 def create_policy(body: PolicyCreate, session: DbSession, principal: Admin) -> PolicyRead:
-    policy = service.create_policy(session, spec=body)
-    audit.record(session, principal.actor, "policies.create", "policy", policy.id, {"name": policy.name})
-    return PolicyRead.model_validate(policy)
+    return service.create_policy_audited(session, body, actor=principal.actor)
 
 
 @router.get("", response_model=Page[PolicyRead])
@@ -41,29 +38,17 @@ def get_policy(policy_id: PathId, session: DbSession, _principal: Viewer) -> Res
 
 @router.patch("/{policy_id}", response_model=PolicyRead)
 def update_policy(policy_id: PathId, body: PolicyUpdate, session: DbSession, principal: Admin) -> PolicyRead:
-    policy = service.update_policy(session, policy_id=policy_id, changes=body)
-    audit.record(
-        session,
-        principal.actor,
-        "policies.update",
-        "policy",
-        policy.id,
-        {"fields": sorted(body.model_dump(exclude_unset=True))},
-    )
-    return PolicyRead.model_validate(policy)
+    return service.update_policy_audited(session, policy_id, body, actor=principal.actor)
 
 
 @router.delete("/{policy_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
 def delete_policy(policy_id: PathId, session: DbSession, principal: Admin) -> Response:
-    service.delete_policy(session, policy_id=policy_id)
-    audit.record(session, principal.actor, "policies.delete", "policy", policy_id)
+    service.delete_policy_audited(session, policy_id, actor=principal.actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _fire(policy_id: PathId, session: DbSession, principal: Admin) -> PolicyRead:
-    policy = service.request_fire(session, policy_id=policy_id, requested_by=principal.actor)
-    audit.record(session, principal.actor, "policies.fire", "policy", policy.id)
-    return PolicyRead.model_validate(policy)
+    return service.fire_policy_audited(session, policy_id, actor=principal.actor)
 
 
 add_action_route(

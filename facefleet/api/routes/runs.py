@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,18 +19,15 @@ from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page, paginate_query
 from facefleet.api.params import PathId, QueryId
 from facefleet.api.responses import model_response
-from facefleet.api.schemas import CancelRequest, RunCreate
-from facefleet.platform import audit
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.runs import service
-from facefleet.platform.runs.schemas import MetricPoint, RunView, TrainingConfig
+from facefleet.platform.runs.schemas import CancelRequest, MetricPoint, RunCreate, RunView, TrainingConfig
 from facefleet.platform.store import validate_key
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 RunStatus = Literal["queued", "starting", "running", "succeeded", "failed", "cancelled"]
 RunTrigger = Literal["manual", "dataset_added", "schedule", "metric_drop"]
-RunStarter = Callable[[Session, Run], None]
 PLOT_MEDIA_TYPES = {".png": "image/png", ".json": "application/json"}
 
 
@@ -45,13 +41,9 @@ class PlotList(BaseModel):
     plots: list[str]
 
 
-def _starter(request: Request) -> RunStarter:
-    starter: RunStarter | None = getattr(request.app.state, "run_starter", None)
-    return starter or _start_with_launcher
-
-
-def _start_with_launcher(session: Session, run: Run) -> None:
-    service.start_run(session, run)
+def _starter(request: Request) -> service.RunStarter | None:
+    """Tests replace the launcher with ``app.state.run_starter``; None: the configured launcher."""
+    return getattr(request.app.state, "run_starter", None)
 
 
 @router.post(
@@ -63,34 +55,11 @@ def _start_with_launcher(session: Session, run: Run) -> None:
 def create_run(body: RunCreate, request: Request, session: DbSession, principal: Admin) -> RunView:
     """Validate datasets and config (422 naming the field), queue the run, then hand it to the launcher."""
     try:
-        run = service.create_run(
-            session,
-            dataset_names_or_version_ids=body.datasets,
-            verification_sets=body.verification_sets,
-            config=body.config,
-            created_by=principal.actor,
-            name=body.name,
-        )
+        return service.create_run_audited(session, body, actor=principal.actor, starter=_starter(request))
     except InvalidInputError as exc:
         if exc.field and exc.field not in ("datasets", "verification_sets"):
             exc.field = f"config.{exc.field}"  # config problems are named by their path in the request body
         raise
-    audit.record(
-        session,
-        principal.actor,
-        "runs.create",
-        "run",
-        run.id,
-        {"datasets": [str(d) for d in body.datasets], "start": body.start},
-    )
-    if body.start:
-        # The worker reads the run from the database, so it must be committed before the launcher starts it.
-        session.commit()
-        try:
-            _starter(request)(session, run)
-        except Exception as exc:  # noqa: BLE001 - the run is recorded as failed; the client sees why
-            service.mark_finished(session, run, "failed", f"the launcher could not start the run: {exc}")
-    return service.run_view(session, service.get_run(session, run.id))
 
 
 @router.get("", response_model=Page[RunView])
@@ -225,9 +194,7 @@ def _cancel(
 ) -> RunView:
     force = bool(body and body.force)
     _run(session, run_id)
-    run = service.cancel_run(session, run_id, force=force)
-    audit.record(session, principal.actor, "runs.cancel", "run", run_id, {"force": force})
-    return service.run_view(session, run)
+    return service.cancel_run_audited(session, run_id, force=force, actor=principal.actor)
 
 
 add_action_route(

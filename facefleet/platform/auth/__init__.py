@@ -6,10 +6,12 @@ from facefleet.platform.auth.service import (
     ROLES,
     authenticate,
     create_api_key,
+    create_api_key_audited,
     get_api_key,
     hash_token,
     list_api_keys,
     revoke_api_key,
+    revoke_api_key_audited,
 )
 
 __all__ = [
@@ -18,8 +20,10 @@ __all__ = [
     "ROLES",
     "authenticate",
     "create_api_key",
+    "create_api_key_audited",
     "get_api_key",
     "hash_token",
     "list_api_keys",
     "revoke_api_key",
+    "revoke_api_key_audited",
 ]

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facefleet.platform import audit
 from facefleet.platform.db.models import ApiKey
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import AuthenticationError, InvalidInputError, NotFoundError
@@ -89,4 +90,18 @@ def revoke_api_key(session: Session, *, key_id: int) -> ApiKey:
     key = get_api_key(session, key_id=key_id)
     if key.revoked_at is None:
         key.revoked_at = datetime.now(timezone.utc)
+    return key
+
+
+def create_api_key_audited(session: Session, *, name: str, role: str, actor: str) -> tuple[ApiKey, str]:
+    """``create_api_key`` and its audit event (the API and the CLI's local mode both call this)."""
+    key, token = create_api_key(session, name=name, role=role)
+    audit.record(session, actor, "keys.create", "api_key", key.id, {"name": key.name, "role": key.role})
+    return key, token
+
+
+def revoke_api_key_audited(session: Session, *, key_id: int, actor: str) -> ApiKey:
+    """``revoke_api_key`` and its audit event."""
+    key = revoke_api_key(session, key_id=key_id)
+    audit.record(session, actor, "keys.revoke", "api_key", key.id, {"name": key.name})
     return key

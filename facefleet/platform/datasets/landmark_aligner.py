@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from facefleet.faces.aligner import MTCNNAligner
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.models.card import ModelCard
-from facefleet.platform.models.registry import CARD_FILE, get_model_version, version_prefix
+from facefleet.platform.models.service import CARD_FILE, get_model_version, version_prefix
 from facefleet.platform.store.base import ObjectStore
 
 

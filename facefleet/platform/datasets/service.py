@@ -521,3 +521,10 @@ def delete_dataset(session: Session, store: ObjectStore, name: str) -> None:
     session.flush()
     # Objects go only after the rows' deletion flushed (foreign keys checked); the caller commits next.
     store.delete_prefix(f"datasets/{name}/")
+
+
+def delete_dataset_audited(session: Session, store: ObjectStore, name: str, *, actor: str) -> None:
+    """``delete_dataset`` and its audit event (recorded first: it names the dataset's id)."""
+    dataset = get_dataset(session, name)
+    audit.record(session, actor, "datasets.delete", "dataset", dataset.id, {"name": name})
+    delete_dataset(session, store, name)

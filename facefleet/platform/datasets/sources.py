@@ -277,6 +277,7 @@ def download_s3_prefix(uri: str, destination: Path) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from facefleet.platform.settings import get_settings
+    from facefleet.platform.store.s3 import is_missing
 
     bucket, prefix = parse_s3_uri(uri)
     settings = get_settings()
@@ -302,9 +303,9 @@ def download_s3_prefix(uri: str, destination: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target))
     except ClientError as error:
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        if code in {"NoSuchBucket", "404", "NotFound"}:
+        if is_missing(error):
             raise SourceNotFoundError(f"{uri}: bucket {bucket!r} does not exist") from None
+        code = str(error.response.get("Error", {}).get("Code", ""))
         raise SourceNotFoundError(
             f"{uri} could not be read ({code or error}); check credentials and endpoint"
         ) from None

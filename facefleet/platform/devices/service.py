@@ -201,3 +201,19 @@ def register_device_audited(session: Session, body: DeviceCreate, *, actor: str)
     return DeviceRegistered(
         device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
     )
+
+
+def disable_device_audited(session: Session, device_id: int, *, actor: str) -> DeviceRead:
+    """Disable a terminal (its credential stops working) and record who did it."""
+    device = disable_device(session, device_id=device_id)
+    audit.record(session, actor, "devices.disable", "device", device.id, {"name": device.name})
+    return DeviceRead.model_validate(device)
+
+
+def reissue_enrollment_token_audited(session: Session, device_id: int, *, actor: str) -> DeviceRegistered:
+    """A new one-time enrollment token for a terminal (the old credential stops), recorded."""
+    device, token, expires_at = reissue_enrollment_token(session, device_id=device_id)
+    audit.record(session, actor, "devices.reissue_token", "device", device.id, {"name": device.name})
+    return DeviceRegistered(
+        device=DeviceRead.model_validate(device), enrollment_token=token, enrollment_expires_at=expires_at
+    )

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.db.models import DatasetVersion
 from facefleet.platform.models.card import AlignerSpec, ModelCard
-from facefleet.platform.models.registry import CARD_FILE, get_model_version, version_prefix
+from facefleet.platform.models.service import CARD_FILE, get_model_version, version_prefix
 from facefleet.platform.store import ObjectStore
 
 log = logging.getLogger(__name__)

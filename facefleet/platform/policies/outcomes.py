@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from facefleet.platform import audit, notifications
 from facefleet.platform.db.models import ModelVersion, RetrainPolicy, Run
 from facefleet.platform.errors import NotFoundError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.policies import retrain
 from facefleet.platform.settings import Settings
 

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion, RetrainPolicy, Run, RunDataset
+from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion, RetrainPolicy, Run
 from facefleet.platform.policies.schemas import DatasetSelector
+from facefleet.platform.runs.datasets import run_datasets
 
 # (session, model version, verification set names, metric name) -> {set name: value}
 Evaluator = Callable[[Session, ModelVersion, Sequence[str], str], dict[str, float]]
@@ -104,14 +105,8 @@ def should_promote(new: float | None, current: float | None) -> bool:
 
 
 def run_dataset_labels(session: Session, run_id: int) -> list[str]:
-    rows = session.execute(
-        select(Dataset.name, DatasetVersion.version)
-        .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
-        .join(RunDataset, RunDataset.dataset_version_id == DatasetVersion.id)
-        .where(RunDataset.run_id == run_id, RunDataset.role == "train")
-        .order_by(RunDataset.position)
-    ).all()
-    return [f"{name}:{version}" for name, version in rows]
+    rows = run_datasets(session, [run_id], role="train")
+    return [f"{dataset.name}:{version.version}" for _row, version, dataset in rows]
 
 
 def combination_ranking(session: Session, policy: RetrainPolicy, limit: int = 5) -> list[dict[str, Any]]:

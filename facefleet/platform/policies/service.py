@@ -1,4 +1,7 @@
-"""Retrain-policy service: CRUD and pending triggers. Never commits; the caller owns the transaction."""
+"""Retrain-policy service: CRUD and pending triggers. Never commits; the caller owns the transaction.
+
+The ``*_audited`` functions are the use cases the API routes and the CLI's local mode both call: the change
+and its audit event, in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facefleet.platform import audit
 from facefleet.platform.db.base import as_utc
 from facefleet.platform.db.models import RetrainPolicy
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
-from facefleet.platform.policies.schemas import PolicyCreate, PolicyFields, PolicyUpdate
+from facefleet.platform.policies.schemas import PolicyCreate, PolicyFields, PolicyRead, PolicyUpdate
 
 MAX_PENDING_EVENTS = 100
 
@@ -161,3 +165,33 @@ def request_fire(
         immediate=True,
     )
     return policy
+
+
+def create_policy_audited(session: Session, spec: PolicyCreate, *, actor: str) -> PolicyRead:
+    """Create a policy from a validated request and record who did it."""
+    policy = create_policy(session, spec=spec)
+    audit.record(session, actor, "policies.create", "policy", policy.id, {"name": policy.name})
+    return PolicyRead.model_validate(policy)
+
+
+def update_policy_audited(
+    session: Session, policy_id: int, changes: PolicyUpdate, *, actor: str
+) -> PolicyRead:
+    """Change the fields a request sets; the audit event names them."""
+    policy = update_policy(session, policy_id=policy_id, changes=changes)
+    fields = sorted(changes.model_dump(exclude_unset=True))
+    audit.record(session, actor, "policies.update", "policy", policy.id, {"fields": fields})
+    return PolicyRead.model_validate(policy)
+
+
+def delete_policy_audited(session: Session, policy_id: int, *, actor: str) -> None:
+    """Delete a policy with no run in flight, and record who did it."""
+    delete_policy(session, policy_id=policy_id)
+    audit.record(session, actor, "policies.delete", "policy", policy_id)
+
+
+def fire_policy_audited(session: Session, policy_id: int, *, actor: str) -> PolicyRead:
+    """Ask the scheduler to start the policy's run at its next tick, and record who asked."""
+    policy = request_fire(session, policy_id=policy_id, requested_by=actor)
+    audit.record(session, actor, "policies.fire", "policy", policy.id)
+    return PolicyRead.model_validate(policy)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.errors import FacefleetError, InvalidInputError, NotFoundError
 from facefleet.platform.models.card import ModelCard
-from facefleet.platform.models.registry import CARD_FILE, get_model_version, version_prefix
+from facefleet.platform.models.service import CARD_FILE, get_model_version, version_prefix
 from facefleet.platform.runs.schemas import TeacherRef, TrainingConfig
 
 INSPECTION_FORMAT = "inspection"

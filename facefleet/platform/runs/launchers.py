@@ -16,16 +16,12 @@ from typing import Any, Literal, Protocol
 
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import FacefleetError, InvalidInputError
+from facefleet.platform.runs.entrypoint import ENTRYPOINT_MODULE, entrypoint_args, entrypoint_command
 from facefleet.platform.runs.failures import describe, settings_secrets
 from facefleet.platform.runs.ray_jobs import FINISHED_STATES, RayJobsClient
 from facefleet.platform.settings import Settings, get_settings
 
 JobState = Literal["running", "finished", "unknown"]
-ENTRYPOINT_MODULE = "facefleet.workers.train"
-
-
-def entrypoint_args(run_id: int) -> list[str]:
-    return ["-m", ENTRYPOINT_MODULE, "--run", str(run_id)]
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -64,8 +60,9 @@ class LocalLauncher:
     name = "local"
     _children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, module: str = ENTRYPOINT_MODULE) -> None:
         self.settings = settings or get_settings()
+        self.module = module  # the entrypoint module the child runs
 
     def log_path(self, run_id: int) -> Path:
         return self.settings.data_dir.resolve() / "runs" / f"{run_id}.log"
@@ -76,7 +73,7 @@ class LocalLauncher:
         env = {**os.environ, **worker_environment(self.settings)}
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
-                [sys.executable, *entrypoint_args(run.id)],
+                [sys.executable, *entrypoint_args(run.id, self.module)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -143,7 +140,7 @@ def job_runtime_env(settings: Settings, *, worker_env: bool = True) -> dict[str,
 def job_submission_payload(run: Run, settings: Settings) -> dict[str, Any]:
     """The body of POST /api/jobs/ (Ray Jobs REST API) for a run."""
     return {
-        "entrypoint": "python " + " ".join(entrypoint_args(run.id)),
+        "entrypoint": entrypoint_command(run.id),
         "submission_id": f"facefleet-run-{run.id}-{os.urandom(3).hex()}",
         "runtime_env": job_runtime_env(settings),
         "metadata": {"facefleet_run_id": str(run.id)},
@@ -213,7 +210,7 @@ class RayJobsLauncher:
 
 
 class KubeRayLauncher:
-    """A RayJob custom resource (built by facefleet.platform.kuberay) created with the kubernetes client."""
+    """A RayJob custom resource (built by platform.runs.kuberay) created with the kubernetes client."""
 
     name = "kuberay"
 
@@ -221,25 +218,25 @@ class KubeRayLauncher:
         self.settings = settings or get_settings()
 
     def manifest(self, run: Run) -> dict[str, Any]:
-        from facefleet.platform import kuberay
+        from facefleet.platform.runs import kuberay
 
         return kuberay.build_rayjob_manifest(run.id, settings=self.settings)
 
     def start(self, run: Run) -> str:
-        from facefleet.platform import kuberay
+        from facefleet.platform.runs import kuberay
 
         manifest = self.manifest(run)
         kuberay.submit_rayjob(manifest, namespace=manifest["metadata"]["namespace"])
         return str(manifest["metadata"]["name"])
 
     def cancel(self, job_id: str) -> None:
-        from facefleet.platform import kuberay
+        from facefleet.platform.runs import kuberay
 
         kuberay.delete_rayjob(job_id, namespace=self.settings.kuberay_namespace)
 
     def status(self, job_id: str) -> JobState:
-        from facefleet.platform import kuberay
         from facefleet.platform.errors import NotFoundError
+        from facefleet.platform.runs import kuberay
 
         try:
             found = kuberay.get_rayjob_status(job_id, namespace=self.settings.kuberay_namespace)
@@ -249,8 +246,8 @@ class KubeRayLauncher:
 
     def failure(self, run: Run) -> str | None:
         """What KubeRay says about the RayJob (job status, deployment status, reason, message)."""
-        from facefleet.platform import kuberay
         from facefleet.platform.errors import NotFoundError
+        from facefleet.platform.runs import kuberay
 
         name, namespace = run.launcher_job_id, self.settings.kuberay_namespace
         if not name:

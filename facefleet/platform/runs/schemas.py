@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from facefleet.platform.names import Name
+from facefleet.platform.names import Label, Name
 
 HeadKind = Literal["softmax", "sphereface", "arcface", "cosface", "combined"]
 
@@ -339,3 +339,25 @@ def apply_overrides(config: dict[str, Any], assignments: list[str]) -> dict[str,
             target = target[key]
         target[keys[-1]] = yaml.safe_load(raw)
     return result
+
+
+class RunCreate(BaseModel):
+    """Start a training run over dataset versions (``name``, ``name:version`` or a version id).
+
+    The body of ``POST /v1/runs``; the CLI checks its arguments against it too. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[str | int] = Field(
+        min_length=1, max_length=256, description="training datasets, in class-offset order"
+    )
+    verification_sets: list[str | int] = Field(default_factory=list, max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict, description="TrainingConfig fields (see the schema)")
+    name: Label = Field("", description="display name; default: the datasets' names joined by '+'")
+    start: bool = Field(True, description="hand the run to the launcher now (false: leave it queued)")
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(False, description="also stop the job through the launcher at once")

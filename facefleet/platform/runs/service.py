@@ -1,32 +1,37 @@
-"""Runs service: create, start, follow and cancel training runs. The database is the truth for run status."""
+"""Runs service: create, start, follow and cancel training runs. The database is the truth for run status.
+
+``create_run_audited`` and ``cancel_run_audited`` are the use cases the API and the CLI's local mode call:
+validation, the change, the audit event, and for a new run the commit-then-launch step that marks the run
+failed when the launcher cannot start it."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from facefleet.platform import audit
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
-from facefleet.platform.runs.schemas import MAX_STEPS, RunDatasetView, RunView, TrainingConfig
+from facefleet.platform.runs.datasets import class_offsets, run_datasets
+from facefleet.platform.runs.lifecycle import ACTIVE as ACTIVE
+from facefleet.platform.runs.lifecycle import FINISHED as FINISHED
+from facefleet.platform.runs.lifecycle import mark_finished as mark_finished
+from facefleet.platform.runs.schemas import MAX_STEPS, RunCreate, RunDatasetView, RunView, TrainingConfig
 
 if TYPE_CHECKING:
     from facefleet.platform.runs.launchers import Launcher
 
-FINISHED = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "starting", "running")
+# ACTIVE, FINISHED and mark_finished are lifecycle.py's (the statuses' one home), re-exported for callers.
 
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+RunStarter = Callable[[Session, Run], object]
 
 
 def parse_config(config: TrainingConfig | dict[str, Any] | None) -> TrainingConfig:
@@ -215,18 +220,17 @@ def run_dataset_rows(
     train: Sequence[DatasetVersion], verification: Sequence[DatasetVersion]
 ) -> list[RunDataset]:
     """Training versions take consecutive class ranges in order (design §5.1); verification sets follow."""
-    rows, offset = [], 0
-    for position, version in enumerate(train):
-        rows.append(
-            RunDataset(
-                position=position,
-                role="train",
-                dataset_version_id=version.id,
-                class_offset=offset,
-                num_classes=version.identity_count,
-            )
+    offsets = class_offsets([version.identity_count for version in train])
+    rows = [
+        RunDataset(
+            position=position,
+            role="train",
+            dataset_version_id=version.id,
+            class_offset=offset,
+            num_classes=version.identity_count,
         )
-        offset += version.identity_count
+        for position, (version, offset) in enumerate(zip(train, offsets, strict=True))
+    ]
     rows += [
         RunDataset(position=position, role="verification", dataset_version_id=version.id)
         for position, version in enumerate(verification, start=len(train))
@@ -298,6 +302,33 @@ def create_run(
     return run
 
 
+def create_run_audited(
+    session: Session, body: RunCreate, *, actor: str, starter: RunStarter | None = None
+) -> RunView:
+    """Queue a run from a validated request, record it, and with ``start`` hand it to the launcher.
+
+    The worker reads the run from the database, so it is committed before ``starter`` (default
+    ``start_run``: the configured launcher) runs; a launcher that fails leaves the run ``failed`` with why
+    in ``error`` (the caller commits that), never an exception from the launcher."""
+    run = create_run(
+        session,
+        dataset_names_or_version_ids=body.datasets,
+        verification_sets=body.verification_sets,
+        config=body.config,
+        created_by=actor,
+        name=body.name,
+    )
+    details = {"datasets": [str(d) for d in body.datasets], "start": body.start}
+    audit.record(session, actor, "runs.create", "run", run.id, details)
+    if body.start:
+        session.commit()
+        try:
+            (starter or start_run)(session, run)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded as failed; the caller sees why
+            mark_finished(session, run, "failed", f"the launcher could not start the run: {exc}")
+    return run_view(session, get_run(session, run.id))
+
+
 def get_run(session: Session, run_id: int) -> Run:
     run = session.scalars(select(Run).where(Run.id == run_id).options(selectinload(Run.datasets))).first()
     if run is None:
@@ -318,22 +349,15 @@ def run_view(session: Session, run: Run) -> RunView:
 
 def run_views(session: Session, runs: Sequence[Run]) -> list[RunView]:
     """Views of ``runs`` with their datasets named, in one query for the whole list (no N+1)."""
-    rows = session.execute(
-        select(RunDataset, DatasetVersion.version, Dataset.name)
-        .join(DatasetVersion, RunDataset.dataset_version_id == DatasetVersion.id)
-        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-        .where(RunDataset.run_id.in_([run.id for run in runs]))
-        .order_by(RunDataset.run_id, RunDataset.position)
-    ).all()
     datasets: dict[int, list[RunDatasetView]] = {run.id: [] for run in runs}
-    for row, version, name in rows:
+    for row, version, dataset in run_datasets(session, [run.id for run in runs]):
         datasets[row.run_id].append(
             RunDatasetView(
                 position=row.position,
                 role=row.role,
                 dataset_version_id=row.dataset_version_id,
-                dataset=name,
-                version=version,
+                dataset=dataset.name,
+                version=version.version,
                 class_offset=row.class_offset,
                 num_classes=row.num_classes,
             )
@@ -355,13 +379,6 @@ def start_run(session: Session, run: Run, launcher: Launcher | None = None) -> R
     run.launcher_job_id = launcher.start(run)
     session.flush()
     return run
-
-
-def mark_finished(session: Session, run: Run, status: str, error: str | None = None) -> None:
-    run.status = status
-    run.error = error
-    run.finished_at = _now()
-    session.flush()
 
 
 def cancel_run(
@@ -388,25 +405,11 @@ def cancel_run(
     return run
 
 
-def update_progress(
-    session: Session,
-    run_id: int,
-    *,
-    step: int,
-    total_steps: int,
-    stage: str | None = None,
-    eta_seconds: float | None = None,
-) -> None:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFoundError(f"no run with id {run_id}")
-    run.step, run.total_steps = step, total_steps
-    run.progress = min(1.0, step / total_steps) if total_steps else 0.0
-    run.eta_seconds = eta_seconds
-    if stage is not None:
-        run.stage = stage
-    run.heartbeat_at = _now()
-    session.flush()
+def cancel_run_audited(session: Session, run_id: int, *, force: bool, actor: str) -> RunView:
+    """``cancel_run`` and its audit event."""
+    run = cancel_run(session, run_id, force=force)
+    audit.record(session, actor, "runs.cancel", "run", run_id, {"force": force})
+    return run_view(session, run)
 
 
 def record_metrics(session: Session, run_id: int, step: int, metrics: dict[str, float]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -15,7 +17,8 @@ from botocore.exceptions import ClientError
 from facefleet.platform.store.base import ObjectNotFoundError, ObjectStore, validate_key, validate_prefix
 
 
-def _is_missing(error: ClientError) -> bool:
+def is_missing(error: ClientError) -> bool:
+    """Whether S3 answered that the object or bucket does not exist (the one reading of its error codes)."""
     code = str(error.response.get("Error", {}).get("Code", ""))
     return code in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -56,6 +59,16 @@ class S3Store(ObjectStore):
         validate_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    @contextmanager
+    def _not_found_as(self, key: str) -> Iterator[None]:
+        """S3's "no such object" as ObjectNotFoundError naming the key; other errors as they are."""
+        try:
+            yield
+        except ClientError as error:
+            if is_missing(error):
+                raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
+            raise
+
     def _strip(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
@@ -68,12 +81,8 @@ class S3Store(ObjectStore):
         self.client.upload_file(str(path), self.bucket, self._full(key), ExtraArgs=extra or None)
 
     def get_bytes(self, key: str) -> bytes:
-        try:
+        with self._not_found_as(key):
             response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
-        except ClientError as error:
-            if _is_missing(error):
-                raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
-            raise
         return response["Body"].read()
 
     def get_file(self, key: str, path: Path) -> None:
@@ -82,42 +91,30 @@ class S3Store(ObjectStore):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         os.close(fd)
         try:
-            self.client.download_file(self.bucket, self._full(key), tmp)
+            with self._not_found_as(key):
+                self.client.download_file(self.bucket, self._full(key), tmp)
             os.replace(tmp, path)
-        except ClientError as error:
-            Path(tmp).unlink(missing_ok=True)
-            if _is_missing(error):
-                raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
-            raise
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
     def open_stream(self, key: str) -> BinaryIO:
-        try:
+        with self._not_found_as(key):
             response = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
-        except ClientError as error:
-            if _is_missing(error):
-                raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
-            raise
         return response["Body"]  # type: ignore[no-any-return]
 
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._full(key))
         except ClientError as error:
-            if _is_missing(error):
+            if is_missing(error):
                 return False
             raise
         return True
 
     def size(self, key: str) -> int:
-        try:
+        with self._not_found_as(key):
             head = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
-        except ClientError as error:
-            if _is_missing(error):
-                raise ObjectNotFoundError(f"no object {key!r} in {self.url}") from None
-            raise
         return int(head["ContentLength"])
 
     def list(self, prefix: str = "") -> list[str]:
@@ -129,7 +126,7 @@ class S3Store(ObjectStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
                 keys.extend(self._strip(item["Key"]) for item in page.get("Contents", []))
         except ClientError as error:
-            if _is_missing(error):
+            if is_missing(error):
                 return []
             raise
         return sorted(keys)

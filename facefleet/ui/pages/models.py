@@ -9,10 +9,9 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
 from facefleet.api.deps import DbSession
-from facefleet.api.routes import models as models_api
 from facefleet.platform.db.models import AuditEvent
 from facefleet.platform.errors import FacefleetError, NotFoundError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.ui.web import ConsoleUser, ConsoleWriter, back
 
 router = APIRouter(prefix="/ui/models", include_in_schema=False)
@@ -72,12 +71,10 @@ def promote(
     version: Annotated[int, Path(ge=1, le=2_000_000_000)],
     console: ConsoleWriter,
     session: DbSession,
-    alias: Annotated[str, Form(pattern=ALIAS_PATTERN)] = models_api.PRODUCTION,
+    alias: Annotated[str, Form(pattern=ALIAS_PATTERN)] = registry.PRODUCTION,
 ) -> Response:
     try:
-        models_api._promote(
-            name, str(version), session, console.principal, models_api.PromoteRequest(alias=alias)
-        )
+        registry.move_alias_audited(session, name, alias, version, actor=console.principal.actor)
     except FacefleetError as exc:
         session.rollback()
         return back(f"/ui/models/{name}", error=exc.message)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from facefleet.platform.errors import InvalidInputError, NotFoundError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.models.card import ArchitectureSpec, InputSpec, ModelCard, ProbeSpec
 from facefleet.platform.signing import public_key_pem, verify_signature
 from facefleet.platform.store import ObjectStore

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from facefleet.commands import runs as runs_cli
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore

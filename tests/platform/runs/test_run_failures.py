@@ -10,7 +10,6 @@ from pydantic import SecretStr
 
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import FacefleetError
-from facefleet.platform.kuberay import RayJobStatus, describe_status
 from facefleet.platform.runs import ray_preflight
 from facefleet.platform.runs.failures import (
     LOG_TAIL_LINES,
@@ -19,6 +18,7 @@ from facefleet.platform.runs.failures import (
     redact,
     settings_secrets,
 )
+from facefleet.platform.runs.kuberay import RayJobStatus, describe_status
 from facefleet.platform.runs.launchers import LocalLauncher, job_runtime_env, job_submission_payload
 from facefleet.platform.runs.ray_jobs import RayJobsClient
 from facefleet.platform.settings import Settings

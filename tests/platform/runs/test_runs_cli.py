@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from facefleet.commands import models as models_cli
 from facefleet.commands import runs as runs_cli
 from facefleet.platform.db.session import session_scope
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import apply_overrides
 from facefleet.platform.store import ObjectStore

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
-from facefleet.platform.runs import service
+from facefleet.platform.runs import lifecycle, service
 from facefleet.platform.runs.launchers import (
     KubeRayLauncher,
     RayJobsLauncher,
@@ -72,7 +72,7 @@ def test_progress_metrics_and_listing(session: Session, registered: tuple[list[s
     names, _ = registered
     first = service.create_run(session, dataset_names_or_version_ids=names[:2], config=tiny_config())
     second = service.create_run(session, dataset_names_or_version_ids=names[1:], config=tiny_config())
-    service.update_progress(session, first.id, step=3, total_steps=6, stage="training", eta_seconds=12.5)
+    lifecycle.report_progress(session, first.id, step=3, total_steps=6, stage="training", eta_seconds=12.5)
     service.record_metrics(session, first.id, 2, {"loss": 3.0, "lr": 0.1, "bad": float("nan")})
     service.record_metrics(session, first.id, 4, {"loss": 2.0})
     assert (first.progress, first.eta_seconds, first.heartbeat_at is not None) == (0.5, 12.5, True)

@@ -1,4 +1,7 @@
-"""Model registry: upload a model's artifacts, sign its card, number its versions, move its aliases."""
+"""Model registry: upload a model's artifacts, sign its card, number its versions, move its aliases.
+
+``move_alias_audited`` is the use case behind promotion (API and CLI): the move, its audit event and, for
+``production``, the ``model.promoted`` notification."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from facefleet.platform import audit, notifications
 from facefleet.platform.db.base import DB_INT_MAX, utcnow
 from facefleet.platform.db.models import ModelAlias, ModelVersion
 from facefleet.platform.errors import InvalidInputError, NotFoundError
@@ -21,6 +25,7 @@ from facefleet.platform.store import ObjectStore
 CARD_FILE = "model_card.json"
 SIGNATURE_FILE = "model_card.sig"
 ALIAS_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+PRODUCTION = "production"
 
 
 def version_prefix(name: str, version: int) -> str:
@@ -198,3 +203,30 @@ def list_models(session: Session) -> list[ModelSummary]:
         ModelSummary(name=name, latest_version=latest, versions=count, aliases=aliases[name])
         for name, latest, count in rows
     ]
+
+
+def move_alias_audited(
+    session: Session, name: str, alias: str, version_or_alias: str | int, *, actor: str
+) -> ModelVersionView:
+    """Point ``alias`` at a version of ``name`` and record it; moving ``production`` is a promotion, audited
+    as ``models.promote`` and announced with a ``model.promoted`` notification when the version changes."""
+    model = get_model_version(session, name, version_or_alias)
+    try:
+        previous: int | None = get_model_version(session, name, alias).version
+    except NotFoundError:
+        previous = None
+    set_alias(session, name, alias, model.version)
+    details = {"alias": alias, "from": previous, "to": model.version}
+    action = "models.promote" if alias == PRODUCTION else "models.alias"
+    audit.record(session, actor, action, "model", f"{name}:{model.version}", details)
+    if alias == PRODUCTION and previous != model.version:
+        notifications.enqueue(
+            session,
+            event="model.promoted",
+            payload={
+                "summary": f"{name} v{model.version} promoted to production by {actor}",
+                "model": name,
+                **details,
+            },
+        )
+    return version_view(session, model)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from facefleet.platform.errors import ConflictError, FacefleetError, NotFoundError
+from facefleet.platform.runs.entrypoint import entrypoint_command
 from facefleet.platform.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def build_rayjob_manifest(
         },
         "spec": {
             # The code is in the image: no runtime_env upload, the entrypoint is the module itself.
-            "entrypoint": f"python -m facefleet.workers.train --run {run_id}",
+            "entrypoint": entrypoint_command(run_id),
             "jobId": name,
             "metadata": {"facefleet_run_id": str(run_id)},
             "submissionMode": "K8sJobMode",
