@@ -28,15 +28,17 @@ from facefleet.platform.auth import create_api_key
 from facefleet.platform.datasets import service as datasets
 from facefleet.platform.db import migrate
 from facefleet.platform.db.base import Base
-from facefleet.platform.db.models import AuditEvent, ModelVersion, Run
+from facefleet.platform.db.models import AuditEvent, Dataset, DatasetVersion, Device, ModelVersion, Run
 from facefleet.platform.db.session import make_engine
 from facefleet.platform.devices import service as devices
+from facefleet.platform.inspections import service as inspections
 from facefleet.platform.models import service as models
 from facefleet.platform.runs import service as runs
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store.local import LocalStore
 from facefleet.terminal.demo import serve_in_background
 from facefleet.workers.synthetic import generate_synthetic_datasets
+from tests.platform.inspections.factories import attempt_body
 from tests.workers.train_helpers import tiny_config
 
 runner = CliRunner()
@@ -47,6 +49,9 @@ TERMINAL_ROUTES = {
     ("POST", "/v1/device/enroll"),
     ("POST", "/v1/device/status"),
     ("POST", "/v1/device/heartbeat"),
+    # A terminal uploads an attempt for inspection (device credential, no CLI command); the parity steps
+    # below record the same attempts in both worlds with the route's use case, `record_attempt`.
+    ("POST", "/v1/device/attempts"),
 }
 
 
@@ -71,6 +76,25 @@ def _fake_start(session: Session, run: Run, launcher: object = None) -> Run:
     run.launcher_job_id = f"job-{run.id}"
     session.flush()
     return run
+
+
+def _record_attempts(world: World, device_id: int, seeds: tuple[int, ...]) -> None:
+    """The same attempts in a world, as ``POST /v1/device/attempts`` records them (its use case); one per
+    seed, crops and score from the seed."""
+    settings = get_settings()
+    with Session(world.engine) as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        for seed in seeds:
+            inspections.record_attempt(
+                session,
+                world.store,
+                device,
+                attempt_body(1, seed, score=0.3 + seed / 100),  # faces v1, deployed to the lobby
+                max_bytes=settings.attempt_max_bytes,
+                rate_per_hour=settings.attempt_rate_per_hour,
+            )
+        session.commit()
 
 
 def _seed(world: World, synthetic: Path) -> str:
@@ -381,6 +405,46 @@ def test_every_write_route_and_its_command_leave_the_same_audit_and_rows(pair: P
         lambda s: datasets.delete_dataset_audited(s, pair.local.store, "more", actor="cli"),
     )
 
+    # Inspection: collection on for the lobby, the same attempts from door-1 in both worlds (given faces v1
+    # by the deployment above), verdicts (one replaced), an inspection set, then erasure.
+    pair.command(
+        ("PUT", "/v1/collection/{group}"),
+        "inspections",
+        "collect",
+        "lobby",
+        "--attempts",
+        "all",
+        "--retention-days",
+        "7",
+    )
+    for world in (pair.remote, pair.local):
+        _record_attempts(world, 1, (1, 2, 3, 4))
+    assert snapshot(pair.remote.engine)["attempts"] == snapshot(pair.local.engine)["attempts"]
+    for attempt_id, verdict in (
+        (1, "genuine"),
+        (2, "impostor"),
+        (3, "unusable"),
+        (4, "genuine"),
+        (4, "impostor"),
+    ):
+        pair.command(
+            ("POST", "/v1/inspections/{attempt_id}"), "inspections", "label", str(attempt_id), verdict
+        )
+    pair.command(("POST", "/v1/inspection-sets"), "inspections", "export", "lobby-inspected")
+    pair.command(
+        ("POST", "/v1/inspection-sets"), "inspections", "export", "lobby-inspected", "--attempt", "1"
+    )
+    with Session(pair.local.engine) as session:
+        exported = session.scalars(
+            select(DatasetVersion).join(Dataset).where(Dataset.name == "lobby-inspected")
+        ).all()
+        assert [(v.version, v.pair_count, v.report["attempt_ids"]) for v in exported] == [
+            (1, 3, [1, 2, 4]),  # attempt 3 is unusable
+            (2, 1, [1]),
+        ]
+    pair.command(("DELETE", "/v1/inspections"), "inspections", "erase", "--device", "1")
+    assert snapshot(pair.local.engine)["attempts"] == []
+
     # Last: from here on the two worlds' dataset rows differ by their source label.
     # Remote mode uploads a local folder (as a zip): the source label and format say so, the rest is equal.
     pair.command(
@@ -402,5 +466,11 @@ def test_every_write_route_and_its_command_leave_the_same_audit_and_rows(pair: P
     assert statuses == {"both": ("queued", True), "doomed": ("failed", False), "synth_1": ("cancelled", True)}
     assert doomed.error == "the launcher could not start the run: no cluster answers"
     assert {"runs.create", "runs.cancel", "models.promote", "models.alias", "keys.revoke"} <= actions
+    assert {
+        "inspections.collection_set",
+        "inspections.label",
+        "inspections.export",
+        "inspections.erase",
+    } <= actions
     missing = _write_routes() - pair.covered - TERMINAL_ROUTES
     assert not missing, f"write routes without a parity check: {sorted(missing)}"

@@ -18,7 +18,6 @@ from facefleet.commands._remote import (
 )
 from facefleet.platform.datasets.schemas import DatasetVersionDetail
 from facefleet.platform.inspections import service as inspections
-from facefleet.platform.inspections import sets
 from facefleet.platform.inspections.schemas import (
     AttemptRead,
     CollectionRead,
@@ -174,7 +173,7 @@ def export(
             )
         else:
             with local_session() as session:
-                version = sets.create_inspection_set_audited(session, get_store(), body, actor=ACTOR)
+                version = inspections.create_inspection_set_audited(session, get_store(), body, actor=ACTOR)
                 result = DatasetVersionDetail.model_validate(version)
     if as_json:
         print_json(result)

@@ -17,7 +17,6 @@ from facefleet.api.responses import model_response
 from facefleet.platform.datasets.schemas import DatasetVersionDetail
 from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.inspections import service as inspections
-from facefleet.platform.inspections import sets
 from facefleet.platform.inspections.schemas import (
     AttemptRead,
     AttemptStatus,
@@ -87,7 +86,7 @@ def create_inspection_set(
     body: InspectionSetCreate, session: DbSession, store: Store, principal: Admin
 ) -> Response:
     """Pack labelled attempts (genuine/impostor) as the next version of an inspection dataset."""
-    version = sets.create_inspection_set_audited(session, store, body, actor=principal.actor)
+    version = inspections.create_inspection_set_audited(session, store, body, actor=principal.actor)
     return model_response(DatasetVersionDetail.model_validate(version), status_code=201)
 
 

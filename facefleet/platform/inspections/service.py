@@ -22,6 +22,7 @@ from facefleet.platform.db.base import as_utc, utcnow
 from facefleet.platform.db.models import (
     Attempt,
     CollectionSetting,
+    DatasetVersion,
     Deployment,
     Device,
     DeviceDeployment,
@@ -35,6 +36,7 @@ from facefleet.platform.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
+from facefleet.platform.inspections import sets
 from facefleet.platform.inspections.schemas import (
     AssignedCollection,
     AttemptRead,
@@ -42,6 +44,7 @@ from facefleet.platform.inspections.schemas import (
     CollectionRead,
     CollectionSettings,
     ErasureResult,
+    InspectionSetCreate,
     Verdict,
 )
 from facefleet.platform.names import check_name
@@ -352,6 +355,36 @@ def attempt_read(attempt: Attempt) -> AttemptRead:
         probe_url=f"{base}/probe",
         reference_url=f"{base}/reference",
     )
+
+
+# ---------------------------------------------------------------- inspection sets
+
+
+def create_inspection_set_audited(
+    session: Session, store: ObjectStore, body: InspectionSetCreate, *, actor: str
+) -> DatasetVersion:
+    """Labelled attempts -> the next version of an inspection dataset (packed by ``sets``), audited; the
+    use case behind ``POST /v1/inspection-sets`` and ``facefleet inspections export``."""
+    version = sets.create_inspection_set(
+        session,
+        store,
+        name=body.name,
+        attempt_ids=body.attempt_ids,
+        device_ids=body.device_ids,
+        group=body.group,
+        model_version_ids=body.model_version_ids,
+        since=body.since,
+        until=body.until,
+    )
+    audit.record(
+        session,
+        actor,
+        "inspections.export",
+        "dataset_version",
+        version.id,
+        {"name": body.name, "version": version.version, "attempts": version.pair_count},
+    )
+    return version
 
 
 # ---------------------------------------------------------------- retention and erasure

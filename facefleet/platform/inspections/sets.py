@@ -1,6 +1,7 @@
 """Labelled attempts -> an inspection set: a dataset version of kind ``inspection`` packed like a
 verification set (shards + manifest + pairs), one pair per attempt: (enrolled reference, attempt crop,
 is_same = verdict == "genuine"). ``unusable`` attempts are left out. The distill run reads these sets.
+The audited use case (``create_inspection_set_audited``) is in ``service``; this module only packs.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from facefleet.platform import audit
 from facefleet.platform.datasets import layout, shards
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Attempt, Dataset, DatasetVersion
 from facefleet.platform.errors import ConflictError, InvalidInputError
-from facefleet.platform.inspections.schemas import InspectionSetCreate
 from facefleet.platform.names import check_name
 from facefleet.platform.store import ObjectStore
 
@@ -93,32 +92,6 @@ def create_inspection_set(
         except Exception:  # noqa: BLE001 - keep the original error
             log.exception("could not delete %s/ after a failed inspection set", prefix)
         raise
-    return version
-
-
-def create_inspection_set_audited(
-    session: Session, store: ObjectStore, body: InspectionSetCreate, *, actor: str
-) -> DatasetVersion:
-    """The use case behind ``POST /v1/inspection-sets`` and ``facefleet inspections export``."""
-    version = create_inspection_set(
-        session,
-        store,
-        name=body.name,
-        attempt_ids=body.attempt_ids,
-        device_ids=body.device_ids,
-        group=body.group,
-        model_version_ids=body.model_version_ids,
-        since=body.since,
-        until=body.until,
-    )
-    audit.record(
-        session,
-        actor,
-        "inspections.export",
-        "dataset_version",
-        version.id,
-        {"name": body.name, "version": version.version, "attempts": version.pair_count},
-    )
     return version
 
 
