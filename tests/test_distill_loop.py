@@ -8,7 +8,9 @@ the terminals' real agents verify them, and some impostors, and upload every att
 (``unusable`` for the ruined captures); the admin exports the labelled attempts as an inspection set
 (``POST /v1/inspection-sets``); a ``kind: distill`` run (teacher ``teacher@production``, a smaller student,
 that set) is created through ``POST /v1/runs`` and run by the `local` launcher on Ray Train with 2 workers;
-its student is deployed canary-first and reaches the canary, then every terminal.
+its student is deployed canary-first and reaches the canary, then every terminal, whose next attempts are
+collected under the student's version. Last, one terminal's attempts are erased on request: the set the
+run was trained on is kept and named in the answer.
 """
 
 from __future__ import annotations
@@ -256,6 +258,16 @@ def test_attempts_inspected_distilled_and_deployed_canary_first(live_api: LiveAp
             latest = session.scalars(select(Attempt).order_by(Attempt.id.desc()).limit(1)).one()
             assert (latest.model_version_id, latest.status) == (student_id, "pending")
             assert latest.threshold == pytest.approx(card["threshold"])
+
+        # 8. Erasure on request: hall-0's attempts go; the set the run was trained on is kept and named.
+        device_id = fleet.agents["hall-0"].terminal.require_identity().device_id
+        erased = _call(http, "DELETE", "/v1/inspections", admin, 200, params={"device": device_id})
+        assert erased == {
+            "device_id": device_id,
+            "deleted": per_device + 1,
+            "inspection_sets_deleted": [],
+            "inspection_sets_kept": ["hall-week1:1"],
+        }
     finally:
         fleet.close()
         http.close()
