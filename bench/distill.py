@@ -13,7 +13,10 @@ Terminal attempts: one site (darker, colour-cast light) plus per-user pose shift
 (bench/adaptation.py's drift), at a level drawn from [0.3, 0.6]. A user's reference is their first photo,
 clean; a genuine attempt is one of their other photos drifted; an impostor attempt is another user's drifted
 photo claimed as them. The field attempts are labelled from ground truth (a scripted inspector) and packed
-as pairs (reference crop, attempt crop, verdict), the inspection-set format.
+as pairs (reference crop, attempt crop, verdict), the inspection-set format: both the field attempts and the
+held-out ones go through the platform's collection path (``collected``: ``record_attempt`` with the teacher's
+score and decision, ``label_attempt_audited``, ``create_inspection_set``, read back by the distill worker's
+loader) into a throwaway SQLite database and local store.
 
 Models: the teacher is trained with ArcFace on the 200 training identities (default: tiny width 32 at 48 px,
 what a loaded 2-core machine trains in minutes; --teacher-width / --teacher-size / --teacher-backbone for a
@@ -30,6 +33,8 @@ Run: nice -n 10 .venv/bin/python bench/distill.py [--student-steps 250] [--teach
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import sys
 import tempfile
 import time
@@ -145,6 +150,101 @@ def attempts_of(
             tries.append(drifts[other].apply(photo, float(rng.uniform(0.3, 0.6))))
             same.append(False)
     return Attempts(to_tensor(refs), to_tensor(tries), torch.tensor(same))
+
+
+def collected(
+    sets: dict[str, Attempts], scorer: Backbone, threshold: float, root: Path
+) -> dict[str, Attempts]:
+    """The attempts as the platform gets them: per set one terminal of its own group, running the teacher,
+    with collection on; each attempt is uploaded through ``record_attempt`` (what ``POST
+    /v1/device/attempts`` calls: PNG crops, the teacher's score and decision at its card threshold), labelled
+    from ground truth by ``label_attempt_audited`` (a scripted inspector), packed by
+    ``create_inspection_set`` and read back with the distill worker's loader. SQLite + a local store in
+    ``root``; the crops survive the trip exactly (uint8 PNG), which is checked."""
+    from sqlalchemy.orm import Session
+
+    from facefleet.platform.db import migrate
+    from facefleet.platform.db.base import utcnow
+    from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
+    from facefleet.platform.db.session import make_engine
+    from facefleet.platform.inspections import service as inspections
+    from facefleet.platform.inspections.schemas import AttemptUpload, CollectionSettings
+    from facefleet.platform.inspections.sets import create_inspection_set
+    from facefleet.platform.store.local import LocalStore
+    from facefleet.workers.data import load_verification_set
+
+    def png(image: torch.Tensor) -> str:
+        array = ((image.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(array).save(out, format="PNG")
+        return base64.b64encode(out.getvalue()).decode()
+
+    url = f"sqlite:///{root / 'bench.db'}"
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    store = LocalStore(root / "store")
+    out: dict[str, Attempts] = {}
+    try:
+        with Session(engine) as session:
+            model = ModelVersion(name="bench-teacher", version=1, artifacts={}, eval_summary={})
+            session.add(model)
+            session.flush()
+            for name, attempts in sets.items():
+                device = Device(name=f"{name}-terminal", group=name, status="active", health={})
+                session.add(device)
+                session.flush()
+                deployment = Deployment(model_version_id=model.id, group=name, status="completed")
+                session.add(deployment)
+                session.flush()
+                session.add(
+                    DeviceDeployment(deployment_id=deployment.id, device_id=device.id, status="installed")
+                )
+                device.model_version_id = model.id
+                inspections.set_collection_audited(
+                    session,
+                    group=name,
+                    settings=CollectionSettings(attempts="all", sample_rate=1.0),
+                    actor="bench",
+                )
+                scores = scores_of(scorer, attempts)
+                now = utcnow()
+                for i, score in enumerate(scores):
+                    body = AttemptUpload(
+                        model_version_id=model.id,
+                        user=f"user-{i // 2}",
+                        score=float(np.clip(score, -1.0, 1.0)),
+                        decision="accept" if score >= threshold else "reject",
+                        threshold=float(threshold),
+                        captured_at=now,
+                        probe_png_b64=png(attempts.attempt[i]),
+                        reference_png_b64=png(attempts.reference[i]),
+                    )
+                    row = inspections.record_attempt(
+                        session, store, device, body, max_bytes=1 << 22, rate_per_hour=10**9, now=now
+                    )
+                    verdict = "genuine" if bool(attempts.genuine[i]) else "impostor"
+                    inspections.label_attempt_audited(
+                        session, attempt_id=row.id, verdict=verdict, actor="bench"
+                    )
+                version = create_inspection_set(session, store, name=name, device_ids=[device.id])
+                session.commit()
+                assert version.manifest_key is not None
+                pairs_key = version.manifest_key.replace("manifest.parquet", "pairs.parquet")
+                size = int(attempts.reference.shape[-1])
+                reference, attempt, genuine = load_verification_set(
+                    store, version.manifest_key, pairs_key, size
+                )
+                back = Attempts(reference, attempt, genuine.bool())
+                if not (
+                    torch.equal(back.genuine, attempts.genuine)
+                    and torch.allclose(back.reference, attempts.reference, atol=1e-5)
+                    and torch.allclose(back.attempt, attempts.attempt, atol=1e-5)
+                ):
+                    raise RuntimeError(f"{name}: the inspection set does not read back as the attempts sent")
+                out[name] = back
+    finally:
+        engine.dispose()
+    return out
 
 
 def clean_pairs(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -349,7 +449,20 @@ def main() -> None:
     )
     teacher = train_arcface(teacher, x, y, args.teacher_steps, args.seed)
     results = {"teacher": evaluate(teacher, clean, pairs, held_attempts)}
-    card_threshold = results["teacher"]["threshold"]
+    card_threshold = results["teacher"]["threshold"]  # from the clean pairs only
+    with tempfile.TemporaryDirectory(prefix="facefleet-bench-collect-") as tmp:
+        through = collected(
+            {"field-inspected": inspection, "held-out-attempts": held_attempts},
+            teacher,
+            card_threshold,
+            Path(tmp),
+        )
+    inspection, held_attempts = through["field-inspected"], through["held-out-attempts"]
+    results["teacher"] = evaluate(teacher, clean, pairs, held_attempts)
+    say(
+        f"attempts through the collection path (record_attempt, label_attempt_audited, "
+        f"create_inspection_set): {len(inspection.genuine)} field, {len(held_attempts.genuine)} held out"
+    )
     say(f"teacher trained: AUC {results['teacher']['auc']:.3f}, card threshold {card_threshold:.3f}")
     with torch.no_grad():
         teacher.eval()

@@ -203,3 +203,12 @@ def erase(
         print_json(result)
         return
     console.print(f"erased {result.deleted} attempt(s) of device {result.device_id}")
+    if result.inspection_sets_deleted:
+        console.print(
+            f"deleted inspection set(s) holding its crops: {', '.join(result.inspection_sets_deleted)}"
+        )
+    if result.inspection_sets_kept:
+        console.print(
+            f"kept (used by runs; delete the runs' models, runs and datasets to remove them): "
+            f"{', '.join(result.inspection_sets_kept)}"
+        )

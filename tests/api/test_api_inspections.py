@@ -194,7 +194,15 @@ def test_export_and_erasure_over_http(sqlite_api: Api) -> None:
     with api.session() as session:
         door_id = session.scalars(select(Device.id).where(Device.name == "door-1")).one()
     erased = api.client.delete("/v1/inspections", headers=api.admin, params={"device": door_id})
-    assert erased.status_code == 200 and erased.json() == {"device_id": door_id, "deleted": 2}
+    assert erased.status_code == 200 and erased.json() == {
+        "device_id": door_id,
+        "deleted": 2,
+        "inspection_sets_deleted": ["lobby-inspected:1"],  # it held door-1's crops; no run used it
+        "inspection_sets_kept": [],
+    }
+    assert api.store.list("datasets/lobby-inspected/1/") == []
+    versions = api.client.get("/v1/datasets/lobby-inspected/versions", headers=api.admin)
+    assert [(v["version"], v["status"]) for v in versions.json()["items"]] == [(1, "erased")]
     assert api.store.list(f"attempts/{door_id}/") == []
     remaining = api.client.get("/v1/inspections", headers=api.admin, params={"status": "labelled"})
     assert [a["id"] for a in remaining.json()["items"]] == [ids[1]]
@@ -254,7 +262,12 @@ def test_cli_local_and_remote(sqlite_api: Api, server_url: str, monkeypatch: pyt
             session.scalars(select(AuditEvent.actor).where(AuditEvent.action == "inspections.label"))
         )
     assert actors == {"cli", next(a for a in actors if a.endswith(":remote-ann"))}
-    assert _cli("erase", "--device", str(device_id), "--json") == {"device_id": device_id, "deleted": 2}
+    assert _cli("erase", "--device", str(device_id), "--json") == {
+        "device_id": device_id,
+        "deleted": 2,
+        "inspection_sets_deleted": ["lobby-inspected:1"],
+        "inspection_sets_kept": [],
+    }
 
 
 def test_an_inspector_key_cannot_use_the_web_console(sqlite_api: Api) -> None:

@@ -1,24 +1,33 @@
-"""Helpers of the distill tests: inspection sets in the contract's format, and registered teachers.
+"""Helpers of the distill tests: inspection sets made by the real collection path, and registered teachers.
 
-An inspection set (built for real by the inspection engineer's code) is a dataset version of format
-``inspection`` packed like a verification set: per labelled attempt two images (left = the enrolled reference
-crop, right = the attempt crop) and one pair (left, right, verdict == "genuine"); its report says
-``{"kind": "inspection", "threshold", "model_versions", "attempts", "genuine", "impostor", "devices"}``.
+``register_inspection_set`` goes the way a fleet's attempts go: a device given a registered model version,
+collection on for its group, each attempt stored by ``record_attempt`` (what ``POST /v1/device/attempts``
+calls), labelled by ``label_attempt_audited`` (``POST /v1/inspections/{id}``) and packed by
+``create_inspection_set`` (``POST /v1/inspection-sets``). The result is a dataset version of format
+``inspection``: per labelled attempt two images (the enrolled reference crop, the attempt crop) and one pair
+(reference, attempt, verdict == "genuine"); its report says ``{"kind": "inspection", "threshold",
+"model_versions", "attempts", "genuine", "impostor", "devices", "attempt_ids"}``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 from collections.abc import Sequence
+from datetime import timezone
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from facefleet.platform.datasets.shards import ImageRecord, pack_shards, write_manifest, write_pairs
+from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion
+from facefleet.platform.inspections import service as inspections
+from facefleet.platform.inspections.schemas import AttemptUpload
+from facefleet.platform.inspections.sets import create_inspection_set
 from facefleet.platform.models.card import ArchitectureSpec, InputSpec, ModelCard, ProbeSpec
 from facefleet.platform.models.service import artifact_info, register_model_version
 from facefleet.platform.store import ObjectStore
+from tests.platform.inspections.factories import collect, give, make_device
 
 Attempt = tuple[bytes, bytes, str]  # (reference crop, attempt crop, verdict)
 
@@ -30,50 +39,42 @@ def register_inspection_set(
     attempts: Sequence[Attempt],
     *,
     threshold: float = 0.5,
-    model_versions: Sequence[str] = ("terminal@1",),
-    devices: Sequence[int] = (1,),
+    model_version_id: int | None = None,
+    group: str | None = None,
 ) -> DatasetVersion:
-    dataset = Dataset(name=name, kind="inspection")
-    session.add(dataset)
-    session.flush()
-    records, pairs = [], []
+    """Record ``attempts`` from one device of ``group`` (default ``<name>-terminals``) running
+    ``model_version_id`` (default: the first registered model version), label them, export them."""
+    if model_version_id is None:
+        model_version_id = session.scalar(select(ModelVersion.id).order_by(ModelVersion.id).limit(1))
+        assert model_version_id is not None, "register a model version first (the attempts' model)"
+    version = session.get(ModelVersion, model_version_id)
+    assert version is not None
+    group = group or f"{name}-terminals"
+    device = make_device(session, name=f"{group}-door", group=group)
+    give(session, device, version)
+    collect(session, group=group, attempts="all", sample_rate=1.0)
+    now = utcnow()
     for index, (reference, attempt, verdict) in enumerate(attempts):
-        for side, data in (("reference", reference), ("attempt", attempt)):
-            records.append(
-                ImageRecord.from_bytes(
-                    identity=f"attempt-{index}", label=0, member=f"{index:06d}-{side}.jpg", data=data
-                )
-            )
-        pairs.append((2 * index, 2 * index + 1, verdict == "genuine"))
-    rows = pack_shards(store, name, 1, records)
-    manifest_key = write_manifest(store, name, 1, rows)
-    write_pairs(store, name, 1, pairs)
-    genuine = sum(verdict == "genuine" for _, _, verdict in attempts)
-    impostor = sum(verdict == "impostor" for _, _, verdict in attempts)
-    version = DatasetVersion(
-        dataset_id=dataset.id,
-        version=1,
-        source_uri=f"inspection://{name}",
-        format="inspection",
-        status="ready",
-        identity_count=0,
-        image_count=len(records),
-        pair_count=len(pairs),
-        content_hash=hashlib.sha256(b"".join(r.sha256.encode() for r in records)).hexdigest(),
-        manifest_key=manifest_key,
-        report={
-            "kind": "inspection",
-            "threshold": threshold,
-            "model_versions": list(model_versions),
-            "attempts": len(attempts),
-            "genuine": genuine,
-            "impostor": impostor,
-            "devices": list(devices),
-        },
-    )
-    session.add(version)
-    session.flush()
-    return version
+        genuine_score = 0.8 if index % 3 else threshold - 0.05  # some genuine users were refused
+        score = genuine_score if verdict == "genuine" else threshold - 0.3
+        body = AttemptUpload(
+            model_version_id=model_version_id,
+            user=f"user-{index}",
+            score=score,
+            decision="accept" if score >= threshold else "reject",
+            threshold=threshold,
+            captured_at=now.astimezone(timezone.utc),
+            probe_png_b64=base64.b64encode(attempt).decode(),
+            reference_png_b64=base64.b64encode(reference).decode(),
+        )
+        row = inspections.record_attempt(
+            session, store, device, body, max_bytes=1 << 20, rate_per_hour=100_000, now=now
+        )
+        inspections.label_attempt_audited(session, attempt_id=row.id, verdict=verdict, actor="test-inspector")  # type: ignore[arg-type]
+    dataset_version = create_inspection_set(session, store, name=name, device_ids=[device.id])
+    dataset = session.get(Dataset, dataset_version.dataset_id)
+    assert dataset is not None and dataset.kind == "inspection"
+    return dataset_version
 
 
 def attempts_from_folder(folder: Path, count: int) -> list[Attempt]:

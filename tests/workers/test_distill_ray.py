@@ -1,6 +1,7 @@
 """ONE real 2-worker Ray Train ``kind: distill`` run through the `local` launcher: a tiny teacher trained in
-the test and registered, a tiny student at another input and embedding size, an inspection set built by the
-test helper; the registered student's signed card names its teacher and its inspection set."""
+the test and registered, a tiny student at another input and embedding size, an inspection set made by the
+real collection path (record_attempt, label_attempt_audited, create_inspection_set); the registered
+student's signed card names its teacher and its inspection set."""
 
 from __future__ import annotations
 

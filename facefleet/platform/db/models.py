@@ -54,7 +54,8 @@ class DatasetVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     source_uri: Mapped[str] = mapped_column(Text)
     format: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|validating|ready|invalid
+    # pending | validating | ready | invalid | erased (an inspection set whose crops an erasure removed)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     identity_count: Mapped[int] = mapped_column(Integer, default=0)
     image_count: Mapped[int] = mapped_column(Integer, default=0)
     pair_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -117,7 +117,15 @@ class VerdictRequest(BaseModel):
 
 class ErasureResult(BaseModel):
     device_id: int
-    deleted: int
+    deleted: int = Field(description="attempts deleted (rows and crops)")
+    inspection_sets_deleted: list[str] = Field(
+        default_factory=list, description="inspection set versions (name:version) with its crops, deleted"
+    )
+    inspection_sets_kept: list[str] = Field(
+        default_factory=list,
+        description="inspection set versions with its crops that a run used: kept; delete the run's model, "
+        "run and dataset to remove them",
+    )
 
 
 class InspectionSetCreate(BaseModel):

@@ -47,6 +47,7 @@ from facefleet.platform.inspections.schemas import (
     InspectionSetCreate,
     Verdict,
 )
+from facefleet.platform.inspections.sets import erase_device_from_sets
 from facefleet.platform.names import check_name
 from facefleet.platform.store import ObjectStore
 
@@ -393,7 +394,8 @@ def create_inspection_set_audited(
 def erase_device_attempts_audited(
     session: Session, store: ObjectStore, *, device_id: int, actor: str
 ) -> ErasureResult:
-    """Delete every attempt of a device (rows, then objects), on request; audited with the count."""
+    """Delete every attempt of a device (rows, then objects), on request, and the inspection set versions
+    exported with its crops that no run used (a run's sets are kept and named); audited with the counts."""
     if session.get(Device, device_id) is None:
         raise NotFoundError(f"no device with id {device_id}", field="device")
     deleted = session.scalar(select(func.count()).select_from(Attempt).where(Attempt.device_id == device_id))
@@ -401,8 +403,17 @@ def erase_device_attempts_audited(
     session.flush()
     # Rows go first: if deleting objects fails the request rolls back and can be repeated.
     store.delete_prefix(f"attempts/{int(device_id)}/")
-    audit.record(session, actor, "inspections.erase", "device", device_id, {"deleted": int(deleted or 0)})
-    return ErasureResult(device_id=device_id, deleted=int(deleted or 0))
+    sets_deleted, sets_kept = erase_device_from_sets(session, store, device_id)
+    result = ErasureResult(
+        device_id=device_id,
+        deleted=int(deleted or 0),
+        inspection_sets_deleted=sets_deleted,
+        inspection_sets_kept=sets_kept,
+    )
+    audit.record(
+        session, actor, "inspections.erase", "device", device_id, result.model_dump(exclude={"device_id"})
+    )
+    return result
 
 
 def purge_expired_attempts(

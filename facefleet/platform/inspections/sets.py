@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.datasets import layout, shards
 from facefleet.platform.db.base import utcnow
-from facefleet.platform.db.models import Attempt, Dataset, DatasetVersion
+from facefleet.platform.db.models import Attempt, Dataset, DatasetVersion, RunDataset
 from facefleet.platform.errors import ConflictError, InvalidInputError
 from facefleet.platform.names import check_name
 from facefleet.platform.store import ObjectStore
@@ -29,6 +29,7 @@ log = logging.getLogger("facefleet.inspections")
 FORMAT = "inspection"
 KIND = "inspection"
 THRESHOLD_TOLERANCE = 1e-6
+ERASED = "erased"  # a version whose crops an erasure request removed
 
 
 def create_inspection_set(
@@ -93,6 +94,51 @@ def create_inspection_set(
             log.exception("could not delete %s/ after a failed inspection set", prefix)
         raise
     return version
+
+
+def erase_device_from_sets(
+    session: Session, store: ObjectStore, device_id: int
+) -> tuple[list[str], list[str]]:
+    """Erasure reaches the exported copies: every inspection set version holding ``device_id``'s crops
+    loses its objects and becomes ``erased`` unless a run used it; returns (erased, kept because a run used
+    them) as ``name:version`` labels. An erased version's other attempts stay in the attempts table (within
+    retention) and can be exported again, as the next version."""
+    rows = session.execute(
+        select(DatasetVersion, Dataset.name)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(DatasetVersion.format == FORMAT)
+        .order_by(DatasetVersion.id)
+    ).all()
+    holding = [
+        (v, name)
+        for v, name in rows
+        if v.status != ERASED and int(device_id) in (v.report or {}).get("devices", [])
+    ]
+    if not holding:
+        return [], []
+    used = set(
+        session.scalars(
+            select(RunDataset.dataset_version_id).where(
+                RunDataset.dataset_version_id.in_([v.id for v, _ in holding])
+            )
+        )
+    )
+    deleted, kept, prefixes = [], [], []
+    for version, name in holding:
+        label = f"{name}:{version.version}"
+        if version.id in used:
+            kept.append(label)
+            continue
+        prefixes.append(layout.version_prefix(name, version.version) + "/")
+        # The row stays as a tombstone (status ``erased``, no pairs) so that ``name:version`` is never
+        # reused for other content; runs refuse it like any version that is not ready.
+        version.status, version.pair_count, version.image_count = ERASED, 0, 0
+        version.report = {**(version.report or {}), "erased_for_device": int(device_id)}
+        deleted.append(label)
+    session.flush()
+    for prefix in prefixes:  # objects only after the rows' deletion flushed; the caller commits next
+        store.delete_prefix(prefix)
+    return deleted, kept
 
 
 def _selected(

@@ -195,7 +195,10 @@ def test_erasure_deletes_one_devices_attempts_and_is_audited(
     assert [a.id for a in session.scalars(select(Attempt))] == [theirs.id]
     assert store.list(f"attempts/{device.id}/") == []
     event = session.scalars(select(AuditEvent).where(AuditEvent.action == "inspections.erase")).one()
-    assert (event.target_id, event.details) == (str(device.id), {"deleted": 3})
+    assert (event.target_id, event.details) == (
+        str(device.id),
+        {"deleted": 3, "inspection_sets_deleted": [], "inspection_sets_kept": []},
+    )
     with pytest.raises(NotFoundError):
         inspections.erase_device_attempts_audited(session, store, device_id=999_999, actor="x")
 

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.datasets import shards
-from facefleet.platform.db.models import Dataset
+from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset
 from facefleet.platform.errors import ConflictError, InvalidInputError
 from facefleet.platform.inspections import service as inspections
 from facefleet.platform.inspections.sets import create_inspection_set
@@ -116,3 +116,48 @@ def test_bad_exports_are_refused_and_write_nothing(session: Session, local_store
         create_inspection_set(session, store, name="lfw", model_version_ids=[v1.id])
     ok = create_inspection_set(session, store, name="v1-only", model_version_ids=[v1.id])
     assert ok.report["threshold"] == 0.5 and ok.report["model_versions"] == [v1.id]
+
+
+def test_erasure_deletes_the_sets_holding_the_devices_crops_unless_a_run_used_them(
+    session: Session, store: ObjectStore
+) -> None:
+    door, gate = make_device(session, "door-1"), make_device(session, "gate-1")
+    version = make_version(session)
+    give(session, door, version)
+    give(session, gate, version)
+    collect(session, attempts="all")
+    ids = {}
+    for seed, device in enumerate((door, gate, door, gate)):
+        attempt = inspections.record_attempt(session, store, device, attempt_body(version.id, seed), **LIMITS)
+        inspections.label_attempt_audited(session, attempt_id=attempt.id, verdict="genuine", actor="t")
+        ids[seed] = attempt.id
+    trained = create_inspection_set(session, store, name="week1", attempt_ids=[ids[0], ids[1]])
+    unused = create_inspection_set(session, store, name="week2", attempt_ids=[ids[2], ids[3]])
+    gate_only = create_inspection_set(session, store, name="gate-only", device_ids=[gate.id])
+    run = Run(name="distill", status="succeeded")
+    session.add(run)
+    session.flush()
+    session.add(RunDataset(run_id=run.id, position=0, role="inspection", dataset_version_id=trained.id))
+    session.commit()
+
+    result = inspections.erase_device_attempts_audited(session, store, device_id=door.id, actor="admin")
+    session.commit()
+    assert (result.deleted, result.inspection_sets_deleted, result.inspection_sets_kept) == (
+        2,
+        ["week2:1"],
+        ["week1:1"],  # a run was trained on it: kept, and named so the admin can act
+    )
+    erased = session.get(DatasetVersion, unused.id)
+    assert erased is not None and (erased.status, erased.pair_count) == ("erased", 0)
+    assert store.list("datasets/week2/1/") == []
+    assert session.get(DatasetVersion, trained.id) is not None and store.list("datasets/week1/1/") != []
+    assert session.get(DatasetVersion, gate_only.id) is not None  # holds no crop of door-1
+    # The erased set's other attempts are still there, and export again.
+    again = create_inspection_set(session, store, name="week2", attempt_ids=[ids[3]])
+    assert (again.version, again.pair_count) == (2, 1)  # week2:1 is never reused for other content
+    assert (
+        inspections.erase_device_attempts_audited(
+            session, store, device_id=door.id, actor="admin"
+        ).inspection_sets_deleted
+        == []
+    )  # an erased version is not erased twice
