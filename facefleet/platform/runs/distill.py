@@ -92,7 +92,7 @@ def resolve_teacher(session: Session, ref: str) -> TeacherRef:
 
 def resolve_inspection_set(session: Session, ref: str) -> DatasetVersion:
     """A ready dataset version of format ``inspection`` with at least one pair."""
-    from facefleet.platform.runs.service import resolve_dataset_version
+    from facefleet.platform.runs.datasets import resolve_dataset_version
 
     try:
         version = resolve_dataset_version(session, ref)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from facefleet.platform import audit
-from facefleet.platform.db.base import DB_INT_MAX
 from facefleet.platform.db.models import Dataset, DatasetVersion, Run, RunDataset, RunMetric
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
-from facefleet.platform.runs.datasets import class_offsets, run_datasets
+from facefleet.platform.runs.datasets import class_offsets, resolve_dataset_version, run_datasets
 from facefleet.platform.runs.lifecycle import ACTIVE as ACTIVE
 from facefleet.platform.runs.lifecycle import FINISHED as FINISHED
 from facefleet.platform.runs.lifecycle import mark_finished as mark_finished
@@ -151,39 +149,6 @@ def check_head_shards(config: TrainingConfig, num_classes: int) -> None:
             "least one class: lower scaling.num_workers or set head.sharded=false",
             field="head.sharded",
         )
-
-
-def _small_number(text: str) -> int | None:
-    """``text`` as an id or version number when it is ASCII digits that fit a database integer."""
-    if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) > DB_INT_MAX:
-        return None
-    return int(text)
-
-
-def resolve_dataset_version(session: Session, ref: str | int) -> DatasetVersion:
-    """A dataset version from an id (int or digits), ``name`` (latest ready) or ``name:version``."""
-    text = str(ref).strip()
-    if re.fullmatch(r"[0-9]+", text):
-        # Too many digits for an id: no such version (a lookup would overflow the database integer).
-        number = _small_number(text)
-        found = session.get(DatasetVersion, number) if number is not None else None
-        if found is None:
-            raise NotFoundError(f"no dataset version with id {text}", field="datasets")
-        return found
-    name, _, version = text.partition(":")
-    query = select(DatasetVersion).join(Dataset).where(Dataset.name == name)
-    if version:
-        if not re.fullmatch(r"[0-9]+", version):
-            raise InvalidInputError(f"dataset reference {text!r}: version must be a number", field="datasets")
-        query = query.where(DatasetVersion.version == (_small_number(version) or 0))
-    else:
-        query = query.where(DatasetVersion.status == "ready")
-    found = session.scalars(query.order_by(DatasetVersion.version.desc()).limit(1)).first()
-    if found is None:
-        raise NotFoundError(
-            f"no ready dataset version for {text!r}; register the dataset first", field="datasets"
-        )
-    return found
 
 
 def _ready_version(session: Session, ref: str | int, kind: str) -> tuple[DatasetVersion, Dataset]:
