@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from facefleet.nn.blockwise_ce import (
+    Group,
     MarginSpec,
     TargetAccess,
     _block_backward,
@@ -50,18 +51,11 @@ class LocalReducer:
 
 
 @dataclass
-class ShardGroup:
+class ShardGroup(Group):
     """Samples sharing one denominator, seen from one shard: batch rows `members`, the dense columns
     [lo, hi) of the shard's (possibly sampled) weight (empty when lo == hi), `target` relative to lo or −1
     where the target class lives on another shard, and the crossing entries on this shard (`extra_rows`
-    local to the group, `extra_cols` columns of the shard's weight)."""
-
-    members: torch.Tensor
-    lo: int
-    hi: int
-    target: torch.Tensor
-    extra_rows: torch.Tensor | None = None
-    extra_cols: torch.Tensor | None = None
+    local to the group, `extra_cols` columns of the shard's weight). The fields of `Group`."""
 
 
 @dataclass
@@ -118,7 +112,7 @@ def _group_forward(x: torch.Tensor, ops: _Operands, group: ShardGroup) -> tuple[
         raise ValueError("a target class on this shard lies outside its group's dense columns")
     extra = None
     if group.extra_rows is not None and group.extra_rows.numel() > 0:
-        extra = _extra_logits(x, ops, group)  # type: ignore[arg-type]
+        extra = _extra_logits(x, ops, group)
         entry_rows = group.extra_rows
         shift = lse.scatter_reduce(0, entry_rows, extra, "amax", include_self=True)
         extra_sum = torch.zeros_like(lse).index_add_(0, entry_rows, (extra - shift[entry_rows]).exp())
