@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray.train
 import torch
@@ -25,6 +25,18 @@ from facefleet.workers.train_reporting import RankZeroReporter
 from facefleet.workers.train_state import TrainState, restore_state, save_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+class RunJob(Protocol):
+    """What the shared loop and driver steps read of a job (a TrainJob, a DistillJob or a LandmarkJob)."""
+
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def config(self) -> TrainingConfig: ...
+    @property
+    def total_steps(self) -> int: ...
+    def model_dump(self) -> dict[str, Any]: ...
 
 
 def pick_device(config: TrainingConfig) -> torch.device:
@@ -78,6 +90,50 @@ def any_rank_says(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item() > 0)
 
 
+def apply_gradients(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """One optimizer step on ``loss`` (through the scaler; a disabled one passes everything through)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
+def end_of_step(
+    job: RunJob,
+    step: int,
+    loss: torch.Tensor,
+    reporter: RankZeroReporter | None,
+    state: TrainState,
+    *,
+    rank: int,
+    device: torch.device,
+    evaluate: FaceTrainingModel | None = None,
+) -> bool:
+    """What every run kind's loop does after step ``step``: write metrics every metrics_interval steps and
+    stop (False) when any rank saw a cancel request; evaluate ``evaluate`` every eval_interval steps; save
+    a checkpoint (rank 0 writes it) and report to Ray Train every checkpoint_interval steps."""
+    cfg = job.config
+    last = step == job.total_steps
+    if step % cfg.metrics_interval == 0 or last:
+        cancel = reporter.write(step) if reporter is not None else False
+        if any_rank_says(cancel, device):
+            logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
+            return False
+        if reporter is not None and evaluate is not None and cfg.eval_interval:
+            if step % cfg.eval_interval == 0 and not last:
+                reporter.evaluate(step, evaluate)
+    if step % cfg.checkpoint_interval == 0 or last:
+        checkpoint = save_checkpoint(state, step, writer=rank == 0)
+        ray.train.report({"step": step, "loss": float(loss.detach())}, checkpoint=checkpoint)
+    return True
+
+
 def wrap_distributed(model: FaceTrainingModel, device: torch.device) -> torch.nn.Module:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -116,11 +172,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
         data_wait = time.perf_counter() - wait_started
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             losses = ddp(images, labels, dataset_index, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        apply_gradients(losses["loss"], optimizer, scheduler, scaler)
         step += 1
         if reporter is not None:
             reporter.after_step(
@@ -131,14 +183,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
                 optimizer.param_groups[0]["lr"],
                 model.stage(step - 1),
             )
-        last = step == job.total_steps
-        if step % cfg.metrics_interval == 0 or last:
-            cancel = reporter.write(step) if reporter is not None else False
-            if any_rank_says(cancel, device):
-                logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
-                return
-            if reporter is not None and cfg.eval_interval and step % cfg.eval_interval == 0 and not last:
-                reporter.evaluate(step, model)
-        if step % cfg.checkpoint_interval == 0 or last:
-            checkpoint = save_checkpoint(state, step, writer=rank == 0)
-            ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
+        if not end_of_step(
+            job, step, losses["loss"], reporter, state, rank=rank, device=device, evaluate=model
+        ):
+            return
