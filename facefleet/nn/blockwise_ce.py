@@ -286,6 +286,27 @@ def _extra_backward(
         grads.x.index_add_(0, group.members[rows], grad[:, None] * w)
 
 
+def _backward(
+    ctx: Any, grad_total: torch.Tensor, dense_backward: Callable[..., None]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The (x, weight, bias) gradients of a saved call (this module's or a shard's): every group's dense
+    block through ``dense_backward``, rows no dense block covers zeroed, then the crossing entries."""
+    x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
+    ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
+    grads = _grad_buffers(ctx, x, weight, bias)
+    covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+    for group, state in zip(ctx.groups, ctx.states, strict=True):
+        if state.cos is not None:  # a shard's group may have no dense columns there
+            dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
+            covered[group.lo : group.hi] = True
+    if grads.weight is not None and not bool(covered.all()):
+        grads.weight[~covered] = 0.0  # classes no sample of this batch has in its dense block
+    for group, state in zip(ctx.groups, ctx.states, strict=True):
+        if state.extra_logits is not None:
+            _extra_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
+    return grads.x, grads.weight, grads.bias
+
+
 class _BlockwiseCrossEntropy(torch.autograd.Function):
     """Summed dataset-aware margin cross-entropy over groups, with a hand-written backward.
 
@@ -317,19 +338,7 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
-        ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
-        grads = _grad_buffers(ctx, x, weight, bias)
-        covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            _dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
-            covered[group.lo : group.hi] = True
-        if grads.weight is not None and not bool(covered.all()):
-            grads.weight[~covered] = 0.0  # classes of datasets absent from the batch
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            if state.extra_logits is not None:
-                _extra_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
-        return grads.x, grads.weight, grads.bias, None, None
+        return (*_backward(ctx, grad_total, _dense_backward), None, None)
 
 
 def blockwise_cross_entropy(

@@ -21,10 +21,9 @@ from facefleet.nn.blockwise_ce import (
     Group,
     MarginSpec,
     TargetAccess,
+    _backward,
     _block_backward,
-    _extra_backward,
     _extra_logits,
-    _grad_buffers,
     _Grads,
     _Operands,
     _operands,
@@ -166,27 +165,7 @@ class _ShardCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
-        ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
-        grads = _grad_buffers(ctx, x, weight, bias)
-        covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            if state.cos is not None:
-                _dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
-                covered[group.lo : group.hi] = True
-        if grads.weight is not None and not bool(covered.all()):
-            grads.weight[~covered] = 0.0  # classes no sample of this batch has in its dense block
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            if state.extra_logits is not None:
-                _extra_backward(
-                    x.index_select(0, group.members),
-                    ops,
-                    group,
-                    state,
-                    grad_total,
-                    grads,  # type: ignore[arg-type]
-                )
-        return grads.x, grads.weight, grads.bias, None, None, None
+        return (*_backward(ctx, grad_total, _dense_backward), None, None, None)
 
 
 def shard_cross_entropy(

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -39,7 +38,14 @@ from facefleet.platform.runs.schemas import TeacherRef, TrainingConfig
 from facefleet.platform.store import ObjectStore, get_store, store_from_url
 from facefleet.workers import train_driver
 from facefleet.workers.train_driver import FitOutcome
-from facefleet.workers.train_loop import TrainJob, apply_gradients, end_of_step, pick_device, wrap_distributed
+from facefleet.workers.train_loop import (
+    TrainJob,
+    apply_gradients,
+    end_of_step,
+    epoch_loaders,
+    pick_device,
+    wrap_distributed,
+)
 from facefleet.workers.train_model import build_optimizer
 from facefleet.workers.train_state import TrainState, restore_state
 
@@ -172,26 +178,9 @@ def training_batches(
     job: DistillJob, rank: int, world_size: int, start_step: int, load_size: int, device: torch.device
 ) -> Iterator[torch.Tensor]:
     """Images of the training datasets forever (labels unused), decoded at ``load_size``."""
-    from facefleet.workers.data import make_train_loader
-
-    cfg, epoch = job.config, 0
-    while True:
-        loader = make_train_loader(
-            job.entries,
-            store_url=job.store_url,
-            s3_endpoint_url=job.s3_endpoint_url,
-            batch_size=cfg.batch_size,
-            input_size=load_size,
-            rank=rank,
-            world_size=world_size,
-            num_workers=cfg.data_workers,
-            seed=cfg.seed + 7919 * start_step + epoch,
-            cache_dir=Path(job.cache_dir),
-            cache_bytes=cfg.cache_bytes,
-        )
+    for loader in epoch_loaders(job, rank, world_size, start_step, input_size=load_size):
         for images, _labels, _datasets in loader:
             yield images.to(device, non_blocking=True)
-        epoch += 1
 
 
 def _pair_batch(

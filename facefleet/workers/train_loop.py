@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import ray.train
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.workers.partial_fc import DistributedMarginHead, ignore_head_in_ddp
@@ -47,23 +48,28 @@ def pick_device(config: TrainingConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def infinite_batches(
-    job: TrainJob, rank: int, world_size: int, start_step: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches forever, a new shuffle per pass; a resumed run starts from a fresh seed, not a replay."""
+def epoch_loaders(
+    job: TrainJob,
+    rank: int,
+    world_size: int,
+    start_step: int,
+    *,
+    input_size: int,
+    balanced: tuple[int, int] | None = None,
+) -> Iterator[DataLoader]:
+    """A fresh training loader per pass, forever, a new shuffle each; a resumed run starts from a fresh
+    seed, not a replay (shared by the recognition and the distillation loop)."""
     from facefleet.workers.data import make_train_loader
 
     cfg = job.config
-    per_identity = cfg.biometric.images_per_identity
-    balanced = (cfg.batch_size // per_identity, per_identity) if cfg.biometric.enabled else None
     epoch = 0
     while True:
-        loader = make_train_loader(
+        yield make_train_loader(
             job.entries,
             store_url=job.store_url,
             s3_endpoint_url=job.s3_endpoint_url,
             batch_size=cfg.batch_size,
-            input_size=cfg.input_size,
+            input_size=input_size,
             rank=rank,
             world_size=world_size,
             num_workers=cfg.data_workers,
@@ -72,13 +78,25 @@ def infinite_batches(
             cache_bytes=cfg.cache_bytes,
             balanced=balanced,
         )
+        epoch += 1
+
+
+def infinite_batches(
+    job: TrainJob, rank: int, world_size: int, start_step: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches forever (identity-balanced when the biometric stage is on)."""
+    cfg = job.config
+    per_identity = cfg.biometric.images_per_identity
+    balanced = (cfg.batch_size // per_identity, per_identity) if cfg.biometric.enabled else None
+    for loader in epoch_loaders(
+        job, rank, world_size, start_step, input_size=cfg.input_size, balanced=balanced
+    ):
         for images, labels, dataset_index in loader:
             yield (
                 images.to(device, non_blocking=True),
                 labels.to(device, non_blocking=True),
                 dataset_index.to(device, non_blocking=True),
             )
-        epoch += 1
 
 
 def any_rank_says(flag: bool, device: torch.device) -> bool:
