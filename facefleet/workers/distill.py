@@ -329,12 +329,7 @@ def finish_run(job: DistillJob, outcome: FitOutcome) -> dict[str, Any]:
     spec = distillation_spec(job)
     registered, parity = train_driver.export_run(job, store, student.backbone, summary, threshold, spec)
     return {
-        "evaluation": summary,
-        "plots": plots,
-        "checkpoint_path": outcome.storage_path,
-        "model": registered,
-        "onnx_max_abs_diff": parity,
-        "threshold": threshold,
+        **train_driver.run_summary(summary, plots, outcome, registered, parity, threshold),
         "teacher": {"name": spec.teacher_name, "version": spec.teacher_version},
         "inspection_sets": [f"{s.name}:{s.version}" for s in spec.inspection_sets],
     }

@@ -205,6 +205,25 @@ def export_run(
         return {"name": model_version.name, "version": model_version.version}, parity
 
 
+def run_summary(
+    evaluation: dict[str, Any],
+    plots: list[str],
+    outcome: FitOutcome,
+    registered: dict[str, Any],
+    parity: float,
+    threshold: float,
+) -> dict[str, Any]:
+    """The summary keys every exported run records (a run kind adds its own after these)."""
+    return {
+        "evaluation": evaluation,
+        "plots": plots,
+        "checkpoint_path": outcome.storage_path,
+        "model": registered,
+        "onnx_max_abs_diff": parity,
+        "threshold": threshold,
+    }
+
+
 def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     """Evaluate the final checkpoint, save plots, export and register the model; the run's summary."""
     from facefleet.workers.evaluate import evaluate_model, operating_point_metrics
@@ -233,12 +252,7 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     metrics = {**summary, **({"operating_point": point.model_dump()} if point else {})}
     registered, parity = export_run(job, store, model.backbone, metrics, threshold)
     return {
-        "evaluation": summary,
-        "plots": plots,
-        "checkpoint_path": outcome.storage_path,
-        "model": registered,
-        "onnx_max_abs_diff": parity,
-        "threshold": threshold,
+        **run_summary(summary, plots, outcome, registered, parity, threshold),
         **({"operating_point": point.model_dump()} if point else {}),
         **({"overlaps": overlaps} if overlaps is not None else {}),
     }
