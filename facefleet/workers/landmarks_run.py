@@ -21,9 +21,8 @@ from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models.card import ArchitectureSpec, DatasetEntry, InputSpec, ModelCard, ProbeSpec
 from facefleet.platform.models.service import artifact_info, register_model_version
-from facefleet.platform.runs import lifecycle, service
+from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
-from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore, get_store, store_from_url
 from facefleet.workers import train_driver
 from facefleet.workers.landmarks_data import eval_inputs, load_faces, nme, sample_batch
@@ -54,17 +53,9 @@ def build_net(config: TrainingConfig) -> LandmarkNet:
 
 
 def prepare_job(session: Session, run_id: int) -> LandmarkJob:
-    plan = lifecycle.training_plan(session, run_id)
-    settings = get_settings()
-    lifecycle.mark_starting(session, run_id)
+    plan, fields = train_driver.start_job(session, run_id)
     return LandmarkJob(
-        run_id=run_id,
-        config=plan.config,
-        datasets=[(entry.dataset, entry.version, entry.manifest_key) for entry in plan.train],
-        total_steps=plan.total_steps,
-        database_url=settings.effective_database_url,
-        store_url=settings.effective_store_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
+        **fields, datasets=[(entry.dataset, entry.version, entry.manifest_key) for entry in plan.train]
     )
 
 

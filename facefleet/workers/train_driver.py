@@ -52,23 +52,29 @@ def wait_for_run(run_id: int, timeout: float = 30.0) -> None:
         time.sleep(0.5)
 
 
+def start_job(session: Session, run_id: int) -> tuple[lifecycle.TrainingPlan, dict[str, Any]]:
+    """Read the run's training plan and mark the run starting; the plan and the fields every kind's job
+    carries (run id, config, step count, where the database and the store are)."""
+    plan = lifecycle.training_plan(session, run_id)
+    settings = get_settings()
+    lifecycle.mark_starting(session, run_id)
+    return plan, {
+        "run_id": run_id,
+        "config": plan.config,
+        "total_steps": plan.total_steps,
+        "database_url": settings.effective_database_url,
+        "store_url": settings.effective_store_url,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+    }
+
+
 def prepare_job(session: Session, run_id: int) -> TrainJob:
     """Mark the run starting and build everything the workers need (label space, URLs, step count)."""
     from facefleet.workers.label_space import plan_label_space
 
-    plan = lifecycle.training_plan(session, run_id)
-    settings = get_settings()
-    lifecycle.mark_starting(session, run_id)
-    return TrainJob(
-        run_id=run_id,
-        config=plan.config,
-        entries=plan_label_space(plan.train),
-        total_steps=plan.total_steps,
-        database_url=settings.effective_database_url,
-        store_url=settings.effective_store_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        cache_dir=str((settings.data_dir / "cache").resolve()),
-    )
+    plan, fields = start_job(session, run_id)
+    cache_dir = str((get_settings().data_dir / "cache").resolve())
+    return TrainJob(**fields, entries=plan_label_space(plan.train), cache_dir=cache_dir)
 
 
 def init_ray(config: TrainingConfig) -> None:
