@@ -40,11 +40,11 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._support import write_artifacts  # noqa: E402
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
 from facefleet.terminal.adaptation import SEED_METHOD  # noqa: E402
 from facefleet.terminal.guard import GuardConfig  # noqa: E402
 from facefleet.terminal.local import Identity, Terminal  # noqa: E402
-from tests.terminal.model_factory import write_artifacts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_CANDIDATES = [

@@ -25,7 +25,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from fleet_data import Seeded, grow, seed  # noqa: E402
 
+from bench._support import free_port, running_postgres  # noqa: E402
 from facefleet.platform.db import migrate  # noqa: E402
 from facefleet.platform.db.session import make_engine  # noqa: E402
 from facefleet.platform.store.local import LocalStore  # noqa: E402
-from tests.fixtures.servers import running_postgres  # noqa: E402
 
 POLL_S, HEARTBEAT_S = 30.0, 60.0  # the agent's real cadence, compressed by --rate
 
@@ -130,12 +129,6 @@ def process_tree_cpu(pid: int) -> float:
 
 
 # ---------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

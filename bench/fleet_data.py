@@ -5,7 +5,6 @@ for 10^6 rows on either database.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from bench._support import unsigned_model_version
 from facefleet.platform.auth import create_api_key
 from facefleet.platform.auth.service import hash_token
 from facefleet.platform.db.models import (
@@ -21,7 +21,6 @@ from facefleet.platform.db.models import (
     Deployment,
     Device,
     DeviceDeployment,
-    ModelVersion,
     RetrainPolicy,
     Run,
     RunMetric,
@@ -45,31 +44,16 @@ class Seeded:
 
 def _version(session: Session, store: ObjectStore, name: str, version: int) -> int:
     card = f'{{"name": "{name}", "version": {version}, "bench": true}}'.encode()
-    blob = os.urandom(4096)
-    prefix = f"models/{name}/{version}"
-    store.put_bytes(f"{prefix}/model_card.json", card)
-    store.put_bytes(f"{prefix}/model.onnx", blob)
-    row = ModelVersion(
-        name=name,
-        version=version,
-        artifacts={
-            "model_card.json": {
-                "key": f"{prefix}/model_card.json",
-                "sha256": hashlib.sha256(card).hexdigest(),
-                "size": len(card),
-            },
-            "model.onnx": {
-                "key": f"{prefix}/model.onnx",
-                "sha256": hashlib.sha256(blob).hexdigest(),
-                "size": len(blob),
-            },
-        },
-        card_sha256=hashlib.sha256(card).hexdigest(),
+    row = unsigned_model_version(
+        session,
+        store,
+        name,
+        version,
+        card=card,
+        onnx=os.urandom(4096),
         signature="YmVuY2g=",
         eval_summary={"accuracy": 0.9},
     )
-    session.add(row)
-    session.flush()
     return row.id
 
 

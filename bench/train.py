@@ -124,7 +124,7 @@ def _ddp_worker(rank: int, world_size: int, spec: dict[str, Any], port: int, res
 
 
 def run_plain_ddp(spec: dict[str, Any]) -> dict[str, float]:
-    from tests.fixtures.servers import free_port
+    from bench._support import free_port
 
     launched = time.time()
     context = mp.get_context("spawn")

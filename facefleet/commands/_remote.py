@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Annotated, NoReturn, TypeVar
 from urllib.parse import quote
@@ -27,6 +27,7 @@ ServerOption = Annotated[
 ]
 error_console = make_console(stderr=True)
 ModelT = TypeVar("ModelT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
 
 
 def fail(error: FacefleetError | ValueError) -> NoReturn:
@@ -66,6 +67,20 @@ def local_session() -> AbstractContextManager[Session]:
 
     migrate.upgrade(get_settings().effective_database_url)
     return session_scope()
+
+
+def remote_or_local(
+    server: str | None,
+    remote: Callable[[FacefleetClient], ResultT],
+    local: Callable[[Session], ResultT],
+) -> ResultT:
+    """A command's one operation: ``remote(client)`` in remote mode, else ``local(session)`` in a committing
+    local session (return pydantic views, not ORM rows); errors a user can fix end as `fail`."""
+    with reported_errors(), connect(server) as client:
+        if client is not None:
+            return remote(client)
+        with local_session() as session:
+            return local(session)
 
 
 def validated(schema: type[ModelT], **fields: object) -> ModelT:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from facefleet.client import FacefleetClient
 from facefleet.commands._output import JsonOption, make_console, print_json
@@ -13,6 +14,7 @@ from facefleet.commands._remote import (
     ServerOption,
     connect,
     local_session,
+    remote_or_local,
     reported_errors,
     segment,
     validated,
@@ -95,16 +97,18 @@ def list_(
     server: ServerOption = None,
 ) -> None:
     """List deployments, newest first."""
-    with reported_errors(), connect(server) as client:
-        if client is not None:
-            rows = [
-                DeploymentRead.model_validate(item)
-                for item in client.iter_pages("/v1/deployments", group=group)
-            ]
-        else:
-            with local_session() as session:
-                views, _total = deployments.list_deployments(session, group=group, limit=10_000)
-                rows = [deployments.deployment_read(view) for view in views]
+
+    def local(session: Session) -> list[DeploymentRead]:
+        views, _total = deployments.list_deployments(session, group=group, limit=10_000)
+        return [deployments.deployment_read(view) for view in views]
+
+    rows = remote_or_local(
+        server,
+        lambda client: [
+            DeploymentRead.model_validate(item) for item in client.iter_pages("/v1/deployments", group=group)
+        ],
+        local,
+    )
     # Neither the service nor the API filters by status, so both modes filter the same full list here.
     rows = [row for row in rows if status is None or row.status == status]
     if as_json:
@@ -136,14 +140,13 @@ def show(
     server: ServerOption = None,
 ) -> None:
     """One deployment and the status of each device in it."""
-    with reported_errors(), connect(server) as client:
-        if client is not None:
-            view = DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}"))
-        else:
-            with local_session() as session:
-                view = deployments.deployment_read(
-                    deployments.get_deployment(session, deployment_id=deployment_id)
-                )
+    view = remote_or_local(
+        server,
+        lambda client: DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}")),
+        lambda session: deployments.deployment_read(
+            deployments.get_deployment(session, deployment_id=deployment_id)
+        ),
+    )
     if as_json:
         print_json(view)
         return

@@ -12,6 +12,7 @@ from facefleet.commands._remote import (
     ServerOption,
     connect,
     local_session,
+    remote_or_local,
     reported_errors,
     segment,
     validated,
@@ -191,14 +192,13 @@ def erase(
     server: ServerOption = None,
 ) -> None:
     """Erase every attempt (rows and face crops) of one device (audited)."""
-    with reported_errors(), connect(server) as client:
-        if client is not None:
-            result = ErasureResult.model_validate(client.delete(f"/v1/inspections?device={int(device)}"))
-        else:
-            with local_session() as session:
-                result = inspections.erase_device_attempts_audited(
-                    session, get_store(), device_id=device, actor=ACTOR
-                )
+    result = remote_or_local(
+        server,
+        lambda client: ErasureResult.model_validate(client.delete(f"/v1/inspections?device={int(device)}")),
+        lambda session: inspections.erase_device_attempts_audited(
+            session, get_store(), device_id=device, actor=ACTOR
+        ),
+    )
     if as_json:
         print_json(result)
         return

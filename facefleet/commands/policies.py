@@ -8,10 +8,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from facefleet.client import FacefleetClient
 from facefleet.commands._output import JsonOption, make_console, print_json
-from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, validated
+from facefleet.commands._remote import (
+    ServerOption,
+    connect,
+    local_session,
+    remote_or_local,
+    reported_errors,
+    validated,
+)
 from facefleet.commands.runs import load_config
 from facefleet.platform.policies import service
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyRead, PolicyUpdate
@@ -128,15 +136,18 @@ def list_(
     server: ServerOption = None,
 ) -> None:
     """List retrain policies."""
-    with reported_errors(), connect(server) as client:
-        if client is not None:
-            rows = [
-                PolicyRead.model_validate(item) for item in client.iter_pages("/v1/policies", enabled=enabled)
-            ]
-        else:
-            with local_session() as session:
-                found, _total = service.list_policies(session, limit=10_000, offset=0, enabled=enabled)
-                rows = [PolicyRead.model_validate(row) for row in found]
+
+    def local(session: Session) -> list[PolicyRead]:
+        found, _total = service.list_policies(session, limit=10_000, offset=0, enabled=enabled)
+        return [PolicyRead.model_validate(row) for row in found]
+
+    rows = remote_or_local(
+        server,
+        lambda client: [
+            PolicyRead.model_validate(item) for item in client.iter_pages("/v1/policies", enabled=enabled)
+        ],
+        local,
+    )
     if as_json:
         print_json(rows)
         return

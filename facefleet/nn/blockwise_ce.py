@@ -7,8 +7,9 @@ the tensor math of seed 004 Eq. 1-4 and 11, with a hand-written backward.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -104,6 +105,44 @@ class _Grads:
     bias: torch.Tensor | None
 
 
+class _BlockState(Protocol):
+    """What a block backward reads of a group's state (`_GroupState` here, a shard's state in sharded_ce)."""
+
+    @property
+    def cos(self) -> torch.Tensor | None: ...
+    @property
+    def lse(self) -> torch.Tensor: ...
+    @property
+    def target_logit(self) -> torch.Tensor: ...
+    @property
+    def target_slope(self) -> torch.Tensor | None: ...
+
+
+# (read, write) of the one-hot target positions of a [C_k, n_k] block
+TargetAccess = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, torch.Tensor], object]]
+
+
+def _operands(weight: torch.Tensor, bias: torch.Tensor | None, spec: MarginSpec) -> _Operands:
+    """The call's operands; for margin kinds with 1/‖W_j‖ and the norm slope."""
+    ops = _Operands(weight, bias, spec)
+    if spec.kind != "softmax":
+        norm = torch.linalg.vector_norm(weight, dim=1)
+        ops.inv_norm = norm.clamp_min(_NORM_EPS).reciprocal_()
+        # like F.normalize: a row shorter than eps is divided by eps, so no gradient flows via its norm
+        ops.norm_slope = torch.where(norm > _NORM_EPS, ops.inv_norm, 0.0)
+    return ops
+
+
+def _grad_buffers(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> _Grads:
+    """Zeroed x and bias buffers and an uninitialised weight buffer (every row is written), where needed."""
+    needs = ctx.needs_input_grad
+    return _Grads(
+        torch.zeros_like(x) if needs[0] else None,
+        torch.empty_like(weight) if needs[1] else None,
+        torch.zeros_like(bias) if bias is not None and needs[2] else None,
+    )
+
+
 def _target_psi_and_slope(cos_target: torch.Tensor, spec: MarginSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """ψ(cos θ) of the target column and its derivative, by autograd on the n target values only."""
     with torch.enable_grad():
@@ -159,40 +198,68 @@ def _group_forward(x: torch.Tensor, ops: _Operands, group: Group) -> tuple[_Grou
     return _GroupState(cos, lse, target_logit, slope, extra), (lse - target_logit).sum()
 
 
-def _dense_backward(
-    x: torch.Tensor, ops: _Operands, group: Group, state: _GroupState, scale: torch.Tensor, grads: _Grads
+def _block_backward(
+    x: torch.Tensor,
+    ops: _Operands,
+    block: tuple[int, int, torch.Tensor],
+    state: _BlockState,
+    scale: torch.Tensor,
+    grads: _Grads,
+    targets: TargetAccess,
+    write_x: Callable[..., torch.Tensor],
 ) -> None:
-    """Fill the weight rows lo:hi (and bias) of the buffers and the group's rows of the x gradient.
+    """Fill the weight rows lo:hi (and bias) of the buffers and the block's rows of the x gradient, for
+    `block` = (lo, hi, members) and the state's `cos`, `lse`, `target_logit`, `target_slope`.
 
     softmax − one-hot is formed in one [C_k, n_k] buffer; for margin kinds it becomes diag(1/‖W_j‖)·H with
     H = dL/dcos, so dL/dx̂ = H′ᵀW and dL/dW_j = (H′x̂)_j − (Σ_i H′_ji cos_ji)·W_j/‖W_j‖.
+    `targets` = (read, write) of the one-hot positions in the block (a gather/scatter over one target per
+    column here, index_put_ over the local targets only for a shard); `write_x` puts the x-gradient rows
+    (index_copy_ where each row has one group, index_add_ where shards add their contributions).
     """
-    target, s = group.target[None, :], ops.spec.s
-    w = ops.weight[group.lo : group.hi]
+    assert state.cos is not None
+    lo, hi, members = block
+    read_targets, write_targets = targets
+    s = ops.spec.s
+    w = ops.weight[lo:hi]
     grad = state.cos * s if ops.inv_norm is not None else state.cos.clone()
-    grad.scatter_(0, target, state.target_logit[None, :])
+    write_targets(grad, state.target_logit)
     grad.sub_(state.lse).exp_()
-    target_grad = grad.gather(0, target) - 1.0
+    target_grad = read_targets(grad) - 1.0
     if state.target_slope is not None:
         target_grad = target_grad * state.target_slope
-    grad.scatter_(0, target, target_grad)
+    write_targets(grad, target_grad)
     if ops.inv_norm is not None:
-        grad.mul_(ops.inv_norm[group.lo : group.hi, None] * (s * scale))
+        grad.mul_(ops.inv_norm[lo:hi, None] * (s * scale))
     else:
         grad.mul_(scale)
     if grads.weight is not None:
-        out = grads.weight[group.lo : group.hi]
+        out = grads.weight[lo:hi]
         if ops.norm_slope is not None:
-            coef = torch.einsum("ji,ji->j", grad, state.cos).mul_(ops.norm_slope[group.lo : group.hi])
+            coef = torch.einsum("ji,ji->j", grad, state.cos).mul_(ops.norm_slope[lo:hi])
             # the norm term first, the product added onto it: one pass fewer over [C_k, D] than mm + addcmul_
             torch.mul(w, coef.neg_()[:, None], out=out)
             out.addmm_(grad, x)
         else:
             torch.mm(grad, x, out=out)
     if grads.bias is not None:
-        torch.sum(grad, dim=1, out=grads.bias[group.lo : group.hi])
+        torch.sum(grad, dim=1, out=grads.bias[lo:hi])
     if grads.x is not None:
-        grads.x.index_copy_(0, group.members, torch.mm(grad.t(), w))
+        write_x(grads.x, 0, members, torch.mm(grad.t(), w))
+
+
+def _dense_backward(
+    x: torch.Tensor, ops: _Operands, group: Group, state: _GroupState, scale: torch.Tensor, grads: _Grads
+) -> None:
+    """The group's block backward: one target per column (gather/scatter), x rows written once."""
+    target = group.target[None, :]
+    targets: TargetAccess = (
+        lambda g: g.gather(0, target),
+        lambda g, v: g.scatter_(0, target, v.reshape(target.shape)),
+    )
+    _block_backward(
+        x, ops, (group.lo, group.hi, group.members), state, scale, grads, targets, torch.Tensor.index_copy_
+    )
 
 
 def _extra_backward(
@@ -219,6 +286,27 @@ def _extra_backward(
         grads.x.index_add_(0, group.members[rows], grad[:, None] * w)
 
 
+def _backward(
+    ctx: Any, grad_total: torch.Tensor, dense_backward: Callable[..., None]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The (x, weight, bias) gradients of a saved call (this module's or a shard's): every group's dense
+    block through ``dense_backward``, rows no dense block covers zeroed, then the crossing entries."""
+    x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
+    ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
+    grads = _grad_buffers(ctx, x, weight, bias)
+    covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+    for group, state in zip(ctx.groups, ctx.states, strict=True):
+        if state.cos is not None:  # a shard's group may have no dense columns there
+            dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
+            covered[group.lo : group.hi] = True
+    if grads.weight is not None and not bool(covered.all()):
+        grads.weight[~covered] = 0.0  # classes no sample of this batch has in its dense block
+    for group, state in zip(ctx.groups, ctx.states, strict=True):
+        if state.extra_logits is not None:
+            _extra_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
+    return grads.x, grads.weight, grads.bias
+
+
 class _BlockwiseCrossEntropy(torch.autograd.Function):
     """Summed dataset-aware margin cross-entropy over groups, with a hand-written backward.
 
@@ -236,12 +324,7 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
         spec: MarginSpec,
         groups: list[Group],
     ) -> torch.Tensor:
-        ops = _Operands(weight, bias, spec)
-        if spec.kind != "softmax":
-            norm = torch.linalg.vector_norm(weight, dim=1)
-            ops.inv_norm = norm.clamp_min(_NORM_EPS).reciprocal_()
-            # like F.normalize: a row shorter than eps is divided by eps, so no gradient flows via its norm
-            ops.norm_slope = torch.where(norm > _NORM_EPS, ops.inv_norm, 0.0)
+        ops = _operands(weight, bias, spec)
         total = x.new_zeros(())
         states = []
         for group in groups:
@@ -255,24 +338,7 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
-        ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
-        needs = ctx.needs_input_grad
-        grads = _Grads(
-            torch.zeros_like(x) if needs[0] else None,
-            torch.empty_like(weight) if needs[1] else None,
-            torch.zeros_like(bias) if bias is not None and needs[2] else None,
-        )
-        covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            _dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
-            covered[group.lo : group.hi] = True
-        if grads.weight is not None and not bool(covered.all()):
-            grads.weight[~covered] = 0.0  # classes of datasets absent from the batch
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            if state.extra_logits is not None:
-                _extra_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
-        return grads.x, grads.weight, grads.bias, None, None
+        return (*_backward(ctx, grad_total, _dense_backward), None, None)
 
 
 def blockwise_cross_entropy(

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class _GradientReversal(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, lambd: float) -> torch.Tensor:
-        ctx.lambd = lambd
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad_output * -ctx.lambd, None
+from facefleet.nn.biometricnet import _GradientScale
 
 
 def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
     """Identity in the forward pass; multiplies the incoming gradient by −lambd in the backward pass."""
-    return _GradientReversal.apply(x, float(lambd))
+    return _GradientScale.apply(x, -float(lambd))
 
 
 class DatasetClassifier(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,6 +136,18 @@ def _draw_crossing(
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty
     return torch.cat(entry_rows), torch.cat(entry_cols)
+
+
+class MarginHeadOptions(TypedDict, total=False):
+    """The margin hyperparameters every dataset-aware head takes as keywords (defaults and meaning as in
+    `DatasetAwareMarginHead`)."""
+
+    kind: HeadKind
+    s: float
+    m1: float
+    m2: float
+    m3: float
+    crossing_p: float
 
 
 def resolve_head_args(

@@ -11,27 +11,43 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# One conv stage: (output channels, conv kernel, max-pool kernel or None); pools have stride 2 and ceil_mode.
+_Stage = tuple[int, int, int | None]
+
+
+def _add_conv_stages(net: nn.Module, stages: list[_Stage]) -> None:
+    """Register conv{i}, prelu{i} and pool{i} (where the stage pools), i from 1: the names the
+    facenet-pytorch state dicts use, so the wheel's weights load unchanged."""
+    in_channels = 3
+    for i, (out, kernel, pool) in enumerate(stages, start=1):
+        net.add_module(f"conv{i}", nn.Conv2d(in_channels, out, kernel_size=kernel))
+        net.add_module(f"prelu{i}", nn.PReLU(out))
+        if pool is not None:
+            net.add_module(f"pool{i}", nn.MaxPool2d(pool, 2, ceil_mode=True))
+        in_channels = out
+
+
+def _run_conv_stages(net: nn.Module, x: torch.Tensor, count: int) -> torch.Tensor:
+    """pool{i}(prelu{i}(conv{i}(x))) for i = 1..count (no pool where the stage has none)."""
+    modules = dict(net.named_children())
+    for i in range(1, count + 1):
+        x = modules[f"prelu{i}"](modules[f"conv{i}"](x))
+        if f"pool{i}" in modules:
+            x = modules[f"pool{i}"](x)
+    return x
+
 
 class PNet(nn.Module):
     """Proposal network: fully convolutional, 12x12 receptive field, stride 2."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
-        self.prelu1 = nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
-        self.prelu2 = nn.PReLU(16)
-        self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
-        self.prelu3 = nn.PReLU(32)
+        _add_conv_stages(self, [(10, 3, 2), (16, 3, None), (32, 3, None)])
         self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
         self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.prelu1(self.conv1(x))
-        x = self.pool1(x)
-        x = self.prelu2(self.conv2(x))
-        x = self.prelu3(self.conv3(x))
+        x = _run_conv_stages(self, x, 3)
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
 
 
@@ -40,23 +56,14 @@ class RNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
-        self.prelu1 = nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
-        self.prelu2 = nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
-        self.prelu3 = nn.PReLU(64)
+        _add_conv_stages(self, [(28, 3, 3), (48, 3, 3), (64, 2, None)])
         self.dense4 = nn.Linear(576, 128)
         self.prelu4 = nn.PReLU(128)
         self.dense5_1 = nn.Linear(128, 2)
         self.dense5_2 = nn.Linear(128, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu3(self.conv3(x))
+        x = _run_conv_stages(self, x, 3)
         # The original (Caffe/TF) weights flatten in (W, H, C) order.
         x = x.permute(0, 3, 2, 1).contiguous().flatten(1)
         x = self.prelu4(self.dense4(x))
@@ -68,17 +75,7 @@ class ONet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
-        self.prelu1 = nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
-        self.prelu2 = nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
-        self.prelu3 = nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
-        self.prelu4 = nn.PReLU(128)
+        _add_conv_stages(self, [(32, 3, 3), (64, 3, 3), (64, 3, 2), (128, 2, None)])
         self.dense5 = nn.Linear(1152, 256)
         self.prelu5 = nn.PReLU(256)
         self.dense6_1 = nn.Linear(256, 2)
@@ -86,10 +83,7 @@ class ONet(nn.Module):
         self.dense6_3 = nn.Linear(256, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu4(self.conv4(x))
+        x = _run_conv_stages(self, x, 4)
         x = x.permute(0, 3, 2, 1).contiguous().flatten(1)
         x = self.prelu5(self.dense5(x))
         return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facefleet.nn.blockwise_ce import Group, HeadKind, MarginSpec
-from facefleet.nn.heads import plan_groups, resolve_head_args
+from facefleet.nn.heads import MarginHeadOptions, plan_groups, resolve_head_args
 from facefleet.nn.sharded_ce import LocalReducer, ShardGroup, ShardReducer, shard_cross_entropy
 
 _MASK32 = 0xFFFFFFFF
@@ -78,6 +78,13 @@ def sampled_classes(
     mine = positives[(positives >= start) & (positives < end)]
     keep[mine - start] = True
     return ids[keep]
+
+
+class ShardedHeadOptions(MarginHeadOptions, total=False):
+    """The keywords of `ShardedMarginHead` besides its shard and bias (what a wrapper passes through)."""
+
+    sample_rate: float
+    seed: int
 
 
 class ShardedMarginHead(nn.Module):

@@ -18,12 +18,15 @@ from typing import Any, Protocol
 import torch
 
 from facefleet.nn.blockwise_ce import (
-    _NORM_EPS,
+    Group,
     MarginSpec,
-    _extra_backward,
+    TargetAccess,
+    _backward,
+    _block_backward,
     _extra_logits,
     _Grads,
     _Operands,
+    _operands,
     _target_psi_and_slope,
 )
 
@@ -47,18 +50,11 @@ class LocalReducer:
 
 
 @dataclass
-class ShardGroup:
+class ShardGroup(Group):
     """Samples sharing one denominator, seen from one shard: batch rows `members`, the dense columns
     [lo, hi) of the shard's (possibly sampled) weight (empty when lo == hi), `target` relative to lo or −1
     where the target class lives on another shard, and the crossing entries on this shard (`extra_rows`
-    local to the group, `extra_cols` columns of the shard's weight)."""
-
-    members: torch.Tensor
-    lo: int
-    hi: int
-    target: torch.Tensor
-    extra_rows: torch.Tensor | None = None
-    extra_cols: torch.Tensor | None = None
+    local to the group, `extra_cols` columns of the shard's weight). The fields of `Group`."""
 
 
 @dataclass
@@ -115,7 +111,7 @@ def _group_forward(x: torch.Tensor, ops: _Operands, group: ShardGroup) -> tuple[
         raise ValueError("a target class on this shard lies outside its group's dense columns")
     extra = None
     if group.extra_rows is not None and group.extra_rows.numel() > 0:
-        extra = _extra_logits(x, ops, group)  # type: ignore[arg-type]
+        extra = _extra_logits(x, ops, group)
         entry_rows = group.extra_rows
         shift = lse.scatter_reduce(0, entry_rows, extra, "amax", include_self=True)
         extra_sum = torch.zeros_like(lse).index_add_(0, entry_rows, (extra - shift[entry_rows]).exp())
@@ -127,34 +123,13 @@ def _group_forward(x: torch.Tensor, ops: _Operands, group: ShardGroup) -> tuple[
 def _dense_backward(
     x: torch.Tensor, ops: _Operands, group: ShardGroup, state: _ShardState, scale: torch.Tensor, grads: _Grads
 ) -> None:
-    """Weight rows lo:hi (and bias) and the group's x-gradient rows, as in `blockwise_ce._dense_backward`
-    but with only the local targets one-hot."""
-    assert state.cos is not None
-    rows, cols, s = state.target_rows, state.target_cols, ops.spec.s
-    w = ops.weight[group.lo : group.hi]
-    grad = state.cos * s if ops.inv_norm is not None else state.cos.clone()
-    grad.index_put_((cols, rows), state.target_logit)
-    grad.sub_(state.lse).exp_()
-    target_grad = grad[cols, rows] - 1.0
-    if state.target_slope is not None:
-        target_grad = target_grad * state.target_slope
-    grad.index_put_((cols, rows), target_grad)
-    if ops.inv_norm is not None:
-        grad.mul_(ops.inv_norm[group.lo : group.hi, None] * (s * scale))
-    else:
-        grad.mul_(scale)
-    if grads.weight is not None:
-        out = grads.weight[group.lo : group.hi]
-        if ops.norm_slope is not None:
-            coef = torch.einsum("ji,ji->j", grad, state.cos).mul_(ops.norm_slope[group.lo : group.hi])
-            torch.mul(w, coef.neg_()[:, None], out=out)
-            out.addmm_(grad, x)
-        else:
-            torch.mm(grad, x, out=out)
-    if grads.bias is not None:
-        torch.sum(grad, dim=1, out=grads.bias[group.lo : group.hi])
-    if grads.x is not None:
-        grads.x.index_add_(0, group.members, torch.mm(grad.t(), w))
+    """The block backward of `blockwise_ce`, with only the local targets one-hot (index_put_) and the
+    x-gradient rows added (every shard contributes to them)."""
+    rows, cols = state.target_rows, state.target_cols
+    targets: TargetAccess = (lambda g: g[cols, rows], lambda g, v: g.index_put_((cols, rows), v))
+    _block_backward(
+        x, ops, (group.lo, group.hi, group.members), state, scale, grads, targets, torch.Tensor.index_add_
+    )
 
 
 class _ShardCrossEntropy(torch.autograd.Function):
@@ -171,11 +146,7 @@ class _ShardCrossEntropy(torch.autograd.Function):
         groups: list[ShardGroup],
         reducer: ShardReducer,
     ) -> torch.Tensor:
-        ops = _Operands(weight, bias, spec)
-        if spec.kind != "softmax":
-            norm = torch.linalg.vector_norm(weight, dim=1)
-            ops.inv_norm = norm.clamp_min(_NORM_EPS).reciprocal_()
-            ops.norm_slope = torch.where(norm > _NORM_EPS, ops.inv_norm, 0.0)
+        ops = _operands(weight, bias, spec)
         local_lse = x.new_full((x.shape[0],), float("-inf"))
         partial_target = x.new_zeros(x.shape[0])
         states = []
@@ -194,32 +165,7 @@ class _ShardCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, bias, inv_norm, norm_slope = ctx.saved_tensors
-        ops = _Operands(weight, bias, ctx.spec, inv_norm, norm_slope)
-        needs = ctx.needs_input_grad
-        grads = _Grads(
-            torch.zeros_like(x) if needs[0] else None,
-            torch.empty_like(weight) if needs[1] else None,
-            torch.zeros_like(bias) if bias is not None and needs[2] else None,
-        )
-        covered = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            if state.cos is not None:
-                _dense_backward(x.index_select(0, group.members), ops, group, state, grad_total, grads)
-                covered[group.lo : group.hi] = True
-        if grads.weight is not None and not bool(covered.all()):
-            grads.weight[~covered] = 0.0  # classes no sample of this batch has in its dense block
-        for group, state in zip(ctx.groups, ctx.states, strict=True):
-            if state.extra_logits is not None:
-                _extra_backward(
-                    x.index_select(0, group.members),
-                    ops,
-                    group,
-                    state,
-                    grad_total,
-                    grads,  # type: ignore[arg-type]
-                )
-        return grads.x, grads.weight, grads.bias, None, None, None
+        return (*_backward(ctx, grad_total, _dense_backward), None, None, None)
 
 
 def shard_cross_entropy(

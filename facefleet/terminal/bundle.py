@@ -22,6 +22,8 @@ class VerificationError(Exception):
     """An artifact or card that must not be installed (tampered, unsigned, wrong key, bad self-test)."""
 
 
+# The card models below mirror facefleet.platform.models.card on purpose: the terminal may import only
+# facefleet.nn (+ HTTP), so it reads the card with its own lenient (extra="ignore") models.
 class CardArtifact(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -80,6 +82,7 @@ class TerminalCard(BaseModel):
     aligner: CardAligner | None = None
 
 
+# The same as facefleet.platform.models.service.sha256_file, kept here: the terminal may import only nn.
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -14,8 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import ray.train
@@ -31,19 +30,24 @@ from facefleet.nn.backbones import Backbone, get_backbone
 from facefleet.nn.distill import distillation_losses, pair_scores
 from facefleet.platform.datasets import layout
 from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
-from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models.card import DistillationSpec, InspectionSetEntry
 from facefleet.platform.models.service import get_model_version
-from facefleet.platform.runs import lifecycle, service
 from facefleet.platform.runs.distill import WEIGHTS_FILE
 from facefleet.platform.runs.schemas import TeacherRef, TrainingConfig
 from facefleet.platform.store import ObjectStore, get_store, store_from_url
 from facefleet.workers import train_driver
 from facefleet.workers.train_driver import FitOutcome
-from facefleet.workers.train_loop import TrainJob, any_rank_says, pick_device, wrap_distributed
+from facefleet.workers.train_loop import (
+    TrainJob,
+    apply_gradients,
+    end_of_step,
+    epoch_loaders,
+    pick_device,
+    wrap_distributed,
+)
 from facefleet.workers.train_model import build_optimizer
-from facefleet.workers.train_state import TrainState, load_checkpoint_payload, restore_state, save_checkpoint
+from facefleet.workers.train_state import TrainState, restore_state
 
 logger = logging.getLogger(__name__)
 
@@ -174,26 +178,9 @@ def training_batches(
     job: DistillJob, rank: int, world_size: int, start_step: int, load_size: int, device: torch.device
 ) -> Iterator[torch.Tensor]:
     """Images of the training datasets forever (labels unused), decoded at ``load_size``."""
-    from facefleet.workers.data import make_train_loader
-
-    cfg, epoch = job.config, 0
-    while True:
-        loader = make_train_loader(
-            job.entries,
-            store_url=job.store_url,
-            s3_endpoint_url=job.s3_endpoint_url,
-            batch_size=cfg.batch_size,
-            input_size=load_size,
-            rank=rank,
-            world_size=world_size,
-            num_workers=cfg.data_workers,
-            seed=cfg.seed + 7919 * start_step + epoch,
-            cache_dir=Path(job.cache_dir),
-            cache_bytes=cfg.cache_bytes,
-        )
+    for loader in epoch_loaders(job, rank, world_size, start_step, input_size=load_size):
         for images, _labels, _datasets in loader:
             yield images.to(device, non_blocking=True)
-        epoch += 1
 
 
 def _pair_batch(
@@ -260,26 +247,17 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
             temperature=spec.temperature,
             inspection_weight=spec.inspection_weight,
         )
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        scheduler.step()
+        apply_gradients(losses["loss"], optimizer, scheduler, state.scaler)
         step += 1
         if reporter is not None:
             reporter.after_step(
                 step, losses, count * world_size, data_wait, optimizer.param_groups[0]["lr"], 1
             )
-        last = step == job.total_steps
-        if step % cfg.metrics_interval == 0 or last:
-            cancel = reporter.write(step) if reporter is not None else False
-            if any_rank_says(cancel, device):
-                logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
-                return
-            if reporter is not None and cfg.eval_interval and step % cfg.eval_interval == 0 and not last:
-                reporter.evaluate(step, student)  # type: ignore[arg-type]
-        if step % cfg.checkpoint_interval == 0 or last:
-            checkpoint = save_checkpoint(state, step, writer=rank == 0)
-            ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
+        student_model = cast(Any, student)  # evaluated like a recognition model: it has a `backbone`
+        if not end_of_step(
+            job, step, losses["loss"], reporter, state, rank=rank, device=device, evaluate=student_model
+        ):
+            return
 
 
 @torch.no_grad()
@@ -330,22 +308,13 @@ def distillation_spec(job: DistillJob) -> DistillationSpec:
 
 def finish_run(job: DistillJob, outcome: FitOutcome) -> dict[str, Any]:
     """Evaluate the student like any run, check it on its inspection sets, export and register it."""
-    from facefleet.workers.evaluate import evaluate_model, load_eval_sets, save_plots
-    from facefleet.workers.export import export_and_register
+    from facefleet.workers.evaluate import evaluate_model
 
-    if outcome.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint")
     cfg = job.config
     student = StudentModel(cfg, job.teacher.ref.embedding_dim)
-    student.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
+    train_driver.load_final_checkpoint(outcome, student)
     store = get_store()
-    with session_scope() as session:
-        lifecycle.report_progress(
-            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
-        )
-        sets = load_eval_sets(
-            session, job.run_id, cfg, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url
-        )
+    sets = train_driver.evaluation_sets(job)
     results = evaluate_model(student.backbone, None, sets, cfg)
     threshold = (
         job.teacher.ref.threshold
@@ -356,33 +325,11 @@ def finish_run(job: DistillJob, outcome: FitOutcome) -> dict[str, Any]:
     summary: dict[str, Any] = {**results.summary(), "inspection": inspected}
     flat = results.flat_metrics()
     flat.update({f"inspection/{name}/{k}": v for name, m in inspected.items() for k, v in m.items()})
-    with session_scope() as session:
-        service.record_metrics(session, job.run_id, job.total_steps, flat)
-        plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
-        lifecycle.report_progress(
-            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
-        )
+    plots = train_driver.record_evaluation(job, store, results, flat)
     spec = distillation_spec(job)
-    with session_scope() as session:
-        model_version, parity = export_and_register(
-            session,
-            store,
-            run_id=job.run_id,
-            backbone=student.backbone,
-            config=cfg,
-            datasets=train_driver.dataset_entries(session, job.run_id),
-            metrics=summary,
-            threshold=threshold,
-            dataset_version_ids=[entry.dataset_version_id for entry in job.entries],
-            distillation=spec,
-        )
-        return {
-            "evaluation": summary,
-            "plots": plots,
-            "checkpoint_path": outcome.storage_path,
-            "model": {"name": model_version.name, "version": model_version.version},
-            "onnx_max_abs_diff": parity,
-            "threshold": threshold,
-            "teacher": {"name": spec.teacher_name, "version": spec.teacher_version},
-            "inspection_sets": [f"{s.name}:{s.version}" for s in spec.inspection_sets],
-        }
+    registered, parity = train_driver.export_run(job, store, student.backbone, summary, threshold, spec)
+    return {
+        **train_driver.run_summary(summary, plots, outcome, registered, parity, threshold),
+        "teacher": {"name": spec.teacher_name, "version": spec.teacher_version},
+        "inspection_sets": [f"{s.name}:{s.version}" for s in spec.inspection_sets],
+    }

@@ -21,14 +21,14 @@ from facefleet.platform.db.session import session_scope
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models.card import ArchitectureSpec, DatasetEntry, InputSpec, ModelCard, ProbeSpec
 from facefleet.platform.models.service import artifact_info, register_model_version
-from facefleet.platform.runs import lifecycle, service
+from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
-from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore, get_store, store_from_url
+from facefleet.workers import train_driver
 from facefleet.workers.landmarks_data import eval_inputs, load_faces, nme, sample_batch
-from facefleet.workers.train_driver import FitOutcome, init_ray
-from facefleet.workers.train_loop import any_rank_says, wrap_distributed
-from facefleet.workers.train_state import TrainState, load_checkpoint_payload, restore_state, save_checkpoint
+from facefleet.workers.train_driver import FitOutcome
+from facefleet.workers.train_loop import apply_gradients, end_of_step, wrap_distributed
+from facefleet.workers.train_state import TrainState, restore_state
 
 logger = logging.getLogger(__name__)
 ONNX_TOLERANCE = 1e-3  # points in crop pixels
@@ -53,17 +53,9 @@ def build_net(config: TrainingConfig) -> LandmarkNet:
 
 
 def prepare_job(session: Session, run_id: int) -> LandmarkJob:
-    plan = lifecycle.training_plan(session, run_id)
-    settings = get_settings()
-    lifecycle.mark_starting(session, run_id)
+    plan, fields = train_driver.start_job(session, run_id)
     return LandmarkJob(
-        run_id=run_id,
-        config=plan.config,
-        datasets=[(entry.dataset, entry.version, entry.manifest_key) for entry in plan.train],
-        total_steps=plan.total_steps,
-        database_url=settings.effective_database_url,
-        store_url=settings.effective_store_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
+        **fields, datasets=[(entry.dataset, entry.version, entry.manifest_key) for entry in plan.train]
     )
 
 
@@ -106,52 +98,19 @@ def landmarks_train_func(loop_config: dict[str, Any]) -> None:
             negatives_per_landmark=lm.negatives_per_landmark,
             localisation_weight=lm.localisation_weight,
         )
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        scheduler.step()
+        apply_gradients(losses["loss"], optimizer, scheduler, state.scaler)
         step += 1
         if reporter is not None:
             reporter.after_step(
                 step, losses, images.shape[0] * world_size, 0.0, optimizer.param_groups[0]["lr"], 1
             )
-        last = step == job.total_steps
-        if step % cfg.metrics_interval == 0 or last:
-            cancel = reporter.write(step) if reporter is not None else False
-            if any_rank_says(cancel, device):
-                return
-        if step % cfg.checkpoint_interval == 0 or last:
-            checkpoint = save_checkpoint(state, step) if rank == 0 else None
-            ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
+        if not end_of_step(job, step, losses["loss"], reporter, state, rank=rank, device=device):
+            return
 
 
 def run_trainer(job: LandmarkJob) -> FitOutcome:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    cfg = job.config
-    init_ray(cfg)
-    root, filesystem = get_store().pyarrow_storage()
-    storage_path = f"{root}/runs/{job.run_id}"
-    trainer = TorchTrainer(
-        landmarks_train_func,
-        train_loop_config=job.model_dump(),
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=False,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name="checkpoints",
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    return FitOutcome(checkpoint=result.checkpoint, storage_path=storage_path)
+    """The recognition run's TorchTrainer over the landmarks loop (which runs on the CPU)."""
+    return train_driver.run_trainer(job, landmarks_train_func, allow_gpu=False)
 
 
 def evaluate(net: LandmarkNet, job: LandmarkJob) -> dict[str, float]:
@@ -208,15 +167,11 @@ def export(net: LandmarkNet, config: TrainingConfig, folder: Path) -> float:
 
 
 def finish_run(job: LandmarkJob, outcome: FitOutcome) -> dict[str, Any]:
-    if outcome.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint")
     cfg = job.config
     net = build_net(cfg)
-    net.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
+    train_driver.load_final_checkpoint(outcome, net)
     with session_scope() as session:
-        lifecycle.report_progress(
-            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
-        )
+        train_driver.report_stage(session, job, "evaluating")
     metrics = evaluate(net, job)
     with session_scope() as session:
         service.record_metrics(session, job.run_id, job.total_steps, metrics)

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from typing_extensions import Unpack
 
-from facefleet.nn.blockwise_ce import HeadKind
-from facefleet.nn.partial_fc import ShardedMarginHead, shard_range
+from facefleet.nn.partial_fc import ShardedHeadOptions, ShardedMarginHead, shard_range
 
 
 class ProcessGroupReducer:
@@ -107,33 +107,15 @@ class DistributedMarginHead(ShardedMarginHead):
         embedding_dim: int,
         classes_per_dataset: list[int],
         *,
-        kind: HeadKind = "arcface",
-        s: float = 64.0,
-        m1: float = 1.0,
-        m2: float = 0.5,
-        m3: float = 0.0,
-        crossing_p: float = 0.0,
-        sample_rate: float = 1.0,
-        seed: int = 0,
         ddp_average: bool = True,
+        **options: Unpack[ShardedHeadOptions],
     ) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("the sharded head needs torch.distributed (a Ray Train worker group)")
         world, rank = dist.get_world_size(), dist.get_rank()
         shard = shard_range(sum(classes_per_dataset), world, rank)
-        super().__init__(
-            embedding_dim,
-            classes_per_dataset,
-            shard,
-            kind=kind,
-            s=s,
-            m1=m1,
-            m2=m2,
-            m3=m3,
-            crossing_p=crossing_p,
-            sample_rate=sample_rate,
-            seed=seed,
-        )
+        # the arguments are checked by ShardedMarginHead (resolve_head_args), not again here
+        super().__init__(embedding_dim, classes_per_dataset, shard, **options)
         self.group = dist.new_group(list(range(world)))
         self.world_size = world
         self.grad_scale = float(world) if ddp_average else 1.0

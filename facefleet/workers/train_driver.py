@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sqlalchemy.orm import Session
@@ -23,7 +23,13 @@ from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import get_store
 from facefleet.workers.train_job import TrainJob
-from facefleet.workers.train_loop import train_func
+from facefleet.workers.train_loop import RunJob, train_func
+
+if TYPE_CHECKING:
+    from facefleet.nn.backbones import Backbone
+    from facefleet.platform.models.card import DistillationSpec
+    from facefleet.platform.store import ObjectStore
+    from facefleet.workers.evaluate import EvalResults, EvalSet
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +52,29 @@ def wait_for_run(run_id: int, timeout: float = 30.0) -> None:
         time.sleep(0.5)
 
 
+def start_job(session: Session, run_id: int) -> tuple[lifecycle.TrainingPlan, dict[str, Any]]:
+    """Read the run's training plan and mark the run starting; the plan and the fields every kind's job
+    carries (run id, config, step count, where the database and the store are)."""
+    plan = lifecycle.training_plan(session, run_id)
+    settings = get_settings()
+    lifecycle.mark_starting(session, run_id)
+    return plan, {
+        "run_id": run_id,
+        "config": plan.config,
+        "total_steps": plan.total_steps,
+        "database_url": settings.effective_database_url,
+        "store_url": settings.effective_store_url,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+    }
+
+
 def prepare_job(session: Session, run_id: int) -> TrainJob:
     """Mark the run starting and build everything the workers need (label space, URLs, step count)."""
     from facefleet.workers.label_space import plan_label_space
 
-    plan = lifecycle.training_plan(session, run_id)
-    settings = get_settings()
-    lifecycle.mark_starting(session, run_id)
-    return TrainJob(
-        run_id=run_id,
-        config=plan.config,
-        entries=plan_label_space(plan.train),
-        total_steps=plan.total_steps,
-        database_url=settings.effective_database_url,
-        store_url=settings.effective_store_url,
-        s3_endpoint_url=settings.s3_endpoint_url,
-        cache_dir=str((settings.data_dir / "cache").resolve()),
-    )
+    plan, fields = start_job(session, run_id)
+    cache_dir = str((get_settings().data_dir / "cache").resolve())
+    return TrainJob(**fields, entries=plan_label_space(plan.train), cache_dir=cache_dir)
 
 
 def init_ray(config: TrainingConfig) -> None:
@@ -83,11 +95,13 @@ def init_ray(config: TrainingConfig) -> None:
     )
 
 
-def run_trainer(job: TrainJob, train_loop: Callable[[dict[str, Any]], None] | None = None) -> FitOutcome:
-    """Run the TorchTrainer over ``train_loop`` (the recognition loop unless a run kind brings its own); the
-    same storage path and name resume from the last checkpoint. The recognition loop is looked up when
-    called, not bound as a default, so a wrapper installed on ``train_func`` (the tests' fail-once
-    entrypoint) takes effect."""
+def run_trainer(
+    job: RunJob, train_loop: Callable[[dict[str, Any]], None] | None = None, *, allow_gpu: bool = True
+) -> FitOutcome:
+    """Run the TorchTrainer over ``train_loop`` (the recognition loop unless a run kind brings its own; one
+    that runs on the CPU only passes ``allow_gpu=False``); the same storage path and name resume from the
+    last checkpoint. The recognition loop is looked up when called, not bound as a default, so a wrapper
+    installed on ``train_func`` (the tests' fail-once entrypoint) takes effect."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -95,7 +109,7 @@ def run_trainer(job: TrainJob, train_loop: Callable[[dict[str, Any]], None] | No
     init_ray(cfg)
     root, filesystem = get_store().pyarrow_storage()
     storage_path = f"{root}/runs/{job.run_id}"
-    use_gpu = cfg.scaling.gpus_per_worker > 0
+    use_gpu = allow_gpu and cfg.scaling.gpus_per_worker > 0
     resources = {
         "CPU": cfg.scaling.cpus_per_worker,
         **({"GPU": cfg.scaling.gpus_per_worker} if use_gpu else {}),
@@ -131,26 +145,102 @@ def dataset_entries(session: Session, run_id: int) -> list[DatasetEntry]:
     ]
 
 
-def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
-    """Evaluate the final checkpoint, save plots, export and register the model; the run's summary."""
-    from facefleet.workers.evaluate import evaluate_model, load_eval_sets, operating_point_metrics, save_plots
-    from facefleet.workers.export import export_and_register
-    from facefleet.workers.overlaps import overlaps_at_run_end
-    from facefleet.workers.train_model import build_training_model
+def load_final_checkpoint(outcome: FitOutcome, model: torch.nn.Module) -> None:
+    """Load the last checkpoint's weights into ``model``; a run must end with one."""
     from facefleet.workers.train_state import load_checkpoint_payload
 
     if outcome.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
-    model = build_training_model(job.config, [e.num_classes for e in job.entries], job.total_steps)
     model.load_state_dict(load_checkpoint_payload(outcome.checkpoint)["model"])
-    store = get_store()
+
+
+def report_stage(session: Session, job: RunJob, stage: str) -> None:
+    """Training is done: the run's progress at its last step, now in ``stage`` (evaluating, exporting)."""
+    lifecycle.report_progress(
+        session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage=stage
+    )
+
+
+def evaluation_sets(job: TrainJob) -> list[EvalSet]:
+    """Report "evaluating" and load the run's evaluation sets."""
+    from facefleet.workers.evaluate import load_eval_sets
+
     with session_scope() as session:
-        lifecycle.report_progress(
-            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="evaluating"
-        )
-        sets = load_eval_sets(
+        report_stage(session, job, "evaluating")
+        return load_eval_sets(
             session, job.run_id, job.config, store_url=job.store_url, s3_endpoint_url=job.s3_endpoint_url
         )
+
+
+def record_evaluation(
+    job: TrainJob, store: ObjectStore, results: EvalResults, flat_metrics: dict[str, float]
+) -> list[str]:
+    """Record the final metrics, save the plots, report "exporting"; the plots' keys."""
+    from facefleet.workers.evaluate import save_plots
+
+    with session_scope() as session:
+        service.record_metrics(session, job.run_id, job.total_steps, flat_metrics)
+        plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
+        report_stage(session, job, "exporting")
+    return plots
+
+
+def export_run(
+    job: TrainJob,
+    store: ObjectStore,
+    backbone: Backbone,
+    metrics: dict[str, Any],
+    threshold: float,
+    distillation: DistillationSpec | None = None,
+) -> tuple[dict[str, Any], float]:
+    """Export the backbone and register it as the run's model: ({name, version}, ONNX max abs diff)."""
+    from facefleet.workers.export import export_and_register
+
+    with session_scope() as session:
+        model_version, parity = export_and_register(
+            session,
+            store,
+            run_id=job.run_id,
+            backbone=backbone,
+            config=job.config,
+            datasets=dataset_entries(session, job.run_id),
+            metrics=metrics,
+            threshold=threshold,
+            dataset_version_ids=[entry.dataset_version_id for entry in job.entries],
+            distillation=distillation,
+        )
+        return {"name": model_version.name, "version": model_version.version}, parity
+
+
+def run_summary(
+    evaluation: dict[str, Any],
+    plots: list[str],
+    outcome: FitOutcome,
+    registered: dict[str, Any],
+    parity: float,
+    threshold: float,
+) -> dict[str, Any]:
+    """The summary keys every exported run records (a run kind adds its own after these)."""
+    return {
+        "evaluation": evaluation,
+        "plots": plots,
+        "checkpoint_path": outcome.storage_path,
+        "model": registered,
+        "onnx_max_abs_diff": parity,
+        "threshold": threshold,
+    }
+
+
+def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
+    """Evaluate the final checkpoint, save plots, export and register the model; the run's summary."""
+    from facefleet.workers.evaluate import evaluate_model, operating_point_metrics
+    from facefleet.workers.overlaps import overlaps_at_run_end
+    from facefleet.workers.train_model import build_training_model
+
+    model = build_training_model(job.config, [e.num_classes for e in job.entries], job.total_steps)
+    load_final_checkpoint(outcome, model)
+    store = get_store()
+    sets = evaluation_sets(job)
     results = evaluate_model(model.backbone, model.model_net, sets, job.config)
     overlaps = overlaps_at_run_end(
         job.run_id,
@@ -163,33 +253,13 @@ def finish_run(job: TrainJob, outcome: FitOutcome) -> dict[str, Any]:
     )
     summary, threshold = results.summary(), results.cosine_threshold(job.config.operating_far)
     point = results.operating_point() if job.config.operating_far is not None else None
-    with session_scope() as session:
-        service.record_metrics(
-            session, job.run_id, job.total_steps, {**results.flat_metrics(), **operating_point_metrics(point)}
-        )
-        plots = save_plots(store, job.run_id, results, service.run_metrics(session, job.run_id))
-        lifecycle.report_progress(
-            session, job.run_id, step=job.total_steps, total_steps=job.total_steps, stage="exporting"
-        )
-    with session_scope() as session:
-        model_version, parity = export_and_register(
-            session,
-            store,
-            run_id=job.run_id,
-            backbone=model.backbone,
-            config=job.config,
-            datasets=dataset_entries(session, job.run_id),
-            metrics={**summary, **({"operating_point": point.model_dump()} if point else {})},
-            threshold=threshold,
-            dataset_version_ids=[entry.dataset_version_id for entry in job.entries],
-        )
-        return {
-            "evaluation": summary,
-            "plots": plots,
-            "checkpoint_path": outcome.storage_path,
-            "model": {"name": model_version.name, "version": model_version.version},
-            "onnx_max_abs_diff": parity,
-            "threshold": threshold,
-            **({"operating_point": point.model_dump()} if point else {}),
-            **({"overlaps": overlaps} if overlaps is not None else {}),
-        }
+    plots = record_evaluation(
+        job, store, results, {**results.flat_metrics(), **operating_point_metrics(point)}
+    )
+    metrics = {**summary, **({"operating_point": point.model_dump()} if point else {})}
+    registered, parity = export_run(job, store, model.backbone, metrics, threshold)
+    return {
+        **run_summary(summary, plots, outcome, registered, parity, threshold),
+        **({"operating_point": point.model_dump()} if point else {}),
+        **({"overlaps": overlaps} if overlaps is not None else {}),
+    }

@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray.train
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.workers.partial_fc import DistributedMarginHead, ignore_head_in_ddp
@@ -27,6 +28,18 @@ from facefleet.workers.train_state import TrainState, restore_state, save_checkp
 logger = logging.getLogger(__name__)
 
 
+class RunJob(Protocol):
+    """What the shared loop and driver steps read of a job (a TrainJob, a DistillJob or a LandmarkJob)."""
+
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def config(self) -> TrainingConfig: ...
+    @property
+    def total_steps(self) -> int: ...
+    def model_dump(self) -> dict[str, Any]: ...
+
+
 def pick_device(config: TrainingConfig) -> torch.device:
     if config.scaling.gpus_per_worker > 0 and torch.cuda.is_available():
         from ray.train.torch import get_device
@@ -35,23 +48,28 @@ def pick_device(config: TrainingConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def infinite_batches(
-    job: TrainJob, rank: int, world_size: int, start_step: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches forever, a new shuffle per pass; a resumed run starts from a fresh seed, not a replay."""
+def epoch_loaders(
+    job: TrainJob,
+    rank: int,
+    world_size: int,
+    start_step: int,
+    *,
+    input_size: int,
+    balanced: tuple[int, int] | None = None,
+) -> Iterator[DataLoader]:
+    """A fresh training loader per pass, forever, a new shuffle each; a resumed run starts from a fresh
+    seed, not a replay (shared by the recognition and the distillation loop)."""
     from facefleet.workers.data import make_train_loader
 
     cfg = job.config
-    per_identity = cfg.biometric.images_per_identity
-    balanced = (cfg.batch_size // per_identity, per_identity) if cfg.biometric.enabled else None
     epoch = 0
     while True:
-        loader = make_train_loader(
+        yield make_train_loader(
             job.entries,
             store_url=job.store_url,
             s3_endpoint_url=job.s3_endpoint_url,
             batch_size=cfg.batch_size,
-            input_size=cfg.input_size,
+            input_size=input_size,
             rank=rank,
             world_size=world_size,
             num_workers=cfg.data_workers,
@@ -60,13 +78,25 @@ def infinite_batches(
             cache_bytes=cfg.cache_bytes,
             balanced=balanced,
         )
+        epoch += 1
+
+
+def infinite_batches(
+    job: TrainJob, rank: int, world_size: int, start_step: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches forever (identity-balanced when the biometric stage is on)."""
+    cfg = job.config
+    per_identity = cfg.biometric.images_per_identity
+    balanced = (cfg.batch_size // per_identity, per_identity) if cfg.biometric.enabled else None
+    for loader in epoch_loaders(
+        job, rank, world_size, start_step, input_size=cfg.input_size, balanced=balanced
+    ):
         for images, labels, dataset_index in loader:
             yield (
                 images.to(device, non_blocking=True),
                 labels.to(device, non_blocking=True),
                 dataset_index.to(device, non_blocking=True),
             )
-        epoch += 1
 
 
 def any_rank_says(flag: bool, device: torch.device) -> bool:
@@ -76,6 +106,50 @@ def any_rank_says(flag: bool, device: torch.device) -> bool:
     tensor = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)
+
+
+def apply_gradients(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """One optimizer step on ``loss`` (through the scaler; a disabled one passes everything through)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
+def end_of_step(
+    job: RunJob,
+    step: int,
+    loss: torch.Tensor,
+    reporter: RankZeroReporter | None,
+    state: TrainState,
+    *,
+    rank: int,
+    device: torch.device,
+    evaluate: FaceTrainingModel | None = None,
+) -> bool:
+    """What every run kind's loop does after step ``step``: write metrics every metrics_interval steps and
+    stop (False) when any rank saw a cancel request; evaluate ``evaluate`` every eval_interval steps; save
+    a checkpoint (rank 0 writes it) and report to Ray Train every checkpoint_interval steps."""
+    cfg = job.config
+    last = step == job.total_steps
+    if step % cfg.metrics_interval == 0 or last:
+        cancel = reporter.write(step) if reporter is not None else False
+        if any_rank_says(cancel, device):
+            logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
+            return False
+        if reporter is not None and evaluate is not None and cfg.eval_interval:
+            if step % cfg.eval_interval == 0 and not last:
+                reporter.evaluate(step, evaluate)
+    if step % cfg.checkpoint_interval == 0 or last:
+        checkpoint = save_checkpoint(state, step, writer=rank == 0)
+        ray.train.report({"step": step, "loss": float(loss.detach())}, checkpoint=checkpoint)
+    return True
 
 
 def wrap_distributed(model: FaceTrainingModel, device: torch.device) -> torch.nn.Module:
@@ -116,11 +190,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
         data_wait = time.perf_counter() - wait_started
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             losses = ddp(images, labels, dataset_index, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        apply_gradients(losses["loss"], optimizer, scheduler, scaler)
         step += 1
         if reporter is not None:
             reporter.after_step(
@@ -131,14 +201,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
                 optimizer.param_groups[0]["lr"],
                 model.stage(step - 1),
             )
-        last = step == job.total_steps
-        if step % cfg.metrics_interval == 0 or last:
-            cancel = reporter.write(step) if reporter is not None else False
-            if any_rank_says(cancel, device):
-                logger.info("run %s: cancel requested, stopping at step %d", job.run_id, step)
-                return
-            if reporter is not None and cfg.eval_interval and step % cfg.eval_interval == 0 and not last:
-                reporter.evaluate(step, model)
-        if step % cfg.checkpoint_interval == 0 or last:
-            checkpoint = save_checkpoint(state, step, writer=rank == 0)
-            ray.train.report({"step": step, "loss": float(losses["loss"].detach())}, checkpoint=checkpoint)
+        if not end_of_step(
+            job, step, losses["loss"], reporter, state, rank=rank, device=device, evaluate=model
+        ):
+            return

@@ -15,7 +15,7 @@ from facefleet.nn.biometricnet import (
     select_hard_pairs,
 )
 from facefleet.nn.domain import DatasetClassifier, domain_loss, in_reversal_stage, reversal_lambda
-from facefleet.nn.heads import DatasetAwareMarginHead
+from facefleet.nn.heads import DatasetAwareMarginHead, MarginHeadOptions
 from facefleet.nn.schedule import warmup_cosine_factor
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.workers.partial_fc import DistributedMarginHead
@@ -41,31 +41,21 @@ class FaceTrainingModel(nn.Module):
         head = config.head
         self.sharded_head = sharded_head
         self.head: nn.Module
+        margin: MarginHeadOptions = {
+            "kind": head.kind,
+            "s": head.s,
+            "m1": head.m1,
+            "m2": head.m2,
+            "m3": head.m3,
+            "crossing_p": head.crossing_p,
+        }
         if sharded_head:
             # the worker's slice of the classes (Partial FC); checkpoints still hold the full matrix
             self.head = DistributedMarginHead(
-                dim,
-                classes_per_dataset,
-                kind=head.kind,
-                s=head.s,
-                m1=head.m1,
-                m2=head.m2,
-                m3=head.m3,
-                crossing_p=head.crossing_p,
-                sample_rate=head.sample_rate,
-                seed=config.seed,
+                dim, classes_per_dataset, sample_rate=head.sample_rate, seed=config.seed, **margin
             )
         else:
-            self.head = DatasetAwareMarginHead(
-                dim,
-                classes_per_dataset,
-                kind=head.kind,
-                s=head.s,
-                m1=head.m1,
-                m2=head.m2,
-                m3=head.m3,
-                crossing_p=head.crossing_p,
-            )
+            self.head = DatasetAwareMarginHead(dim, classes_per_dataset, **margin)
         # With K >= 2 the classifier always trains (on detached embeddings without reversal), so its
         # accuracy is logged for baselines too; reversal only decides whether its gradient reaches G_f.
         self.dataset_classifier = (

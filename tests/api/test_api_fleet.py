@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from sqlalchemy import select
 
-from facefleet.platform.db.models import Device, ModelVersion
+from bench._support import unsigned_model_version
+from facefleet.platform.db.models import Device
 from facefleet.platform.db.paging import bounded_count
 from tests.api.conftest import Api
 
@@ -23,31 +22,17 @@ def enrolled_device(api: Api, name: str, group: str = "lobby") -> dict[str, str]
 def signed_version(api: Api, name: str = "m", version: int = 1) -> int:
     """A model version as the registry leaves it: a card in the store, artifacts listed, a signature."""
     card = f'{{"name": "{name}", "version": {version}}}'.encode()
-    onnx = b"not really onnx"
-    prefix = f"models/{name}/{version}"
-    api.store.put_bytes(f"{prefix}/model_card.json", card)
-    api.store.put_bytes(f"{prefix}/model.onnx", onnx)
     with api.session() as session:
-        row = ModelVersion(
-            name=name,
-            version=version,
-            artifacts={
-                "model_card.json": {
-                    "key": f"{prefix}/model_card.json",
-                    "sha256": hashlib.sha256(card).hexdigest(),
-                    "size": len(card),
-                },
-                "model.onnx": {
-                    "key": f"{prefix}/model.onnx",
-                    "sha256": hashlib.sha256(onnx).hexdigest(),
-                    "size": len(onnx),
-                },
-            },
-            card_sha256=hashlib.sha256(card).hexdigest(),
+        row = unsigned_model_version(
+            session,
+            api.store,
+            name,
+            version,
+            card=card,
+            onnx=b"not really onnx",
             signature="c2lnbmF0dXJl",
             eval_summary={},
         )
-        session.add(row)
         session.commit()
         return row.id
 

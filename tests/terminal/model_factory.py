@@ -5,59 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from sqlalchemy.orm import Session
 
+# write_artifacts is shared with bench/adaptation.py
+from bench._support import TINY_WIDTH, write_artifacts
 from facefleet.nn.backbones import Backbone, get_backbone
-from facefleet.nn.probe import make_probe_input
 from facefleet.platform.db.models import ModelVersion, Run
-from facefleet.platform.models.card import ArchitectureSpec, InputSpec, ModelCard, ProbeSpec
-from facefleet.platform.models.service import artifact_info, register_model_version
+from facefleet.platform.models.service import register_model_version
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.export import export_and_register
 
 INPUT_SIZE = 32
 EMBEDDING_DIM = 32
-WIDTH = 16  # the default: the export's card records only embedding_dim and input_size
+WIDTH = TINY_WIDTH
 
 
 def tiny_backbone(seed: int) -> Backbone:
     torch.manual_seed(seed)
     return get_backbone("tiny", embedding_dim=EMBEDDING_DIM, input_size=INPUT_SIZE, width=WIDTH).eval()
-
-
-def write_artifacts(
-    folder: Path, net: Backbone, *, threshold: float, corrupt_probe: bool = False
-) -> ModelCard:
-    """What the export worker writes: weights, a self-contained ONNX graph, and the card describing them."""
-    folder.mkdir(parents=True, exist_ok=True)
-    net = net.eval()
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
-    dummy = torch.zeros(1, 3, net.input_size, net.input_size)
-    torch.onnx.export(
-        net,
-        (dummy,),
-        str(folder / "model.onnx"),
-        dynamo=False,
-        input_names=["images"],
-        output_names=["embeddings"],
-        dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
-    )
-    with torch.no_grad():
-        probe = net(make_probe_input(1234, 2, net.input_size))
-    if corrupt_probe:  # a model that does not do what its card says: the terminal's self-test must catch it
-        probe = probe + 1.0
-    return ModelCard(
-        name="terminal",
-        version=0,
-        architecture=ArchitectureSpec(backbone="tiny", kwargs={"width": WIDTH}),
-        input=InputSpec(size=net.input_size),
-        embedding_dim=net.embedding_dim,
-        threshold=threshold,
-        artifacts={name: artifact_info(folder / name) for name in ("model.onnx", "model.safetensors")},
-        probe=ProbeSpec(seed=1234, count=2, embeddings=probe.tolist(), tolerance=1e-3),
-    )
 
 
 def register_test_model(
