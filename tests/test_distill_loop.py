@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from facefleet.platform import auth
 from facefleet.platform.db.models import Attempt, Run
-from facefleet.platform.models import registry
+from facefleet.platform.models import service as registry
 from facefleet.platform.signing import public_key_pem, verify_signature
 from facefleet.terminal.fleet import SimulatedFleet, register_devices
 from tests.terminal.conftest import LiveApi, live_api  # noqa: F401 - the fixture, served by uvicorn
