@@ -1,20 +1,21 @@
 """Benchmark: on-device adaptation on real faces under drift, impostor-probe guard on vs off (issue 18).
 
-Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), **aligned**: each identity's first 14
-photos are detected and warped to the 112x112 ArcFace template with MTCNN's five points (facefleet/faces,
-min face 48 px), once, into `bench/results/celeba_aligned/` (gitignored); photos without a face are left
-out. The aligned crop is resized to the model input (40 px). Identities are split by name: the first 200
+Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), **aligned**: every photo is
+detected and warped to the 112x112 ArcFace template with MTCNN's five points (facefleet/faces), once, into
+`bench/results/aligned/celeba_ids/` (gitignored; bench/real_faces_data.py's cache, shared with
+bench/real_faces.py); photos without a face are left out, and each identity's first 14 aligned photos are
+used. The aligned crop is resized to the model input (40 px). Identities are split by name: the first 200
 train a tiny backbone in this process (normalised softmax; cached beside the crops per step count); the
-other 56 (52 with >= 12 aligned photos) are never seen in training and give, per seed, 8 enrolled users
-and 8 impostor identities. Each enrolled user enrolls 3 photos; then, over 24 rounds, drift grows on real
-photos (site lighting and colour cast shared by everyone; per user a pose crop, blur and an occluding
-band), each user comes back once a round, and 4 impostor attempts a round are made against random users
-(an accepted impostor would feed the adapter: that is the attack the gate and the guard are for). Before
-and after, with adaptation off: genuine accept rate on the last 4 photos at the final drift, impostor
-accepts over all (impostor photo, enrolled user) pairs at the final drift. The card threshold is set for
-~1% FAR on pairs of training identities (photos left out of training). Each seed runs the same terminal
-twice: guard on (the default terminal: gated positives + impostor-probe guard) and guard off (the seed's
-method, SEED_METHOD: every accepted input is a positive, no probe check).
+other 56 (52 with >= 12 aligned photos) are never seen in training and give, per seed, 8 enrolled users and
+8 impostor identities. Each enrolled user enrolls 3 photos; then, over 24 rounds, drift grows on real photos
+(site lighting and colour cast shared by everyone; per user a pose crop, blur and an occluding band), each
+user comes back once a round, and 4 impostor attempts a round are made against random users (an accepted
+impostor would feed the adapter: that is the attack the gate and the guard are for). Before and after, with
+adaptation off: genuine accept rate on the last 4 photos at the final drift, impostor accepts over all
+(impostor photo, enrolled user) pairs at the final drift. The card threshold is set for ~1% FAR on pairs of
+training identities (photos left out of training). Each seed runs the same terminal twice: guard on (the
+default terminal: gated positives + impostor-probe guard) and guard off (the seed's method, SEED_METHOD:
+every accepted input is a positive, no probe check).
 Target: guard on adds zero impostor accepts across seeds and users, and its genuine gain is at least half
 of the unguarded one.
 Run: nice -n 10 .venv/bin/python bench/adaptation.py [--seeds 3] [--steps 600]
@@ -58,44 +59,24 @@ FINAL = 0.5  # drift level reached in the last round and used for the before/aft
 console = Console(width=150)
 
 
-CACHE = REPO / "bench/results/celeba_aligned"  # gitignored; built once (MTCNN, ~10-20 min)
+ALIGNED = REPO / "bench/results/aligned/celeba_ids"  # gitignored; bench/real_faces_data.py's cache
+MODELS = REPO / "bench/results/adaptation"  # the base model, cached per (identities, steps)
 PER_ID = 14
 MIN_PHOTOS = 12  # an unseen identity needs 3 to enroll, >= 5 to come back with, 4 for the final scores
-MIN_FACE = 48  # CelebA faces are large; skipping the small pyramid scales makes MTCNN ~3x faster
 
 
-def aligned_photos(data: Path, cache: Path = CACHE) -> dict[str, list[Image.Image]]:
-    """Every identity's first ``PER_ID`` photos aligned to the 112x112 ArcFace template with MTCNN's five
-    points (facefleet/faces), cached as PNGs; photos where MTCNN finds no face are left out (listed in
-    ``cache/no_face.txt``)."""
-    people = sorted(p for p in data.iterdir() if p.is_dir())
-    done = cache / "done.txt"
-    if not done.exists():
-        from facefleet.faces.aligner import MTCNNAligner
-        from facefleet.faces.detect import torch_runners
+def aligned_photos(data: Path, cache: Path = ALIGNED) -> dict[str, list[Image.Image]]:
+    """Every identity's first ``PER_ID`` aligned photos: celeba_ids aligned to the 112x112 ArcFace template
+    with MTCNN's five points (facefleet/faces) once, by bench/real_faces_data.py (shared with
+    bench/real_faces.py, ~5 min on one core); photos where MTCNN finds no face are left out."""
+    from bench.real_faces_data import align_folder
 
-        aligner = MTCNNAligner(torch_runners(), min_face=MIN_FACE)
-        faceless: list[str] = []
-        started = time.time()
-        for k, person in enumerate(people):
-            out = cache / person.name
-            out.mkdir(parents=True, exist_ok=True)
-            for source in sorted(person.glob("*.jpg"))[:PER_ID]:
-                target = out / (source.stem + ".png")
-                if target.exists():
-                    continue
-                outcome = aligner.align(Image.open(source))
-                if outcome.image is None:
-                    faceless.append(f"{person.name}/{source.name}")
-                    continue
-                outcome.image.save(target)
-            if k % 16 == 0:
-                console.print(f"aligned {k + 1}/{len(people)} identities ({time.time() - started:.0f}s)")
-        (cache / "no_face.txt").write_text("".join(f"{name}\n" for name in faceless))
-        done.write_text(f"{len(people)} identities\n")
+    started = time.time()
+    counts = align_folder(data, cache)
+    console.print(f"aligned celeba_ids: {counts} ({time.time() - started:.0f}s)")
+    people = sorted(p for p in cache.iterdir() if p.is_dir())
     return {
-        person.name: [load_aligned(f) for f in sorted((cache / person.name).glob("*.png"))]
-        for person in people
+        person.name: [load_aligned(f) for f in sorted(person.glob("*.png"))[:PER_ID]] for person in people
     }
 
 
@@ -185,7 +166,8 @@ def cached_model(train_people: list[list[Image.Image]], steps: int) -> Backbone:
     """The bench's base model, trained once per (identities, steps) and kept beside the aligned cache."""
     from safetensors.torch import load_file, save_file
 
-    path = CACHE.parent / f"adaptation_base_{len(train_people)}ids_{steps}steps.safetensors"
+    MODELS.mkdir(parents=True, exist_ok=True)
+    path = MODELS / f"base_{len(train_people)}ids_{steps}steps.safetensors"
     if path.exists():
         net = get_backbone("tiny", embedding_dim=64, input_size=SIZE, width=16)
         net.load_state_dict(load_file(str(path)))

@@ -1,16 +1,17 @@
 """The impostor-probe guard of on-device adaptation (issue 18): updates that let impostors closer are undone.
 
 The probe is held out from the update: stored middle features of enrolled users that the update never uses
-as negatives (``split_enrolled``), plus synthetic negatives (smooth noise through the frozen lower part,
-from their own seed). Before an adapted upper part replaces the current one, both are scored against the
-enrolled templates as the candidate would re-extract them: impostor pairs are (user ``u``'s templates,
-a probe feature of anyone but ``u``), scored like a verification (best template). The candidate passes only
-if the probe's false-accept rate at the card's threshold does not rise, its highest impostor score stays
-``margin`` below the threshold (or below the shipped model's own highest score where that was closer), the
-update's own accepted inputs come closer to their templates (else it only pushes everyone away), and the
-enrolled users still recognise their own held-out images (leave-one-out) as well as before.
-Pure tensors: no files, no database.
-"""
+as negatives (``split_enrolled``), half of the recent accepted captures (``split_captures``: each is an
+impostor for every user but the one it was accepted as, and unlike the enrolled images it carries the site's
+current drift: lighting, colour cast, camera), plus synthetic negatives (smooth noise through the frozen
+lower part, from their own seed). Before an adapted upper part replaces the current one, both are scored
+against the enrolled templates as the candidate would re-extract them: impostor pairs are (user ``u``'s
+templates, a probe feature of anyone but ``u``), scored like a verification (best template). The candidate
+passes only if the probe's false-accept rate at the card's threshold does not rise, its highest impostor
+score stays ``margin`` below the threshold (or below the shipped model's own highest score where that was
+closer), the update's own accepted inputs come closer to their templates (else it only pushes everyone
+away), and the enrolled users still recognise their own held-out images (leave-one-out) as well as before.
+Pure tensors: no files, no database."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class GuardConfig:
     # The highest probe impostor score must stay this far below the card's threshold.
     margin: float = 0.1
     synthetic_probes: int = 48
+    # Recent accepted captures kept per model (their middle features); half are held out into the probe,
+    # the other half serve the update as negatives. 0: the probe holds enrolled images and noise only.
+    recent_captures: int = 64
     # Leave-one-out genuine accept rate of the enrolled images may not fall by more than this.
     max_genuine_drop: float = 0.0
     probe_seed: int = 7919
@@ -70,6 +74,14 @@ def split_enrolled(sample_ids: Sequence[int], users: Sequence[str]) -> tuple[lis
     return sorted(probe), sorted(update)
 
 
+def split_captures(capture_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Indices of the probe's and the update's captures: by the capture's id (even: probe), so a capture
+    stays on its side while newer ones arrive and older ones leave the ring."""
+    probe = [i for i, capture_id in enumerate(capture_ids) if capture_id % 2 == 0]
+    update = [i for i, capture_id in enumerate(capture_ids) if capture_id % 2 == 1]
+    return probe, update
+
+
 def smooth_noise(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """Low-frequency noise images in [-1, 1]: coarse random grids upsampled (images are mostly low
     frequency, so these land nearer the data than white noise)."""
@@ -88,6 +100,8 @@ class ImpostorProbe:
     template_users: list[str]
     probe_indices: list[int]  # rows of template_middles held out of the update
     synthetic_middles: torch.Tensor  # [S, ...]
+    capture_middles: torch.Tensor | None = None  # [C, ...] held-out recent captures
+    capture_users: list[str] | None = None  # whom each was accepted as (an impostor for everyone else)
 
     @classmethod
     def build(
@@ -98,7 +112,9 @@ class ImpostorProbe:
         lower: Callable[[torch.Tensor], torch.Tensor],
         input_size: int,
         config: GuardConfig,
+        captures: tuple[torch.Tensor, list[str]] | None = None,
     ) -> ImpostorProbe:
+        """``captures``: the held-out recent captures (middles, the users they were accepted as)."""
         probe, _update = split_enrolled(sample_ids, template_users)
         generator = torch.Generator().manual_seed(config.probe_seed)
         parts = [
@@ -107,24 +123,35 @@ class ImpostorProbe:
         ]  # several low-frequency scales
         with torch.no_grad():
             synthetic = lower(torch.cat(parts)) if parts else template_middles[:0]
+        if captures is not None and len(captures[1]):
+            return cls(template_middles, list(template_users), probe, synthetic, captures[0], captures[1])
         return cls(template_middles, list(template_users), probe, synthetic)
 
     @torch.no_grad()
     def evaluate(self, upper: Callable[[torch.Tensor], torch.Tensor], threshold: float) -> ProbeReport:
         """Score the probe under ``upper`` (the part that maps middle features to embeddings)."""
-        everything = torch.cat([self.template_middles, self.synthetic_middles])
-        embeddings = F.normalize(upper(everything), dim=-1)
-        templates, synthetic = embeddings[: len(self.template_users)], embeddings[len(self.template_users) :]
+        n_templates = len(self.template_users)
+        n_synthetic = len(self.synthetic_middles)
+        captured = [] if self.capture_middles is None else list(self.capture_users or [])
+        parts = [self.template_middles, self.synthetic_middles]
+        if captured:
+            parts.append(self.capture_middles)  # type: ignore[arg-type]
+        embeddings = F.normalize(upper(torch.cat(parts)), dim=-1)
+        templates = embeddings[:n_templates]
         users = sorted(set(self.template_users))
         owner = torch.tensor([users.index(u) for u in self.template_users])
         scores = templates @ embeddings.T  # [templates, every probe candidate]
         impostor_scores: list[torch.Tensor] = []
         genuine_hits = genuine_total = 0
-        for u, _user in enumerate(users):
+        synthetic_columns = list(range(n_templates, n_templates + n_synthetic))
+        for u, user in enumerate(users):
             mine = owner == u
             user_scores = scores[mine]  # [u's templates, candidates]
             held_out = [i for i in self.probe_indices if int(owner[i]) != u]
-            columns = held_out + list(range(len(templates), len(templates) + len(synthetic)))
+            others_captures = [
+                n_templates + n_synthetic + k for k, whom in enumerate(captured) if whom != user
+            ]
+            columns = held_out + synthetic_columns + others_captures
             if columns:
                 impostor_scores.append(user_scores[:, columns].max(dim=0).values)
             rows = mine.nonzero().flatten().tolist()

@@ -36,6 +36,7 @@ from facefleet.terminal.guard import (
     ImpostorProbe,
     ProbeReport,
     judge,
+    split_captures,
     split_enrolled,
 )
 from facefleet.terminal.runtime import TerminalModel
@@ -263,7 +264,12 @@ class Terminal:
             sample_id=templates[best].sample_id,
         )
         if result.match and self._adapts(model):
-            outcome = self._adapt(model, batch, embedding, templates[best].embedding, user)
+            middle = model.middle(batch)
+            if self.guard_config.enabled and self.guard_config.recent_captures > 0:
+                self.db.add_capture(
+                    str(version), user, middle[0].numpy(), keep=self.guard_config.recent_captures
+                )
+            outcome = self._adapt(model, middle, embedding, templates[best].embedding, user)
             result.adapted_now = bool(outcome and outcome.applied)
             result.update_refused = bool(outcome and not outcome.applied)
         return result
@@ -349,7 +355,12 @@ class Terminal:
         return [t for t in templates if t.middle is not None]
 
     def _adapt(
-        self, model: TerminalModel, batch: np.ndarray, embedding: np.ndarray, template: np.ndarray, user: str
+        self,
+        model: TerminalModel,
+        middle: torch.Tensor,
+        embedding: np.ndarray,
+        template: np.ndarray,
+        user: str,
     ) -> UpdateOutcome | None:
         version = int(self.current_version_id())  # type: ignore[arg-type]
         key = str(version)
@@ -370,10 +381,13 @@ class Terminal:
         usable = update_rows if guarded else range(len(templates))  # the probe is held out of the update
         others = [m for i in usable if templates[i].user != user and (m := templates[i].middle) is not None]
         own = [m for i in usable if templates[i].user == user and (m := templates[i].middle) is not None]
+        captures = self.db.captures(key) if guarded else []
+        probe_captures, update_captures = split_captures([c.id for c in captures])
+        others += [captures[i].middle for i in update_captures if captures[i].user != user]
         negatives = torch.from_numpy(np.stack(others)) if others else None
         own_middles = torch.from_numpy(np.stack(own)) if own else None
         if not adapter.observe_success(
-            model.middle(batch),
+            middle,
             torch.from_numpy(template),
             negatives,
             own_middles=own_middles,
@@ -389,6 +403,12 @@ class Terminal:
             backbone.forward_lower,
             model.input_size,
             self.guard_config,
+            captures=(
+                torch.from_numpy(np.stack([captures[i].middle for i in probe_captures])),
+                [captures[i].user for i in probe_captures],
+            )
+            if probe_captures
+            else None,
         )
         current = replace(
             probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()

@@ -1,4 +1,5 @@
-"""The terminal's local template DB (SQLite): enrolled images, and per-model templates + middle features."""
+"""The terminal's local template DB (SQLite): enrolled images, per-model templates + middle features, and a
+short ring of recent accepted captures' middle features (the adaptation guard's drifted impostor probe)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ CREATE TABLE IF NOT EXISTS templates (
     embedding BLOB NOT NULL, middle BLOB, middle_shape TEXT,
     PRIMARY KEY (model_key, sample_id)
 );
+CREATE TABLE IF NOT EXISTS captures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model_key TEXT NOT NULL, user TEXT NOT NULL,
+    middle BLOB NOT NULL, middle_shape TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_captures_model ON captures(model_key, id);
 """
 
 
@@ -27,6 +33,13 @@ class Template:
     user: str
     embedding: np.ndarray  # unit vector
     middle: np.ndarray | None  # the frozen lower part's output for this enrolled image
+
+
+@dataclass
+class Capture:
+    id: int  # increasing: newer captures have larger ids
+    user: str  # the user the capture was accepted as
+    middle: np.ndarray
 
 
 @dataclass
@@ -76,8 +89,31 @@ class TemplateDB:
             return [str(u) for (u,) in db.execute("SELECT DISTINCT user FROM samples ORDER BY user")]
 
     def delete_user(self, user: str) -> int:
+        """The user's enrolled images, templates and recent captures."""
         with self._connect() as db:
+            db.execute("DELETE FROM captures WHERE user = ?", (user,))
             return db.execute("DELETE FROM samples WHERE user = ?", (user,)).rowcount
+
+    def add_capture(self, model_key: str, user: str, middle: np.ndarray, keep: int) -> None:
+        """Remember an accepted capture's middle feature; only the newest ``keep`` of ``model_key`` stay."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO captures(model_key, user, middle, middle_shape) VALUES (?, ?, ?, ?)",
+                (model_key, user, _blob(middle), ",".join(map(str, middle.shape))),
+            )
+            db.execute(
+                "DELETE FROM captures WHERE model_key = ? AND id NOT IN "
+                "(SELECT id FROM captures WHERE model_key = ? ORDER BY id DESC LIMIT ?)",
+                (model_key, model_key, max(keep, 0)),
+            )
+
+    def captures(self, model_key: str) -> list[Capture]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, user, middle, middle_shape FROM captures WHERE model_key = ? ORDER BY id",
+                (model_key,),
+            ).fetchall()
+        return [Capture(int(i), str(u), _array(m, shape)) for i, u, m, shape in rows]
 
     def replace_templates(
         self, model_key: str, rows: list[tuple[int, np.ndarray, np.ndarray | None]]
@@ -120,11 +156,7 @@ class TemplateDB:
                 int(sid),
                 str(u),
                 np.frombuffer(emb, dtype=np.float32).copy(),
-                None
-                if mid is None
-                else np.frombuffer(mid, dtype=np.float32)
-                .reshape(tuple(int(d) for d in shape.split(",")))
-                .copy(),
+                None if mid is None else _array(mid, shape),
             )
             for sid, u, emb, mid, shape in rows
         ]
@@ -132,7 +164,12 @@ class TemplateDB:
     def drop_model(self, model_key: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM templates WHERE model_key = ?", (model_key,))
+            db.execute("DELETE FROM captures WHERE model_key = ?", (model_key,))
 
 
 def _blob(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=np.float32).tobytes()
+
+
+def _array(blob: bytes, shape: str) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32).reshape(tuple(int(d) for d in shape.split(","))).copy()

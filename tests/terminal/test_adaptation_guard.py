@@ -22,8 +22,16 @@ from facefleet.terminal.adapted_state import (
     save_adapted,
 )
 from facefleet.terminal.agent import TerminalAgent
-from facefleet.terminal.guard import GuardConfig, GuardDecision, ImpostorProbe, ProbeReport, judge
+from facefleet.terminal.guard import (
+    GuardConfig,
+    GuardDecision,
+    ImpostorProbe,
+    ProbeReport,
+    judge,
+    split_captures,
+)
 from facefleet.terminal.local import Identity, Terminal
+from facefleet.terminal.templates import TemplateDB
 from tests.terminal.model_factory import trained_backbone, write_artifacts
 from tests.terminal.synthetic_faces import face, face_batch
 
@@ -281,3 +289,64 @@ def _clone(net: Backbone) -> Backbone:
     import copy
 
     return copy.deepcopy(net).eval()
+
+
+# ---- the drifted probe: recent accepted captures (issue 18)
+
+
+def test_the_capture_ring_keeps_the_newest_and_is_erased_with_the_model_and_the_user(tmp_path: Path) -> None:
+    db = TemplateDB(tmp_path / "t.sqlite")
+    middle = np.zeros((2, 3), dtype=np.float32)
+    for k in range(6):
+        db.add_capture("1", f"u{k % 2}", middle + k, keep=4)
+    db.add_capture("2", "u0", middle, keep=4)
+    kept = db.captures("1")
+    assert [c.user for c in kept] == ["u0", "u1", "u0", "u1"]
+    assert [float(c.middle[0, 0]) for c in kept] == [2.0, 3.0, 4.0, 5.0]  # the newest four, in order
+    assert kept[0].middle.shape == (2, 3)
+    db.delete_user("u1")
+    assert [c.user for c in db.captures("1")] == ["u0", "u0"]
+    db.drop_model("1")
+    assert db.captures("1") == [] and len(db.captures("2")) == 1
+
+
+def test_captures_stay_on_their_side_of_the_split_as_the_ring_turns() -> None:
+    probe, update = split_captures([3, 4, 5, 6])
+    assert probe == [1, 3] and update == [0, 2]
+    later_probe, _ = split_captures([5, 6, 7, 8])  # 3 and 4 left the ring, 7 and 8 came in
+    assert [[5, 6, 7, 8][i] for i in later_probe] == [6, 8]
+
+
+def test_a_capture_is_an_impostor_for_everyone_but_the_user_it_was_accepted_as(net: Backbone) -> None:
+    users = [f"u{u}" for u in range(4) for _ in range(3)]
+    middles = net.forward_lower(face_batch([u for u in range(4) for _ in range(3)])).detach()
+    config = GuardConfig(synthetic_probes=0)
+    plain = ImpostorProbe.build(middles, users, list(range(12)), net.forward_lower, 32, config)
+    as_owner = ImpostorProbe.build(
+        middles, users, list(range(12)), net.forward_lower, 32, config, captures=(middles[:1], ["u0"])
+    )
+    as_other = ImpostorProbe.build(
+        middles, users, list(range(12)), net.forward_lower, 32, config, captures=(middles[:1], ["u1"])
+    )
+    base = plain.evaluate(net.forward_upper, THRESHOLD)
+    owner = as_owner.evaluate(net.forward_upper, THRESHOLD)
+    other = as_other.evaluate(net.forward_upper, THRESHOLD)
+    # u0's own enrolled image, accepted as u0: an impostor pair for u1, u2, u3 only
+    assert owner.impostor_pairs == base.impostor_pairs + 3
+    # the same image accepted as u1 is an impostor for u0 too, where it matches a template exactly
+    assert other.impostor_pairs == base.impostor_pairs + 3
+    assert other.max_impostor == pytest.approx(1.0, abs=1e-5) and other.far > base.far
+    assert owner.max_impostor < 0.9999
+
+
+def test_accepted_captures_are_recorded_only_behind_the_guard(tmp_path: Path, shipped: Shipped) -> None:
+    guarded = _terminal(tmp_path / "on", shipped, guard=GuardConfig(recent_captures=5))
+    unguarded = _terminal(tmp_path / "off", shipped, guard=GuardConfig(enabled=False))
+    accepted = 0
+    for capture in range(100, 108):
+        accepted += guarded.verify_user("u1", face(1, capture)).match
+        unguarded.verify_user("u1", face(1, capture))
+    assert accepted >= 6  # undrifted genuine captures (8 of 8, native and ATEN default)
+    captures = guarded.db.captures(str(guarded.current_version_id()))
+    assert len(captures) == min(accepted, 5) and {c.user for c in captures} <= {"u1"}
+    assert unguarded.db.captures(str(unguarded.current_version_id())) == []
