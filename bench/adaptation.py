@@ -21,7 +21,7 @@ Target: guard on adds zero impostor accepts across seeds and users, and its genu
 of the unguarded one.
 "Newly accepted" counts (user, impostor photo) pairs rejected before adaptation and accepted after.
 Run: nice -n 10 .venv/bin/python bench/adaptation.py [--seeds 5] [--first-seed 0] [--steps 600]
-[--variants on,"on, no captures",off]
+[--variants on,"on (no captures)",off]
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def threshold_at_far(net: Backbone, people: list[list[Image.Image]], far: float)
 # enrolled images and noise only: the previous version); the seed's method as filed, no guard.
 VARIANTS = {
     "on": {},
-    "on, no captures": {"guard": GuardConfig(recent_captures=0)},
+    "on (no captures)": {"guard": GuardConfig(recent_captures=0)},
     "off": {"guard": GuardConfig(enabled=False), "adaptation": SEED_METHOD},
 }
 
@@ -235,17 +235,27 @@ def make_terminal(
     return terminal
 
 
-def scores(
-    terminal: Terminal, genuine: dict[str, list[Image.Image]], impostors: list[Image.Image]
-) -> tuple[float, int, int, np.ndarray]:
-    """Genuine accept rate, impostor accepts, impostor pairs, and which (user, impostor photo) pairs
-    were accepted (adaptation off while scoring)."""
+@dataclass(frozen=True)
+class Scored:
+    genuine_accept: float
+    impostor_accepts: int
+    impostor_pairs: int
+    accepted: np.ndarray  # which (user, impostor photo) pairs were accepted
+    auc: float  # genuine attempts' scores vs impostor pairs' scores (threshold-free)
+
+
+def scores(terminal: Terminal, genuine: dict[str, list[Image.Image]], impostors: list[Image.Image]) -> Scored:
+    """Genuine accept rate, impostor accepts and which (user, impostor photo) pairs were accepted, and the
+    AUC of genuine against impostor scores (adaptation off while scoring)."""
     identity = terminal.require_identity()
     terminal.save_identity(identity.model_copy(update={"adaptation_enabled": False}))
-    g = [terminal.verify_user(u, image).match for u, images in genuine.items() for image in images]
-    i = np.array([terminal.verify_user(u, image).match for u in genuine for image in impostors])
+    g = [terminal.verify_user(u, image) for u, images in genuine.items() for image in images]
+    i = [terminal.verify_user(u, image) for u in genuine for image in impostors]
     terminal.save_identity(identity)
-    return float(np.mean(g)), int(np.sum(i)), len(i), i
+    accepted = np.array([r.match for r in i])
+    g_scores, i_scores = np.array([r.score for r in g]), np.array([r.score for r in i])
+    auc = float((g_scores[:, None] > i_scores[None, :]).mean())
+    return Scored(float(np.mean([r.match for r in g])), int(accepted.sum()), len(i), accepted, auc)
 
 
 def run_seed(
@@ -339,6 +349,7 @@ def main() -> None:
         "no drift: genuine / impostor accepts",
         "genuine accept before -> after",
         "impostor accepts before -> after",
+        "drifted AUC before -> after",
         "updates applied / refused",
         "impostors accepted during run",
         "probe FAR",
@@ -349,8 +360,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    # per variant: genuine gain, (user, impostor) pairs newly accepted, updates refused
-    totals: dict[str, list[float]] = {v: [0.0, 0, 0] for v in variants}
+    # per variant: genuine gain, (user, impostor) pairs newly accepted, updates refused, AUC change
+    totals: dict[str, list[float]] = {v: [0.0, 0, 0, 0.0] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = Path(tmp) / "artifacts"
         card_bytes = write_artifacts(artifacts, net, threshold=threshold).to_bytes()
@@ -359,13 +370,15 @@ def main() -> None:
                 clean, before, after, applied, refused, during, status = run_seed(
                     seed, held_out, artifacts, card_bytes, key, variant
                 )
-                added = int((after[3] & ~before[3]).sum())  # pairs rejected before, accepted after
-                totals[variant][0] += after[0] - before[0]
+                added = int((after.accepted & ~before.accepted).sum())  # rejected before, accepted after
+                totals[variant][0] += after.genuine_accept - before.genuine_accept
+                totals[variant][3] += after.auc - before.auc
                 totals[variant][1] += added
                 totals[variant][2] += refused
                 console.print(
-                    f"seed {seed} guard {variant}: genuine {before[0]:.0%} -> {after[0]:.0%}, "
-                    f"impostor pairs newly accepted {added} ({time.time() - started:.0f}s)"
+                    f"seed {seed} guard {variant}: genuine {before.genuine_accept:.0%} -> "
+                    f"{after.genuine_accept:.0%}, impostor pairs newly accepted {added}, "
+                    f"AUC {before.auc:.3f} -> {after.auc:.3f} ({time.time() - started:.0f}s)"
                 )
                 probe = (
                     f"{status.probe_far_shipped:.3f} -> {status.probe_far:.3f}"
@@ -375,19 +388,28 @@ def main() -> None:
                 table.add_row(
                     str(seed),
                     variant,
-                    f"{clean[0]:.0%} / {clean[1]}",
-                    f"{before[0]:.0%} -> {after[0]:.0%}",
-                    f"{before[1]} -> {after[1]} / {after[2]} (+{added} new)",
+                    f"{clean.genuine_accept:.0%} / {clean.impostor_accepts}",
+                    f"{before.genuine_accept:.0%} -> {after.genuine_accept:.0%}",
+                    f"{before.impostor_accepts} -> {after.impostor_accepts} / {after.impostor_pairs} "
+                    f"(+{added} new)",
+                    f"{before.auc:.3f} -> {after.auc:.3f}",
                     f"{applied} / {refused}",
                     str(during),
                     probe,
                 )
     console.print(table)
     summary = Table(title=f"Mean over seeds {seeds.start}-{seeds.stop - 1}")
-    for column in ("guard", "mean genuine gain", "ratio to off", "impostor pairs newly accepted", "refused"):
+    for column in (
+        "guard",
+        "mean genuine gain",
+        "ratio to off",
+        "impostor pairs newly accepted",
+        "refused",
+        "mean drifted AUC change",
+    ):
         summary.add_column(column)
     gain_off = totals["off"][0] / len(seeds) if "off" in totals else float("nan")
-    for variant, (gain, added, refused) in totals.items():
+    for variant, (gain, added, refused, auc_change) in totals.items():
         mean_gain = gain / len(seeds)
         summary.add_row(
             variant,
@@ -395,6 +417,7 @@ def main() -> None:
             f"{mean_gain / gain_off:.2f}" if gain_off == gain_off and gain_off else "-",
             str(int(added)),
             str(int(refused)),
+            f"{auc_change / len(seeds):+.3f}",
         )
     console.print(summary)
     console.print(

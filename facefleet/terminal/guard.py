@@ -15,7 +15,8 @@ Pure tensors: no files, no database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,14 @@ class GuardConfig:
     # Recent accepted captures kept per model (their middle features); half are held out into the probe,
     # the other half serve the update as negatives. 0: the probe holds enrolled images and noise only.
     recent_captures: int = 64
+    # True: the probe holds every image and capture of half of the enrolled users (``probe_users``) and the
+    # update's negatives come from the other half only; False: each user's images and captures alternate.
+    split_by_user: bool = True
+    # Near misses (probe impostor pairs at or above threshold - margin) may not become more frequent.
+    near_misses: bool = True
+    # The mean of the highest ``tail_fraction`` of probe impostor scores may not rise (impostors creeping
+    # toward the door while still under it); 0 turns the check off.
+    tail_fraction: float = 0.1
     # Leave-one-out genuine accept rate of the enrolled images may not fall by more than this.
     max_genuine_drop: float = 0.0
     probe_seed: int = 7919
@@ -43,6 +52,8 @@ class ProbeReport:
     genuine_accept: float  # leave-one-out, enrolled images (1.0 when no user has two images)
     impostor_pairs: int
     positives: float | None = None  # mean score of the update's own accepted inputs (what it is for)
+    near_far: float = 0.0  # fraction of impostor pairs at or above threshold - margin (near misses)
+    tail_mean: float = -1.0  # mean of the highest ``tail_fraction`` of impostor scores
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -61,9 +72,26 @@ class GuardDecision:
     current: ProbeReport
 
 
-def split_enrolled(sample_ids: Sequence[int], users: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Indices of the probe's and the update's enrolled features: per user, images in enrollment order
-    alternate, starting with the probe (so a user with one image is only in the probe)."""
+def probe_users(users: Iterable[str]) -> set[str]:
+    """Half of the enrolled users (every other one in the order of their names' SHA-256, so the split does
+    not follow enrollment order) whose features only ever serve the probe, never the update's negatives:
+    the probe's impostors are then people the update never pushed away, like a stranger at the door."""
+    ranked = sorted(set(users), key=lambda user: hashlib.sha256(user.encode()).hexdigest())
+    return set(ranked[::2])
+
+
+def split_enrolled(
+    sample_ids: Sequence[int], users: Sequence[str], *, by_user: bool = False
+) -> tuple[list[int], list[int]]:
+    """Indices of the probe's and the update's enrolled features. ``by_user``: all images of the
+    ``probe_users`` go to the probe, the others' to the update. Otherwise per user, images in enrollment
+    order alternate, starting with the probe (so a user with one image is only in the probe)."""
+    if by_user:
+        held = probe_users(users)
+        return (
+            [i for i, user in enumerate(users) if user in held],
+            [i for i, user in enumerate(users) if user not in held],
+        )
     rank: dict[str, int] = {}
     probe: list[int] = []
     update: list[int] = []
@@ -74,9 +102,15 @@ def split_enrolled(sample_ids: Sequence[int], users: Sequence[str]) -> tuple[lis
     return sorted(probe), sorted(update)
 
 
-def split_captures(capture_ids: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Indices of the probe's and the update's captures: by the capture's id (even: probe), so a capture
-    stays on its side while newer ones arrive and older ones leave the ring."""
+def split_captures(
+    capture_ids: Sequence[int], capture_users: Sequence[str] | None = None, held: set[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """Indices of the probe's and the update's captures. With ``held`` (the probe users): by the user the
+    capture was accepted as. Otherwise by the capture's id (even: probe), so a capture stays on its side
+    while newer ones arrive and older ones leave the ring."""
+    if held is not None and capture_users is not None:
+        probe = [i for i, user in enumerate(capture_users) if user in held]
+        return probe, [i for i, user in enumerate(capture_users) if user not in held]
     probe = [i for i, capture_id in enumerate(capture_ids) if capture_id % 2 == 0]
     update = [i for i, capture_id in enumerate(capture_ids) if capture_id % 2 == 1]
     return probe, update
@@ -115,7 +149,7 @@ class ImpostorProbe:
         captures: tuple[torch.Tensor, list[str]] | None = None,
     ) -> ImpostorProbe:
         """``captures``: the held-out recent captures (middles, the users they were accepted as)."""
-        probe, _update = split_enrolled(sample_ids, template_users)
+        probe, _update = split_enrolled(sample_ids, template_users, by_user=config.split_by_user)
         generator = torch.Generator().manual_seed(config.probe_seed)
         parts = [
             smooth_noise(min(8, config.synthetic_probes - done), input_size, generator)
@@ -128,7 +162,13 @@ class ImpostorProbe:
         return cls(template_middles, list(template_users), probe, synthetic)
 
     @torch.no_grad()
-    def evaluate(self, upper: Callable[[torch.Tensor], torch.Tensor], threshold: float) -> ProbeReport:
+    def evaluate(
+        self,
+        upper: Callable[[torch.Tensor], torch.Tensor],
+        threshold: float,
+        margin: float = 0.1,
+        tail_fraction: float = 0.1,
+    ) -> ProbeReport:
         """Score the probe under ``upper`` (the part that maps middle features to embeddings)."""
         n_templates = len(self.template_users)
         n_synthetic = len(self.synthetic_middles)
@@ -162,11 +202,14 @@ class ImpostorProbe:
                 genuine_hits += int((best >= threshold).sum())
                 genuine_total += len(rows)
         impostors = torch.cat(impostor_scores) if impostor_scores else torch.zeros(0)
+        tail = impostors.sort(descending=True).values[: max(1, round(tail_fraction * len(impostors)))]
         return ProbeReport(
             far=float((impostors >= threshold).float().mean()) if len(impostors) else 0.0,
             max_impostor=float(impostors.max()) if len(impostors) else -1.0,
             genuine_accept=genuine_hits / genuine_total if genuine_total else 1.0,
             impostor_pairs=len(impostors),
+            near_far=float((impostors >= threshold - margin).float().mean()) if len(impostors) else 0.0,
+            tail_mean=float(tail.mean()) if len(impostors) else -1.0,
         )
 
 
@@ -193,6 +236,18 @@ def judge(
         reason = (
             f"highest probe impostor score would reach {candidate.max_impostor:.3f} "
             f"(ceiling {ceiling:.3f}: threshold {threshold:.3f} - margin {config.margin:.3f}, or shipped)"
+        )
+        return GuardDecision(False, reason, candidate, current)
+    if config.near_misses and candidate.near_far > current.near_far:
+        reason = (
+            f"probe near misses (>= threshold - margin) would rise {current.near_far:.4f} -> "
+            f"{candidate.near_far:.4f}"
+        )
+        return GuardDecision(False, reason, candidate, current)
+    if config.tail_fraction > 0 and candidate.tail_mean > current.tail_mean:
+        reason = (
+            f"the closest {config.tail_fraction:.0%} of probe impostors would come closer "
+            f"({current.tail_mean:.3f} -> {candidate.tail_mean:.3f})"
         )
         return GuardDecision(False, reason, candidate, current)
     if (

@@ -36,6 +36,7 @@ from facefleet.terminal.guard import (
     ImpostorProbe,
     ProbeReport,
     judge,
+    probe_users,
     split_captures,
     split_enrolled,
 )
@@ -377,12 +378,19 @@ class Terminal:
         if not adapter.qualifies(score, threshold, max(others_scores) if others_scores else None):
             return None  # accepted, but not confidently genuine: it never trains the model
         guarded = self.guard_config.enabled
-        _probe, update_rows = split_enrolled([t.sample_id for t in templates], [t.user for t in templates])
+        by_user = self.guard_config.split_by_user
+        _probe, update_rows = split_enrolled(
+            [t.sample_id for t in templates], [t.user for t in templates], by_user=by_user
+        )
         usable = update_rows if guarded else range(len(templates))  # the probe is held out of the update
         others = [m for i in usable if templates[i].user != user and (m := templates[i].middle) is not None]
         own = [m for i in usable if templates[i].user == user and (m := templates[i].middle) is not None]
         captures = self.db.captures(key) if guarded else []
-        probe_captures, update_captures = split_captures([c.id for c in captures])
+        probe_captures, update_captures = split_captures(
+            [c.id for c in captures],
+            [c.user for c in captures],
+            probe_users(t.user for t in templates) if by_user else None,
+        )
         others += [captures[i].middle for i in update_captures if captures[i].user != user]
         negatives = torch.from_numpy(np.stack(others)) if others else None
         own_middles = torch.from_numpy(np.stack(own)) if own else None
@@ -410,19 +418,20 @@ class Terminal:
             if probe_captures
             else None,
         )
+        bands = (self.guard_config.margin, self.guard_config.tail_fraction)
         current = replace(
-            probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()
+            probe.evaluate(backbone.forward_upper, threshold, *bands), positives=adapter.positive_score()
         )
-        shipped = self._shipped_report(adapter, probe, threshold)
+        shipped = self._shipped_report(adapter, probe, threshold, bands)
 
         def guard() -> GuardDecision:
             candidate = replace(
-                probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()
+                probe.evaluate(backbone.forward_upper, threshold, *bands), positives=adapter.positive_score()
             )
             return judge(current, candidate, threshold, self.guard_config, shipped)
 
         outcome = adapter.try_update(guard if guarded else None)
-        after = probe.evaluate(backbone.forward_upper, threshold) if outcome.applied else current
+        after = probe.evaluate(backbone.forward_upper, threshold, *bands) if outcome.applied else current
         if guarded:  # negatives follow the probe
             adapter.follow_probe(after, shipped, self.guard_config.margin)
         status = read_status(self._status_path(version))
@@ -442,10 +451,12 @@ class Terminal:
         return outcome
 
     @staticmethod
-    def _shipped_report(adapter: UpperLayerAdapter, probe: ImpostorProbe, threshold: float) -> ProbeReport:
+    def _shipped_report(
+        adapter: UpperLayerAdapter, probe: ImpostorProbe, threshold: float, bands: tuple[float, float]
+    ) -> ProbeReport:
         """The probe under the shipped upper weights (the base the negatives' pressure is measured from)."""
         with adapter.shipped_weights():
-            return probe.evaluate(adapter.backbone.forward_upper, threshold)
+            return probe.evaluate(adapter.backbone.forward_upper, threshold, *bands)
 
 
 def to_png(image: bytes | Image.Image) -> bytes:
