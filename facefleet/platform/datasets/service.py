@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyarrow as pa
 from sqlalchemy import func, select, text
@@ -40,7 +40,7 @@ from facefleet.platform.datasets.alignment import align_checked
 from facefleet.platform.datasets.formats import DatasetKind, UnknownLayoutError, scan_source
 from facefleet.platform.datasets.landmark_data import landmark_table, write_landmarks
 from facefleet.platform.datasets.recordio import RecordIOError
-from facefleet.platform.datasets.schemas import AlignmentReport
+from facefleet.platform.datasets.schemas import DATASET_KINDS, AlignmentReport, RegisteredKind
 from facefleet.platform.datasets.source_policy import SourcePolicy, shorten
 from facefleet.platform.datasets.sources import (
     ArchiveLimitError,
@@ -88,10 +88,9 @@ _FATAL_SOURCE_ERRORS = (
 
 def _check_request(name: str, kind: str, min_images_per_identity: int) -> None:
     check_name(name, what="dataset")
-    if kind not in ("train", "verification", "landmarks"):
-        raise InvalidInputError(
-            f"kind {kind!r} is unknown: use 'train', 'verification' or 'landmarks'", field="kind"
-        )
+    if kind not in get_args(RegisteredKind):
+        kinds = ", ".join(repr(k) for k in get_args(RegisteredKind))
+        raise InvalidInputError(f"kind {kind!r} is unknown: use {kinds}", field="kind")
     if not 1 <= min_images_per_identity <= MAX_MIN_IMAGES:
         raise InvalidInputError(
             f"min_images_per_identity must be 1-{MAX_MIN_IMAGES}", field="min_images_per_identity"
@@ -442,6 +441,10 @@ def list_datasets(
     session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0
 ) -> tuple[list[Dataset], int | None]:
     """A page of datasets by name, and the total count."""
+    if kind is not None and kind not in DATASET_KINDS:
+        raise InvalidInputError(
+            f"kind {kind!r} is unknown: use one of {', '.join(repr(k) for k in DATASET_KINDS)}", field="kind"
+        )
     query = select(Dataset)
     if kind is not None:
         query = query.where(Dataset.kind == kind)
