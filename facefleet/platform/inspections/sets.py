@@ -130,9 +130,11 @@ def erase_device_from_sets(
             kept.append(label)
             continue
         prefixes.append(layout.version_prefix(name, version.version) + "/")
-        # The row stays as a tombstone (status ``erased``, no pairs) so that ``name:version`` is never
-        # reused for other content; runs refuse it like any version that is not ready.
+        # The row stays as a tombstone (status ``erased``, no pairs, no manifest: its objects are deleted
+        # below) so that ``name:version`` is never reused for other content; runs refuse it like any
+        # version that is not ready.
         version.status, version.pair_count, version.image_count = ERASED, 0, 0
+        version.manifest_key = None
         version.report = {**(version.report or {}), "erased_for_device": int(device_id)}
         deleted.append(label)
     session.flush()
