@@ -1,7 +1,9 @@
 """Use cases of inspection: collection settings, attempts from terminals, verdicts, retention and erasure.
 
 Every write validates, changes and audits in one function that the API routes and the CLI both call; the
-caller owns the transaction. An attempt's crops live in the store under ``attempts/<device>/<id>/``.
+caller owns the transaction. An attempt's crops live in the store under ``attempts/<device>/<id>/<write>/``
+(a folder of its own per upload: undoing a write that did not commit can never reach another one's crops,
+even where a rolled-back id is given again, as SQLite does).
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import base64
 import binascii
 import io
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import delete, func, select
@@ -28,6 +32,7 @@ from facefleet.platform.db.models import (
     DeviceDeployment,
 )
 from facefleet.platform.db.paging import fetch_page
+from facefleet.platform.db.undo import on_rollback
 from facefleet.platform.errors import (
     ConflictError,
     FacefleetError,
@@ -208,8 +213,10 @@ def record_attempt(
     )
     session.add(attempt)
     session.flush()
-    prefix = attempt_prefix(device.id, attempt.id)
+    prefix = f"{attempt_prefix(device.id, attempt.id)}{uuid.uuid4().hex[:16]}/"
     attempt.probe_key, attempt.reference_key = f"{prefix}{PROBE_FILE}", f"{prefix}{REFERENCE_FILE}"
+    # The crops go before the caller commits; if that commit fails (or the caller rolls back), delete them.
+    on_rollback(session, partial(_delete_objects_quietly, store, prefix))
     try:
         store.put_bytes(attempt.probe_key, crops.probe, content_type="image/png")
         store.put_bytes(attempt.reference_key, crops.reference, content_type="image/png")

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from facefleet.platform.datasets import layout, shards
+from facefleet.platform.datasets.service import undo_unless_committed
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Attempt, Dataset, DatasetVersion, RunDataset
 from facefleet.platform.errors import ConflictError, InvalidInputError
@@ -70,6 +71,7 @@ def create_inspection_set(
     if existing is not None:
         return existing
     version = _claim_version(session, dataset, digest, len(attempts))
+    undo_unless_committed(session, store, name, version.version)  # the caller's commit may still fail
     prefix = layout.version_prefix(name, version.version)
     try:
         rows = shards.pack_shards(store, name, version.version, _records(attempts, images))
