@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -179,6 +179,7 @@ def record_attempt(
             "that scored the attempt",
             field="model_version_id",
         )
+    lock_device_uploads(session, device.id)  # until commit: the count below and the insert are one step
     recent = session.scalar(
         select(func.count())
         .select_from(Attempt)
@@ -225,6 +226,23 @@ def record_attempt(
         _delete_objects_quietly(store, prefix)
         raise
     return attempt
+
+
+def lock_device_uploads(session: Session, device_id: int) -> None:
+    """Serialise a device's attempt uploads until the transaction ends, so that the hourly count and the
+    insert are atomic: concurrent uploads of one device wait here for the one ahead to commit (and then
+    count its row). PostgreSQL: a row lock on the device (``SELECT ... FOR UPDATE``; other devices and reads
+    go on). SQLite: a write to the device row, which takes the database's write lock (SQLite has one writer
+    at a time anyway; it must be taken before the count, not at the insert)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Device.id).where(Device.id == device_id).with_for_update())
+    else:
+        session.execute(
+            update(Device)
+            .where(Device.id == device_id)
+            .values(status=Device.status)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def device_was_given(session: Session, device: Device, model_version_id: int) -> bool:
