@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -64,3 +65,33 @@ def test_a_dataset_upload_whose_commit_fails_leaves_no_objects(
     assert failed.status_code >= 500 and "Traceback" not in failed.text
     assert api.store.list("datasets/") == []
     assert (_count(api, Dataset), _count(api, DatasetVersion)) == (0, 0)
+
+
+def test_a_commit_that_reached_the_database_keeps_its_objects(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client saw the commit fail, but the database had committed (the reply was lost): the rows are
+    there, so the undo must leave their objects."""
+    (device,), version_id = _deployed(api)
+    _collect(api, attempts="all")
+    dialect = api.engine.dialect
+    real = dialect.do_commit
+
+    def do_commit(dbapi_connection: Any) -> None:
+        real(dbapi_connection)
+        raise dialect.loaded_dbapi.OperationalError("the connection dropped before the reply")
+
+    monkeypatch.setattr(dialect, "do_commit", do_commit)
+    assert _upload(api, device, version_id).status_code >= 500
+    folder = make_imagefolder(api.tmp / "up", identities=2, seed=3)
+    archive = shutil.make_archive(str(api.tmp / "faces"), "zip", folder)
+    with open(archive, "rb") as handle:
+        files = {"file": ("faces.zip", handle, "application/zip")}
+        uploaded = api.client.post("/v1/datasets/upload", headers=api.admin, data={"name": "up"}, files=files)
+    assert uploaded.status_code >= 500
+    monkeypatch.setattr(dialect, "do_commit", real)
+    with api.session() as session:
+        attempt = session.scalars(select(Attempt)).one()
+        version = session.scalars(select(DatasetVersion)).one()
+    assert api.store.exists(attempt.probe_key) and api.store.exists(attempt.reference_key)
+    assert version.manifest_key is not None and api.store.exists(version.manifest_key)

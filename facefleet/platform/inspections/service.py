@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -217,7 +217,7 @@ def record_attempt(
     prefix = f"{attempt_prefix(device.id, attempt.id)}{uuid.uuid4().hex[:16]}/"
     attempt.probe_key, attempt.reference_key = f"{prefix}{PROBE_FILE}", f"{prefix}{REFERENCE_FILE}"
     # The crops go before the caller commits; if that commit fails (or the caller rolls back), delete them.
-    on_rollback(session, partial(_delete_objects_quietly, store, prefix))
+    on_rollback(session, partial(_discard_uncommitted, _engine(session), store, attempt.id, prefix))
     try:
         store.put_bytes(attempt.probe_key, crops.probe, content_type="image/png")
         store.put_bytes(attempt.reference_key, crops.reference, content_type="image/png")
@@ -282,6 +282,27 @@ def _checked_crop(encoded: str, field: str, max_bytes: int) -> bytes:
     out = io.BytesIO()
     decoded.save(out, format="PNG")
     return out.getvalue()
+
+
+def _engine(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _discard_uncommitted(engine: Engine, store: ObjectStore, attempt_id: int, prefix: str) -> None:
+    """Delete the crops of an upload whose transaction ended without a commit, unless its row is there after
+    all (a commit that reached the database although the client saw an error). The folder is this upload's
+    own, so no other upload's crops are in it."""
+    try:
+        with Session(bind=engine) as side:
+            committed = side.scalar(
+                select(Attempt.id).where(Attempt.id == attempt_id, Attempt.probe_key == prefix + PROBE_FILE)
+            )
+    except Exception:  # noqa: BLE001 - cannot tell: an orphaned crop is better than a row without one
+        log.warning("could not check attempt %s; its crops under %s stay", attempt_id, prefix, exc_info=True)
+        return
+    if committed is None:
+        _delete_objects_quietly(store, prefix)
 
 
 def attempt_prefix(device_id: int, attempt_id: int) -> str:
