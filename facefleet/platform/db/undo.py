@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 KEY = "facefleet.on_rollback"
 
 
-def on_rollback(session: Session, callback: Callable[[], None]) -> None:
+def on_rollback(session: Session, callback: Callable[[], object]) -> None:
     """Run ``callback`` if the session's current (outermost) transaction ends without a commit."""
     session.info.setdefault(KEY, []).append(callback)
 
