@@ -11,6 +11,7 @@ with a direct call of the use case their route calls. A new write route fails
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, str):
-        return value.replace(API_ACTOR, "cli")
+        # An attempt's crops lie in a folder of their own per upload (a random name, by nature).
+        return WRITE_FOLDER.sub(r"\1", value.replace(API_ACTOR, "cli"))
     return value
+
+
+WRITE_FOLDER = re.compile(r"^(attempts/\d+/\d+/)[0-9a-f]{16}/")
 
 
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:

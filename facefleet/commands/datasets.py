@@ -18,7 +18,12 @@ from facefleet.client import SLOW_REQUEST_TIMEOUT, FacefleetClient
 from facefleet.commands._output import JsonOption, make_console, print_json
 from facefleet.commands._remote import ServerOption, connect, local_session, reported_errors, segment
 from facefleet.platform.datasets import service
-from facefleet.platform.datasets.schemas import DatasetOut, DatasetVersionDetail, RegisterRequest
+from facefleet.platform.datasets.schemas import (
+    DATASET_KINDS,
+    DatasetOut,
+    DatasetVersionDetail,
+    RegisterRequest,
+)
 from facefleet.platform.datasets.validation import StageProgress
 from facefleet.platform.errors import InvalidInputError, NotFoundError
 from facefleet.platform.store import get_store
@@ -192,14 +197,16 @@ def _zip_folder(folder: Path, target: Path, bar: Progress) -> Path:
 
 @app.command("list")
 def list_datasets(
-    kind: str | None = typer.Option(None, "--kind", help="train | verification | landmarks"),
+    kind: str | None = typer.Option(None, "--kind", help=" | ".join(DATASET_KINDS)),
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """List datasets with their latest ready version."""
     with reported_errors(), connect(server) as client:
-        if kind is not None and kind not in ("train", "verification"):  # the same refusal in both modes
-            raise InvalidInputError(f"--kind {kind!r} is unknown; use train or verification", field="kind")
+        if kind is not None and kind not in DATASET_KINDS:  # the same refusal in both modes
+            raise InvalidInputError(
+                f"--kind {kind!r} is unknown; use {', '.join(DATASET_KINDS)}", field="kind"
+            )
         rows, total = _remote_rows(client, kind) if client else _local_rows(kind)
     if as_json:
         print_json([{**row.dataset.model_dump(mode="json"), "versions": row.version_count} for row in rows])

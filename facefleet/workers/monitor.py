@@ -1,5 +1,6 @@
 """Re-evaluate a registered model on the latest ready version of verification sets (the scheduler's
-metric-drop check): the model's own ONNX graph, flip-fused cosine scores, 10-fold accuracy and friends."""
+metric-drop check): the model's own ONNX graph, flip-fused cosine scores, 10-fold accuracy and friends, on
+the folds the set's pairs file declares (LFW header) when it declares them, as the run's evaluation does."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from facefleet.nn.verification import cosine_scores, fuse_flip, verification_metrics
 from facefleet.platform.datasets import layout
 from facefleet.platform.datasets.service import get_version
+from facefleet.platform.datasets.shards import read_pair_folds
 from facefleet.platform.db.models import ModelVersion
 from facefleet.platform.errors import NotFoundError
 from facefleet.platform.store import ObjectStore, get_store
@@ -53,11 +55,12 @@ def evaluate_model_version(
     scores: dict[str, float] = {}
     for name in sets:
         version = get_version(session, name)  # latest ready version
-        left, right, same = load_verification_set(
-            store, str(version.manifest_key), layout.pairs_key(name, version.version), input_size
-        )
+        pairs_key = layout.pairs_key(name, version.version)
+        left, right, same = load_verification_set(store, str(version.manifest_key), pairs_key, input_size)
         fused_left = fuse_flip(lambda x: _embed(onnx_session, x), left)
         fused_right = fuse_flip(lambda x: _embed(onnx_session, x), right)
-        result = verification_metrics(cosine_scores(fused_left, fused_right), same)
+        # The declared folds, or None (stratified folds), exactly as workers/evaluate.py load_eval_sets.
+        fold_ids = read_pair_folds(store, pairs_key)
+        result = verification_metrics(cosine_scores(fused_left, fused_right), same, fold_ids=fold_ids)
         scores[name] = float(getattr(result, metric))
     return scores

@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from facefleet.platform.datasets.schemas import DATASET_KINDS
+from facefleet.platform.db.models import Dataset
 from tests.api.conftest import Api, make_imagefolder, register_folder
 
 
@@ -101,3 +103,24 @@ def test_upload_over_the_limit_is_413(sqlite_api: Api, monkeypatch: pytest.Monke
         files={"file": ("big.zip", b"x" * 5000, "application/zip")},
     )
     assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_list_filter_accepts_every_dataset_kind(sqlite_api: Api) -> None:
+    api = sqlite_api
+    register_folder(api, "faces-a")
+    with api.session() as session:  # an inspection set is a dataset of kind inspection
+        session.add(Dataset(name="week1", kind="inspection", description="", tags=["inspection"]))
+        session.commit()
+    for kind, names in {
+        "train": ["faces-a"],
+        "inspection": ["week1"],
+        "landmarks": [],
+        "verification": [],
+    }.items():
+        listed = api.client.get("/v1/datasets", headers=api.viewer, params={"kind": kind})
+        assert listed.status_code == 200, listed.text
+        assert [d["name"] for d in listed.json()["items"]] == names
+    unknown = api.client.get("/v1/datasets", headers=api.viewer, params={"kind": "bogus"})
+    assert unknown.status_code == 422 and unknown.json()["field"] == "kind"
+    for allowed in DATASET_KINDS:
+        assert f"'{allowed}'" in unknown.json()["detail"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,9 @@ def test_nothing_leaves_the_terminal_until_collection_is_on(live_api: LiveApi, t
         sample = agent.terminal.db.sample(result.sample_id or 0)
         assert sample is not None and sample.user == "alice"
         assert live_api.store.get_bytes(stored.reference_key) == collection.face_crop_png(model, sample.image)
-        assert stored.probe_key == f"attempts/{stored.device_id}/{stored.id}/probe.png"
+        assert re.fullmatch(
+            rf"attempts/{stored.device_id}/{stored.id}/[0-9a-f]{{16}}/probe\.png", stored.probe_key
+        )
 
         _set_collection(live_api, attempts="rejections", sample_rate=1.0)
         fleet.poll()

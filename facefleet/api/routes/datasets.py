@@ -6,7 +6,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
@@ -20,9 +20,11 @@ from facefleet.platform.datasets import service
 from facefleet.platform.datasets.schemas import (
     ALIGNER_PATTERN,
     DATASET_NAME_PATTERN,
+    DatasetKindFilter,
     DatasetOut,
     DatasetVersionDetail,
     DatasetVersionOut,
+    RegisteredKind,
     RegisterRequest,
 )
 from facefleet.platform.datasets.source_policy import SourcePolicy
@@ -41,7 +43,6 @@ router = APIRouter(
 )
 UPLOAD_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".bin")
 CHUNK = 1 << 20
-Kind = Literal["train", "verification", "landmarks"]
 
 
 def _dataset_out(session: Session, dataset: Dataset) -> DatasetOut:
@@ -132,7 +133,7 @@ def upload_dataset(
     principal: Admin,
     file: Annotated[UploadFile, File(description="a .zip, .tar(.gz) or .bin archive")],
     name: Annotated[str, Form(min_length=1, max_length=128, pattern=DATASET_NAME_PATTERN)],
-    kind: Annotated[Kind, Form()] = "train",
+    kind: Annotated[RegisteredKind, Form()] = "train",
     description: Annotated[str, Form(max_length=2000)] = "",
     tags: Annotated[str, Form(description="comma-separated")] = "",
     min_images_per_identity: Annotated[int, Form(ge=1, le=100_000)] = 1,
@@ -181,8 +182,9 @@ def _list(session: Session, page: Pagination, kind: str | None) -> Page[DatasetO
 
 @router.get("/v1/datasets", response_model=Page[DatasetOut])
 def list_datasets(
-    session: DbSession, _principal: Viewer, page: Pagination, kind: Kind | None = None
+    session: DbSession, _principal: Viewer, page: Pagination, kind: DatasetKindFilter | None = None
 ) -> Page[DatasetOut]:
+    """Datasets by name; ``kind`` filters on train, verification, landmarks or inspection."""
     return _list(session, page, kind)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +11,13 @@ from facefleet.platform.names import NAME_PATTERN, Name
 
 DATASET_NAME_PATTERN = NAME_PATTERN
 ALIGNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}(@[0-9]{1,9})?$"
+
+
+# Every kind a dataset can have: the three a registration takes, and ``inspection`` (labelled terminal
+# attempts packed by facefleet/platform/inspections/sets.py; never registered from a source).
+RegisteredKind = Literal["train", "verification", "landmarks"]
+DatasetKindFilter = Literal["train", "verification", "landmarks", "inspection"]
+DATASET_KINDS: tuple[str, ...] = get_args(DatasetKindFilter)
 
 
 class ProblemFile(BaseModel):
@@ -113,7 +120,7 @@ class RegisterRequest(BaseModel):
         description="Folder, .zip/.tar(.gz), .bin, RecordIO folder or s3://bucket/prefix; on the server "
         "only under FACEFLEET_DATASET_ROOTS.",
     )
-    kind: Literal["train", "verification", "landmarks"] = "train"
+    kind: RegisteredKind = "train"
     description: str = Field("", max_length=2000)
     tags: list[Name] = Field(default_factory=list, max_length=64)
     min_images_per_identity: int = Field(1, ge=1, le=100_000)

@@ -9,7 +9,8 @@ Failure policy (design.md §10, issues 4 and 11):
   facefleet's own database, store, data dir or signing key), before any file of the source is opened.
 - Archives are extracted under limits (``ArchiveLimits``); one past a limit is a 413 naming the setting.
 - Non-fatal problems (corrupt files, small identities) are skipped and listed in the report.
-- Objects written before a later failure are deleted: nothing half-written remains.
+- Objects written before a later failure are deleted: nothing half-written remains. That includes a failure
+  of the caller's commit (or a rollback): ``discard_unclaimed_version`` runs then (``db.undo``).
 Services never commit the caller's transaction; they flush when ids are needed.
 """
 
@@ -20,16 +21,18 @@ import logging
 import os
 import tarfile
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyarrow as pa
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from facefleet.faces.aligner import Aligner
@@ -40,7 +43,7 @@ from facefleet.platform.datasets.alignment import align_checked
 from facefleet.platform.datasets.formats import DatasetKind, UnknownLayoutError, scan_source
 from facefleet.platform.datasets.landmark_data import landmark_table, write_landmarks
 from facefleet.platform.datasets.recordio import RecordIOError
-from facefleet.platform.datasets.schemas import AlignmentReport
+from facefleet.platform.datasets.schemas import DATASET_KINDS, AlignmentReport, RegisteredKind
 from facefleet.platform.datasets.source_policy import SourcePolicy, shorten
 from facefleet.platform.datasets.sources import (
     ArchiveLimitError,
@@ -60,6 +63,7 @@ from facefleet.platform.datasets.validation import (
 from facefleet.platform.datasets.verification import VerificationFormatError
 from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion, OutboxEvent, RunDataset
 from facefleet.platform.db.paging import fetch_page
+from facefleet.platform.db.undo import on_rollback
 from facefleet.platform.errors import (
     ConflictError,
     FacefleetError,
@@ -88,10 +92,9 @@ _FATAL_SOURCE_ERRORS = (
 
 def _check_request(name: str, kind: str, min_images_per_identity: int) -> None:
     check_name(name, what="dataset")
-    if kind not in ("train", "verification", "landmarks"):
-        raise InvalidInputError(
-            f"kind {kind!r} is unknown: use 'train', 'verification' or 'landmarks'", field="kind"
-        )
+    if kind not in get_args(RegisteredKind):
+        kinds = ", ".join(repr(k) for k in get_args(RegisteredKind))
+        raise InvalidInputError(f"kind {kind!r} is unknown: use {kinds}", field="kind")
     if not 1 <= min_images_per_identity <= MAX_MIN_IMAGES:
         raise InvalidInputError(
             f"min_images_per_identity must be 1-{MAX_MIN_IMAGES}", field="min_images_per_identity"
@@ -167,6 +170,7 @@ def register_dataset_version(
             dataset = Dataset(name=name, kind=kind, description=description, tags=list(tags))
             session.add(dataset)
         version = _claim_version(session, dataset, uri=uri, source_format=inspection.format, digest=digest)
+        undo_unless_committed(session, store, name, version.version)
         with _cleanup_on_error(session, store, version, layout.version_prefix(name, version.version)):
             assert content is not None  # None only when a version with this hash exists (returned above)
             version.manifest_key = _write_objects(store, name, version.version, content, progress)
@@ -274,6 +278,52 @@ def _claim_version(
             f"another registration of dataset {dataset.name!r} finished first; retry to get the next version"
         ) from None
     return version
+
+
+def undo_unless_committed(session: Session, store: ObjectStore, name: str, number: int) -> None:
+    """Delete version ``number``'s objects if the session's transaction ends without a commit."""
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    on_rollback(session, partial(discard_unclaimed_version, engine, store, name, number))
+
+
+def discard_unclaimed_version(engine: Engine, store: ObjectStore, name: str, number: int) -> bool:
+    """Delete the objects under ``name`` v``number``'s prefix, written by a transaction that did not commit,
+    unless another registration holds that version now (its rows committed or in flight: the objects are
+    its). The slot is held while deleting: a placeholder row in a side transaction that is rolled back, whose
+    insert waits for a registration in flight to end (and makes a new one wait). Returns whether it deleted.
+    """
+    prefix = layout.version_prefix(name, number) + "/"
+    with Session(bind=engine) as side:
+        try:
+            if side.get_bind().dialect.name == "postgresql":
+                side.execute(text("SET LOCAL lock_timeout = '10s'"))
+            dataset_id = side.scalar(select(Dataset.id).where(Dataset.name == name))
+            if dataset_id is None:  # the dataset was new in the transaction that failed
+                placeholder = Dataset(name=name, kind="train", description="", tags=[])
+                side.add(placeholder)
+                side.flush()
+                dataset_id = placeholder.id
+            side.add(
+                DatasetVersion(
+                    dataset_id=dataset_id,
+                    version=number,
+                    source_uri="",
+                    format="",
+                    status="pending",
+                    content_hash=f"discard:{uuid.uuid4().hex}",
+                    report={},
+                )
+            )
+            side.flush()
+        except (IntegrityError, OperationalError):
+            log.info("%s v%s is another registration's now; its objects stay", name, number, exc_info=True)
+            return False
+        try:
+            store.delete_prefix(prefix)
+        finally:
+            side.rollback()
+    return True
 
 
 def _mark_ready(version: DatasetVersion, content: ValidatedContent) -> None:
@@ -442,6 +492,10 @@ def list_datasets(
     session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0
 ) -> tuple[list[Dataset], int | None]:
     """A page of datasets by name, and the total count."""
+    if kind is not None and kind not in DATASET_KINDS:
+        raise InvalidInputError(
+            f"kind {kind!r} is unknown: use one of {', '.join(repr(k) for k in DATASET_KINDS)}", field="kind"
+        )
     query = select(Dataset)
     if kind is not None:
         query = query.where(Dataset.kind == kind)

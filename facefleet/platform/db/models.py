@@ -24,7 +24,8 @@ from facefleet.platform.db.base import Base, utcnow
 
 
 class Dataset(Base):
-    """A named face dataset; ``kind`` is ``train`` (identities) or ``verification`` (pairs)."""
+    """A named face dataset; ``kind`` is ``train`` (identities), ``verification`` (pairs), ``landmarks``
+    (points) or ``inspection`` (labelled terminal attempts, built by inspections/sets.py)."""
 
     __tablename__ = "datasets"
 

@@ -1,7 +1,9 @@
 """Use cases of inspection: collection settings, attempts from terminals, verdicts, retention and erasure.
 
 Every write validates, changes and audits in one function that the API routes and the CLI both call; the
-caller owns the transaction. An attempt's crops live in the store under ``attempts/<device>/<id>/``.
+caller owns the transaction. An attempt's crops live in the store under ``attempts/<device>/<id>/<write>/``
+(a folder of its own per upload: undoing a write that did not commit can never reach another one's crops,
+even where a rolled-back id is given again, as SQLite does).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import base64
 import binascii
 import io
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -28,6 +32,7 @@ from facefleet.platform.db.models import (
     DeviceDeployment,
 )
 from facefleet.platform.db.paging import fetch_page
+from facefleet.platform.db.undo import on_rollback
 from facefleet.platform.errors import (
     ConflictError,
     FacefleetError,
@@ -174,6 +179,7 @@ def record_attempt(
             "that scored the attempt",
             field="model_version_id",
         )
+    lock_device_uploads(session, device.id)  # until commit: the count below and the insert are one step
     recent = session.scalar(
         select(func.count())
         .select_from(Attempt)
@@ -208,8 +214,10 @@ def record_attempt(
     )
     session.add(attempt)
     session.flush()
-    prefix = attempt_prefix(device.id, attempt.id)
+    prefix = f"{attempt_prefix(device.id, attempt.id)}{uuid.uuid4().hex[:16]}/"
     attempt.probe_key, attempt.reference_key = f"{prefix}{PROBE_FILE}", f"{prefix}{REFERENCE_FILE}"
+    # The crops go before the caller commits; if that commit fails (or the caller rolls back), delete them.
+    on_rollback(session, partial(_discard_uncommitted, _engine(session), store, attempt.id, prefix))
     try:
         store.put_bytes(attempt.probe_key, crops.probe, content_type="image/png")
         store.put_bytes(attempt.reference_key, crops.reference, content_type="image/png")
@@ -218,6 +226,23 @@ def record_attempt(
         _delete_objects_quietly(store, prefix)
         raise
     return attempt
+
+
+def lock_device_uploads(session: Session, device_id: int) -> None:
+    """Serialise a device's attempt uploads until the transaction ends, so that the hourly count and the
+    insert are atomic: concurrent uploads of one device wait here for the one ahead to commit (and then
+    count its row). PostgreSQL: a row lock on the device (``SELECT ... FOR UPDATE``; other devices and reads
+    go on). SQLite: a write to the device row, which takes the database's write lock (SQLite has one writer
+    at a time anyway; it must be taken before the count, not at the insert)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Device.id).where(Device.id == device_id).with_for_update())
+    else:
+        session.execute(
+            update(Device)
+            .where(Device.id == device_id)
+            .values(status=Device.status)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def device_was_given(session: Session, device: Device, model_version_id: int) -> bool:
@@ -257,6 +282,27 @@ def _checked_crop(encoded: str, field: str, max_bytes: int) -> bytes:
     out = io.BytesIO()
     decoded.save(out, format="PNG")
     return out.getvalue()
+
+
+def _engine(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def _discard_uncommitted(engine: Engine, store: ObjectStore, attempt_id: int, prefix: str) -> None:
+    """Delete the crops of an upload whose transaction ended without a commit, unless its row is there after
+    all (a commit that reached the database although the client saw an error). The folder is this upload's
+    own, so no other upload's crops are in it."""
+    try:
+        with Session(bind=engine) as side:
+            committed = side.scalar(
+                select(Attempt.id).where(Attempt.id == attempt_id, Attempt.probe_key == prefix + PROBE_FILE)
+            )
+    except Exception:  # noqa: BLE001 - cannot tell: an orphaned crop is better than a row without one
+        log.warning("could not check attempt %s; its crops under %s stay", attempt_id, prefix, exc_info=True)
+        return
+    if committed is None:
+        _delete_objects_quietly(store, prefix)
 
 
 def attempt_prefix(device_id: int, attempt_id: int) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from facefleet.platform.datasets import layout, shards
+from facefleet.platform.datasets.service import undo_unless_committed
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Attempt, Dataset, DatasetVersion, RunDataset
 from facefleet.platform.errors import ConflictError, InvalidInputError
@@ -70,6 +71,7 @@ def create_inspection_set(
     if existing is not None:
         return existing
     version = _claim_version(session, dataset, digest, len(attempts))
+    undo_unless_committed(session, store, name, version.version)  # the caller's commit may still fail
     prefix = layout.version_prefix(name, version.version)
     try:
         rows = shards.pack_shards(store, name, version.version, _records(attempts, images))
@@ -130,9 +132,11 @@ def erase_device_from_sets(
             kept.append(label)
             continue
         prefixes.append(layout.version_prefix(name, version.version) + "/")
-        # The row stays as a tombstone (status ``erased``, no pairs) so that ``name:version`` is never
-        # reused for other content; runs refuse it like any version that is not ready.
+        # The row stays as a tombstone (status ``erased``, no pairs, no manifest: its objects are deleted
+        # below) so that ``name:version`` is never reused for other content; runs refuse it like any
+        # version that is not ready.
         version.status, version.pair_count, version.image_count = ERASED, 0, 0
+        version.manifest_key = None
         version.report = {**(version.report or {}), "erased_for_device": int(device_id)}
         deleted.append(label)
     session.flush()

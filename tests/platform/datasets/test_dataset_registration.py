@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,42 @@ def test_the_local_cli_reads_any_folder_but_never_facefleet_files(
         with pytest.raises(PermissionDeniedError, match="cannot be registered") as caught:
             service.register_dataset_version(session, store, name="nope", source=source)
         assert caught.value.status_code == 403 and caught.value.field == "source"
+
+
+def test_a_registration_that_is_not_committed_leaves_no_objects(
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    folder = make_imagefolder(tmp_path / "faces", identities=2, images=2)
+    service.register_dataset_version(session, local_store, name="faces", source=folder)
+    assert local_store.list("datasets/faces/1/") != []
+    session.rollback()  # what the caller does when its commit fails
+    assert local_store.list("datasets/") == []
+    assert (_count(session, Dataset), _count(session, DatasetVersion)) == (0, 0)
+    # The undo ran once: the next registration of the same content commits and keeps its objects.
+    kept = service.register_dataset_version(session, local_store, name="faces", source=folder)
+    session.commit()
+    assert kept.version == 1 and local_store.list("datasets/faces/1/") != []
+
+
+def test_undoing_a_failed_write_spares_the_registration_that_holds_the_version(
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    """The undo runs after the failed transaction released version n: another registration may hold n by
+    then (committed, or still writing its objects); its objects are not touched."""
+    engine = session.get_bind()
+    folder = make_imagefolder(tmp_path / "faces", identities=2, images=2)
+    service.register_dataset_version(session, local_store, name="faces", source=folder)  # in flight
+    objects = local_store.list("datasets/faces/1/")
+    outcome: list[bool] = []
+    undo = threading.Thread(
+        target=lambda: outcome.append(service.discard_unclaimed_version(engine, local_store, "faces", 1))
+    )
+    undo.start()
+    undo.join(0.5)
+    assert undo.is_alive()  # waits for the registration in flight to end
+    session.commit()
+    undo.join(30)
+    assert outcome == [False] and local_store.list("datasets/faces/1/") == objects
+    assert service.discard_unclaimed_version(engine, local_store, "faces", 1) is False  # committed: kept
+    assert local_store.list("datasets/faces/1/") == objects
+    assert service.discard_unclaimed_version(engine, local_store, "faces", 2) is True  # nobody's: deleted

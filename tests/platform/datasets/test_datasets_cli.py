@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,20 @@ def test_register_errors_exit_nonzero_with_the_message(embedded: None, tmp_path:
     assert shown.exit_code == 1 and "no dataset named" in shown.output
     missing = runner.invoke(app, ["datasets", "show", "nope"])
     assert missing.exit_code == 1 and "no dataset named" in missing.output
+
+
+def test_list_filters_on_every_kind(embedded: None) -> None:
+    from facefleet.platform.db import migrate
+    from facefleet.platform.db.models import Dataset
+    from facefleet.platform.db.session import session_scope
+    from facefleet.platform.settings import get_settings
+
+    migrate.upgrade(get_settings().effective_database_url)
+    with session_scope() as session:
+        session.add(Dataset(name="week1", kind="inspection", description="", tags=[]))
+    listing = runner.invoke(app, ["datasets", "list", "--kind", "inspection", "--json"])
+    assert listing.exit_code == 0, listing.output
+    assert [row["name"] for row in json.loads(listing.output)] == ["week1"]
+    assert runner.invoke(app, ["datasets", "list", "--kind", "landmarks", "--json"]).output.strip() == "[]"
+    unknown = runner.invoke(app, ["datasets", "list", "--kind", "bogus"])
+    assert unknown.exit_code == 1 and "train, verification, landmarks, inspection" in unknown.output

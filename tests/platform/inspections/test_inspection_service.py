@@ -70,8 +70,9 @@ def test_an_attempt_is_stored_under_its_device_with_reencoded_crops(
     collect(session, retention_days=7)
     attempt = inspections.record_attempt(session, store, device, attempt_body(version_id, seed=3), **LIMITS)
     session.commit()
-    prefix = f"attempts/{device.id}/{attempt.id}/"
-    assert sorted(store.list(prefix)) == [prefix + "probe.png", prefix + "reference.png"]
+    prefix = attempt.probe_key.removesuffix("probe.png")  # attempts/<device>/<id>/<this write>/
+    assert prefix.startswith(f"attempts/{device.id}/{attempt.id}/") and prefix.count("/") == 4
+    assert sorted(store.list(f"attempts/{device.id}/")) == [prefix + "probe.png", prefix + "reference.png"]
     assert store.get_bytes(attempt.probe_key).startswith(b"\x89PNG")
     assert (attempt.status, attempt.decision, attempt.group) == ("pending", "reject", "lobby")
     assert timedelta(days=6, hours=23) < attempt.expires_at - utcnow() <= timedelta(days=7)

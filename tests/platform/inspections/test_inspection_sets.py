@@ -161,3 +161,34 @@ def test_erasure_deletes_the_sets_holding_the_devices_crops_unless_a_run_used_th
         ).inspection_sets_deleted
         == []
     )  # an erased version is not erased twice
+
+
+def test_an_erased_set_points_at_no_deleted_object(session: Session, local_store: ObjectStore) -> None:
+    door = make_device(session, "door-1")
+    version = make_version(session)
+    give(session, door, version)
+    collect(session, attempts="all")
+    ids = []
+    for seed in range(2):
+        attempt = inspections.record_attempt(
+            session, local_store, door, attempt_body(version.id, seed), **LIMITS
+        )
+        inspections.label_attempt_audited(session, attempt_id=attempt.id, verdict="genuine", actor="t")
+        ids.append(attempt.id)
+    trained = create_inspection_set(session, local_store, name="week1", attempt_ids=[ids[0]])
+    unused = create_inspection_set(session, local_store, name="week2", attempt_ids=[ids[1]])
+    run = Run(name="distill", status="succeeded")
+    session.add(run)
+    session.flush()
+    session.add(RunDataset(run_id=run.id, position=0, role="inspection", dataset_version_id=trained.id))
+    session.commit()
+
+    inspections.erase_device_attempts_audited(session, local_store, device_id=door.id, actor="admin")
+    session.commit()
+    session.expire_all()
+    erased, kept = session.get(DatasetVersion, unused.id), session.get(DatasetVersion, trained.id)
+    assert erased is not None and kept is not None
+    assert erased.status == "erased" and local_store.list("datasets/week2/1/") == []
+    assert erased.manifest_key is None  # its objects are gone: nothing may read them
+    # The set a run used keeps its crops (README "What erasure and retention do"), and its pointer.
+    assert kept.status == "ready" and kept.manifest_key is not None and local_store.exists(kept.manifest_key)
