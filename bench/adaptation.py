@@ -14,14 +14,14 @@ impostor would feed the adapter: that is the attack the gate and the guard are f
 adaptation off: genuine accept rate on the last 4 photos at the final drift, impostor accepts over all
 (impostor photo, enrolled user) pairs at the final drift. The card threshold is set for ~1% FAR on pairs of
 training identities (photos left out of training). Each seed runs the same terminal three ways (VARIANTS):
-guard on (the default terminal: gated positives + impostor-probe guard with recent captures), guard on
-without recent captures in the probe, and guard off (the seed's method, SEED_METHOD: every accepted input is
-a positive, no probe check).
+guard on (the default terminal: gated positives + impostor-probe guard, probe split by user, with recent
+captures), the previous guard (split by image, no captures, no near-miss or tail check), and guard off (the
+seed's method, SEED_METHOD: every accepted input is a positive, no probe check).
 Target: guard on adds zero impostor accepts across seeds and users, and its genuine gain is at least half
 of the unguarded one.
 "Newly accepted" counts (user, impostor photo) pairs rejected before adaptation and accepted after.
 Run: nice -n 10 .venv/bin/python bench/adaptation.py [--seeds 5] [--first-seed 0] [--steps 600]
-[--variants on,"on (no captures)",off]
+[--variants "on,previous guard,off"]
 """
 
 from __future__ import annotations
@@ -202,11 +202,14 @@ def threshold_at_far(net: Backbone, people: list[list[Image.Image]], far: float)
     return float(torch.quantile(impostor, 1 - far))
 
 
-# What each row runs: the default terminal; the same without the drifted probe (the guard's probe holds
-# enrolled images and noise only: the previous version); the seed's method as filed, no guard.
+# What each row runs: the default terminal; the guard as it was before the drifted, user-split probe (each
+# user's images alternate between probe and negatives, no recent captures, no near-miss or tail checks); the
+# seed's method as filed, no guard.
 VARIANTS = {
     "on": {},
-    "on (no captures)": {"guard": GuardConfig(recent_captures=0)},
+    "previous guard": {
+        "guard": GuardConfig(split_by_user=False, recent_captures=0, near_misses=False, tail_fraction=0)
+    },
     "off": {"guard": GuardConfig(enabled=False), "adaptation": SEED_METHOD},
 }
 

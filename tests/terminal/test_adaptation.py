@@ -173,16 +173,15 @@ def test_guarded_adaptation_adds_no_false_accepts(tmp_path: Path) -> None:
         f"{impostor_before.max():.3f} -> {impostor_after.max():.3f}; probe FAR {status.probe_far_shipped} -> "
         f"{status.probe_far}; last refusal: {status.last_rejection}"
     )
-    # Gated positives + re-extracted target + hinged negatives (issue 18, second pass): measured on model
-    # seed 0 natively (AVX-512): 6 committed / 6 refused, genuine mean 0.406 -> 0.544, impostor max
-    # 0.304 -> 0.438, 0 -> 0 false accepts (and 8 / 3, 0.566, 0.473 with gate margins 0.05 / 0.1).
-    # ATEN_CPU_CAPABILITY=default, seed 0: 6 / 6, 0.407 -> 0.548, max 0.442, 0 -> 0.
-    # Seeds 1-4: scripts/spreads/adaptation.py (not re-run yet on the loaded machine).
-    assert updates + refused >= 4  # attempts measured 11-12 (both capabilities)
+    # Probe split by user + recent captures + near-miss/tail checks (issue 18, third pass), measured with
+    # scripts/spreads/adaptation.py over model seeds 0-4, natively (AVX-512) and ATEN_CPU_CAPABILITY=default
+    # (the same to 3 decimals): 0-2 committed / 5-9 refused, genuine mean change -0.057..0.000, 0 -> 0
+    # false accepts, impostor max after 0.30-0.55. The guard now refuses nearly every update on these users
+    # (the previous guard committed 6-8 and raised genuine scores by 0.14-0.26; the seed's method by
+    # 0.36-0.62 with 0-2 false accepts): on real faces that guard let impostors in (bench/adaptation.py).
+    assert updates + refused >= 4  # attempts measured 6-9 (both capabilities)
     assert status.updates_applied == updates and status.updates_rejected == refused
     assert status.probe_far is not None and status.probe_far <= (status.probe_far_shipped or 0.0)
     assert np.sum(impostor_after >= THRESHOLD) <= np.sum(impostor_before >= THRESHOLD)  # measured 0 -> 0
-    assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.04-0.40
-    # The guarded updates now raise genuine scores (they fell by 0.15-0.31 before the second pass); only
-    # the direction is asserted until the spread over seeds is measured.
-    assert genuine_after.mean() > genuine_before.mean()  # gain measured 0.14 both capabilities (seed 0)
+    assert impostor_after.max() < THRESHOLD - 0.1  # measured 0.30-0.55
+    assert genuine_after.mean() >= genuine_before.mean() - 0.12  # measured -0.057 at worst
