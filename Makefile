@@ -42,7 +42,8 @@ stack-test:  ## boot docker-compose.yml with podman and use it (images built loc
 	scripts/stack-test
 
 lint: $(STAMP)
-	$(BIN)/ruff check facefleet tests bench
+	$(BIN)/ruff check facefleet tests bench scripts
+	$(BIN)/ruff format --check facefleet tests bench scripts
 	$(BIN)/mypy facefleet
 
 clean:

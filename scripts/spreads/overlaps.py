@@ -49,7 +49,9 @@ def main(steps: int, seeds: list[int]) -> None:
             captured: dict[str, Any] = {}
             original = overlaps.overlaps_at_run_end
 
-            def capture(*args: Any, **kwargs: Any) -> Any:
+            def capture(
+                *args: Any, captured: dict[str, Any] = captured, original: Any = original, **kwargs: Any
+            ) -> Any:
                 captured.update(args=args, kwargs=kwargs)
                 return original(*args, **kwargs)
 

@@ -71,13 +71,40 @@ def _cli(*args: str) -> str:
 
 def register() -> None:
     out = "/tmp/synth"
-    _cli("datasets", "synth", "--out", out, "--datasets", "2", "--identities", "8", "--images", "4",
-         "--verification-identities", "6", "--verification-pairs", "40", "--size", "32", "--seed", "3")
+    _cli(
+        "datasets",
+        "synth",
+        "--out",
+        out,
+        "--datasets",
+        "2",
+        "--identities",
+        "8",
+        "--images",
+        "4",
+        "--verification-identities",
+        "6",
+        "--verification-pairs",
+        "40",
+        "--size",
+        "32",
+        "--seed",
+        "3",
+    )
     for index in (0, 1):  # two: the default config's gradient reversal needs at least two datasets
         name = f"stack-faces-{index}"
         _cli("datasets", "register", f"{out}/synth_{index}", "--name", name, "--server", SERVER)
-    _cli("datasets", "register", f"{out}/verification", "--name", "stack-verify", "--kind", "verification",
-         "--server", SERVER)
+    _cli(
+        "datasets",
+        "register",
+        f"{out}/verification",
+        "--name",
+        "stack-verify",
+        "--kind",
+        "verification",
+        "--server",
+        SERVER,
+    )
     with _client() as client:
         names = [d["name"] for d in client.get("/v1/datasets").raise_for_status().json()["items"]]
     if not {"stack-faces-0", "stack-faces-1", "stack-verify"} <= set(names):
@@ -135,8 +162,10 @@ def wait_step() -> None:
             committed = _committed_checkpoint_step(s3, run_id)
             if committed is not None and committed >= 40:
                 _save(committed_step=committed)
-                print(f"run {run_id} at step {view['step']} of {view['total_steps']}, checkpoint at step "
-                      f"{committed} committed in S3: kill the worker now")
+                print(
+                    f"run {run_id} at step {view['step']} of {view['total_steps']}, checkpoint at step "
+                    f"{committed} committed in S3: kill the worker now"
+                )
                 return
             time.sleep(0.5)
     raise SystemExit(f"run {run_id} did not commit a checkpoint at step >= 40 in 300 s")
@@ -220,9 +249,9 @@ def model() -> None:
         versions = [
             version
             for entry in models
-            for version in client.get(f"/v1/models/{entry['name']}/versions").raise_for_status().json()[
-                "items"
-            ]
+            for version in client.get(f"/v1/models/{entry['name']}/versions")
+            .raise_for_status()
+            .json()["items"]
             if version["run_id"] == run_id
         ]
     if not versions:
@@ -288,8 +317,26 @@ def policy() -> None:
             raise SystemExit(f"policy {policy_id} has runs before any new dataset version: {before}")
         # A new version (other content) of a dataset the policy selects: its `ready` event is the trigger.
         out = "/tmp/synth-v2"
-        _cli("datasets", "synth", "--out", out, "--datasets", "2", "--identities", "8", "--images", "4",
-             "--verification-identities", "6", "--verification-pairs", "40", "--size", "32", "--seed", "5")
+        _cli(
+            "datasets",
+            "synth",
+            "--out",
+            out,
+            "--datasets",
+            "2",
+            "--identities",
+            "8",
+            "--images",
+            "4",
+            "--verification-identities",
+            "6",
+            "--verification-pairs",
+            "40",
+            "--size",
+            "32",
+            "--seed",
+            "5",
+        )
         _cli("datasets", "register", f"{out}/synth_1", "--name", "stack-faces-1", "--server", SERVER)
         versions = client.get("/v1/datasets/stack-faces-1/versions").raise_for_status().json()["items"]
         print(f"stack-faces-1 versions: {sorted(v['version'] for v in versions)}")
@@ -306,8 +353,10 @@ def policy() -> None:
                 raise SystemExit(f"no run for policy {policy_id} in 360 s: {view}; fire_failed: {failed}")
             time.sleep(1)
         run = runs[0]
-        print(f"run {run['id']} created {time.monotonic() - registered:.0f} s after the registration: "
-              f"trigger {run['trigger']}, created_by {run['created_by']}")
+        print(
+            f"run {run['id']} created {time.monotonic() - registered:.0f} s after the registration: "
+            f"trigger {run['trigger']}, created_by {run['created_by']}"
+        )
         if run["trigger"] != "dataset_added" or run["created_by"] != f"scheduler:policy:{POLICY}":
             raise SystemExit(f"run {run['id']} was not started by the scheduler for dataset_added: {run}")
         deadline = time.monotonic() + float(os.environ.get("STACK_RUN_TIMEOUT", "900"))
@@ -319,9 +368,11 @@ def policy() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"run {run['id']} / policy {policy_id} not done in time: {view['status']}")
             time.sleep(3)
-        print(f"run {run['id']}: {view['status']} at step {view['step']}; policy last_fired_at "
-              f"{state['last_fired_at']}, pending_trigger {state['pending_trigger']}, "
-              f"active_run_id {state['active_run_id']}")
+        print(
+            f"run {run['id']}: {view['status']} at step {view['step']}; policy last_fired_at "
+            f"{state['last_fired_at']}, pending_trigger {state['pending_trigger']}, "
+            f"active_run_id {state['active_run_id']}"
+        )
         if view["status"] != "succeeded":
             raise SystemExit(f"the policy's run {run['id']} ended {view['status']}: {view.get('error')}")
         audit = client.get("/v1/audit", params={"actor": "scheduler", "action": "runs.create"})
@@ -352,8 +403,10 @@ def device() -> None:
         if deployed.status_code >= 300:
             raise SystemExit(f"POST /v1/deployments: {deployed.status_code} {deployed.text}")
     _save(device_id=device_id, deployment_id=deployed.json()["id"])
-    print(f"device {device_id} registered; deployment {deployed.json()['id']} of model version {version_id}",
-          file=sys.stderr)
+    print(
+        f"device {device_id} registered; deployment {deployed.json()['id']} of model version {version_id}",
+        file=sys.stderr,
+    )
     print(registered.json()["enrollment_token"])  # stdout: the token only (the script passes it on)
 
 
@@ -375,9 +428,11 @@ def terminal_installed() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the terminal did not install the model in 300 s: {device_view} {rollout}")
             time.sleep(2)
-    print(f"device {device_view['id']}: status {device_view['status']}, model_version_id "
-          f"{device_view['model_version_id']}, agent {device_view['agent_version']}, last_seen_at "
-          f"{device_view['last_seen_at']}; deployment {rollout['id']}: {rollout['status']}, {statuses}")
+    print(
+        f"device {device_view['id']}: status {device_view['status']}, model_version_id "
+        f"{device_view['model_version_id']}, agent {device_view['agent_version']}, last_seen_at "
+        f"{device_view['last_seen_at']}; deployment {rollout['id']}: {rollout['status']}, {statuses}"
+    )
 
 
 if __name__ == "__main__":

@@ -80,10 +80,13 @@ def test_sharded_heads_that_cannot_run_are_422_before_queueing(api: Api) -> None
         assert response.status_code == 422, response.text
         return response.json()
 
-    assert "every shard needs at least one class" in post(
-        # 4 workers x 0.5 CPU: within a 2-core machine, so the shard check (not the CPU check) refuses it
-        {"head": {"sharded": True}, "scaling": {"num_workers": 4, "cpus_per_worker": 0.5}}
-    )["detail"]
+    assert (
+        "every shard needs at least one class"
+        in post(
+            # 4 workers x 0.5 CPU: within a 2-core machine, so the shard check (not the CPU check) refuses it
+            {"head": {"sharded": True}, "scaling": {"num_workers": 4, "cpus_per_worker": 0.5}}
+        )["detail"]
+    )
     assert "num_workers >= 2" in post({"head": {"sharded": True}, "scaling": {"num_workers": 1}})["detail"]
     assert post({"head": {"sharded": True, "sample_rate": 0}, "scaling": {"num_workers": 2}})["field"] == (
         "config.head.sample_rate"

@@ -35,9 +35,7 @@ def _terminal(tmp_path: Path, guard: GuardConfig, seed: int = 0) -> Terminal:
     )
     card_bytes = card.to_bytes()
     # Guard off: the seed's method as filed (every accepted input is a positive, no probe check).
-    terminal = Terminal(
-        tmp_path / "terminal", guard=guard, adaptation=None if guard.enabled else SEED_METHOD
-    )
+    terminal = Terminal(tmp_path / "terminal", guard=guard, adaptation=None if guard.enabled else SEED_METHOD)
     terminal.save_identity(
         Identity(
             server_url="http://unused",

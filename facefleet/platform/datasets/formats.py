@@ -193,8 +193,9 @@ def scan_landmarks(root: Path) -> ScannedSource:
         landmarks[relative] = _file_reader(root / pts)
         used.add(pts)
     ignored += [
-        f"{name}: not an image with a .pts landmark file" for name in files if name not in used
-        and not is_image_name(name)
+        f"{name}: not an image with a .pts landmark file"
+        for name in files
+        if name not in used and not is_image_name(name)
     ]
     return ScannedSource("landmarks", images, ignored=ignored, landmarks=landmarks)
 
