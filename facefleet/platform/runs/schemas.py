@@ -173,6 +173,12 @@ class DistillConfig(_Strict):
     temperature: float = Field(
         default=0.05, gt=0.0, le=10.0, description="decision logit = (score - threshold) / temperature"
     )
+    calibration: Literal["batch", "teacher"] = Field(
+        default="teacher",
+        description="format 2's threshold: teacher: the teacher card's; batch: its counterpart among the "
+        "student's cross-image scores of each training batch (same rank as the teacher's threshold among "
+        "the teacher's), differentiable, so impostor-like pairs are pushed below it",
+    )
     inspection_batch: int = Field(
         default=32, ge=1, le=4096, description="inspected pairs per worker per step"
     )
