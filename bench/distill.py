@@ -49,7 +49,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.adaptation import DATA_CANDIDATES, Drift, site_and_users  # noqa: E402
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
-from facefleet.nn.distill import distillation_losses, pair_scores  # noqa: E402
+from facefleet.nn.distill import (  # noqa: E402
+    distillation_losses,
+    embedding_distance_loss,
+    pair_scores,
+    similarity_structure_loss,
+)
 from facefleet.nn.heads import DatasetAwareMarginHead  # noqa: E402
 from facefleet.nn.verification import fuse_flip, verification_metrics  # noqa: E402
 from facefleet.platform.runs.schemas import DistillConfig  # noqa: E402
@@ -64,6 +69,7 @@ class Attempts:
     reference: torch.Tensor  # [P, 3, S, S] the claimed user's enrolled crop
     attempt: torch.Tensor  # [P, 3, S, S] the attempt crop
     genuine: torch.Tensor  # [P] bool
+    undrifted: torch.Tensor | None = None  # [P, 3, S, S] the attempt crops before the drift
 
 
 def celeba_points_cached(celeba: Path, cache: Path) -> dict[str, np.ndarray]:
@@ -137,20 +143,22 @@ def attempts_of(
     people: list[list[Image.Image]], drifts: list[Drift], rng: np.random.Generator, photos: range
 ) -> Attempts:
     """Per user: genuine attempts (own photos, drifted) and as many impostor attempts (others, drifted)."""
-    refs, tries, same = [], [], []
+    refs, tries, same, plain = [], [], [], []
     for user, person in enumerate(people):
         for index in photos:
             if index >= len(person):
                 continue
             refs.append(person[0])
             tries.append(drifts[user].apply(person[index], float(rng.uniform(0.3, 0.6))))
+            plain.append(person[index])
             same.append(True)
             other = int(rng.choice([k for k in range(len(people)) if k != user]))
             photo = people[other][int(rng.integers(1, len(people[other])))]
             refs.append(person[0])
             tries.append(drifts[other].apply(photo, float(rng.uniform(0.3, 0.6))))
+            plain.append(photo)
             same.append(False)
-    return Attempts(to_tensor(refs), to_tensor(tries), torch.tensor(same))
+    return Attempts(to_tensor(refs), to_tensor(tries), torch.tensor(same), to_tensor(plain))
 
 
 def collected(
@@ -235,7 +243,7 @@ def collected(
                 reference, attempt, genuine = load_verification_set(
                     store, version.manifest_key, pairs_key, size
                 )
-                back = Attempts(reference, attempt, genuine.bool())
+                back = Attempts(reference, attempt, genuine.bool(), attempts.undrifted)
                 if not (
                     torch.equal(back.genuine, attempts.genuine)
                     and torch.allclose(back.reference, attempts.reference, atol=1e-5)
@@ -301,9 +309,18 @@ class Format2:
     weight: float = 1.0
     temperature: float = 0.05
     calibration: str = "teacher"
+    # "": format 2 alone; "anchor": format 1 on the inspected crops too (the teacher's embedding of each
+    # crop); "reference": a genuine verdict makes the teacher's embedding of the *reference* the attempt's
+    # target (the inspector says it is that person), impostor crops are anchored to their own
+    anchor: str = ""
 
     def label(self) -> str:
-        return f"w {self.weight:g}, T {self.temperature:g}, {self.calibration}"
+        extra = {
+            "": "",
+            "anchor": ", + format 1 on the crops",
+            "reference": ", + genuine attempts to the teacher's reference",
+        }[self.anchor]
+        return f"w {self.weight:g}, T {self.temperature:g}, {self.calibration}{extra}"
 
 
 _RUN_DEFAULTS = DistillConfig()
@@ -322,6 +339,7 @@ def train_distilled(
     inspection: Attempts | None,
     threshold: float,
     format2: Format2 | None = None,
+    teacher: Backbone | None = None,
 ) -> Backbone:
     """Format 1 against the teacher's (precomputed, per flip) embeddings; format 2 on inspection pairs."""
     format2 = format2 or Format2()
@@ -334,15 +352,25 @@ def train_distilled(
         index = torch.randint(0, len(x), (BATCH,), generator=generator)
         images, flipped = flip_some(resize(x[index], net.input_size), generator)
         target = torch.where(flipped[:, None], teacher_flipped[index], teacher_plain[index])
-        scores = same = None
+        scores = same = anchor_loss = None
         if inspection is not None:
             pick = torch.randint(0, len(inspection.genuine), (PAIR_BATCH,), generator=generator)
-            both = torch.cat([inspection.reference[pick], inspection.attempt[pick]])
-            both, _ = flip_some(resize(both, net.input_size), generator)
+            both, _ = flip_some(torch.cat([inspection.reference[pick], inspection.attempt[pick]]), generator)
             # one forward for the image batch and the pairs: BatchNorm sees one batch, as in the run
-            out = net(torch.cat([images, both]))
+            out = net(torch.cat([images, resize(both, net.input_size)]))
             student, pairs = out[:BATCH], out[BATCH:]
             scores, same = pair_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:]), inspection.genuine[pick]
+            if format2.anchor and teacher is not None:
+                with torch.no_grad():
+                    anchors = teacher.eval()(resize(both, teacher.input_size))
+                if format2.anchor == "anchor":
+                    anchor_loss = embedding_distance_loss(pairs, anchors) + similarity_structure_loss(
+                        pairs, anchors
+                    )
+                else:  # the reference's teacher embedding is the genuine attempt's target
+                    refs = anchors[:PAIR_BATCH]
+                    tries = torch.where(same[:, None], refs, anchors[PAIR_BATCH:])
+                    anchor_loss = embedding_distance_loss(pairs, torch.cat([refs, tries]))
         else:
             student = net(images)
         losses = distillation_losses(
@@ -355,8 +383,9 @@ def train_distilled(
             inspection_weight=format2.weight,
             calibration=format2.calibration,
         )
+        loss = losses["loss"] + (anchor_loss if anchor_loss is not None else 0.0)
         optimizer.zero_grad()
-        losses["loss"].backward()
+        loss.backward()
         optimizer.step()
         schedule.step()
     return net.eval()
@@ -383,6 +412,17 @@ def evaluate(net: Backbone, clean: torch.Tensor, pairs: tuple, held: Attempts) -
         "false_accepts": int((attempt_scores[~genuine] >= threshold).sum()),
         "impostors": int((~genuine).sum()),
         "scores": attempt_scores,  # type: ignore[dict-item]
+        # the floor of what undoing the drift can reach: the same genuine pairs, undrifted
+        "fr_undrifted": (
+            int(
+                (
+                    scores_of(net, Attempts(held.reference, held.undrifted, held.genuine))[genuine]
+                    < threshold
+                ).sum()
+            )
+            if held.undrifted is not None
+            else -1
+        ),
     }
 
 
@@ -531,7 +571,7 @@ def run_seed(
     for k, f2 in enumerate(args.format2):
         name = "student, distilled + inspection" + ("" if k == 0 else f" ({f2.label()})")
         arms[name] = lambda f2=f2: train_distilled(
-            student(), x, plain, flipped, steps, seed, inspection, card_threshold, f2
+            student(), x, plain, flipped, steps, seed, inspection, card_threshold, f2, teacher
         )
     nets: dict[str, Backbone] = {"teacher": teacher}
     held_results = {"teacher": evaluate(teacher, clean, pairs, held_attempts)}
@@ -560,8 +600,11 @@ def run_seed(
 
 def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -> None:
     print(f"\n{title}")
-    header = "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | false accepts |"
-    rule = "|---|---|---|---|---|---|"
+    header = (
+        "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | same pairs undrifted "
+        "| false accepts |"
+    )
+    rule = "|---|---|---|---|---|---|---|"
     if latency:
         header += " FR / FA at the teacher's threshold | ms (ORT, 1 thread) |"
         rule += "---|---|"
@@ -570,7 +613,8 @@ def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -
     for name, r in results.items():
         row = (
             f"| {name} | {r['auc']:.3f} | {r['tar']:.3f} | {r['threshold']:.3f} | "
-            f"{r['false_rejects']:g} / {r['genuine']:g} | {r['false_accepts']:g} / {r['impostors']:g} |"
+            f"{r['false_rejects']:g} / {r['genuine']:g} | {r['fr_undrifted']:g} | "
+            f"{r['false_accepts']:g} / {r['impostors']:g} |"
         )
         if latency:
             row += f" {r['fr_teacher']:g} / {r['fa_teacher']:g} | {r['ms']:.2f} |"
@@ -578,7 +622,16 @@ def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -
 
 
 def mean_of(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
-    keys = ("auc", "tar", "threshold", "false_rejects", "genuine", "false_accepts", "impostors")
+    keys = (
+        "auc",
+        "tar",
+        "threshold",
+        "false_rejects",
+        "fr_undrifted",
+        "genuine",
+        "false_accepts",
+        "impostors",
+    )
     keys_all = (*keys, "fr_teacher", "fa_teacher", "ms")
     out = {}
     for name in per_seed[0]:
@@ -595,6 +648,7 @@ def verdicts(results: dict[str, dict], inspected_name: str) -> str:
     closed = (distilled["auc"] - scratch["auc"]) / gap if gap > 0 else float("nan")
     fewer = 1 - inspected["false_rejects"] / max(distilled["false_rejects"], 1)
     ratio = results["student, scratch"]["ms"] / results["teacher"]["ms"]
+    reachable = 1 - distilled["fr_undrifted"] / max(distilled["false_rejects"], 1)
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
@@ -605,7 +659,9 @@ def verdicts(results: dict[str, dict], inspected_name: str) -> str:
         f"false rejects with inspection: {distilled['false_rejects']:g} -> {inspected['false_rejects']:g} "
         f"({fewer:+.0%} fewer; target >= 30%: {verdict(fewer >= 0.3)}), false accepts "
         f"{distilled['false_accepts']:g} -> {inspected['false_accepts']:g} "
-        f"(target not more: {verdict(inspected['false_accepts'] <= distilled['false_accepts'])})\n"
+        f"(target not more: {verdict(inspected['false_accepts'] <= distilled['false_accepts'])}); "
+        f"the distilled student rejects {distilled['fr_undrifted']:g} of the same genuine pairs undrifted: "
+        f"undoing the drift entirely would cut its false rejects by {reachable:.0%}\n"
         f"student / teacher latency: {ratio:.2f} (target <= 0.3: {verdict(ratio <= 0.3)})"
     )
 
@@ -627,8 +683,9 @@ def main() -> None:
     parser.add_argument(
         "--format2",
         default=f"{DEFAULT_FORMAT2.weight}:{DEFAULT_FORMAT2.temperature}:{DEFAULT_FORMAT2.calibration}",
-        help="comma-separated weight:temperature:calibration (teacher|batch) settings of format 2, one "
-        "inspection arm each; the first is the one the targets are judged on (default: the run's defaults)",
+        help="comma-separated weight:temperature:calibration (teacher|batch)[:anchor] settings of format 2, "
+        "one inspection arm each; the first is the one the targets are judged on (default: the run's "
+        "defaults)",
     )
     parser.add_argument("--unaligned", action="store_true", help="centre crops instead of MTCNN alignment")
     parser.add_argument(
@@ -655,13 +712,18 @@ def main() -> None:
         parser.error("celeba_ids not found; give --data DIR (../shared/benchdata/celeba_ids)")
     try:
         args.format2 = [
-            Format2(float(w), float(t), c)
-            for w, t, c in (item.split(":") for item in args.format2.split(","))
+            Format2(float(w), float(t), c, anchor[0] if anchor else "")
+            for w, t, c, *anchor in (item.split(":") for item in args.format2.split(","))
         ]
     except ValueError:
         parser.error("--format2: give weight:temperature:calibration, e.g. 0.3:0.1:batch")
-    if any(f.calibration not in ("teacher", "batch") or f.temperature <= 0 for f in args.format2):
-        parser.error("--format2: calibration is teacher or batch, temperature > 0")
+    if any(
+        f.calibration not in ("teacher", "batch")
+        or f.temperature <= 0
+        or f.anchor not in ("", "anchor", "reference")
+        for f in args.format2
+    ):
+        parser.error("--format2: calibration is teacher or batch, temperature > 0, anchor or reference")
     torch.set_num_threads(1)
     started = time.time()
 
