@@ -1,33 +1,39 @@
 """Benchmark: terminal-sized students distilled from a bigger teacher, with inspection feedback (issue 13).
 
-Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), aligned by MTCNN's five points to the
-ArcFace template (photos without a face are left out; the points are computed once and cached, see
---points-cache; --unaligned: the fixed centre crop of bench/adaptation.py, on which short runs from scratch
-reach an AUC of only ~0.60 whatever the model, bench/landmarks.py). Identities are split by name:
-the first 200 train (teacher and students), the next 28 are "field" users whose terminal attempts are
-inspected (the inspection set), the last 28 are held out: their clean photo pairs are the real-face
-verification set (AUC, TAR at FAR 1%, and each model's card threshold at FAR 1%), and their simulated
-terminal attempts measure false rejects / false accepts at that threshold.
+Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), aligned to the ArcFace template by
+MTCNN: the 112x112 crops of bench/real_faces_data.py's cache when it is complete (--aligned-cache, its
+done.json), else MTCNN's five points computed once and cached (--points-cache); photos without a face are
+left out; --unaligned: the fixed centre crop of bench/adaptation.py, on which short runs from scratch reach
+an AUC of only ~0.60 whatever the model (bench/landmarks.py). Identities are split by name: the first 200
+train (teacher and students), the next 28 are "field" users: the first 20 are inspected (their terminal
+attempts, labelled, are the inspection set), the last 8 validate format 2's settings (their clean pairs
+give a FAR-1% threshold, their drifted attempts false rejects / accepts: defaults are chosen there); the
+last 28 are held out: their clean photo pairs are the real-face verification set (AUC, TAR at FAR 1%, and
+each model's card threshold at FAR 1%), and their simulated terminal attempts measure false rejects /
+false accepts at that threshold. "same pairs undrifted": the false rejects on the same genuine pairs with
+the attempt photo undrifted, the floor that undoing the drift can reach.
 
 Terminal attempts: one site (darker, colour-cast light) plus per-user pose shift, blur and an occluding band
 (bench/adaptation.py's drift), at a level drawn from [0.3, 0.6]. A user's reference is their first photo,
 clean; a genuine attempt is one of their other photos drifted; an impostor attempt is another user's drifted
 photo claimed as them. The field attempts are labelled from ground truth (a scripted inspector) and packed
-as pairs (reference crop, attempt crop, verdict), the inspection-set format: both the field attempts and the
-held-out ones go through the platform's collection path (``collected``: ``record_attempt`` with the teacher's
-score and decision, ``label_attempt_audited``, ``create_inspection_set``, read back by the distill worker's
-loader) into a throwaway SQLite database and local store.
+as pairs (reference crop, attempt crop, verdict), the inspection-set format: both the inspected attempts and
+the held-out ones go through the platform's collection path (``collected``: ``record_attempt`` with the
+teacher's score and decision, ``label_attempt_audited``, ``create_inspection_set``, read back by the
+distill worker's loader) into a throwaway SQLite database and local store.
 
 Models: the teacher is trained with ArcFace on the 200 training identities (default: tiny width 32 at 48 px,
 what a loaded 2-core machine trains in minutes; --teacher-width / --teacher-size / --teacher-backbone for a
-bigger one). Three students (tiny width 16 at 32 px: the teacher's crops are resized), the same steps and
-batch each: (a) from scratch with ArcFace on the labels, (b) distilled (format 1: cosine distance to the
-teacher's embedding + MSE of the batch cosine-similarity matrices), (c) distilled + inspection (format 2:
-logistic loss of the pair score against the verdict at the teacher card's threshold, weight 1). The losses
-are `facefleet.nn.distill`'s, as the `distill` run uses them. Latency: ONNX Runtime, 1 thread, batch 1.
-Targets: (b) closes >= 50% of the AUC gap between (a) and the teacher; (c) has >= 30% fewer false rejects
-than (b) on held-out drifted genuine attempts, without more false accepts; student latency <= 0.3x teacher.
-Run: nice -n 10 .venv/bin/python bench/distill.py [--student-steps 250] [--teacher-steps 600] [--seed 0]
+bigger one; kept per settings and seed under --teacher-cache). Three students (tiny width 16 at 32 px: the
+teacher's crops are resized), the same steps and batch each: (a) from scratch with ArcFace on the labels,
+(b) distilled (format 1: cosine distance to the teacher's embedding + MSE of the batch cosine-similarity
+matrices), (c) distilled + inspection (format 2: logistic loss of the pair score against the verdict, by
+default the distill run's defaults: weight 0.1, temperature 0.2, at the batch-calibrated threshold;
+--format2 adds arms with other settings). The losses are `facefleet.nn.distill`'s, as the `distill` run
+uses them. Latency: ONNX Runtime, 1 thread, batch 1. Targets: (b) closes >= 50% of the AUC gap between (a)
+and the teacher; (c) has >= 30% fewer false rejects than (b) on held-out drifted genuine attempts, without
+more false accepts; student latency <= 0.3x teacher. With --seeds N: per-seed tables, then their means.
+Run: nice -n 10 .venv/bin/python bench/distill.py [--seeds 3] [--student-steps 250] [--teacher-steps 600]
 """
 
 from __future__ import annotations
@@ -598,6 +604,11 @@ def run_seed(
     return held_results, val_results, card_threshold
 
 
+def num(value: float) -> str:
+    """A count as an integer, a mean of counts with one decimal."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
 def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -> None:
     print(f"\n{title}")
     header = (
@@ -613,11 +624,11 @@ def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -
     for name, r in results.items():
         row = (
             f"| {name} | {r['auc']:.3f} | {r['tar']:.3f} | {r['threshold']:.3f} | "
-            f"{r['false_rejects']:g} / {r['genuine']:g} | {r['fr_undrifted']:g} | "
-            f"{r['false_accepts']:g} / {r['impostors']:g} |"
+            f"{num(r['false_rejects'])} / {num(r['genuine'])} | {num(r['fr_undrifted'])} | "
+            f"{num(r['false_accepts'])} / {num(r['impostors'])} |"
         )
         if latency:
-            row += f" {r['fr_teacher']:g} / {r['fa_teacher']:g} | {r['ms']:.2f} |"
+            row += f" {num(r['fr_teacher'])} / {num(r['fa_teacher'])} | {r['ms']:.2f} |"
         print(row)
 
 
@@ -656,11 +667,13 @@ def verdicts(results: dict[str, dict], inspected_name: str) -> str:
     return (
         f"AUC gap closed by distillation: {closed:.0%} (target >= 50%: {verdict(closed >= 0.5)}; "
         f"teacher - scratch gap {gap:+.3f})\n"
-        f"false rejects with inspection: {distilled['false_rejects']:g} -> {inspected['false_rejects']:g} "
+        f"false rejects with inspection: {num(distilled['false_rejects'])} -> "
+        f"{num(inspected['false_rejects'])} "
         f"({fewer:+.0%} fewer; target >= 30%: {verdict(fewer >= 0.3)}), false accepts "
-        f"{distilled['false_accepts']:g} -> {inspected['false_accepts']:g} "
+        f"{num(distilled['false_accepts'])} -> {num(inspected['false_accepts'])} "
         f"(target not more: {verdict(inspected['false_accepts'] <= distilled['false_accepts'])}); "
-        f"the distilled student rejects {distilled['fr_undrifted']:g} of the same genuine pairs undrifted: "
+        f"the distilled student rejects {num(distilled['fr_undrifted'])} of the same genuine pairs "
+        f"undrifted: "
         f"undoing the drift entirely would cut its false rejects by {reachable:.0%}\n"
         f"student / teacher latency: {ratio:.2f} (target <= 0.3: {verdict(ratio <= 0.3)})"
     )
