@@ -44,8 +44,10 @@ import io
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -237,7 +239,9 @@ def collected(
                     row = inspections.record_attempt(
                         session, store, device, body, max_bytes=1 << 22, rate_per_hour=10**9, now=now
                     )
-                    verdict = "genuine" if bool(attempts.genuine[i]) else "impostor"
+                    verdict: Literal["genuine", "impostor"] = (
+                        "genuine" if bool(attempts.genuine[i]) else "impostor"
+                    )
                     inspections.label_attempt_audited(
                         session, attempt_id=row.id, verdict=verdict, actor="bench"
                     )
@@ -510,7 +514,11 @@ def teacher_for(args: argparse.Namespace, seed: int, x: torch.Tensor, y: torch.T
 
 
 def run_seed(
-    args: argparse.Namespace, seed: int, photos: list[list[Image.Image]], how: str, say
+    args: argparse.Namespace,
+    seed: int,
+    photos: list[list[Image.Image]],
+    how: str,
+    say: Callable[[str], None],
 ) -> tuple[dict[str, dict], dict[str, dict], float]:
     """One seed: teacher, three students (plus any extra format-2 settings); held-out and validation
     results per model, and the teacher card's threshold."""
@@ -568,17 +576,20 @@ def run_seed(
         return get_backbone("tiny", embedding_dim=args.embedding_dim, input_size=args.student_size, width=16)
 
     steps = args.student_steps
-    arms = {
+    arms: dict[str, Callable[[], Backbone]] = {
         "student, scratch": lambda: train_arcface(student(), x, y, steps, seed),
         "student, distilled": lambda: train_distilled(
             student(), x, plain, flipped, steps, seed, None, card_threshold
         ),
     }
-    for k, f2 in enumerate(args.format2):
-        name = "student, distilled + inspection" + ("" if k == 0 else f" ({f2.label()})")
-        arms[name] = lambda f2=f2: train_distilled(
+
+    def inspected(f2: Format2) -> Callable[[], Backbone]:
+        return lambda: train_distilled(
             student(), x, plain, flipped, steps, seed, inspection, card_threshold, f2, teacher
         )
+
+    for k, f2 in enumerate(args.format2):
+        arms["student, distilled + inspection" + ("" if k == 0 else f" ({f2.label()})")] = inspected(f2)
     nets: dict[str, Backbone] = {"teacher": teacher}
     held_results = {"teacher": evaluate(teacher, clean, pairs, held_attempts)}
     val_results = {"teacher": evaluate(teacher, val_clean, val_pairs, validation_attempts)}
@@ -597,7 +608,7 @@ def run_seed(
         }
     for name, r in held_results.items():
         r["ms"] = latency["teacher"] if name == "teacher" else latency["student"]
-        at_teacher = r["scores"] >= card_threshold
+        at_teacher = np.asarray(r["scores"]) >= card_threshold
         genuine = held_attempts.genuine.numpy()
         r["fr_teacher"] = int((~at_teacher[genuine]).sum())
         r["fa_teacher"] = int(at_teacher[~genuine].sum())
