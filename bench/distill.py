@@ -417,6 +417,8 @@ def evaluate(net: Backbone, clean: torch.Tensor, pairs: tuple, held: Attempts) -
         "auc": float(metrics.auc),
         "tar": float(metrics.tar_at_operating_far),
         "threshold": threshold,
+        # how well the drifted attempts' scores separate genuine from impostor, at any threshold
+        "attempt_auc": float(verification_metrics(attempt_scores, genuine, operating_far=FAR).auc),
         "false_rejects": int((attempt_scores[genuine] < threshold).sum()),
         "genuine": int(genuine.sum()),
         "false_accepts": int((attempt_scores[~genuine] >= threshold).sum()),
@@ -624,9 +626,9 @@ def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -
     print(f"\n{title}")
     header = (
         "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | same pairs undrifted "
-        "| false accepts |"
+        "| false accepts | attempts AUC |"
     )
-    rule = "|---|---|---|---|---|---|---|"
+    rule = "|---|---|---|---|---|---|---|---|"
     if latency:
         header += " FR / FA at the teacher's threshold | ms (ORT, 1 thread) |"
         rule += "---|---|"
@@ -636,7 +638,7 @@ def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -
         row = (
             f"| {name} | {r['auc']:.3f} | {r['tar']:.3f} | {r['threshold']:.3f} | "
             f"{num(r['false_rejects'])} / {num(r['genuine'])} | {num(r['fr_undrifted'])} | "
-            f"{num(r['false_accepts'])} / {num(r['impostors'])} |"
+            f"{num(r['false_accepts'])} / {num(r['impostors'])} | {r['attempt_auc']:.3f} |"
         )
         if latency:
             row += f" {num(r['fr_teacher'])} / {num(r['fa_teacher'])} | {r['ms']:.2f} |"
@@ -646,6 +648,7 @@ def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -
 def mean_of(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
     keys = (
         "auc",
+        "attempt_auc",
         "tar",
         "threshold",
         "false_rejects",
