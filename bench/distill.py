@@ -1,33 +1,39 @@
 """Benchmark: terminal-sized students distilled from a bigger teacher, with inspection feedback (issue 13).
 
-Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), aligned by MTCNN's five points to the
-ArcFace template (photos without a face are left out; the points are computed once and cached, see
---points-cache; --unaligned: the fixed centre crop of bench/adaptation.py, on which short runs from scratch
-reach an AUC of only ~0.60 whatever the model, bench/landmarks.py). Identities are split by name:
-the first 200 train (teacher and students), the next 28 are "field" users whose terminal attempts are
-inspected (the inspection set), the last 28 are held out: their clean photo pairs are the real-face
-verification set (AUC, TAR at FAR 1%, and each model's card threshold at FAR 1%), and their simulated
-terminal attempts measure false rejects / false accepts at that threshold.
+Data: `../shared/benchdata/celeba_ids` (CelebA photos, identity labels), aligned to the ArcFace template by
+MTCNN: the 112x112 crops of bench/real_faces_data.py's cache when it is complete (--aligned-cache, its
+done.json), else MTCNN's five points computed once and cached (--points-cache); photos without a face are
+left out; --unaligned: the fixed centre crop of bench/adaptation.py, on which short runs from scratch reach
+an AUC of only ~0.60 whatever the model (bench/landmarks.py). Identities are split by name: the first 200
+train (teacher and students), the next 28 are "field" users: the first 20 are inspected (their terminal
+attempts, labelled, are the inspection set), the last 8 validate format 2's settings (their clean pairs
+give a FAR-1% threshold, their drifted attempts false rejects / accepts: defaults are chosen there); the
+last 28 are held out: their clean photo pairs are the real-face verification set (AUC, TAR at FAR 1%, and
+each model's card threshold at FAR 1%), and their simulated terminal attempts measure false rejects /
+false accepts at that threshold. "same pairs undrifted": the false rejects on the same genuine pairs with
+the attempt photo undrifted, the floor that undoing the drift can reach.
 
 Terminal attempts: one site (darker, colour-cast light) plus per-user pose shift, blur and an occluding band
 (bench/adaptation.py's drift), at a level drawn from [0.3, 0.6]. A user's reference is their first photo,
 clean; a genuine attempt is one of their other photos drifted; an impostor attempt is another user's drifted
 photo claimed as them. The field attempts are labelled from ground truth (a scripted inspector) and packed
-as pairs (reference crop, attempt crop, verdict), the inspection-set format: both the field attempts and the
-held-out ones go through the platform's collection path (``collected``: ``record_attempt`` with the teacher's
-score and decision, ``label_attempt_audited``, ``create_inspection_set``, read back by the distill worker's
-loader) into a throwaway SQLite database and local store.
+as pairs (reference crop, attempt crop, verdict), the inspection-set format: both the inspected attempts and
+the held-out ones go through the platform's collection path (``collected``: ``record_attempt`` with the
+teacher's score and decision, ``label_attempt_audited``, ``create_inspection_set``, read back by the
+distill worker's loader) into a throwaway SQLite database and local store.
 
 Models: the teacher is trained with ArcFace on the 200 training identities (default: tiny width 32 at 48 px,
 what a loaded 2-core machine trains in minutes; --teacher-width / --teacher-size / --teacher-backbone for a
-bigger one). Three students (tiny width 16 at 32 px: the teacher's crops are resized), the same steps and
-batch each: (a) from scratch with ArcFace on the labels, (b) distilled (format 1: cosine distance to the
-teacher's embedding + MSE of the batch cosine-similarity matrices), (c) distilled + inspection (format 2:
-logistic loss of the pair score against the verdict at the teacher card's threshold, weight 1). The losses
-are `facefleet.nn.distill`'s, as the `distill` run uses them. Latency: ONNX Runtime, 1 thread, batch 1.
-Targets: (b) closes >= 50% of the AUC gap between (a) and the teacher; (c) has >= 30% fewer false rejects
-than (b) on held-out drifted genuine attempts, without more false accepts; student latency <= 0.3x teacher.
-Run: nice -n 10 .venv/bin/python bench/distill.py [--student-steps 250] [--teacher-steps 600] [--seed 0]
+bigger one; kept per settings and seed under --teacher-cache). Three students (tiny width 16 at 32 px: the
+teacher's crops are resized), the same steps and batch each: (a) from scratch with ArcFace on the labels,
+(b) distilled (format 1: cosine distance to the teacher's embedding + MSE of the batch cosine-similarity
+matrices), (c) distilled + inspection (format 2: logistic loss of the pair score against the verdict, by
+default the distill run's defaults: weight 0.1, temperature 0.2, at the batch-calibrated threshold;
+--format2 adds arms with other settings). The losses are `facefleet.nn.distill`'s, as the `distill` run
+uses them. Latency: ONNX Runtime, 1 thread, batch 1. Targets: (b) closes >= 50% of the AUC gap between (a)
+and the teacher; (c) has >= 30% fewer false rejects than (b) on held-out drifted genuine attempts, without
+more false accepts; student latency <= 0.3x teacher. With --seeds N: per-seed tables, then their means.
+Run: nice -n 10 .venv/bin/python bench/distill.py [--seeds 3] [--student-steps 250] [--teacher-steps 600]
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ import io
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,11 +57,17 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.adaptation import DATA_CANDIDATES, Drift, site_and_users  # noqa: E402
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
-from facefleet.nn.distill import distillation_losses, pair_scores  # noqa: E402
+from facefleet.nn.distill import (  # noqa: E402
+    distillation_losses,
+    embedding_distance_loss,
+    pair_scores,
+    similarity_structure_loss,
+)
 from facefleet.nn.heads import DatasetAwareMarginHead  # noqa: E402
 from facefleet.nn.verification import fuse_flip, verification_metrics  # noqa: E402
+from facefleet.platform.runs.schemas import DistillConfig  # noqa: E402
 
-TRAIN_IDS, FIELD_IDS = 200, 28
+TRAIN_IDS, FIELD_IDS, VALIDATION_IDS = 200, 28, 8  # the last 8 field users validate format 2's settings
 BATCH, PAIR_BATCH = 64, 32
 FAR = 0.01
 
@@ -63,6 +77,7 @@ class Attempts:
     reference: torch.Tensor  # [P, 3, S, S] the claimed user's enrolled crop
     attempt: torch.Tensor  # [P, 3, S, S] the attempt crop
     genuine: torch.Tensor  # [P] bool
+    undrifted: torch.Tensor | None = None  # [P, 3, S, S] the attempt crops before the drift
 
 
 def celeba_points_cached(celeba: Path, cache: Path) -> dict[str, np.ndarray]:
@@ -136,20 +151,22 @@ def attempts_of(
     people: list[list[Image.Image]], drifts: list[Drift], rng: np.random.Generator, photos: range
 ) -> Attempts:
     """Per user: genuine attempts (own photos, drifted) and as many impostor attempts (others, drifted)."""
-    refs, tries, same = [], [], []
+    refs, tries, same, plain = [], [], [], []
     for user, person in enumerate(people):
         for index in photos:
             if index >= len(person):
                 continue
             refs.append(person[0])
             tries.append(drifts[user].apply(person[index], float(rng.uniform(0.3, 0.6))))
+            plain.append(person[index])
             same.append(True)
             other = int(rng.choice([k for k in range(len(people)) if k != user]))
             photo = people[other][int(rng.integers(1, len(people[other])))]
             refs.append(person[0])
             tries.append(drifts[other].apply(photo, float(rng.uniform(0.3, 0.6))))
+            plain.append(photo)
             same.append(False)
-    return Attempts(to_tensor(refs), to_tensor(tries), torch.tensor(same))
+    return Attempts(to_tensor(refs), to_tensor(tries), torch.tensor(same), to_tensor(plain))
 
 
 def collected(
@@ -222,7 +239,9 @@ def collected(
                     row = inspections.record_attempt(
                         session, store, device, body, max_bytes=1 << 22, rate_per_hour=10**9, now=now
                     )
-                    verdict = "genuine" if bool(attempts.genuine[i]) else "impostor"
+                    verdict: Literal["genuine", "impostor"] = (
+                        "genuine" if bool(attempts.genuine[i]) else "impostor"
+                    )
                     inspections.label_attempt_audited(
                         session, attempt_id=row.id, verdict=verdict, actor="bench"
                     )
@@ -234,7 +253,7 @@ def collected(
                 reference, attempt, genuine = load_verification_set(
                     store, version.manifest_key, pairs_key, size
                 )
-                back = Attempts(reference, attempt, genuine.bool())
+                back = Attempts(reference, attempt, genuine.bool(), attempts.undrifted)
                 if not (
                     torch.equal(back.genuine, attempts.genuine)
                     and torch.allclose(back.reference, attempts.reference, atol=1e-5)
@@ -293,6 +312,33 @@ def embed(net: Backbone, images: torch.Tensor) -> torch.Tensor:
     )
 
 
+@dataclass
+class Format2:
+    """How the inspection arm weighs and calibrates format 2 (the run's ``distill.*`` fields)."""
+
+    weight: float = 1.0
+    temperature: float = 0.05
+    calibration: str = "teacher"
+    # "": format 2 alone; "anchor": format 1 on the inspected crops too (the teacher's embedding of each
+    # crop); "reference": a genuine verdict makes the teacher's embedding of the *reference* the attempt's
+    # target (the inspector says it is that person), impostor crops are anchored to their own
+    anchor: str = ""
+
+    def label(self) -> str:
+        extra = {
+            "": "",
+            "anchor": ", + format 1 on the crops",
+            "reference": ", + genuine attempts to the teacher's reference",
+        }[self.anchor]
+        return f"w {self.weight:g}, T {self.temperature:g}, {self.calibration}{extra}"
+
+
+_RUN_DEFAULTS = DistillConfig()
+DEFAULT_FORMAT2 = Format2(
+    _RUN_DEFAULTS.inspection_weight, _RUN_DEFAULTS.temperature, _RUN_DEFAULTS.calibration
+)  # the distill run's defaults
+
+
 def train_distilled(
     net: Backbone,
     x: torch.Tensor,
@@ -302,8 +348,11 @@ def train_distilled(
     seed: int,
     inspection: Attempts | None,
     threshold: float,
+    format2: Format2 | None = None,
+    teacher: Backbone | None = None,
 ) -> Backbone:
     """Format 1 against the teacher's (precomputed, per flip) embeddings; format 2 on inspection pairs."""
+    format2 = format2 or Format2()
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
@@ -313,15 +362,25 @@ def train_distilled(
         index = torch.randint(0, len(x), (BATCH,), generator=generator)
         images, flipped = flip_some(resize(x[index], net.input_size), generator)
         target = torch.where(flipped[:, None], teacher_flipped[index], teacher_plain[index])
-        scores = same = None
+        scores = same = anchor_loss = None
         if inspection is not None:
             pick = torch.randint(0, len(inspection.genuine), (PAIR_BATCH,), generator=generator)
-            both = torch.cat([inspection.reference[pick], inspection.attempt[pick]])
-            both, _ = flip_some(resize(both, net.input_size), generator)
+            both, _ = flip_some(torch.cat([inspection.reference[pick], inspection.attempt[pick]]), generator)
             # one forward for the image batch and the pairs: BatchNorm sees one batch, as in the run
-            out = net(torch.cat([images, both]))
+            out = net(torch.cat([images, resize(both, net.input_size)]))
             student, pairs = out[:BATCH], out[BATCH:]
             scores, same = pair_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:]), inspection.genuine[pick]
+            if format2.anchor and teacher is not None:
+                with torch.no_grad():
+                    anchors = teacher.eval()(resize(both, teacher.input_size))
+                if format2.anchor == "anchor":
+                    anchor_loss = embedding_distance_loss(pairs, anchors) + similarity_structure_loss(
+                        pairs, anchors
+                    )
+                else:  # the reference's teacher embedding is the genuine attempt's target
+                    refs = anchors[:PAIR_BATCH]
+                    tries = torch.where(same[:, None], refs, anchors[PAIR_BATCH:])
+                    anchor_loss = embedding_distance_loss(pairs, torch.cat([refs, tries]))
         else:
             student = net(images)
         losses = distillation_losses(
@@ -330,11 +389,13 @@ def train_distilled(
             inspection_scores=scores,
             inspection_same=same,
             threshold=threshold,
-            temperature=0.05,
-            inspection_weight=1.0,
+            temperature=format2.temperature,
+            inspection_weight=format2.weight,
+            calibration=format2.calibration,
         )
+        loss = losses["loss"] + (anchor_loss if anchor_loss is not None else 0.0)
         optimizer.zero_grad()
-        losses["loss"].backward()
+        loss.backward()
         optimizer.step()
         schedule.step()
     return net.eval()
@@ -356,11 +417,24 @@ def evaluate(net: Backbone, clean: torch.Tensor, pairs: tuple, held: Attempts) -
         "auc": float(metrics.auc),
         "tar": float(metrics.tar_at_operating_far),
         "threshold": threshold,
+        # how well the drifted attempts' scores separate genuine from impostor, at any threshold
+        "attempt_auc": float(verification_metrics(attempt_scores, genuine, operating_far=FAR).auc),
         "false_rejects": int((attempt_scores[genuine] < threshold).sum()),
         "genuine": int(genuine.sum()),
         "false_accepts": int((attempt_scores[~genuine] >= threshold).sum()),
         "impostors": int((~genuine).sum()),
         "scores": attempt_scores,  # type: ignore[dict-item]
+        # the floor of what undoing the drift can reach: the same genuine pairs, undrifted
+        "fr_undrifted": (
+            int(
+                (
+                    scores_of(net, Attempts(held.reference, held.undrifted, held.genuine))[genuine]
+                    < threshold
+                ).sum()
+            )
+            if held.undrifted is not None
+            else -1
+        ),
     }
 
 
@@ -385,6 +459,240 @@ def latency_ms(net: Backbone, folder: Path, name: str, runs: int = 200) -> float
     return float(np.median(times) * 1000)
 
 
+def load_photos(args: argparse.Namespace) -> tuple[list[list[Image.Image]], str]:
+    """Per identity (sorted by name) its crops at the teacher's size; identities with < 3 faces dropped
+    when aligned. Sources, first that applies: --unaligned (centre crops); --aligned-cache (112x112 PNGs
+    made by bench/real_faces_data.py, the product's MTCNN aligner at full size); MTCNN points (cached)."""
+    people_dirs = sorted(p for p in args.data.iterdir() if p.is_dir())
+    size = args.teacher_size
+    if args.unaligned:
+        photos = [
+            [c for f in sorted(d.glob("*.jpg")) if (c := crop(f, size)) is not None] for d in people_dirs
+        ]
+        return photos, "centre crops, NOT aligned"
+    cache = args.aligned_cache
+    if cache is not None and (cache / "done.json").is_file():
+        photos = [
+            [
+                Image.open(f).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                for f in sorted((cache / d.name).glob("*.png"))
+            ]
+            for d in people_dirs
+        ]
+        how = f"MTCNN-aligned, crops from {cache}"
+    else:
+        points = celeba_points_cached(args.data, args.points_cache)
+        photos = [
+            [c for f in sorted(d.glob("*.jpg")) if (c := crop(f, size, points)) is not None]
+            for d in people_dirs
+        ]
+        how = "MTCNN-aligned (cached points)"
+    return [p for p in photos if len(p) >= 3], how
+
+
+def teacher_for(args: argparse.Namespace, seed: int, x: torch.Tensor, y: torch.Tensor, how: str) -> Backbone:
+    """The seed's teacher, trained once and kept under --teacher-cache (safetensors; weights only)."""
+    from safetensors.torch import load_file, save_file
+
+    kw = {"width": args.teacher_width} if args.teacher_backbone == "tiny" else {}
+    torch.manual_seed(seed)
+    teacher = get_backbone(
+        args.teacher_backbone, embedding_dim=args.embedding_dim, input_size=args.teacher_size, **kw
+    )
+    tag = "unaligned" if args.unaligned else ("cache" if "crops from" in how else "points")
+    name = (
+        f"{args.teacher_backbone}-w{args.teacher_width}-{args.teacher_size}px-{args.teacher_steps}steps-"
+        f"d{args.embedding_dim}-{tag}-seed{seed}.safetensors"
+    )
+    path = args.teacher_cache / name if args.teacher_cache is not None else None
+    if path is not None and path.is_file():
+        teacher.load_state_dict(load_file(str(path)))
+        return teacher.eval()
+    teacher = train_arcface(teacher, x, y, args.teacher_steps, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path))
+    return teacher
+
+
+def run_seed(
+    args: argparse.Namespace,
+    seed: int,
+    photos: list[list[Image.Image]],
+    how: str,
+    say: Callable[[str], None],
+) -> tuple[dict[str, dict], dict[str, dict], float]:
+    """One seed: teacher, three students (plus any extra format-2 settings); held-out and validation
+    results per model, and the teacher card's threshold."""
+    train_people = photos[:TRAIN_IDS]
+    field = photos[TRAIN_IDS : TRAIN_IDS + FIELD_IDS]
+    held = photos[TRAIN_IDS + FIELD_IDS :]
+    inspected_users, validation_users = (
+        field[: FIELD_IDS - VALIDATION_IDS],
+        field[FIELD_IDS - VALIDATION_IDS :],
+    )
+    x = to_tensor([i for p in train_people for i in p])
+    y = torch.tensor([k for k, p in enumerate(train_people) for _ in p])
+    rng = np.random.default_rng(seed)
+    drifts = site_and_users(rng, len(field) + len(held))  # one site: field and held-out users share it
+    inspection = attempts_of(inspected_users, drifts[: len(inspected_users)], rng, range(1, 10))
+    validation_attempts = attempts_of(
+        validation_users, drifts[len(inspected_users) : len(field)], rng, range(1, 14)
+    )
+    held_attempts = attempts_of(held, drifts[len(field) :], rng, range(1, 14))
+
+    def clean_set(people: list[list[Image.Image]]) -> tuple[torch.Tensor, tuple]:
+        images = to_tensor([i for p in people for i in p])
+        return images, clean_pairs(np.array([k for k, p in enumerate(people) for _ in p]), rng)
+
+    clean, pairs = clean_set(held)
+    val_clean, val_pairs = clean_set(validation_users)
+    say(
+        f"seed {seed}: {len(photos)} identities: {len(x)} training images ({TRAIN_IDS} ids); inspection set "
+        f"{len(inspection.genuine)} attempts ({len(inspected_users)} field users, half genuine); validation: "
+        f"{len(validation_users)} field users, {len(val_pairs[2])} clean pairs, "
+        f"{len(validation_attempts.genuine)} drifted attempts; held out: {len(held)} users, "
+        f"{len(pairs[2])} clean pairs, {len(held_attempts.genuine)} drifted attempts"
+    )
+    teacher = teacher_for(args, seed, x, y, how)
+    card_threshold = evaluate(teacher, clean, pairs, held_attempts)["threshold"]  # clean pairs only
+    with tempfile.TemporaryDirectory(prefix="facefleet-bench-collect-") as tmp:
+        through = collected(
+            {"field-inspected": inspection, "held-out-attempts": held_attempts},
+            teacher,
+            card_threshold,
+            Path(tmp),
+        )
+    inspection, held_attempts = through["field-inspected"], through["held-out-attempts"]
+    say(
+        f"attempts through the collection path (record_attempt, label_attempt_audited, "
+        f"create_inspection_set): {len(inspection.genuine)} field, {len(held_attempts.genuine)} held out"
+    )
+    with torch.no_grad():
+        teacher.eval()
+        plain = torch.cat([teacher(x[i : i + 256]) for i in range(0, len(x), 256)])
+        flipped = torch.cat([teacher(torch.flip(x[i : i + 256], dims=[3])) for i in range(0, len(x), 256)])
+
+    def student() -> Backbone:
+        torch.manual_seed(seed + 1)
+        return get_backbone("tiny", embedding_dim=args.embedding_dim, input_size=args.student_size, width=16)
+
+    steps = args.student_steps
+    arms: dict[str, Callable[[], Backbone]] = {
+        "student, scratch": lambda: train_arcface(student(), x, y, steps, seed),
+        "student, distilled": lambda: train_distilled(
+            student(), x, plain, flipped, steps, seed, None, card_threshold
+        ),
+    }
+
+    def inspected(f2: Format2) -> Callable[[], Backbone]:
+        return lambda: train_distilled(
+            student(), x, plain, flipped, steps, seed, inspection, card_threshold, f2, teacher
+        )
+
+    for k, f2 in enumerate(args.format2):
+        arms["student, distilled + inspection" + ("" if k == 0 else f" ({f2.label()})")] = inspected(f2)
+    nets: dict[str, Backbone] = {"teacher": teacher}
+    held_results = {"teacher": evaluate(teacher, clean, pairs, held_attempts)}
+    val_results = {"teacher": evaluate(teacher, val_clean, val_pairs, validation_attempts)}
+    for name, train in arms.items():
+        nets[name] = train()
+        held_results[name] = evaluate(nets[name], clean, pairs, held_attempts)
+        val_results[name] = evaluate(nets[name], val_clean, val_pairs, validation_attempts)
+        say(
+            f"seed {seed} {name}: AUC {held_results[name]['auc']:.3f}; validation FR "
+            f"{val_results[name]['false_rejects']} FA {val_results[name]['false_accepts']}"
+        )
+    with tempfile.TemporaryDirectory(prefix="facefleet-bench-distill-") as tmp:
+        latency = {
+            "teacher": latency_ms(teacher, Path(tmp), "teacher"),
+            "student": latency_ms(nets["student, scratch"], Path(tmp), "student"),
+        }
+    for name, r in held_results.items():
+        r["ms"] = latency["teacher"] if name == "teacher" else latency["student"]
+        at_teacher = np.asarray(r["scores"]) >= card_threshold
+        genuine = held_attempts.genuine.numpy()
+        r["fr_teacher"] = int((~at_teacher[genuine]).sum())
+        r["fa_teacher"] = int(at_teacher[~genuine].sum())
+    return held_results, val_results, card_threshold
+
+
+def num(value: float) -> str:
+    """A count as an integer, a mean of counts with one decimal."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def print_table(title: str, results: dict[str, dict], *, latency: bool = True) -> None:
+    print(f"\n{title}")
+    header = (
+        "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | same pairs undrifted "
+        "| false accepts | attempts AUC |"
+    )
+    rule = "|---|---|---|---|---|---|---|---|"
+    if latency:
+        header += " FR / FA at the teacher's threshold | ms (ORT, 1 thread) |"
+        rule += "---|---|"
+    print(header)
+    print(rule)
+    for name, r in results.items():
+        row = (
+            f"| {name} | {r['auc']:.3f} | {r['tar']:.3f} | {r['threshold']:.3f} | "
+            f"{num(r['false_rejects'])} / {num(r['genuine'])} | {num(r['fr_undrifted'])} | "
+            f"{num(r['false_accepts'])} / {num(r['impostors'])} | {r['attempt_auc']:.3f} |"
+        )
+        if latency:
+            row += f" {num(r['fr_teacher'])} / {num(r['fa_teacher'])} | {r['ms']:.2f} |"
+        print(row)
+
+
+def mean_of(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
+    keys = (
+        "auc",
+        "attempt_auc",
+        "tar",
+        "threshold",
+        "false_rejects",
+        "fr_undrifted",
+        "genuine",
+        "false_accepts",
+        "impostors",
+    )
+    keys_all = (*keys, "fr_teacher", "fa_teacher", "ms")
+    out = {}
+    for name in per_seed[0]:
+        present = [k for k in keys_all if k in per_seed[0][name]]
+        out[name] = {k: float(np.mean([r[name][k] for r in per_seed])) for k in present}
+    return out
+
+
+def verdicts(results: dict[str, dict], inspected_name: str) -> str:
+    scratch, distilled, inspected = (
+        results[k] for k in ("student, scratch", "student, distilled", inspected_name)
+    )
+    gap = results["teacher"]["auc"] - scratch["auc"]
+    closed = (distilled["auc"] - scratch["auc"]) / gap if gap > 0 else float("nan")
+    fewer = 1 - inspected["false_rejects"] / max(distilled["false_rejects"], 1)
+    ratio = results["student, scratch"]["ms"] / results["teacher"]["ms"]
+    reachable = 1 - distilled["fr_undrifted"] / max(distilled["false_rejects"], 1)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    return (
+        f"AUC gap closed by distillation: {closed:.0%} (target >= 50%: {verdict(closed >= 0.5)}; "
+        f"teacher - scratch gap {gap:+.3f})\n"
+        f"false rejects with inspection: {num(distilled['false_rejects'])} -> "
+        f"{num(inspected['false_rejects'])} "
+        f"({fewer:+.0%} fewer; target >= 30%: {verdict(fewer >= 0.3)}), false accepts "
+        f"{num(distilled['false_accepts'])} -> {num(inspected['false_accepts'])} "
+        f"(target not more: {verdict(inspected['false_accepts'] <= distilled['false_accepts'])}); "
+        f"the distilled student rejects {num(distilled['fr_undrifted'])} of the same genuine pairs "
+        f"undrifted: "
+        f"undoing the drift entirely would cut its false rejects by {reachable:.0%}\n"
+        f"student / teacher latency: {ratio:.2f} (target <= 0.3: {verdict(ratio <= 0.3)})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -397,146 +705,87 @@ def main() -> None:
     parser.add_argument("--student-size", type=int, default=32)
     parser.add_argument("--student-steps", type=int, default=250)
     parser.add_argument("--embedding-dim", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds (seed, seed+1, ...)")
+    parser.add_argument(
+        "--format2",
+        default=f"{DEFAULT_FORMAT2.weight}:{DEFAULT_FORMAT2.temperature}:{DEFAULT_FORMAT2.calibration}",
+        help="comma-separated weight:temperature:calibration (teacher|batch)[:anchor] settings of format 2, "
+        "one inspection arm each; the first is the one the targets are judged on (default: the run's "
+        "defaults)",
+    )
     parser.add_argument("--unaligned", action="store_true", help="centre crops instead of MTCNN alignment")
+    parser.add_argument(
+        "--aligned-cache",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "aligned" / "celeba_ids",
+        help="aligned 112x112 crops of celeba_ids from bench/real_faces_data.py, used when its done.json "
+        "exists (else MTCNN points are computed / read from --points-cache)",
+    )
     parser.add_argument(
         "--points-cache",
         type=Path,
         default=Path(".facefleet/bench/celeba_points.json"),
         help="MTCNN points of celeba_ids (made on the first run; or a registration's alignment.json)",
     )
+    parser.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=Path(".facefleet/bench/teachers"),
+        help="trained teachers kept per settings and seed (safetensors)",
+    )
     args = parser.parse_args()
     if args.data is None or not args.data.is_dir():
         parser.error("celeba_ids not found; give --data DIR (../shared/benchdata/celeba_ids)")
+    try:
+        args.format2 = [
+            Format2(float(w), float(t), c, anchor[0] if anchor else "")
+            for w, t, c, *anchor in (item.split(":") for item in args.format2.split(","))
+        ]
+    except ValueError:
+        parser.error("--format2: give weight:temperature:calibration, e.g. 0.3:0.1:batch")
+    if any(
+        f.calibration not in ("teacher", "batch")
+        or f.temperature <= 0
+        or f.anchor not in ("", "anchor", "reference")
+        for f in args.format2
+    ):
+        parser.error("--format2: calibration is teacher or batch, temperature > 0, anchor or reference")
     torch.set_num_threads(1)
     started = time.time()
 
     def say(text: str) -> None:
         print(f"[{time.time() - started:5.0f}s] {text}", flush=True)
 
-    people_dirs = sorted(p for p in args.data.iterdir() if p.is_dir())
-    points = None if args.unaligned else celeba_points_cached(args.data, args.points_cache)
-    say("aligned with MTCNN's five points" if points is not None else "unaligned centre crops")
-    photos = [
-        [c for f in sorted(d.glob("*.jpg")) if (c := crop(f, args.teacher_size, points)) is not None]
-        for d in people_dirs
-    ]
-    photos = [p for p in photos if len(p) >= 3] if points is not None else photos
-    train_people, field, held = (
-        photos[:TRAIN_IDS],
-        photos[TRAIN_IDS : TRAIN_IDS + FIELD_IDS],
-        photos[TRAIN_IDS + FIELD_IDS :],
-    )
-    x = to_tensor([i for p in train_people for i in p])
-    y = torch.tensor([k for k, p in enumerate(train_people) for _ in p])
-    rng = np.random.default_rng(args.seed)
-    drifts = site_and_users(rng, len(field) + len(held))  # one site: field and held-out users share it
-    inspection = attempts_of(field, drifts[: len(field)], rng, range(1, 10))
-    held_attempts = attempts_of(held, drifts[len(field) :], rng, range(1, 14))
-    clean = to_tensor([i for p in held for i in p])
-    clean_labels = np.array([k for k, p in enumerate(held) for _ in p])
-    pairs = clean_pairs(clean_labels, rng)
-    say(
-        f"{len(photos)} identities: {len(x)} training images ({TRAIN_IDS} ids); inspection set "
-        f"{len(inspection.genuine)} attempts ({len(field)} field users, half genuine); held out: "
-        f"{len(held)} users, {len(pairs[2])} clean pairs, {len(held_attempts.genuine)} drifted attempts"
-    )
-
-    teacher_kw = {"width": args.teacher_width} if args.teacher_backbone == "tiny" else {}
-    torch.manual_seed(args.seed)
-    teacher = get_backbone(
-        args.teacher_backbone, embedding_dim=args.embedding_dim, input_size=args.teacher_size, **teacher_kw
-    )
-    teacher = train_arcface(teacher, x, y, args.teacher_steps, args.seed)
-    results = {"teacher": evaluate(teacher, clean, pairs, held_attempts)}
-    card_threshold = results["teacher"]["threshold"]  # from the clean pairs only
-    with tempfile.TemporaryDirectory(prefix="facefleet-bench-collect-") as tmp:
-        through = collected(
-            {"field-inspected": inspection, "held-out-attempts": held_attempts},
-            teacher,
-            card_threshold,
-            Path(tmp),
+    photos, how = load_photos(args)
+    say(f"{how}: {len(photos)} identities")
+    held_all, val_all = [], []
+    for seed in range(args.seed, args.seed + args.seeds):
+        held, val, threshold = run_seed(args, seed, photos, how, say)
+        held_all.append(held)
+        val_all.append(val)
+        desc = (
+            f"celeba_ids ({how}), seed {seed}; teacher {args.teacher_backbone}"
+            f"{f' w{args.teacher_width}' if args.teacher_backbone == 'tiny' else ''} "
+            f"@ {args.teacher_size}px, "
+            f"{args.teacher_steps} steps (card threshold {threshold:.3f}); students tiny w16 @ "
+            f"{args.student_size}px, {args.student_steps} steps x {BATCH} each; first inspection arm: "
+            f"{args.format2[0].label()}"
         )
-    inspection, held_attempts = through["field-inspected"], through["held-out-attempts"]
-    results["teacher"] = evaluate(teacher, clean, pairs, held_attempts)
-    say(
-        f"attempts through the collection path (record_attempt, label_attempt_audited, "
-        f"create_inspection_set): {len(inspection.genuine)} field, {len(held_attempts.genuine)} held out"
-    )
-    say(f"teacher trained: AUC {results['teacher']['auc']:.3f}, card threshold {card_threshold:.3f}")
-    with torch.no_grad():
-        teacher.eval()
-        plain = torch.cat([teacher(x[i : i + 256]) for i in range(0, len(x), 256)])
-        flipped = torch.cat([teacher(torch.flip(x[i : i + 256], dims=[3])) for i in range(0, len(x), 256)])
-
-    def student() -> Backbone:
-        torch.manual_seed(args.seed + 1)
-        return get_backbone("tiny", embedding_dim=args.embedding_dim, input_size=args.student_size, width=16)
-
-    steps = args.student_steps
-    arms = {
-        "student, scratch": lambda: train_arcface(student(), x, y, steps, args.seed),
-        "student, distilled": lambda: train_distilled(
-            student(), x, plain, flipped, steps, args.seed, None, card_threshold
-        ),
-        "student, distilled + inspection": lambda: train_distilled(
-            student(), x, plain, flipped, steps, args.seed, inspection, card_threshold
-        ),
-    }
-    nets: dict[str, Backbone] = {"teacher": teacher}
-    for name, train in arms.items():
-        nets[name] = train()
-        results[name] = evaluate(nets[name], clean, pairs, held_attempts)
-        say(f"{name}: AUC {results[name]['auc']:.3f}")
-    with tempfile.TemporaryDirectory(prefix="facefleet-bench-distill-") as tmp:
-        latency = {
-            "teacher": latency_ms(teacher, Path(tmp), "teacher"),
-            "student": latency_ms(nets["student, scratch"], Path(tmp), "student"),
-        }
-
-    teacher_desc = (
-        f"{args.teacher_backbone}{f' w{args.teacher_width}' if teacher_kw else ''} @ {args.teacher_size}px, "
-        f"{args.teacher_steps} steps"
-    )
-    print(
-        f"\nDistillation on celeba_ids ({'MTCNN-aligned' if points else 'centre crops, NOT aligned'}), "
-        f"seed {args.seed}; teacher {teacher_desc}; "
-        f"students tiny w16 @ {args.student_size}px, {steps} steps x {BATCH} each; thresholds at FAR 1% on "
-        "the clean held-out pairs"
-    )
-    print(
-        "| model | AUC | TAR @ FAR 1% | threshold | false rejects (drifted genuine) | false accepts "
-        "| FR / FA at the teacher's threshold | ms (ORT, 1 thread) |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    genuine = held_attempts.genuine.numpy()
-    for name, r in results.items():
-        ms = latency["teacher"] if name == "teacher" else latency["student"]
-        at_teacher = r["scores"] >= card_threshold  # type: ignore[operator]
-        print(
-            f"| {name} | {r['auc']:.3f} | {r['tar']:.3f} | {r['threshold']:.3f} | "
-            f"{r['false_rejects']} / {r['genuine']} | {r['false_accepts']} / {r['impostors']} | "
-            f"{int((~at_teacher[genuine]).sum())} / {int(at_teacher[~genuine].sum())} | {ms:.2f} |"
+        print_table(f"Held out, {desc}; thresholds at FAR 1% on the clean held-out pairs", held)
+        print_table(
+            f"Validation (field users not in the inspection set), seed {seed}; thresholds at FAR 1% on "
+            "their clean pairs",
+            val,
+            latency=False,
         )
-    scratch, distilled, inspected = (results[k] for k in arms)
-    gap = results["teacher"]["auc"] - scratch["auc"]
-    closed = (distilled["auc"] - scratch["auc"]) / gap if gap > 0 else float("nan")
-    fewer = 1 - inspected["false_rejects"] / max(distilled["false_rejects"], 1)
-    ratio = latency["student"] / latency["teacher"]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    print(
-        f"AUC gap closed by distillation: {closed:.0%} (target >= 50%: {verdict(closed >= 0.5)}; "
-        f"teacher - scratch gap {gap:+.3f})\n"
-        f"false rejects with inspection: {distilled['false_rejects']} -> {inspected['false_rejects']} "
-        f"({fewer:+.0%} fewer; target >= 30%: {verdict(fewer >= 0.3)}), false accepts "
-        f"{distilled['false_accepts']} -> {inspected['false_accepts']} "
-        f"(target not more: {verdict(inspected['false_accepts'] <= distilled['false_accepts'])})\n"
-        f"student / teacher latency: {ratio:.2f} (target <= 0.3: {verdict(ratio <= 0.3)}); "
-        f"total {time.time() - started:.0f}s"
-    )
+        print(verdicts(held, "student, distilled + inspection"), flush=True)
+    if args.seeds > 1:
+        held_mean, val_mean = mean_of(held_all), mean_of(val_all)
+        print_table(f"Held out, mean of {args.seeds} seeds", held_mean)
+        print_table(f"Validation, mean of {args.seeds} seeds", val_mean, latency=False)
+        print(verdicts(held_mean, "student, distilled + inspection"))
+    print(f"total {time.time() - started:.0f}s")
 
 
 if __name__ == "__main__":

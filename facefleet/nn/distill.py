@@ -9,8 +9,16 @@ Format 1, on a batch of images embedded by both nets:
     each other, which is what a verification decision reads, at any embedding size.
 Format 2, on inspected attempt pairs (reference crop, attempt crop, verdict):
   * ``decision_loss``: logistic loss of the student's decision score (cosine of the two crops) against the
-    verdict, on the logit ``(score - threshold) / temperature``; ``threshold`` is the teacher card's, so a
-    score above it keeps meaning "accept" (genuine) and below it "reject" (impostor).
+    verdict, on the logit ``(score - threshold) / temperature``, so a score above the threshold keeps
+    meaning "accept" (genuine) and below it "reject" (impostor). Which threshold:
+  * ``calibrated_threshold`` (calibration ``batch``): the student's own counterpart of the teacher card's
+    threshold on the current training batch: the score at the same rank among the batch's cross-image
+    cosine scores as the teacher's threshold among the teacher's. The card is re-evaluated on the student
+    (at operating_far), so a fixed teacher threshold is not the student's: pulling inspected genuine
+    scores above it inflates every score and moves the student's own threshold up with them. The batch
+    threshold keeps its gradient, so the same loss pushes the batch's highest cross-image (mostly
+    impostor) scores down while it pulls inspected genuine pairs above them;
+  * the teacher card's threshold itself (calibration ``teacher``).
 """
 
 from __future__ import annotations
@@ -51,7 +59,29 @@ def similarity_structure_loss(student: torch.Tensor, teacher: torch.Tensor) -> t
     return difference[off_diagonal].pow(2).mean()
 
 
-def decision_logits(scores: torch.Tensor, threshold: float, temperature: float) -> torch.Tensor:
+def calibrated_threshold(
+    student: torch.Tensor, teacher: torch.Tensor, teacher_threshold: float
+) -> torch.Tensor:
+    """The student's decision threshold matching ``teacher_threshold`` on one batch (both [N, D*]).
+
+    ``share`` = the fraction of the batch's N*(N-1)/2 cross-image pairs the teacher scores at or above its
+    threshold; the result is the student's (1 - share) quantile of its own cross-image scores: both nets
+    accept the same share of the batch's pairs (on a training batch, nearly all impostors). Differentiable
+    in ``student`` (the teacher is detached).
+    """
+    n = student.shape[0]
+    if n < 2 or teacher.shape[0] != n:
+        raise ValueError(f"need one batch of >= 2 images for both nets, got {n} and {teacher.shape[0]}")
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=student.device), diagonal=1)
+    student_scores = cosine_matrix(student)[upper]
+    with torch.no_grad():
+        share = (cosine_matrix(teacher.detach())[upper] >= teacher_threshold).float().mean()
+    return torch.quantile(student_scores, (1.0 - share).clamp(0.0, 1.0).to(student_scores.dtype))
+
+
+def decision_logits(
+    scores: torch.Tensor, threshold: float | torch.Tensor, temperature: float
+) -> torch.Tensor:
     """The calibrated decision: positive means accept at ``threshold``; ``temperature`` sets its sharpness."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -62,7 +92,7 @@ def decision_loss(
     scores: torch.Tensor,
     is_same: torch.Tensor,
     *,
-    threshold: float,
+    threshold: float | torch.Tensor,
     temperature: float,
     balanced: bool = True,
 ) -> torch.Tensor:
@@ -101,20 +131,28 @@ def distillation_losses(
     threshold: float = 0.0,
     temperature: float = 0.05,
     inspection_weight: float = 0.0,
+    calibration: str = "teacher",
 ) -> dict[str, torch.Tensor]:
     """The named losses of one step; ``loss`` is their weighted sum.
 
     ``projected_student`` is the student's embedding in the teacher's space (for the cosine distance when
     the sizes differ; default: ``student`` itself). Without inspection pairs format 2 is left out.
+    ``threshold`` is the teacher card's; ``calibration``: ``teacher`` decides format 2 at it, ``batch`` at
+    its counterpart on this batch of the student's scores (``calibrated_threshold``; reported as
+    ``decision_threshold``).
     """
+    if calibration not in ("teacher", "batch"):
+        raise ValueError(f"calibration must be 'teacher' or 'batch', got {calibration!r}")
     distance = embedding_distance_loss(student if projected_student is None else projected_student, teacher)
     structure = similarity_structure_loss(student, teacher)
     losses = {"embedding_loss": distance, "similarity_loss": structure}
     total = embedding_weight * distance + similarity_weight * structure
     if inspection_scores is not None and inspection_same is not None and inspection_scores.numel():
-        decision = decision_loss(
-            inspection_scores, inspection_same, threshold=threshold, temperature=temperature
-        )
+        at: float | torch.Tensor = threshold
+        if calibration == "batch" and student.shape[0] >= 2:
+            at = calibrated_threshold(student, teacher, threshold)
+            losses["decision_threshold"] = at.detach()
+        decision = decision_loss(inspection_scores, inspection_same, threshold=at, temperature=temperature)
         losses["inspection_loss"] = decision
         total = total + inspection_weight * decision
     losses["loss"] = total

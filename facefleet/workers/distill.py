@@ -5,7 +5,8 @@ reporting, evaluation, ONNX export, registry): each worker loads the teacher fro
 (SHA-256 checked, frozen, eval mode), embeds every training batch with both nets (images resized to each
 net's input size) and trains the student on `facefleet.nn.distill`'s losses: format 1 against the teacher's
 embeddings, plus format 2 on pairs drawn from the run's inspection sets (reference crop, attempt crop,
-verdict) at the teacher card's threshold. The registered card names the teacher and the inspection sets.
+verdict) at the teacher card's threshold or, with ``distill.calibration: batch``, at its counterpart among
+the student's scores of each batch. The registered card names the teacher and the inspection sets.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
             threshold=ref.threshold,
             temperature=spec.temperature,
             inspection_weight=spec.inspection_weight,
+            calibration=spec.calibration,
         )
         apply_gradients(losses["loss"], optimizer, scheduler, state.scaler)
         step += 1

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from facefleet.nn.distill import (
+    calibrated_threshold,
+    cosine_matrix,
     decision_loss,
     distillation_losses,
     embedding_distance_loss,
@@ -152,3 +154,80 @@ def test_distillation_losses_weighted_sum() -> None:
     plain = distillation_losses(student, teacher)
     assert "inspection_loss" not in plain
     assert float(plain["loss"]) == pytest.approx(float(plain["embedding_loss"] + plain["similarity_loss"]))
+
+
+def ref_calibrated(student: np.ndarray, teacher: np.ndarray, threshold: float) -> float:
+    """The student's score at the teacher threshold's rank among the batch's cross-image pairs."""
+    n = len(student)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    s = sorted(_cos(list(student[i]), list(student[j])) for i, j in pairs)
+    share = sum(_cos(list(teacher[i]), list(teacher[j])) >= threshold for i, j in pairs) / len(pairs)
+    position = (1 - share) * (len(s) - 1)  # linear interpolation, as numpy's default quantile
+    low = math.floor(position)
+    high = min(low + 1, len(s) - 1)
+    return s[low] + (s[high] - s[low]) * (position - low)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibrated_threshold_matches_the_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    student, teacher = rng.normal(size=(9, 4)), rng.normal(size=(9, 6))
+    value = calibrated_threshold(torch.tensor(student), torch.tensor(teacher), 0.3)
+    assert float(value) == pytest.approx(ref_calibrated(student, teacher, 0.3), abs=1e-5)
+
+
+def test_calibrated_threshold_follows_the_students_scale() -> None:
+    """A student whose scores are the teacher's shifted up gets a threshold shifted up: the share of the
+    batch's pairs accepted stays the teacher's, whatever the student's score scale."""
+    teacher = torch.randn(12, 8)
+    teacher_cos = cosine_matrix(teacher)
+    upper = torch.triu(torch.ones(12, 12, dtype=torch.bool), diagonal=1)
+    threshold = float(teacher_cos[upper].quantile(0.9))
+    same_geometry = calibrated_threshold(teacher.clone(), teacher, threshold)
+    assert float(same_geometry) == pytest.approx(threshold, abs=0.05)
+    shifted = torch.cat([teacher, 3.0 * torch.ones(12, 1)], dim=1)  # every cosine closer to 1
+    assert float(calibrated_threshold(shifted, teacher, threshold)) > threshold + 0.1
+    with pytest.raises(ValueError, match="batch"):
+        calibrated_threshold(torch.randn(1, 4), torch.randn(1, 4), 0.5)
+
+
+def test_batch_calibration_pushes_the_batchs_high_scores_down() -> None:
+    """Format 2 at the batch threshold sends gradient to the student's training embeddings too: raising a
+    genuine inspected score is matched by lowering the cross-image scores that set the threshold."""
+    torch.manual_seed(0)
+    student = torch.randn(10, 6, requires_grad=True)
+    teacher = torch.randn(10, 6)
+    left, right = torch.randn(4, 6), torch.randn(4, 6, requires_grad=True)
+    out = distillation_losses(
+        student,
+        teacher,
+        embedding_weight=0.0,
+        similarity_weight=0.0,
+        inspection_scores=pair_scores(left, right),
+        inspection_same=torch.tensor([True, True, False, False]),
+        threshold=0.2,
+        temperature=0.1,
+        inspection_weight=1.0,
+        calibration="batch",
+    )
+    out["loss"].backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+    assert "decision_threshold" in out
+    expected = calibrated_threshold(student.detach(), teacher, 0.2)
+    assert float(out["decision_threshold"]) == pytest.approx(float(expected), abs=1e-6)
+    with torch.no_grad():
+        before = calibrated_threshold(student, teacher, 0.2)
+        after = calibrated_threshold(student - 0.05 * student.grad, teacher, 0.2)
+    assert float(after) < float(before)
+    teacher_mode = distillation_losses(
+        student.detach(),
+        teacher,
+        inspection_scores=torch.tensor([0.5]),
+        inspection_same=torch.tensor([True]),
+        threshold=0.2,
+        temperature=0.1,
+        inspection_weight=1.0,
+    )
+    assert "decision_threshold" not in teacher_mode
+    with pytest.raises(ValueError, match="calibration"):
+        distillation_losses(student, teacher, calibration="median")

@@ -77,6 +77,7 @@ def test_distill_run_on_two_ray_workers(tmp_path: Path, monkeypatch: pytest.Monk
                 "teacher": "teacher@candidate",
                 "inspection_sets": ["field-week1"],
                 "inspection_batch": 4,
+                "calibration": "batch",  # format 2 at the student's own batch threshold
             },
         }
         run_id = service.create_run(
@@ -95,7 +96,14 @@ def test_distill_run_on_two_ray_workers(tmp_path: Path, monkeypatch: pytest.Monk
             summary = run.summary
     finally:
         engine.dispose()
-    for name in ("loss", "embedding_loss", "similarity_loss", "inspection_loss", "images_per_second"):
+    for name in (
+        "loss",
+        "embedding_loss",
+        "similarity_loss",
+        "inspection_loss",
+        "decision_threshold",
+        "images_per_second",
+    ):
         assert [step for step, _ in series[name]] == [2, 4, 6], name  # rank 0, every metrics interval
     assert "eval/verif/cosine/auc" in series and "inspection/field-week1:1/agreement" in series
     assert summary["teacher"] == {"name": "teacher", "version": teacher_version}

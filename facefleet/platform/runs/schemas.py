@@ -152,8 +152,9 @@ class TeacherRef(_Strict):
 
 class DistillConfig(_Strict):
     """A ``kind: distill`` run (seed 002): a student backbone learns a registered teacher's embeddings
-    (format 1) and, on inspection sets, the inspectors' verdicts at the teacher card's threshold
-    (format 2)."""
+    (format 1) and, on inspection sets, the inspectors' verdicts at the student's counterpart of the
+    teacher card's threshold (format 2). Format 2's defaults (weight 0.1, temperature 0.2, batch
+    calibration) were chosen on bench/distill.py's validation users, as the least harmful setting."""
 
     teacher: str = Field(
         default="", max_length=200, description="a registered embedding model: name@version or name@alias"
@@ -168,10 +169,16 @@ class DistillConfig(_Strict):
         default=1.0, ge=0.0, le=1e4, description="MSE of the batch cosine-similarity matrices"
     )
     inspection_weight: float = Field(
-        default=1.0, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
+        default=0.1, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
     )
     temperature: float = Field(
-        default=0.05, gt=0.0, le=10.0, description="decision logit = (score - threshold) / temperature"
+        default=0.2, gt=0.0, le=10.0, description="decision logit = (score - threshold) / temperature"
+    )
+    calibration: Literal["batch", "teacher"] = Field(
+        default="batch",
+        description="format 2's threshold: teacher: the teacher card's; batch: its counterpart among the "
+        "student's cross-image scores of each training batch (same rank as the teacher's threshold among "
+        "the teacher's), differentiable, so impostor-like pairs are pushed below it",
     )
     inspection_batch: int = Field(
         default=32, ge=1, le=4096, description="inspected pairs per worker per step"

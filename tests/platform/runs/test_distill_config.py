@@ -145,6 +145,7 @@ def distill_api(
         ({"teacher": "nobody@production"}, "config.distill.teacher", "no version or alias"),
         ({"teacher": "lm@1"}, "config.distill.teacher", "is a landmarks model"),
         ({"inspection_sets": ["verif"]}, "config.distill.inspection_sets", "not an inspection set"),
+        ({"calibration": "median"}, "config.distill.calibration", "batch"),
     ],
 )
 def test_api_answers_422_naming_the_field(
