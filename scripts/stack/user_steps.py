@@ -69,28 +69,28 @@ def _cli(*args: str) -> str:
     return done.stdout
 
 
-def register() -> None:
-    out = "/tmp/synth"
+def _synth(out: str, seed: int) -> None:
+    """Two small synthetic training datasets and a verification set under ``out``."""
+    sizes = {"datasets": 2, "identities": 8, "images": 4, "verification-identities": 6}
+    flags = [f for name, value in sizes.items() for f in (f"--{name}", str(value))]
     _cli(
         "datasets",
         "synth",
         "--out",
         out,
-        "--datasets",
-        "2",
-        "--identities",
-        "8",
-        "--images",
-        "4",
-        "--verification-identities",
-        "6",
+        *flags,
         "--verification-pairs",
         "40",
         "--size",
         "32",
         "--seed",
-        "3",
+        str(seed),
     )
+
+
+def register() -> None:
+    out = "/tmp/synth"
+    _synth(out, seed=3)
     for index in (0, 1):  # two: the default config's gradient reversal needs at least two datasets
         name = f"stack-faces-{index}"
         _cli("datasets", "register", f"{out}/synth_{index}", "--name", name, "--server", SERVER)
@@ -317,26 +317,7 @@ def policy() -> None:
             raise SystemExit(f"policy {policy_id} has runs before any new dataset version: {before}")
         # A new version (other content) of a dataset the policy selects: its `ready` event is the trigger.
         out = "/tmp/synth-v2"
-        _cli(
-            "datasets",
-            "synth",
-            "--out",
-            out,
-            "--datasets",
-            "2",
-            "--identities",
-            "8",
-            "--images",
-            "4",
-            "--verification-identities",
-            "6",
-            "--verification-pairs",
-            "40",
-            "--size",
-            "32",
-            "--seed",
-            "5",
-        )
+        _synth(out, seed=5)
         _cli("datasets", "register", f"{out}/synth_1", "--name", "stack-faces-1", "--server", SERVER)
         versions = client.get("/v1/datasets/stack-faces-1/versions").raise_for_status().json()["items"]
         print(f"stack-faces-1 versions: {sorted(v['version'] for v in versions)}")
