@@ -136,6 +136,8 @@ class ImpostorProbe:
     synthetic_middles: torch.Tensor  # [S, ...]
     capture_middles: torch.Tensor | None = None  # [C, ...] held-out recent captures
     capture_users: list[str] | None = None  # whom each was accepted as (an impostor for everyone else)
+    margin: float = 0.1  # near misses: impostor pairs at or above threshold - margin (GuardConfig.margin)
+    tail_fraction: float = 0.1  # the closest share of impostors whose mean is reported (GuardConfig)
 
     @classmethod
     def build(
@@ -157,18 +159,20 @@ class ImpostorProbe:
         ]  # several low-frequency scales
         with torch.no_grad():
             synthetic = lower(torch.cat(parts)) if parts else template_middles[:0]
-        if captures is not None and len(captures[1]):
-            return cls(template_middles, list(template_users), probe, synthetic, captures[0], captures[1])
-        return cls(template_middles, list(template_users), probe, synthetic)
+        held = captures if captures is not None and len(captures[1]) else (None, None)
+        return cls(
+            template_middles,
+            list(template_users),
+            probe,
+            synthetic,
+            held[0],
+            held[1],
+            margin=config.margin,
+            tail_fraction=config.tail_fraction,
+        )
 
     @torch.no_grad()
-    def evaluate(
-        self,
-        upper: Callable[[torch.Tensor], torch.Tensor],
-        threshold: float,
-        margin: float = 0.1,
-        tail_fraction: float = 0.1,
-    ) -> ProbeReport:
+    def evaluate(self, upper: Callable[[torch.Tensor], torch.Tensor], threshold: float) -> ProbeReport:
         """Score the probe under ``upper`` (the part that maps middle features to embeddings)."""
         n_templates = len(self.template_users)
         n_synthetic = len(self.synthetic_middles)
@@ -202,13 +206,13 @@ class ImpostorProbe:
                 genuine_hits += int((best >= threshold).sum())
                 genuine_total += len(rows)
         impostors = torch.cat(impostor_scores) if impostor_scores else torch.zeros(0)
-        tail = impostors.sort(descending=True).values[: max(1, round(tail_fraction * len(impostors)))]
+        tail = impostors.sort(descending=True).values[: max(1, round(self.tail_fraction * len(impostors)))]
         return ProbeReport(
             far=float((impostors >= threshold).float().mean()) if len(impostors) else 0.0,
             max_impostor=float(impostors.max()) if len(impostors) else -1.0,
             genuine_accept=genuine_hits / genuine_total if genuine_total else 1.0,
             impostor_pairs=len(impostors),
-            near_far=float((impostors >= threshold - margin).float().mean()) if len(impostors) else 0.0,
+            near_far=float((impostors >= threshold - self.margin).float().mean()) if len(impostors) else 0.0,
             tail_mean=float(tail.mean()) if len(impostors) else -1.0,
         )
 

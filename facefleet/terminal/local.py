@@ -418,20 +418,19 @@ class Terminal:
             if probe_captures
             else None,
         )
-        bands = (self.guard_config.margin, self.guard_config.tail_fraction)
         current = replace(
-            probe.evaluate(backbone.forward_upper, threshold, *bands), positives=adapter.positive_score()
+            probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()
         )
-        shipped = self._shipped_report(adapter, probe, threshold, bands)
+        shipped = self._shipped_report(adapter, probe, threshold)
 
         def guard() -> GuardDecision:
             candidate = replace(
-                probe.evaluate(backbone.forward_upper, threshold, *bands), positives=adapter.positive_score()
+                probe.evaluate(backbone.forward_upper, threshold), positives=adapter.positive_score()
             )
             return judge(current, candidate, threshold, self.guard_config, shipped)
 
         outcome = adapter.try_update(guard if guarded else None)
-        after = probe.evaluate(backbone.forward_upper, threshold, *bands) if outcome.applied else current
+        after = probe.evaluate(backbone.forward_upper, threshold) if outcome.applied else current
         if guarded:  # negatives follow the probe
             adapter.follow_probe(after, shipped, self.guard_config.margin)
         status = read_status(self._status_path(version))
@@ -451,12 +450,10 @@ class Terminal:
         return outcome
 
     @staticmethod
-    def _shipped_report(
-        adapter: UpperLayerAdapter, probe: ImpostorProbe, threshold: float, bands: tuple[float, float]
-    ) -> ProbeReport:
+    def _shipped_report(adapter: UpperLayerAdapter, probe: ImpostorProbe, threshold: float) -> ProbeReport:
         """The probe under the shipped upper weights (the base the negatives' pressure is measured from)."""
         with adapter.shipped_weights():
-            return probe.evaluate(adapter.backbone.forward_upper, threshold, *bands)
+            return probe.evaluate(adapter.backbone.forward_upper, threshold)
 
 
 def to_png(image: bytes | Image.Image) -> bytes:

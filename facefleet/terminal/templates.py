@@ -99,7 +99,7 @@ class TemplateDB:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO captures(model_key, user, middle, middle_shape) VALUES (?, ?, ?, ?)",
-                (model_key, user, _blob(middle), ",".join(map(str, middle.shape))),
+                (model_key, user, _blob(middle), _shape(middle)),
             )
             db.execute(
                 "DELETE FROM captures WHERE model_key = ? AND id NOT IN "
@@ -130,7 +130,7 @@ class TemplateDB:
                         sample_id,
                         _blob(embedding),
                         None if middle is None else _blob(middle),
-                        None if middle is None else ",".join(map(str, middle.shape)),
+                        None if middle is None else _shape(middle),
                     )
                     for sample_id, embedding, middle in rows
                 ],
@@ -169,6 +169,10 @@ class TemplateDB:
 
 def _blob(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=np.float32).tobytes()
+
+
+def _shape(array: np.ndarray) -> str:
+    return ",".join(map(str, array.shape))
 
 
 def _array(blob: bytes, shape: str) -> np.ndarray:

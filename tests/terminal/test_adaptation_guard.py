@@ -4,7 +4,7 @@ corrupt adapted state. Every assertion holds by construction (no learned thresho
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +186,31 @@ def test_judge_rules() -> None:
     assert judge(close_shipped, farther, THRESHOLD, config, close_shipped).accepted
     assert not judge(close_shipped, nearer, THRESHOLD, config, close_shipped).accepted
     assert judge(base, more_far, THRESHOLD, GuardConfig(enabled=False)).accepted
+
+
+def test_judge_refuses_near_misses_and_a_creeping_tail_below_the_threshold() -> None:
+    """No pair crosses the threshold in any of these, but impostors come closer: refused."""
+    base = ProbeReport(0.0, 0.5, 0.9, 100, near_far=0.02, tail_mean=0.40)
+    config = GuardConfig(margin=0.1)
+    more_near_misses = replace(base, near_far=0.03)
+    creeping_tail = replace(base, tail_mean=0.42)
+    assert "near misses" in judge(base, more_near_misses, THRESHOLD, config).reason
+    assert "closest" in judge(base, creeping_tail, THRESHOLD, config).reason
+    assert judge(base, replace(base, near_far=0.01, tail_mean=0.38), THRESHOLD, config).accepted
+    off = GuardConfig(margin=0.1, near_misses=False, tail_fraction=0)
+    assert judge(base, more_near_misses, THRESHOLD, off).accepted
+    assert judge(base, creeping_tail, THRESHOLD, off).accepted
+
+
+def test_the_probe_reports_near_misses_and_the_tail_at_its_guard_settings(net: Backbone) -> None:
+    users = [f"u{u}" for u in range(4) for _ in range(3)]
+    middles = net.forward_lower(face_batch([u for u in range(4) for _ in range(3)])).detach()
+    config = GuardConfig(margin=0.3, tail_fraction=0.5)
+    probe = ImpostorProbe.build(middles, users, list(range(12)), net.forward_lower, 32, config)
+    report = probe.evaluate(net.forward_upper, THRESHOLD)
+    assert (probe.margin, probe.tail_fraction) == (0.3, 0.5)
+    assert report.far <= report.near_far <= 1.0
+    assert report.tail_mean <= report.max_impostor
 
 
 def test_drift_from_the_shipped_weights_is_bounded(net: Backbone) -> None:

@@ -63,7 +63,7 @@ from facefleet.platform.datasets.validation import (
 from facefleet.platform.datasets.verification import VerificationFormatError
 from facefleet.platform.db.models import Dataset, DatasetVersion, ModelVersion, OutboxEvent, RunDataset
 from facefleet.platform.db.paging import fetch_page
-from facefleet.platform.db.undo import on_rollback
+from facefleet.platform.db.undo import engine_of, on_rollback
 from facefleet.platform.errors import (
     ConflictError,
     FacefleetError,
@@ -282,9 +282,7 @@ def _claim_version(
 
 def undo_unless_committed(session: Session, store: ObjectStore, name: str, number: int) -> None:
     """Delete version ``number``'s objects if the session's transaction ends without a commit."""
-    bind = session.get_bind()
-    engine = bind if isinstance(bind, Engine) else bind.engine
-    on_rollback(session, partial(discard_unclaimed_version, engine, store, name, number))
+    on_rollback(session, partial(discard_unclaimed_version, engine_of(session), store, name, number))
 
 
 def discard_unclaimed_version(engine: Engine, store: ObjectStore, name: str, number: int) -> bool:

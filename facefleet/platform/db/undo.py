@@ -17,11 +17,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 KEY = "facefleet.on_rollback"
+
+
+def engine_of(session: Session) -> Engine:
+    """The engine behind ``session`` (callbacks open their own session on it: the caller's is gone)."""
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
 
 
 def on_rollback(session: Session, callback: Callable[[], object]) -> None:

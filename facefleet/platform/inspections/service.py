@@ -32,7 +32,7 @@ from facefleet.platform.db.models import (
     DeviceDeployment,
 )
 from facefleet.platform.db.paging import fetch_page
-from facefleet.platform.db.undo import on_rollback
+from facefleet.platform.db.undo import engine_of, on_rollback
 from facefleet.platform.errors import (
     ConflictError,
     FacefleetError,
@@ -217,7 +217,7 @@ def record_attempt(
     prefix = f"{attempt_prefix(device.id, attempt.id)}{uuid.uuid4().hex[:16]}/"
     attempt.probe_key, attempt.reference_key = f"{prefix}{PROBE_FILE}", f"{prefix}{REFERENCE_FILE}"
     # The crops go before the caller commits; if that commit fails (or the caller rolls back), delete them.
-    on_rollback(session, partial(_discard_uncommitted, _engine(session), store, attempt.id, prefix))
+    on_rollback(session, partial(_discard_uncommitted, engine_of(session), store, attempt.id, prefix))
     try:
         store.put_bytes(attempt.probe_key, crops.probe, content_type="image/png")
         store.put_bytes(attempt.reference_key, crops.reference, content_type="image/png")
@@ -282,11 +282,6 @@ def _checked_crop(encoded: str, field: str, max_bytes: int) -> bytes:
     out = io.BytesIO()
     decoded.save(out, format="PNG")
     return out.getvalue()
-
-
-def _engine(session: Session) -> Engine:
-    bind = session.get_bind()
-    return bind if isinstance(bind, Engine) else bind.engine
 
 
 def _discard_uncommitted(engine: Engine, store: ObjectStore, attempt_id: int, prefix: str) -> None:
