@@ -7,9 +7,11 @@ each), D = 512, 128 images per worker, K = 4 equal datasets, ArcFace, crossing p
 - sharded: every worker holds C/2 classes; embeddings all-gathered, per-sample max/sum-exp all-reduced
   (`facefleet.workers.partial_fc`), the optimiser steps over its own rows only.
 Per-worker head memory = bytes of weights + gradients + momentum actually held after a step. Step time =
-median over timed steps of the slower worker. C = 200k is measured; C = 2M would need 12 GiB per worker
-replicated (6 GiB sharded), more than this shared machine allows, so its memory is computed from the same
-shapes and its step time projected linearly in C from the 200k measurement (both marked "projected").
+median over timed steps of the slower worker. C = 200k is measured for both. At C = 2M the sharded head
+(~5.9 GiB per worker) is measured too, in its own 2 processes, when the machine has the memory free
+(MemAvailable); the replicated one (~11.4 GiB per worker, ~23 GiB for 2) is measured only if that fits,
+otherwise its memory is computed from the same shapes and its step time projected linearly in C from the
+200k measurement (marked "projected").
 Part 2, accuracy: r = 0.1 vs r = 1 on a synthetic face benchmark (tests/nn/test_learning.py's world with
 more people), held-out verification accuracy over seeds. The sampling is a function of (seed, step, class),
 so one shard holding every class trains exactly like 2 workers would; it runs in this process.
@@ -101,21 +103,24 @@ def _step(
     return float(elapsed)
 
 
-def _worker(rank: int, port: int, out: Any) -> None:
-    """Both variants built side by side and stepped alternately (order rotated each round), so a load
+def _worker(
+    rank: int, port: int, out: Any, variants: tuple[str, ...], classes: int, warmup: int, timed: int
+) -> None:
+    """The variants built side by side and stepped alternately (order rotated each round), so a load
     change on the shared machine hits both alike."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORKERS)
     try:
-        variants = ("replicated", "sharded")
-        built = {v: _build(rank, v, MEASURED_C) for v in variants}
+        built = {v: _build(rank, v, classes) for v in variants}
         seconds: dict[str, list[float]] = {v: [] for v in variants}
-        for step in range(WARMUP + TIMED):
-            for v in variants[step % 2 :] + variants[: step % 2]:
-                elapsed = _step(v, *built[v], rank, step, MEASURED_C)
-                if step >= WARMUP:
+        for step in range(warmup + timed):
+            for v in variants[step % len(variants) :] + variants[: step % len(variants)]:
+                elapsed = _step(v, *built[v], rank, step, classes)
+                if step >= warmup:
                     seconds[v].append(elapsed)
-        ratios = [t / b for t, b in zip(seconds["sharded"], seconds["replicated"], strict=True)]
+        ratios = [1.0] * timed
+        if len(variants) == 2:
+            ratios = [t / b for t, b in zip(seconds["sharded"], seconds["replicated"], strict=True)]
         if rank == 0:
             out.put(
                 {
@@ -131,11 +136,48 @@ def _worker(rank: int, port: int, out: Any) -> None:
         dist.destroy_process_group()
 
 
-def memory_and_time() -> None:
+def _measure(variants: tuple[str, ...], classes: int, warmup: int, timed: int) -> dict[str, dict[str, float]]:
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    mp.start_processes(_worker, args=(_free_port(), queue), nprocs=WORKERS, join=True, start_method="spawn")
-    measured = queue.get()
+    mp.start_processes(
+        _worker,
+        args=(_free_port(), queue, variants, classes, warmup, timed),
+        nprocs=WORKERS,
+        join=True,
+        start_method="spawn",
+    )
+    return dict(queue.get())
+
+
+def _available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (0 where unknown: then nothing large is tried)."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _needed_bytes(variant: str, classes: int) -> float:
+    """Head weights + grads + momentum per worker, times the workers, plus 30% for the step's buffers."""
+    per_worker = 3 * classes * DIM * 4 / (WORKERS if variant == "sharded" else 1)
+    return 1.3 * WORKERS * per_worker
+
+
+def memory_and_time(large: bool = True) -> None:
+    measured = {MEASURED_C: _measure(("replicated", "sharded"), MEASURED_C, WARMUP, TIMED)}
+    if large:
+        # Replicated first if it fits (then both alternate as at 200k), else the sharded head alone.
+        fits = [v for v in ("replicated", "sharded") if _needed_bytes(v, PROJECTED_C) < _available_bytes()]
+        if fits:
+            print(
+                f"C={PROJECTED_C:,}: measuring {', '.join(fits)} "
+                f"({_available_bytes() / 2**30:.1f} GiB available)",
+                flush=True,
+            )
+            measured[PROJECTED_C] = _measure(tuple(fits), PROJECTED_C, 1, 2)
     load = os.getloadavg()
     print(
         f"D={DIM}, {LOCAL_BATCH} images/worker, {WORKERS} gloo workers x 1 thread, K={DATASETS}, ArcFace, "
@@ -149,14 +191,24 @@ def memory_and_time() -> None:
     rows = []
     for classes in (MEASURED_C, PROJECTED_C):
         scale = classes / MEASURED_C
+        base = measured[MEASURED_C]
         for variant in ("replicated", "sharded"):
-            r = measured[variant]
-            rows.append((classes, variant, r["bytes"] * scale, r["seconds"] * scale, r["ratio"], scale != 1))
+            if variant in measured.get(classes, {}):
+                r = measured[classes][variant]
+                rows.append((classes, variant, r["bytes"], r["seconds"], r["ratio"], False))
+            else:
+                r = base[variant]
+                rows.append((classes, variant, r["bytes"] * scale, r["seconds"] * scale, r["ratio"], True))
     base_bytes = {c: b for c, v, b, *_ in rows if v == "replicated"}
+    base_seconds = {c: t for c, v, _, t, *_ in rows if v == "replicated"}
+    base_projected = {c: proj for c, v, *_, proj in rows if v == "replicated"}
     for classes, variant, nbytes, seconds, ratio, projected in rows:
-        note = "projected (linear in C)" if projected else "measured"
-        if nbytes > 6 * 2**30:
-            note += f"; {nbytes / 2**30:.1f} GiB per worker does not fit this shared machine"
+        note = "projected (linear in C from 200k)" if projected else "measured"
+        if projected and _needed_bytes(variant, classes) >= _available_bytes():
+            note += f"; {WORKERS} x {nbytes / 2**30:.1f} GiB does not fit in the memory available"
+        if variant == "sharded" and not projected and base_projected[classes]:
+            ratio = seconds / base_seconds[classes]  # measured sharded against the projected replicated
+            note += "; time ratio against the projected replicated step"
         print(
             f"{classes:>10,} {variant:<11}{nbytes / 2**20:>17,.0f}{nbytes / base_bytes[classes]:>11.2f}"
             f"{seconds:>9.2f}{ratio:>12.2f}  {note}"
@@ -251,9 +303,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("all", "memory", "accuracy"), default="all")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--no-large", action="store_true", help="C = 2M projected only, never allocated")
     args = parser.parse_args()
     if args.part in ("all", "memory"):
-        memory_and_time()
+        memory_and_time(large=not args.no_large)
     if args.part in ("all", "accuracy"):
         accuracy(args.seeds)
 

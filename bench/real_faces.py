@@ -277,13 +277,16 @@ def row_values(result: dict[str, Any], set_name: str) -> dict[str, float]:
     evaluation = result["evaluation"][set_name]
     values = {column: float(evaluation[mode][key]) for column, mode, key in METRICS if mode in evaluation}
     values["probe"] = result["probe"]
+    if "overlaps" in result:  # runs recorded before the bench scored the overlap finder have none
+        values["overlap P"] = float(result["overlaps"]["precision"])
+        values["overlap R"] = float(result["overlaps"]["recall"])
     if result.get("train_domain_accuracy") is not None:
         values["train clf"] = float(result["train_domain_accuracy"])
     return values
 
 
 def table(results: dict[str, list[dict[str, Any]]], set_name: str) -> str:
-    columns = [c for c, _, _ in METRICS] + ["probe", "train clf"]
+    columns = [c for c, _, _ in METRICS] + ["probe", "train clf", "overlap P", "overlap R"]
     lines = [
         "| variant | seeds | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
@@ -338,6 +341,23 @@ def test_roc(run_id: int) -> dict[str, Any]:
 
     document = json.loads(get_store().get_bytes(f"runs/{run_id}/plots/roc.json"))
     return dict(document["sets"]["rf-test"]["cosine"])
+
+
+def overlap_score(run_id: int, truth: list[tuple[str, str]]) -> dict[str, Any]:
+    """The run's overlap list (what `facefleet runs overlaps` shows) scored against the people the bench put
+    in both A and B: precision, recall, pairs found (the list covers every two training datasets)."""
+    from facefleet.platform.db.session import session_scope
+    from facefleet.platform.runs.overlaps import load_run_overlaps, overlap_precision_recall
+    from facefleet.platform.store import get_store
+
+    with session_scope() as session:
+        document = load_run_overlaps(session, get_store(), run_id)
+    groups = [[("rf-a", a), ("rf-b", b)] for a, b in truth]
+    return {
+        **overlap_precision_recall(document, groups).model_dump(),
+        "threshold": document.threshold,
+        "centres": document.centres,
+    }
 
 
 def report(results: dict[str, list[dict[str, Any]]], header: dict[str, Any], tag: str) -> None:
@@ -418,6 +438,7 @@ def main() -> None:
             backbone = load_backbone(result["summary"]["model"], config)
             result["probe"] = probe_accuracy(backbone, split.probe, config["input_size"], seed)
             result.update(seed=seed, variant=variant, config=config, roc=test_roc(result["run_id"]))
+            result["overlaps"] = overlap_score(result["run_id"], split.overlap_truth)
             result["evaluation"] = result.pop("summary")["evaluation"]
             results.setdefault(variant, []).append(result)
             partial = {"header": {"pairs": split.pairs, "lines": ["(partial)"] * 3}, "runs": results}
@@ -425,7 +446,9 @@ def main() -> None:
             test = result["evaluation"]["rf-test"]["cosine"]
             print(
                 f"  {variant} seed {seed}: run {result['run_id']}, {result['seconds']:.0f} s, test acc "
-                f"{test['accuracy']:.3f} AUC {test['auc']:.3f}, probe {result['probe']:.3f}",
+                f"{test['accuracy']:.3f} AUC {test['auc']:.3f}, probe {result['probe']:.3f}, overlaps "
+                f"P {result['overlaps']['precision']:.2f} R {result['overlaps']['recall']:.2f} "
+                f"({result['overlaps']['found']} found)",
                 flush=True,
             )
     counts = np.bincount([d for _, d, _ in split.probe])
