@@ -171,11 +171,11 @@ def report_device_status(
         device.model_version_id = row.previous_model_version_id
     session.flush()
     if deployment.status == "in_progress":
-        _advance(session, deployment, reported=status)
+        advance(session, deployment, reported=status)
     return row
 
 
-def _advance(session: Session, deployment: Deployment, *, reported: str) -> None:
+def advance(session: Session, deployment: Deployment, *, reported: str) -> None:
     """Stop the rollout over the failure limit, or complete it once no device is left to finish.
 
     Costs a few indexed queries, not a read of every device row: the failure rate can only rise when a
