@@ -200,6 +200,10 @@ class Terminal:
                 "GET", "/v1/device/assignment", {**self.auth, "If-None-Match": etag}
             )
 
+    def forget(self) -> None:
+        self.etag = None
+        self.poll_raw = build_request("GET", "/v1/device/assignment", self.auth)
+
     def has(self, model_version_id: int) -> None:
         self.installed = model_version_id
         self._beat()
@@ -245,7 +249,8 @@ class Fleet:
 
         def done(reply: Reply | None) -> None:
             if reply is None or reply.status != 200:
-                self._next(t)  # the next poll shows the state again and the agent retries
+                t.forget()  # like the agent: the next poll fetches the assignment again and retries
+                self._next(t)
                 return
             t.saw(reply.etag)
             if len(steps) > 1:

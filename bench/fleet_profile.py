@@ -192,6 +192,28 @@ async def run_requests(app: Asgi, reqs: list[Request]) -> None:
             raise RuntimeError(f"{method} {path}: {status} (expected {expected}): {content[:300]!r}")
 
 
+async def timed_chunks(
+    app: Asgi, reqs: list[Request], chunks: int, pg_pid: int | None
+) -> tuple[float, float | None]:
+    """CPU ms per request (this process; PostgreSQL's backends) of the least disturbed of ``chunks`` runs.
+
+    The machine is shared: another tenant's burst inflates one chunk's CPU time (caches, SMT siblings),
+    so the minimum over chunks is the estimate; each chunk runs a consecutive slice of ``reqs``.
+    """
+    size = max(1, len(reqs) // chunks)
+    best: tuple[float, float | None] = (float("inf"), None)
+    for start in range(0, size * chunks, size):
+        part = reqs[start : start + size]
+        db0 = tree_cpu(pg_pid) if pg_pid else 0.0
+        cpu0 = time.process_time()
+        await run_requests(app, part)
+        cpu = (time.process_time() - cpu0) / len(part) * 1000
+        db = (tree_cpu(pg_pid) - db0) / len(part) * 1000 if pg_pid else None
+        if cpu < best[0]:
+            best = (cpu, db)
+    return best
+
+
 def measure_db(kind: str, args: argparse.Namespace) -> dict[str, tuple[float, float | None]]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="facefleet-prof-")))
@@ -226,15 +248,9 @@ def measure_db(kind: str, args: argparse.Namespace) -> dict[str, tuple[float, fl
             for route in ROUTES:
                 n = 2 * args.devices if route == "POST /v1/device/status" else args.n
                 reqs = requests_for(route, seeded, etags, deployment_id, n)
-                await run_requests(
-                    app, reqs[: min(50, len(reqs))] if route != "POST /v1/device/status" else []
-                )
-                db0 = tree_cpu(pg_pid) if pg_pid else 0.0
-                cpu0 = time.process_time()
-                await run_requests(app, reqs)
-                cpu = (time.process_time() - cpu0) / n * 1000
-                db = (tree_cpu(pg_pid) - db0) / n * 1000 if pg_pid else None
-                results[route] = (cpu, db)
+                if route != "POST /v1/device/status":
+                    await run_requests(app, reqs[:50])  # warm up
+                results[route] = await timed_chunks(app, reqs, args.chunks, pg_pid)
                 if route == "POST /v1/device/status":  # the rollout is done: polls now see "installed"
                     etags[:] = []
                     for cred in seeded.credentials:
@@ -244,12 +260,8 @@ def measure_db(kind: str, args: argparse.Namespace) -> dict[str, tuple[float, fl
                         etags.append(headers["etag"])
             # installed polls (the steady state after a rollout)
             reqs = requests_for("GET /v1/device/assignment (304)", seeded, etags, deployment_id, args.n)
-            db0 = tree_cpu(pg_pid) if pg_pid else 0.0
-            cpu0 = time.process_time()
-            await run_requests(app, reqs)
-            results["GET /v1/device/assignment (304, installed)"] = (
-                (time.process_time() - cpu0) / args.n * 1000,
-                (tree_cpu(pg_pid) - db0) / args.n * 1000 if pg_pid else None,
+            results["GET /v1/device/assignment (304, installed)"] = await timed_chunks(
+                app, reqs, args.chunks, pg_pid
             )
             if args.profile:
                 route = args.profile
@@ -275,13 +287,15 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgres")
     parser.add_argument("--devices", type=int, default=500)
     parser.add_argument("--n", type=int, default=1000, help="requests per route")
+    parser.add_argument("--chunks", type=int, default=5, help="runs per route; the least disturbed counts")
     parser.add_argument("--profile", default=None, help="route name from the table to run under cProfile")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     print(
         f"# bench/fleet_profile.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"load average {os.getloadavg()[0]:.1f}; {args.devices} devices, {args.n} requests per route"
+        f"load average {os.getloadavg()[0]:.1f}; {args.devices} devices, {args.n} requests per route "
+        f"in {args.chunks} chunks (minimum shown)"
     )
     for kind in args.db.split(","):
         results = measure_db(kind, args)
