@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,7 @@ class FleetRun:
     reached_all_s: float | None = None
     installed: int = 0
     unanswered: int = 0
+    load: list[float] = field(default_factory=list)  # 1-minute load average, every 5 s of the phase
 
 
 HEARTBEAT = "POST /v1/device/heartbeat"
@@ -330,9 +331,17 @@ async def drive_fleet(base: str, seeded: Seeded, run: FleetRun, admin_rate: floa
         )
     for job in admin_jobs(seeded, admin_rate, start, end):
         client.submit(job)
+
+    async def sample_load() -> None:
+        while time.perf_counter() < end:
+            run.load.append(os.getloadavg()[0])
+            await asyncio.sleep(5)
+
+    sampler = asyncio.create_task(sample_load())
     await deploy(run, host, int(port), seeded, start + run.seconds / 5)
     await asyncio.sleep(max(0.0, end - time.perf_counter()))
     run.unanswered = await client.drain(timeout=60)
+    await sampler
     run.cpu_s = process_tree_cpu(pid) - cpu0
     run.client_cpu_s = time.process_time() - client0
     await client.close()
@@ -369,6 +378,11 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
         "that is much longer, the machine (client and server together) fell behind the offered rate and the "
         "latencies above are mostly queueing"
     )
+    if run.load:
+        print(
+            f"load average (1 min) during the phase: {min(run.load):.1f}-{max(run.load):.1f}, "
+            f"median {sorted(run.load)[len(run.load) // 2]:.1f} (this benchmark's own processes included)"
+        )
 
 
 def fleet(db: str, devices: int, args: argparse.Namespace) -> None:
