@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Literal, cast
 
 from sqlalchemy import (
@@ -312,7 +313,8 @@ def report_status(
     """Record a device's progress in its latest rollout, advance the rollout, answer the new assignment.
 
     One transaction: the state SELECT (authenticates), a guarded UPDATE of the device's row, the device's
-    model, one EXISTS for completion, the state again. Anything else goes through the ORM use case.
+    model, one EXISTS for completion; the state is read again only when the rollout's status changed.
+    Anything else goes through the ORM use case.
     """
     digest = credential_digest(credential)
     with engine.begin() as conn:
@@ -336,6 +338,7 @@ def report_status(
             ).rowcount
             == 1
         )
+        after = None  # the state row after this report, when it is known without reading it again
         if updated:
             if status == "installed":
                 conn.execute(_SET_DEVICE_MODEL, {"device_id": row.id, "model_id": row.deployment_model_id})
@@ -343,10 +346,16 @@ def report_status(
                 row.deployment_status == "in_progress"
                 and conn.execute(_ANY_UNFINISHED, {"deployment_id": deployment_id}).first() is None
             ):
-                _complete(conn, deployment_id, status)
+                _complete(conn, deployment_id, status)  # the rollout's status changed: read it again
+            else:
+                # Only this device's row changed; whether canaries are still working matters only to a
+                # "rest" device, whose own report cannot change it.
+                after = SimpleNamespace(**{**row._mapping, "row_status": status})
         else:  # anything unusual (or a concurrent report): the ORM use case, which explains refusals
             _report_slow(conn, int(row.id), deployment_id, status, message)
-        state = state_of(_authenticated(conn.execute(STATE, {"digest": digest}).first(), digest))
+        if after is None:
+            after = _authenticated(conn.execute(STATE, {"digest": digest}).first(), digest)
+        state = state_of(after)
         if state is None:
             state = _slow_state(conn, int(row.id))
     return PollAnswer(state.etag, _render(engine, state, store, cache))
