@@ -10,12 +10,14 @@ Two tables:
    that sees it reports ``downloading`` then ``installed``. Prints per route: requests, errors, 503s,
    achieved rate, p50/p99 (latency counted from when a request was due: open loop, no coordinated
    omission), ratios against ``/healthz`` measured in the same run, the server's CPU per request, and the
-   time for the deployment to reach every device.
+   time for the deployment to reach every device; then p50/p99 per route before, during and after the
+   rollout (requests by when they were due).
 2. **Growth.** The same read routes with devices, run_metrics, audit_events and device_deployments at
    10^3, 10^5 and 10^6 rows (bulk-inserted with SQL); latency should stay flat.
 
     .venv/bin/python bench/fleet.py --quick          # ~3 min: 1,000 terminals, growth to 10^5
     .venv/bin/python bench/fleet.py                  # 1,000 and 10,000 terminals, growth to 10^6
+    .venv/bin/python bench/fleet.py --db postgres --devices 10000 --rate 500 --skip-growth  # real cadence
 """
 
 from __future__ import annotations
@@ -365,6 +367,8 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
             f"| {name} | {len(r.latencies)} | {r.errors} | {r.rejected} | {len(r.latencies) / elapsed:.1f} | "
             f"{p50:.1f} | {p99:.1f} | {p50 / base.pct(0.5):.1f} | {p99 / base.pct(0.99):.1f} |"
         )
+    if run.deployed_at is not None:
+        phases_table(run)
     reach = f"{run.reached_all_s:.1f} s" if run.reached_all_s is not None else "NOT REACHED"
     print(
         f"\nserver CPU {run.cpu_s:.1f} s for {total} answered requests: "
@@ -383,6 +387,27 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
             f"load average (1 min) during the phase: {min(run.load):.1f}-{max(run.load):.1f}, "
             f"median {sorted(run.load)[len(run.load) // 2]:.1f} (this benchmark's own processes included)"
         )
+
+
+def phases_table(run: FleetRun) -> None:
+    """p50 / p99 per route before the rollout (steady state), during it, and after every device had it."""
+    assert run.deployed_at is not None
+    done = run.deployed_at + run.reached_all_s if run.reached_all_s is not None else float("inf")
+    phases = [("steady state (before the rollout)", 0.0, run.deployed_at)]
+    phases.append(("rollout (until every device installed)", run.deployed_at, done))
+    phases.append(("after the rollout", done, float("inf")))
+    print("\n| route | " + " | ".join(f"{name}: n, p50 / p99 ms" for name, _, _ in phases) + " |")
+    print("|---|" + "---|" * len(phases))
+    for name, route in sorted(run.recorder.routes.items()):
+        cells = []
+        for _, start, end in phases:
+            part = route.between(start, end)
+            cells.append(
+                f"{len(part.latencies)}, {part.pct(0.5):.1f} / {part.pct(0.99):.1f}"
+                if part.latencies
+                else "-"
+            )
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def fleet(db: str, devices: int, args: argparse.Namespace) -> None:

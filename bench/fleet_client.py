@@ -21,12 +21,22 @@ from dataclasses import dataclass, field
 @dataclass
 class Route:
     latencies: list[float] = field(default_factory=list)
+    dues: list[float] = field(default_factory=list)  # when each of ``latencies`` was due
     errors: int = 0
     rejected: int = 0  # 503 (admission control): counted apart from other errors
 
     def pct(self, q: float) -> float:
         data = sorted(self.latencies)
         return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
+
+    def between(self, start: float, end: float) -> Route:
+        """The requests that were due in [start, end)."""
+        part = Route()
+        for due, latency in zip(self.dues, self.latencies, strict=True):
+            if start <= due < end:
+                part.latencies.append(latency)
+                part.dues.append(due)
+        return part
 
 
 class Recorder:
@@ -43,6 +53,7 @@ class Recorder:
             route.rejected += 1
         else:
             route.latencies.append((now or time.perf_counter()) - due)
+            route.dues.append(due)
 
 
 @dataclass(frozen=True)
