@@ -2,19 +2,22 @@
 
 Two tables:
 
-1. **Fleet load.** N terminals (real HTTP, httpx async, each with its own device credential) poll their
+1. **Fleet load.** N terminals (real HTTP/1.1 keep-alive from bench/fleet_client.py's raw asyncio streams,
+   each terminal with its own device credential) poll their
    assignment (``If-None-Match``) and heartbeat on the agent's cadence (poll : heartbeat = 30 s : 60 s),
    compressed in time to an offered request rate; an administrator lists runs/models/devices/policies and
    fires a policy meanwhile; a deployment to the whole fleet starts at a fifth of the run and every terminal
    that sees it reports ``downloading`` then ``installed``. Prints per route: requests, errors, 503s,
    achieved rate, p50/p99 (latency counted from when a request was due: open loop, no coordinated
    omission), ratios against ``/healthz`` measured in the same run, the server's CPU per request, and the
-   time for the deployment to reach every device.
+   time for the deployment to reach every device; then p50/p99 per route before, during and after the
+   rollout (requests by when they were due).
 2. **Growth.** The same read routes with devices, run_metrics, audit_events and device_deployments at
    10^3, 10^5 and 10^6 rows (bulk-inserted with SQL); latency should stay flat.
 
     .venv/bin/python bench/fleet.py --quick          # ~3 min: 1,000 terminals, growth to 10^5
     .venv/bin/python bench/fleet.py                  # 1,000 and 10,000 terminals, growth to 10^6
+    .venv/bin/python bench/fleet.py --db postgres --devices 10000 --rate 500 --skip-growth  # real cadence
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from fleet_client import Job, LoadClient, Recorder, Reply, Route, build_request, one_request  # noqa: E402
 from fleet_data import Seeded, grow, seed  # noqa: E402
 
 from bench._support import free_port, running_postgres  # noqa: E402
@@ -52,58 +57,7 @@ POLL_S, HEARTBEAT_S = 30.0, 60.0  # the agent's real cadence, compressed by --ra
 # ---------------------------------------------------------------- measuring
 
 
-@dataclass
-class Route:
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    rejected: int = 0  # 503 (admission control): counted apart from other errors
-
-    def pct(self, q: float) -> float:
-        data = sorted(self.latencies)
-        return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-
-    def add(self, name: str, due: float, status: int | None) -> None:
-        route = self.routes.setdefault(name, Route())
-        if status is None or (status >= 400 and status != 503):
-            route.errors += 1
-        elif status == 503:
-            route.rejected += 1
-        else:
-            route.latencies.append(time.perf_counter() - due)
-
-
-async def timed(
-    recorder: Recorder, client: httpx.AsyncClient, name: str, due: float, method: str, url: str, **kw: Any
-) -> httpx.Response | None:
-    """Send at ``due`` (perf_counter time) and record the latency from then; None on transport errors."""
-    delay = due - time.perf_counter()
-    if delay > 0:
-        await asyncio.sleep(delay)
-    try:
-        # httpx's pool slows down sharply with thousands of queued requests: they queue here instead.
-        async with _gate():
-            response = await client.request(method, url, **kw)
-    except httpx.HTTPError:
-        recorder.add(name, due, None)
-        return None
-    recorder.add(name, due, response.status_code)
-    return response
-
-
-_GATES: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
-IN_FLIGHT = 64  # requests the client keeps in flight at once (its connections)
-
-
-def _gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    if loop not in _GATES:
-        _GATES[loop] = asyncio.Semaphore(IN_FLIGHT)
-    return _GATES[loop]
+IN_FLIGHT = 64  # kept-alive connections the load generator holds (requests in flight at once)
 
 
 def process_tree_cpu(pid: int) -> float:
@@ -126,6 +80,16 @@ def process_tree_cpu(pid: int) -> float:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on uvloop when installed (the load generator's own CPU per request matters)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 # ---------------------------------------------------------------- the server
@@ -201,72 +165,108 @@ class FleetRun:
     deployed_at: float | None = None
     reached_all_s: float | None = None
     installed: int = 0
+    unanswered: int = 0
+    load: list[float] = field(default_factory=list)  # 1-minute load average, every 5 s of the phase
 
 
-async def terminal(
-    run: FleetRun, client: httpx.AsyncClient, credential: str, start: float, end: float
-) -> None:
-    rec, headers = run.recorder, {"Authorization": f"Bearer {credential}"}
-    etag: str | None = None
-    installed: int | None = None
-    next_poll = start + random.uniform(0, run.poll_s)
-    next_beat = start + random.uniform(0, 2 * run.poll_s)
-    while True:
-        due = min(next_poll, next_beat)
-        if due >= end:
-            return
-        if due == next_beat:
-            next_beat += 2 * run.poll_s
-            body = {"agent_version": "bench", "model_version_id": installed, "health": {"users": 3}}
-            await timed(
-                rec,
-                client,
-                "POST /v1/device/heartbeat",
-                due,
-                "POST",
-                "/v1/device/heartbeat",
-                json=body,
-                headers=headers,
-            )
-            continue
-        next_poll += run.poll_s
-        poll_headers = {**headers, "If-None-Match": etag} if etag else headers
-        response = await timed(
-            rec,
-            client,
-            "GET /v1/device/assignment",
-            due,
-            "GET",
-            "/v1/device/assignment",
-            headers=poll_headers,
+HEARTBEAT = "POST /v1/device/heartbeat"
+POLL = "GET /v1/device/assignment"
+STATUS = "POST /v1/device/status"
+
+
+class Terminal:
+    """One simulated terminal: its credential, what it last saw (ETag, model) and its pre-built requests."""
+
+    __slots__ = ("auth", "etag", "installed", "next_poll", "next_beat", "poll_raw", "beat_raw")
+
+    def __init__(self, credential: str, next_poll: float, next_beat: float) -> None:
+        self.auth = {"Authorization": f"Bearer {credential}"}
+        self.etag: str | None = None
+        self.installed: int | None = None
+        self.next_poll, self.next_beat = next_poll, next_beat
+        self.poll_raw = build_request("GET", "/v1/device/assignment", self.auth)
+        self.beat_raw = b""
+        self._beat()
+
+    def _beat(self) -> None:
+        body = json.dumps(
+            {"agent_version": "bench", "model_version_id": self.installed, "health": {"users": 3}}
+        ).encode()
+        self.beat_raw = build_request(
+            "POST", "/v1/device/heartbeat", {**self.auth, "Content-Type": "application/json"}, body
         )
-        if response is None or response.status_code != 200:
-            continue
-        etag = response.headers.get("ETag")
-        answer = response.json()
+
+    def saw(self, etag: str | None) -> None:
+        if etag and etag != self.etag:
+            self.etag = etag
+            self.poll_raw = build_request(
+                "GET", "/v1/device/assignment", {**self.auth, "If-None-Match": etag}
+            )
+
+    def forget(self) -> None:
+        self.etag = None
+        self.poll_raw = build_request("GET", "/v1/device/assignment", self.auth)
+
+    def has(self, model_version_id: int) -> None:
+        self.installed = model_version_id
+        self._beat()
+
+
+class Fleet:
+    """The terminals' schedule as timer callbacks (no task per terminal): poll every ``poll_s``, heartbeat
+    every ``2 * poll_s``; a poll that shows a new deployment is followed at once by the agent's status
+    reports (``downloading`` unless already sent, then ``installed``)."""
+
+    def __init__(self, run: FleetRun, client: LoadClient, end: float) -> None:
+        self.run, self.client, self.end = run, client, end
+
+    def start(self, terminal: Terminal) -> None:
+        self._next(terminal)
+
+    def _next(self, t: Terminal) -> None:
+        due = min(t.next_poll, t.next_beat)
+        if due >= self.end:
+            return
+        if due == t.next_beat:
+            t.next_beat += 2 * self.run.poll_s
+            self.client.submit(Job(due, HEARTBEAT, t.beat_raw, lambda _reply: self._next(t)))
+            return
+        t.next_poll += self.run.poll_s
+        self.client.submit(Job(due, POLL, t.poll_raw, lambda reply: self._polled(t, reply)))
+
+    def _polled(self, t: Terminal, reply: Reply | None) -> None:
+        if reply is None or reply.status != 200:
+            self._next(t)
+            return
+        t.saw(reply.etag)
+        answer = json.loads(reply.body)
         if answer["action"] == "install" and answer["status"] in ("pending", "downloading"):
-            deployment = answer["deployment_id"]  # like the agent: "downloading" first unless already sent
-            steps = ("downloading", "installed") if answer["status"] == "pending" else ("installed",)
-            for status in steps:
-                now = time.perf_counter()
-                reply = await timed(
-                    rec,
-                    client,
-                    "POST /v1/device/status",
-                    now,
-                    "POST",
-                    "/v1/device/status",
-                    json={"deployment_id": deployment, "status": status},
-                    headers=headers,
-                )
-                if reply is None or reply.status_code != 200:
-                    break
-                etag = reply.headers.get("ETag")
-            else:
-                installed = answer["model"]["model_version_id"]
-                run.installed += 1
-                if run.installed == run.devices and run.deployed_at is not None:
-                    run.reached_all_s = time.perf_counter() - run.deployed_at
+            steps = ["downloading", "installed"] if answer["status"] == "pending" else ["installed"]
+            self._report(t, answer["deployment_id"], answer["model"]["model_version_id"], steps)
+            return
+        self._next(t)
+
+    def _report(self, t: Terminal, deployment: int, version: int, steps: list[str]) -> None:
+        body = json.dumps({"deployment_id": deployment, "status": steps[0]}).encode()
+        raw = build_request("POST", "/v1/device/status", {**t.auth, "Content-Type": "application/json"}, body)
+
+        def done(reply: Reply | None) -> None:
+            if reply is None or reply.status != 200:
+                t.forget()  # like the agent: the next poll fetches the assignment again and retries
+                self._next(t)
+                return
+            t.saw(reply.etag)
+            if len(steps) > 1:
+                self._report(t, deployment, version, steps[1:])
+                return
+            t.has(version)
+            run = self.run
+            run.installed += 1
+            if run.installed == run.devices and run.deployed_at is not None:
+                run.reached_all_s = time.perf_counter() - run.deployed_at
+            self._next(t)
+
+        self.client.submit(Job(time.perf_counter(), STATUS, raw, done))
 
 
 ADMIN_READS = [
@@ -278,73 +278,75 @@ ADMIN_READS = [
 ]
 
 
-async def admin(
-    run: FleetRun, client: httpx.AsyncClient, seeded: Seeded, rate: float, start: float, end: float
-) -> None:
-    headers = {"Authorization": f"Bearer {seeded.admin_token}"}
-    tasks = []
+def admin_jobs(seeded: Seeded, rate: float, start: float, end: float) -> list[Job]:
+    """The administrator's requests (one write in ten) and the ``/healthz`` baseline, at fixed due times."""
+    auth = {"Authorization": f"Bearer {seeded.admin_token}"}
+    fire = build_request("POST", f"/v1/policies/{seeded.policy_id}:fire", auth)
+    reads = [
+        (name, build_request("GET", path.format(policy=seeded.policy_id), auth)) for name, path in ADMIN_READS
+    ]
+    jobs = []
     i = 0
     due = start
-    while due < end:
-        if i % 10 == 9:  # one write in ten
-            name, method, path = (
-                "POST /v1/policies/{id}:fire",
-                "POST",
-                f"/v1/policies/{seeded.policy_id}:fire",
-            )
+    while due < end and rate > 0:
+        if i % 10 == 9:
+            jobs.append(Job(due, "POST /v1/policies/{id}:fire", fire))
         else:
-            name, path = ADMIN_READS[i % len(ADMIN_READS)]
-            method, path = "GET", path.format(policy=seeded.policy_id)
-        tasks.append(
-            asyncio.create_task(timed(run.recorder, client, name, due, method, path, headers=headers))
-        )
+            name, raw = reads[i % len(reads)]
+            jobs.append(Job(due, name, raw))
         i += 1
         due = start + i / rate
-    tasks.append(asyncio.create_task(baseline(run, client, start, end)))
-    await asyncio.gather(*tasks)
+    health = build_request("GET", "/healthz")
+    jobs += [Job(start + i / 10, "GET /healthz (baseline)", health) for i in range(int((end - start) * 10))]
+    return jobs
 
 
-async def baseline(
-    run: FleetRun, client: httpx.AsyncClient, start: float, end: float, rate: float = 10
-) -> None:
-    """/healthz through the same client and server at the same time: no auth, no database."""
-    n = int((end - start) * rate)
-    await asyncio.gather(
-        *(
-            timed(run.recorder, client, "GET /healthz (baseline)", start + i / rate, "GET", "/healthz")
-            for i in range(n)
-        )
-    )
-
-
-async def deploy(run: FleetRun, client: httpx.AsyncClient, seeded: Seeded, at: float) -> None:
+async def deploy(run: FleetRun, host: str, port: int, seeded: Seeded, at: float) -> None:
+    """The rollout to the whole fleet, on its own connection (its answer lists every device)."""
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
     run.deployed_at = time.perf_counter()
-    await timed(
-        run.recorder,
-        client,
-        "POST /v1/deployments (whole fleet)",
-        at,
-        "POST",
-        "/v1/deployments",
-        json={"model_version_id": seeded.model_version_id, "group": seeded.group},
-        headers={"Authorization": f"Bearer {seeded.admin_token}"},
-        timeout=120,
-    )
+    body = json.dumps({"model_version_id": seeded.model_version_id, "group": seeded.group}).encode()
+    headers = {"Authorization": f"Bearer {seeded.admin_token}", "Content-Type": "application/json"}
+    raw = build_request("POST", "/v1/deployments", headers, body)
+    try:
+        reply: Reply | None = await one_request(host, port, raw, timeout=120)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        reply = None
+    run.recorder.add("POST /v1/deployments (whole fleet)", at, reply.status if reply else None)
 
 
 async def drive_fleet(base: str, seeded: Seeded, run: FleetRun, admin_rate: float, pid: int) -> None:
-    limits = httpx.Limits(max_connections=IN_FLIGHT, max_keepalive_connections=IN_FLIGHT)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        start = time.perf_counter() + 1.0
-        end = start + run.seconds
-        cpu0, client0 = process_tree_cpu(pid), time.process_time()
-        jobs = [terminal(run, client, cred, start, end) for cred in seeded.credentials]
-        jobs.append(admin(run, client, seeded, admin_rate, start, end))
-        jobs.append(deploy(run, client, seeded, start + run.seconds / 5))
-        await asyncio.gather(*jobs)
-        run.cpu_s = process_tree_cpu(pid) - cpu0
-        run.client_cpu_s = time.process_time() - client0
+    host, port = base.removeprefix("http://").split(":")
+    client = LoadClient(host, int(port), run.recorder, connections=IN_FLIGHT)
+    await client.start()
+    start = time.perf_counter() + 1.0
+    end = start + run.seconds
+    cpu0, client0 = process_tree_cpu(pid), time.process_time()
+    fleet = Fleet(run, client, end)
+    for credential in seeded.credentials:
+        fleet.start(
+            Terminal(
+                credential,
+                next_poll=start + random.uniform(0, run.poll_s),
+                next_beat=start + random.uniform(0, 2 * run.poll_s),
+            )
+        )
+    for job in admin_jobs(seeded, admin_rate, start, end):
+        client.submit(job)
+
+    async def sample_load() -> None:
+        while time.perf_counter() < end:
+            run.load.append(os.getloadavg()[0])
+            await asyncio.sleep(5)
+
+    sampler = asyncio.create_task(sample_load())
+    await deploy(run, host, int(port), seeded, start + run.seconds / 5)
+    await asyncio.sleep(max(0.0, end - time.perf_counter()))
+    run.unanswered = await client.drain(timeout=60)
+    await sampler
+    run.cpu_s = process_tree_cpu(pid) - cpu0
+    run.client_cpu_s = time.process_time() - client0
+    await client.close()
 
 
 def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
@@ -365,12 +367,14 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
             f"| {name} | {len(r.latencies)} | {r.errors} | {r.rejected} | {len(r.latencies) / elapsed:.1f} | "
             f"{p50:.1f} | {p99:.1f} | {p50 / base.pct(0.5):.1f} | {p99 / base.pct(0.99):.1f} |"
         )
+    if run.deployed_at is not None:
+        phases_table(run)
     reach = f"{run.reached_all_s:.1f} s" if run.reached_all_s is not None else "NOT REACHED"
     print(
         f"\nserver CPU {run.cpu_s:.1f} s for {total} answered requests: "
         f"{run.cpu_s / max(total, 1) * 1000:.2f} "
         f"ms CPU per request; deployment reached {run.installed}/{run.devices} devices, all in {reach} "
-        f"(one poll interval is {run.poll_s:.1f} s)"
+        f"(one poll interval is {run.poll_s:.1f} s); {run.unanswered} requests unanswered at the end"
     )
     print(
         f"load generator: {run.client_cpu_s:.1f} s CPU ({run.client_cpu_s / max(total, 1) * 1000:.2f} ms per "
@@ -378,6 +382,32 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
         "that is much longer, the machine (client and server together) fell behind the offered rate and the "
         "latencies above are mostly queueing"
     )
+    if run.load:
+        print(
+            f"load average (1 min) during the phase: {min(run.load):.1f}-{max(run.load):.1f}, "
+            f"median {sorted(run.load)[len(run.load) // 2]:.1f} (this benchmark's own processes included)"
+        )
+
+
+def phases_table(run: FleetRun) -> None:
+    """p50 / p99 per route before the rollout (steady state), during it, and after every device had it."""
+    assert run.deployed_at is not None
+    done = run.deployed_at + run.reached_all_s if run.reached_all_s is not None else float("inf")
+    phases = [("steady state (before the rollout)", 0.0, run.deployed_at)]
+    phases.append(("rollout (until every device installed)", run.deployed_at, done))
+    phases.append(("after the rollout", done, float("inf")))
+    print("\n| route | " + " | ".join(f"{name}: n, p50 / p99 ms" for name, _, _ in phases) + " |")
+    print("|---|" + "---|" * len(phases))
+    for name, route in sorted(run.recorder.routes.items()):
+        cells = []
+        for _, start, end in phases:
+            part = route.between(start, end)
+            cells.append(
+                f"{len(part.latencies)}, {part.pct(0.5):.1f} / {part.pct(0.99):.1f}"
+                if part.latencies
+                else "-"
+            )
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def fleet(db: str, devices: int, args: argparse.Namespace) -> None:
@@ -392,7 +422,7 @@ def fleet(db: str, devices: int, args: argparse.Namespace) -> None:
         run = FleetRun(Recorder(), devices, seconds, args.rate, poll_s)
         with serve(environment(url, tmp, args), args.workers) as (base, server):
             began = time.perf_counter()
-            asyncio.run(drive_fleet(base, seeded, run, args.admin_rate, server.pid))
+            run_loop(drive_fleet(base, seeded, run, args.admin_rate, server.pid))
             elapsed = time.perf_counter() - began - 1.0
         fleet_table(db, run, args.workers, elapsed)
 
@@ -409,17 +439,16 @@ async def measure(
     rate: float,
     seconds: float,
     recorder: Recorder,
-    body: dict[str, Any] | None = None,
 ) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        start = time.perf_counter() + 0.2
-        n = int(rate * seconds)
-        await asyncio.gather(
-            *(
-                timed(recorder, client, name, start + i / rate, method, path, headers=headers, json=body)
-                for i in range(n)
-            )
-        )
+    host, port = base.removeprefix("http://").split(":")
+    client = LoadClient(host, int(port), recorder, connections=16)
+    await client.start()
+    raw = build_request(method, path, headers)
+    start = time.perf_counter() + 0.2
+    for i in range(int(rate * seconds)):
+        client.submit(Job(start + i / rate, name, raw))
+    await client.drain(timeout=120)
+    await client.close()
 
 
 def growth(db: str, sizes: list[int], args: argparse.Namespace) -> None:
@@ -467,7 +496,7 @@ def growth(db: str, sizes: list[int], args: argparse.Namespace) -> None:
                 )
                 recorder = Recorder()
                 for name, method, path, headers in routes:
-                    asyncio.run(
+                    run_loop(
                         measure(
                             base, name, method, path, headers, args.growth_rate, args.growth_seconds, recorder
                         )

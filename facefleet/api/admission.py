@@ -28,12 +28,17 @@ EXEMPT_PATHS = frozenset({"/healthz"})
 
 
 def pool_capacity(engine: Engine, default: int = 32) -> int:
-    """Connections the engine's pool can hand out at once (QueuePool: size + overflow)."""
+    """Requests that may use the database at once: the pool's kept connections (QueuePool: its size).
+
+    Not size + overflow: an overflow connection is closed when it is returned while the pool is full, so
+    admitting that many requests under steady load opened and closed a connection (a new PostgreSQL
+    backend process) for a good share of requests. The overflow is left for what admission does not gate
+    (readiness checks, the metrics collector, a request's rare second connection).
+    """
     pool = engine.pool
     size = getattr(pool, "size", None)
-    overflow = getattr(pool, "_max_overflow", None)
-    if callable(size) and isinstance(overflow, int) and overflow >= 0:
-        return max(1, int(size()) + overflow)
+    if callable(size):
+        return max(1, int(size()))
     return default
 
 

@@ -12,7 +12,7 @@ from facefleet.platform.devices.service import CREDENTIAL_PREFIX, authenticate_d
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 
 
-async def device_token(request: Request) -> str:
+def device_credential(request: Request) -> str:
     """The device credential sent (not checked against the database): 401 without one, 403 for API keys."""
     token = bearer_token(request)
     if not token:
@@ -25,6 +25,11 @@ async def device_token(request: Request) -> str:
             "/v1/device routes accept only device credentials (ffd_...), not API keys", field="Authorization"
         )
     return token
+
+
+async def device_token(request: Request) -> str:
+    """``device_credential`` as a dependency (async: no worker-thread hop)."""
+    return device_credential(request)
 
 
 def require_device(token: Annotated[str, Depends(device_token)], session: DbSession) -> Device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from bench._support import unsigned_model_version
+from facefleet.api.device_fastpath import DeviceFastPath
 from facefleet.platform.db.models import Device
 from facefleet.platform.db.paging import bounded_count
 from tests.api.conftest import Api
@@ -132,3 +133,72 @@ def test_keyset_pages_walk_every_device_once_and_counts_are_bounded(api: Api) ->
         assert bounded_count(session, select(Device), cap=7) == 7
         assert bounded_count(session, select(Device), cap=6) is None
         assert bounded_count(session, select(Device).where(Device.group == "none"), cap=6) == 0
+
+
+def _fast_path(api: Api) -> DeviceFastPath:
+    """The app's DeviceFastPath middleware instance (the stack is built on the first request)."""
+    layer: object = api.client.app.middleware_stack  # type: ignore[attr-defined]
+    while not isinstance(layer, DeviceFastPath):
+        layer = layer.app  # type: ignore[attr-defined]
+    return layer
+
+
+def test_disabled_or_reissued_credentials_are_refused_on_the_next_request(api: Api) -> None:
+    """The credential is looked up on every poll, heartbeat and status report: nothing caches it."""
+    device = enrolled_device(api, "r1")
+    beat = {"agent_version": "1", "model_version_id": None, "health": {}}
+    status = {"deployment_id": 1, "status": "downloading"}
+    assert api.client.get("/v1/device/assignment", headers=device).status_code == 200
+    assert api.client.post("/v1/device/heartbeat", headers=device, json=beat).status_code == 200
+    device_id = api.client.post("/v1/device/heartbeat", headers=device, json=beat).json()["device_id"]
+    assert api.client.post(f"/v1/devices/{device_id}/disable", headers=api.admin).status_code == 200
+    for response in (
+        api.client.get("/v1/device/assignment", headers=device),
+        api.client.post("/v1/device/heartbeat", headers=device, json=beat),
+        api.client.post("/v1/device/status", headers=device, json=status),
+    ):
+        assert response.status_code == 403 and "disabled" in response.json()["detail"]
+        assert response.headers["content-type"] == "application/problem+json"
+
+    other = enrolled_device(api, "r2")
+    assert api.client.get("/v1/device/assignment", headers=other).status_code == 200
+    other_id = api.client.post("/v1/device/heartbeat", headers=other, json=beat).json()["device_id"]
+    assert api.client.post(f"/v1/devices/{other_id}/enrollment-token", headers=api.admin).status_code == 200
+    for response in (
+        api.client.get("/v1/device/assignment", headers=other),
+        api.client.post("/v1/device/heartbeat", headers=other, json=beat),
+        api.client.post("/v1/device/status", headers=other, json=status),
+    ):
+        assert response.status_code == 401, response.text
+
+
+def test_fast_path_answers_successes_and_leaves_every_refusal_to_the_route(api: Api) -> None:
+    device = enrolled_device(api, "f1")
+    fast = _fast_path(api)
+    before = fast.fallbacks
+    beat = {"agent_version": "1", "model_version_id": None, "health": {"users": 1}}
+    first = api.client.get("/v1/device/assignment", headers=device)
+    again = api.client.get(
+        "/v1/device/assignment", headers={**device, "If-None-Match": first.headers["ETag"]}
+    )
+    assert (first.status_code, again.status_code) == (200, 304)
+    assert api.client.post("/v1/device/heartbeat", headers=device, json=beat).status_code == 200
+    assert fast.fallbacks == before  # all three answered without FastAPI's routing
+
+    refusals = [
+        (api.client.get("/v1/device/assignment"), 401),
+        (api.client.get("/v1/device/assignment", headers=api.admin), 403),  # an API key
+        (api.client.get("/v1/device/assignment", headers={**device, "If-None-Match": "x" * 2000}), 422),
+        (api.client.post("/v1/device/heartbeat", headers=device, content=b"{not json"), 422),
+        (api.client.post("/v1/device/heartbeat", headers=device, json={**beat, "extra": 1}), 422),
+        (
+            api.client.post(
+                "/v1/device/status", headers=device, json={"deployment_id": 99, "status": "installed"}
+            ),
+            404,
+        ),
+    ]
+    for response, expected in refusals:
+        assert response.status_code == expected, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert fast.fallbacks == before + len(refusals)

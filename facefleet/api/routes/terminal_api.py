@@ -8,16 +8,16 @@ from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from facefleet.api.deps import DbSession, Store
-from facefleet.api.device_auth import CurrentDevice, DeviceToken
+from facefleet.api.device_auth import CurrentDevice, device_credential
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.responses import model_response
 from facefleet.platform import audit
 from facefleet.platform.db.base import DB_INT_MAX
-from facefleet.platform.db.models import Device
-from facefleet.platform.deployments import assignment
-from facefleet.platform.deployments import service as deployments
+from facefleet.platform.deployments import assignment, polling
 from facefleet.platform.deployments.schemas import AssignmentRead, StatusReport
 from facefleet.platform.devices import service as devices
 from facefleet.platform.devices.schemas import (
@@ -28,7 +28,6 @@ from facefleet.platform.devices.schemas import (
 )
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.signing import public_key_pem
-from facefleet.platform.store import ObjectStore
 
 router = APIRouter(prefix="/v1/device", tags=["device"], responses=ERROR_RESPONSES)
 _RANGE = re.compile(r"^bytes=(\d+)-$")
@@ -58,18 +57,6 @@ def enroll(body: EnrollRequest, request: Request, session: DbSession) -> EnrollR
     )
 
 
-def _assignment_response(
-    request: Request, session: DbSession, device: Device, store: ObjectStore, if_none_match: str | None
-) -> Response:
-    """The assignment with its ETag; 304 (no body, no store read) when the device already has it."""
-    state = assignment.assignment_state(session, device)
-    headers = {"ETag": state.etag, "Cache-Control": "no-cache"}
-    if if_none_match is not None and _etag_matches(if_none_match, state.etag):
-        return Response(status_code=304, headers=headers)
-    body = assignment.render_assignment(session, state, store=store, cache=request.app.state.assigned_models)
-    return model_response(body, headers=headers)
-
-
 def _etag_matches(header: str, etag: str) -> bool:
     candidates = {part.strip().removeprefix("W/") for part in header.split(",")}
     return etag in candidates or "*" in candidates
@@ -80,38 +67,64 @@ def _etag_matches(header: str, etag: str) -> bool:
     response_model=AssignmentRead,
     responses={304: {"description": "Unchanged since the ETag sent in If-None-Match (no body)."}},
 )
-def get_assignment(
+async def get_assignment(
     request: Request,
-    session: DbSession,
-    token: DeviceToken,
-    store: Store,
     if_none_match: Annotated[
         str | None,
         Header(description="the ETag of the assignment the terminal has; unchanged -> 304", max_length=1024),
     ] = None,
 ) -> Response:
     """What this terminal should do now. Poll with ``If-None-Match``: an unchanged assignment is a 304."""
-    device = devices.authenticate_device(session, token)
-    return _assignment_response(request, session, device, store, if_none_match)
+    return await assignment_answer(request.app.state, device_credential(request), if_none_match)
 
 
 @router.post("/status", response_model=AssignmentRead)
-def report_status(
-    body: StatusReport, request: Request, session: DbSession, token: DeviceToken, store: Store
-) -> Response:
+async def report_status(body: StatusReport, request: Request) -> Response:
     """Record progress; the answer is the (possibly changed) assignment, with its ETag."""
-    device = devices.authenticate_device(session, token)
-    deployments.report_device_status(
-        session, device, deployment_id=body.deployment_id, status=body.status, message=body.message
-    )
-    return _assignment_response(request, session, device, store, None)
+    return await status_answer(request.app.state, device_credential(request), body)
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse)
-def heartbeat(body: HeartbeatRequest, session: DbSession, token: DeviceToken) -> Response:
-    """Authenticate and record the heartbeat in one UPDATE (no read first)."""
-    device_id, device_status, adaptation = devices.heartbeat_by_credential(
-        session,
+async def heartbeat(body: HeartbeatRequest, request: Request) -> Response:
+    """Authenticate and record the heartbeat in one UPDATE (no read first, no transaction around it)."""
+    return await heartbeat_answer(request.app.state, device_credential(request), body)
+
+
+# The three answers above, shared with facefleet.api.device_fastpath (which calls them without FastAPI's
+# routing and dependency solving). Each is one worker-thread hop around a few SQL statements.
+
+
+async def assignment_answer(state: State, token: str, if_none_match: str | None) -> Response:
+    answer = await run_in_threadpool(
+        polling.poll,
+        state.engine,
+        state.autocommit_engine,
+        token,
+        lambda etag: if_none_match is not None and _etag_matches(if_none_match, etag),
+        store=state.store,
+        cache=state.assigned_models,
+    )
+    return _answer(answer)
+
+
+async def status_answer(state: State, token: str, body: StatusReport) -> Response:
+    answer = await run_in_threadpool(
+        polling.report_status,
+        state.engine,
+        token,
+        deployment_id=body.deployment_id,
+        status=body.status,
+        message=body.message,
+        store=state.store,
+        cache=state.assigned_models,
+    )
+    return _answer(answer)
+
+
+async def heartbeat_answer(state: State, token: str, body: HeartbeatRequest) -> Response:
+    device_id, device_status, adaptation = await run_in_threadpool(
+        polling.heartbeat,
+        state.autocommit_engine,
         token,
         agent_version=body.agent_version,
         model_version_id=body.model_version_id,
@@ -120,6 +133,13 @@ def heartbeat(body: HeartbeatRequest, session: DbSession, token: DeviceToken) ->
     return model_response(
         HeartbeatResponse(device_id=device_id, status=device_status, adaptation_enabled=adaptation)
     )
+
+
+def _answer(answer: polling.PollAnswer) -> Response:
+    headers = {"ETag": answer.etag, "Cache-Control": "no-cache"}
+    if answer.body is None:
+        return Response(status_code=304, headers=headers)
+    return model_response(answer.body, headers=headers)
 
 
 @router.get("/artifacts/{file}", response_class=StreamingResponse)

@@ -37,18 +37,31 @@ def fetch_page(
         if key is None:
             raise ValueError("keyset paging needs the key column")
         page = page.where(key < after if descending else key > after)
-    rows = list(session.scalars(page.limit(limit + 1).offset(offset)).all())  # one more: is there a next?
+    # One round trip: the page (one more row: is there a next?) with the bounded count of everything the
+    # filters match beside each row (an uncorrelated scalar subquery, evaluated once per statement).
+    counted = page.add_columns(_bounded_count_expr(stmt).label("_page_total"))
+    found = session.execute(counted.limit(limit + 1).offset(offset)).all()
+    rows = [row[0] for row in found]
+    total = _capped(int(found[0][-1])) if found else None
     if len(rows) <= limit:
         if after is None and (rows or offset == 0):
             return rows, offset + len(rows)  # the last page: everything up to its end was seen
-        return rows, bounded_count(session, stmt)
-    return rows[:limit], bounded_count(session, stmt)
+        return rows, total if found else bounded_count(session, stmt)
+    return rows[:limit], total
+
+
+def _bounded_count_expr(stmt: Select[Any], cap: int = COUNT_CAP) -> Any:
+    """``count(*)`` of at most ``cap + 1`` rows ``stmt`` matches, as a scalar subquery."""
+    # Only a constant per row: PostgreSQL can answer from an index without reading the rows' columns.
+    ones = stmt.with_only_columns(literal(1), maintain_column_froms=True)
+    capped = ones.order_by(None).limit(cap + 1).subquery()
+    return select(func.count()).select_from(capped).scalar_subquery()
+
+
+def _capped(total: int, cap: int = COUNT_CAP) -> int | None:
+    return None if total > cap else total
 
 
 def bounded_count(session: Session, stmt: Select[Any], cap: int = COUNT_CAP) -> int | None:
     """How many rows ``stmt`` matches, reading at most ``cap + 1`` of them; ``None`` when more match."""
-    # Only a constant per row: PostgreSQL can answer from an index without reading the rows' columns.
-    ones = stmt.with_only_columns(literal(1), maintain_column_froms=True)
-    capped = ones.order_by(None).limit(cap + 1).subquery()
-    total = int(session.scalar(select(func.count()).select_from(capped)) or 0)
-    return None if total > cap else total
+    return _capped(int(session.scalar(select(_bounded_count_expr(stmt, cap))) or 0), cap)

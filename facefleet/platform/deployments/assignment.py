@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
 from facefleet.platform.deployments.schemas import AssignedArtifact, AssignedModel, AssignmentRead
-from facefleet.platform.deployments.service import current_stage, is_released
+from facefleet.platform.deployments.service import current_stage
 from facefleet.platform.errors import NotFoundError, PermissionDeniedError
 from facefleet.platform.inspections.schemas import AssignedCollection
 from facefleet.platform.inspections.service import assigned_collection
@@ -160,15 +160,37 @@ def device_assignment(session: Session, device: Device, *, store: ObjectStore) -
 
 def _target_version_id(session: Session, deployment: Deployment, row: DeviceDeployment) -> int | None:
     """The version the device should fetch: the deployed one, its previous one to roll back, or none."""
-    if row.status == "failed":
-        return row.previous_model_version_id if deployment.status == "stopped" else None
-    if row.status not in ("pending", "downloading", "installed"):
+    # Only a "rest" device of a live rollout needs the stage (one EXISTS over the unfinished canaries).
+    needs_stage = row.phase == "rest" and deployment.status == "in_progress"
+    return target_version_id(
+        deployment_status=deployment.status,
+        deployment_model_id=deployment.model_version_id,
+        row_status=row.status,
+        row_phase=row.phase,
+        previous_model_id=row.previous_model_version_id,
+        stage=current_stage(session, deployment) if needs_stage else "done",
+    )
+
+
+def target_version_id(
+    *,
+    deployment_status: str,
+    deployment_model_id: int,
+    row_status: str,
+    row_phase: str,
+    previous_model_id: int | None,
+    stage: str,
+) -> int | None:
+    """``_target_version_id`` on plain values (``stage`` as ``current_stage`` says; the Core poll uses it)."""
+    if row_status == "failed":
+        return previous_model_id if deployment_status == "stopped" else None
+    if row_status not in ("pending", "downloading", "installed"):
         return None
-    if row.status != "installed" and deployment.status == "stopped":
+    if row_status != "installed" and deployment_status == "stopped":
         return None
-    if row.phase != "rest":  # released whatever the stage: no need to look at the other devices
-        return deployment.model_version_id
-    return deployment.model_version_id if is_released(current_stage(session, deployment), row) else None
+    if row_phase != "rest":  # released whatever the stage: no need to look at the other devices
+        return deployment_model_id
+    return deployment_model_id if stage in ("rollout", "done") else None
 
 
 def _assigned_model(session: Session, model_version_id: int, *, store: ObjectStore) -> AssignedModel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -14,7 +14,6 @@ from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, M
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.deployments.notify import notify_admins
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead, DeviceRolloutRead
-from facefleet.platform.devices.service import group_devices
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
 FINAL_STATUSES = frozenset({"installed", "failed", "rolled_back", "superseded"})
@@ -54,7 +53,12 @@ def create_deployment(
             f"model version {version.name} v{version.version} has no signed artifacts; export it first",
             field="model_version_id",
         )
-    devices = group_devices(session, group=group)
+    # Ids and current models only, one multi-row INSERT: 10,000 ORM objects took seconds of one worker.
+    devices = session.execute(
+        select(Device.id, Device.model_version_id)
+        .where(Device.group == group, Device.status != "disabled")
+        .order_by(Device.id)
+    ).all()
     if not devices:
         raise InvalidInputError(f"group {group!r} has no enabled devices; register one first", field="group")
     _supersede_group(session, group=group)
@@ -70,19 +74,22 @@ def create_deployment(
     session.add(deployment)
     session.flush()
     canary_count = math.ceil(len(devices) * canary_percent / 100) if strategy == "canary" else 0
-    for index, device in enumerate(devices):
-        phase = "all" if strategy == "all" else ("canary" if index < canary_count else "rest")
-        session.add(
-            DeviceDeployment(
-                deployment_id=deployment.id,
-                device_id=device.id,
-                phase=phase,
-                status="pending",
-                previous_model_version_id=device.model_version_id,
-                message="",
-                updated_at=utcnow(),
-            )
-        )
+    now = utcnow()
+    session.execute(
+        insert(DeviceDeployment),
+        [
+            {
+                "deployment_id": deployment.id,
+                "device_id": device_id,
+                "phase": "all" if strategy == "all" else ("canary" if index < canary_count else "rest"),
+                "status": "pending",
+                "previous_model_version_id": previous,
+                "message": "",
+                "updated_at": now,
+            }
+            for index, (device_id, previous) in enumerate(devices)
+        ],
+    )
     session.flush()
     return deployment
 
@@ -171,11 +178,11 @@ def report_device_status(
         device.model_version_id = row.previous_model_version_id
     session.flush()
     if deployment.status == "in_progress":
-        _advance(session, deployment, reported=status)
+        advance(session, deployment, reported=status)
     return row
 
 
-def _advance(session: Session, deployment: Deployment, *, reported: str) -> None:
+def advance(session: Session, deployment: Deployment, *, reported: str) -> None:
     """Stop the rollout over the failure limit, or complete it once no device is left to finish.
 
     Costs a few indexed queries, not a read of every device row: the failure rate can only rise when a
