@@ -180,12 +180,6 @@ def list_devices(
     )
 
 
-def group_devices(session: Session, *, group: str) -> list[Device]:
-    """Devices of ``group`` that can take a deployment (not disabled), in id order."""
-    query = select(Device).where(Device.group == group, Device.status != "disabled").order_by(Device.id)
-    return list(session.scalars(query).all())
-
-
 def register_device_audited(session: Session, body: DeviceCreate, *, actor: str) -> DeviceRegistered:
     """Register a terminal from a validated request, record who did it, return its one-time token."""
     device, token, expires_at = register_device(
