@@ -5,6 +5,7 @@ registry leaves it. Not product code: nothing under facefleet/ imports this modu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -210,3 +211,26 @@ def unsigned_model_version(
     session.add(row)
     session.flush()
     return row
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (uvicorn workers, PostgreSQL's
+    backends), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == current and p not in tree]
+        tree.update(children)
+        frontier += children
+    ticks = 0
+    for p in tree:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

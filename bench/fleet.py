@@ -46,7 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from fleet_client import Job, LoadClient, Recorder, Reply, Route, build_request, one_request  # noqa: E402
 from fleet_data import Seeded, grow, seed  # noqa: E402
 
-from bench._support import free_port, running_postgres  # noqa: E402
+from bench._support import free_port, process_tree_cpu, running_postgres  # noqa: E402
 from facefleet.platform.db import migrate  # noqa: E402
 from facefleet.platform.db.session import make_engine  # noqa: E402
 from facefleet.platform.store.local import LocalStore  # noqa: E402
@@ -58,28 +58,6 @@ POLL_S, HEARTBEAT_S = 30.0, 60.0  # the agent's real cadence, compressed by --ra
 
 
 IN_FLIGHT = 64  # kept-alive connections the load generator holds (requests in flight at once)
-
-
-def process_tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants (uvicorn workers), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [p for p, parent in parents.items() if parent == current and p not in tree]
-        tree.update(children)
-        frontier += children
-    ticks = 0
-    for p in tree:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -33,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from fleet_data import Seeded, seed  # noqa: E402
 
-from bench._support import running_postgres  # noqa: E402
+from bench._support import process_tree_cpu, running_postgres  # noqa: E402
 from facefleet.api.app import create_app  # noqa: E402
 from facefleet.platform.db import migrate  # noqa: E402
 from facefleet.platform.db.session import make_engine  # noqa: E402
@@ -88,28 +88,6 @@ async def call(
 
     await app(scope, receive, send)
     return status, out_headers, b"".join(chunks)
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its descendants (PostgreSQL's backends), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [p for p, parent in parents.items() if parent == current and p not in tree]
-        tree.update(kids)
-        frontier += kids
-    ticks = 0
-    for p in tree:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 Request = tuple[str, str, dict[str, str], bytes, int]  # method, path, headers, body, expected status
@@ -204,11 +182,11 @@ async def timed_chunks(
     best: tuple[float, float | None] = (float("inf"), None)
     for start in range(0, size * chunks, size):
         part = reqs[start : start + size]
-        db0 = tree_cpu(pg_pid) if pg_pid else 0.0
+        db0 = process_tree_cpu(pg_pid) if pg_pid else 0.0
         cpu0 = time.process_time()
         await run_requests(app, part)
         cpu = (time.process_time() - cpu0) / len(part) * 1000
-        db = (tree_cpu(pg_pid) - db0) / len(part) * 1000 if pg_pid else None
+        db = (process_tree_cpu(pg_pid) - db0) / len(part) * 1000 if pg_pid else None
         if cpu < best[0]:
             best = (cpu, db)
     return best
