@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,21 +110,40 @@ def assignment_state(session: Session, device: Device) -> AssignmentState:
     if found is None:
         return AssignmentState(deployment_id=None, action="none", collection=collection)
     deployment, row = found
-    target_id = _target_version_id(session, deployment, row)
-    if target_id is None and not (deployment.status == "stopped" and row.status == "failed"):
-        return AssignmentState(
-            deployment_id=deployment.id, action="none", status=row.status, collection=collection
-        )
-    action: Literal["install", "rollback"] = "rollback" if row.status == "failed" else "install"
-    card = ""
-    if target_id is not None:
-        card = session.scalar(select(ModelVersion.card_sha256).where(ModelVersion.id == target_id)) or ""
-    return AssignmentState(
+    return state_for(
         deployment_id=deployment.id,
+        deployment_status=deployment.status,
+        row_status=row.status,
+        target_id=_target_version_id(session, deployment, row),
+        collection=collection,
+        card_of=lambda version_id: (
+            session.scalar(select(ModelVersion.card_sha256).where(ModelVersion.id == version_id)) or ""
+        ),
+    )
+
+
+def state_for(
+    *,
+    deployment_id: int,
+    deployment_status: str,
+    row_status: str,
+    target_id: int | None,
+    collection: AssignedCollection,
+    card_of: Callable[[int], str],
+) -> AssignmentState:
+    """The state of a device in a deployment whose target version is known; ``card_of`` gives a version's
+    card hash (the ORM path reads it, the Core poll has it in its row)."""
+    if target_id is None and not (deployment_status == "stopped" and row_status == "failed"):
+        return AssignmentState(
+            deployment_id=deployment_id, action="none", status=row_status, collection=collection
+        )
+    action: Literal["install", "rollback"] = "rollback" if row_status == "failed" else "install"
+    return AssignmentState(
+        deployment_id=deployment_id,
         action=action,
-        status=row.status,
+        status=row_status,
         target_id=target_id,
-        card_sha256=card,
+        card_sha256=card_of(target_id) if target_id is not None else "",
         collection=collection,
     )
 

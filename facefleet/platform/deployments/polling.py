@@ -20,7 +20,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
@@ -53,6 +53,7 @@ from facefleet.platform.deployments.assignment import (
     AssignmentState,
     assignment_state,
     render_assignment,
+    state_for,
     target_version_id,
 )
 from facefleet.platform.deployments.schemas import AssignmentRead
@@ -206,21 +207,15 @@ def state_of(row: Any) -> AssignmentState | None:
         previous_model_id=row.previous_model_version_id,
         stage=stage,
     )
-    if target is None and not (row.deployment_status == "stopped" and row.row_status == "failed"):
-        return AssignmentState(
-            deployment_id=row.deployment_id, action="none", status=row.row_status, collection=collection
-        )
-    action: Literal["install", "rollback"] = "rollback" if row.row_status == "failed" else "install"
-    card = ""
-    if target is not None:
-        card = (row.target_card if target == row.deployment_model_id else row.previous_card) or ""
-    return AssignmentState(
+    return state_for(
         deployment_id=row.deployment_id,
-        action=action,
-        status=row.row_status,
+        deployment_status=row.deployment_status,
+        row_status=row.row_status,
         target_id=target,
-        card_sha256=card,
         collection=collection,
+        card_of=lambda version_id: (
+            (row.target_card if version_id == row.deployment_model_id else row.previous_card) or ""
+        ),
     )
 
 

@@ -146,11 +146,6 @@ def _any_unfinished(session: Session, deployment_id: int, *, phase: str | None =
     return session.scalar(query.limit(1)) is not None
 
 
-def is_released(stage: str, row: DeviceDeployment) -> bool:
-    """Whether this device may start installing: the rest of a canary rollout waits."""
-    return row.phase != "rest" or stage in ("rollout", "done")
-
-
 def report_device_status(
     session: Session, device: Device, *, deployment_id: int, status: str, message: str = ""
 ) -> DeviceDeployment:
