@@ -18,6 +18,8 @@ Two tables:
     .venv/bin/python bench/fleet.py --quick          # ~3 min: 1,000 terminals, growth to 10^5
     .venv/bin/python bench/fleet.py                  # 1,000 and 10,000 terminals, growth to 10^6
     .venv/bin/python bench/fleet.py --db postgres --devices 10000 --rate 500 --skip-growth  # real cadence
+    .venv/bin/python bench/fleet.py --db postgres --devices 10000 --rate 500 --skip-growth \
+        --release-per-minute 6000                 # the same rollout paced (issue 21)
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ class FleetRun:
     installed: int = 0
     unanswered: int = 0
     load: list[float] = field(default_factory=list)  # 1-minute load average, every 5 s of the phase
+    release_per_minute: int | None = None  # the deployment's pacing (None: every device at once)
 
 
 HEARTBEAT = "POST /v1/device/heartbeat"
@@ -283,7 +286,10 @@ async def deploy(run: FleetRun, host: str, port: int, seeded: Seeded, at: float)
     """The rollout to the whole fleet, on its own connection (its answer lists every device)."""
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
     run.deployed_at = time.perf_counter()
-    body = json.dumps({"model_version_id": seeded.model_version_id, "group": seeded.group}).encode()
+    fields: dict[str, Any] = {"model_version_id": seeded.model_version_id, "group": seeded.group}
+    if run.release_per_minute is not None:
+        fields["release_per_minute"] = run.release_per_minute
+    body = json.dumps(fields).encode()
     headers = {"Authorization": f"Bearer {seeded.admin_token}", "Content-Type": "application/json"}
     raw = build_request("POST", "/v1/deployments", headers, body)
     try:
@@ -335,7 +341,12 @@ def fleet_table(db: str, run: FleetRun, workers: int, elapsed: float) -> None:
         f"\n## fleet: {run.devices:,} terminals on {db}, {workers} worker(s), {run.seconds:.0f} s; "
         "poll every "
         f"{run.poll_s:.1f} s, heartbeat every {2 * run.poll_s:.1f} s (real cadence 30/60 s: time x"
-        f"{POLL_S / run.poll_s:.2f}); offered terminal rate {run.offered:.0f} req/s\n"
+        f"{POLL_S / run.poll_s:.2f}); offered terminal rate {run.offered:.0f} req/s; rollout "
+        + (
+            f"paced at {run.release_per_minute:,} devices per minute of server time\n"
+            if run.release_per_minute
+            else "releasing every device at once\n"
+        )
     )
     print("| route | ok | errors | 503 | req/s | p50 ms | p99 ms | p50/base | p99/base |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -397,7 +408,12 @@ def fleet(db: str, devices: int, args: argparse.Namespace) -> None:
         engine.dispose()
         poll_s = devices * (1 + POLL_S / HEARTBEAT_S) / args.rate
         seconds = max(args.seconds, 3.5 * poll_s)
+        if args.release_per_minute:
+            # The rollout starts at a fifth of the phase and needs devices / rate minutes plus a poll or two.
+            rollout_s = devices / args.release_per_minute * 60
+            seconds = max(seconds, (rollout_s + 1.5 * poll_s) / 0.8)
         run = FleetRun(Recorder(), devices, seconds, args.rate, poll_s)
+        run.release_per_minute = args.release_per_minute
         with serve(environment(url, tmp, args), args.workers) as (base, server):
             began = time.perf_counter()
             run_loop(drive_fleet(base, seeded, run, args.admin_rate, server.pid))
@@ -523,6 +539,12 @@ def main() -> None:
     parser.add_argument("--admin-rate", type=float, default=20.0, help="admin requests per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="fleet phase length (at least 3.5 polls)")
     parser.add_argument("--workers", type=int, default=2, help="FACEFLEET_API_WORKERS for the server")
+    parser.add_argument(
+        "--release-per-minute",
+        type=int,
+        default=None,
+        help="pace the deployment (devices per minute of server time; default: all at once)",
+    )
     parser.add_argument("--growth", default=None, help="comma-separated table sizes (default 1e3,1e5,1e6)")
     parser.add_argument("--growth-rate", type=float, default=50.0)
     parser.add_argument("--growth-seconds", type=float, default=4.0)

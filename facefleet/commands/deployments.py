@@ -59,6 +59,10 @@ def create(
     max_failure_rate: Annotated[
         float, typer.Option("--max-failure-rate", help="stop and roll back above this failed share (0-1)")
     ] = 0.0,
+    release_per_minute: Annotated[
+        int | None,
+        typer.Option("--release-per-minute", help="pace it: devices released per minute (default: all)"),
+    ] = None,
     server: ServerOption = None,
 ) -> None:
     """Roll a model version out to a device group; the group's running deployment is superseded."""
@@ -71,6 +75,7 @@ def create(
             strategy=strategy,
             canary_percent=canary_percent,
             max_failure_rate=max_failure_rate,
+            release_per_minute=release_per_minute,
         )
         if client is not None:
             created = DeploymentRead.model_validate(client.post("/v1/deployments", body.model_dump()))

@@ -88,6 +88,12 @@ def test_ids_and_pages_out_of_range_are_422_naming_the_parameter(sqlite_api: Api
         "/v1/deployments", headers=api.admin, json={"model_version_id": int(HUGE), "group": "lobby"}
     )
     assert_problem(deployment, 422, "model_version_id")
+    paced = api.client.post(
+        "/v1/deployments",
+        headers=api.admin,
+        json={"model_version_id": 1, "group": "lobby", "release_per_minute": 0},
+    )
+    assert_problem(paced, 422, "release_per_minute")
 
 
 def test_odd_version_references_are_404_not_500(sqlite_api: Api) -> None:

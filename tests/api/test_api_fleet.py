@@ -76,6 +76,27 @@ def test_unchanged_assignment_is_a_304_and_any_change_a_new_etag(api: Api) -> No
     assert stale.json()["model"] == changed.json()["model"]
 
 
+def test_a_paced_deployment_hands_the_model_out_in_turn(api: Api) -> None:
+    """One device a minute: the first terminal gets it at once, the second waits (same ETag, a 304)."""
+    first, second = enrolled_device(api, "p1"), enrolled_device(api, "p2")
+    waiting_tag = api.client.get("/v1/device/assignment", headers=second).headers["ETag"]
+    deployed = api.client.post(
+        "/v1/deployments",
+        headers=api.admin,
+        json={"model_version_id": signed_version(api), "group": "lobby", "release_per_minute": 1},
+    )
+    assert deployed.status_code == 201, deployed.text
+    body = deployed.json()
+    assert body["release_per_minute"] == 1
+    assert [d["released"] for d in body["devices"]] == [True, False]
+    assert api.client.get("/v1/device/assignment", headers=first).json()["action"] == "install"
+    turn = api.client.get("/v1/device/assignment", headers=second)
+    assert turn.status_code == 200 and turn.json()["action"] == "none" and turn.json()["status"] == "pending"
+    again = api.client.get("/v1/device/assignment", headers={**second, "If-None-Match": turn.headers["ETag"]})
+    assert again.status_code == 304
+    assert turn.headers["ETag"] != waiting_tag  # it is in a deployment now, only not its turn
+
+
 def test_heartbeat_is_one_write_and_refuses_unknown_and_disabled(api: Api) -> None:
     device = enrolled_device(api, "t2")
     body = {"agent_version": "9.9", "model_version_id": None, "health": {"users": 3}}

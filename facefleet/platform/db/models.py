@@ -254,6 +254,10 @@ class Deployment(Base):
     strategy: Mapped[str] = mapped_column(String(16), default="all")  # all|canary
     canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
     max_failure_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    # Paced rollout: at most this many devices of a phase are released per minute (None: all at once).
+    release_per_minute: Mapped[int | None] = mapped_column(nullable=True)
+    # When the "rest" phase of a canary rollout was released (its paced clock starts there).
+    rest_released_at: Mapped[datetime | None] = mapped_column(nullable=True)
     status: Mapped[str] = mapped_column(
         String(16), default="in_progress"
     )  # in_progress|completed|stopped|superseded
@@ -274,6 +278,8 @@ class DeviceDeployment(Base):
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
     phase: Mapped[str] = mapped_column(String(16), default="all")  # canary|rest|all
+    # Its place in its phase's paced release order (0 first); late joiners get 0.
+    release_slot: Mapped[int] = mapped_column(default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16), default="pending")
     previous_model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL"), nullable=True

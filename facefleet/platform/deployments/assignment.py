@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
+from facefleet.platform.deployments.pacing import paced_release, phase_start
 from facefleet.platform.deployments.schemas import AssignedArtifact, AssignedModel, AssignmentRead
 from facefleet.platform.deployments.service import current_stage
 from facefleet.platform.errors import NotFoundError, PermissionDeniedError
@@ -189,6 +190,14 @@ def _target_version_id(session: Session, deployment: Deployment, row: DeviceDepl
         row_phase=row.phase,
         previous_model_id=row.previous_model_version_id,
         stage=current_stage(session, deployment) if needs_stage else "done",
+        paced=paced_release(
+            release_per_minute=deployment.release_per_minute,
+            slot=row.release_slot,
+            clock_start=phase_start(
+                row.phase, created_at=deployment.created_at, rest_released_at=deployment.rest_released_at
+            ),
+            now=utcnow(),
+        ),
     )
 
 
@@ -200,13 +209,20 @@ def target_version_id(
     row_phase: str,
     previous_model_id: int | None,
     stage: str,
+    paced: bool = True,
 ) -> int | None:
-    """``_target_version_id`` on plain values (``stage`` as ``current_stage`` says; the Core poll uses it)."""
+    """``_target_version_id`` on plain values (``stage`` as ``current_stage`` says; the Core poll uses it).
+
+    ``paced``: whether a still-pending device's turn has come (``paced_release``); a device that has begun
+    (downloading, installed) keeps its target.
+    """
     if row_status == "failed":
         return previous_model_id if deployment_status == "stopped" else None
     if row_status not in ("pending", "downloading", "installed"):
         return None
     if row_status != "installed" and deployment_status == "stopped":
+        return None
+    if row_status == "pending" and deployment_status == "in_progress" and not paced:
         return None
     if row_phase != "rest":  # released whatever the stage: no need to look at the other devices
         return deployment_model_id

@@ -56,6 +56,7 @@ from facefleet.platform.deployments.assignment import (
     state_for,
     target_version_id,
 )
+from facefleet.platform.deployments.pacing import paced_release, phase_start
 from facefleet.platform.deployments.schemas import AssignmentRead
 from facefleet.platform.devices.service import CREDENTIAL_PREFIX
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
@@ -78,7 +79,14 @@ _me = (
 )
 # Its group's latest live deployment (the (group, id) index, newest first, one row).
 _latest = (
-    select(_dep.c.id, _dep.c.status, _dep.c.model_version_id)
+    select(
+        _dep.c.id,
+        _dep.c.status,
+        _dep.c.model_version_id,
+        _dep.c.created_at,
+        _dep.c.release_per_minute,
+        _dep.c.rest_released_at,
+    )
     .where(_dep.c.group == select(_me.c.group).scalar_subquery(), _dep.c.status != "superseded")
     .order_by(_dep.c.id.desc())
     .limit(1)
@@ -106,6 +114,10 @@ STATE = select(
     _latest.c.model_version_id.label("deployment_model_id"),
     _dd.c.id.label("row_id"),
     _dd.c.phase,
+    _dd.c.release_slot,
+    _latest.c.created_at.label("deployment_created_at"),
+    _latest.c.release_per_minute,
+    _latest.c.rest_released_at,
     _dd.c.status.label("row_status"),
     _dd.c.previous_model_version_id,
     _target.c.card_sha256.label("target_card"),
@@ -206,6 +218,14 @@ def state_of(row: Any) -> AssignmentState | None:
         row_phase=row.phase,
         previous_model_id=row.previous_model_version_id,
         stage=stage,
+        paced=paced_release(
+            release_per_minute=row.release_per_minute,
+            slot=row.release_slot,
+            clock_start=phase_start(
+                row.phase, created_at=row.deployment_created_at, rest_released_at=row.rest_released_at
+            ),
+            now=utcnow(),
+        ),
     )
     return state_for(
         deployment_id=row.deployment_id,
@@ -337,6 +357,8 @@ def report_status(
         if updated:
             if status == "installed":
                 conn.execute(_SET_DEVICE_MODEL, {"device_id": row.id, "model_id": row.deployment_model_id})
+                if row.phase == "canary" and row.rest_released_at is None:
+                    deployments.release_rest_if_canaries_done(conn, deployment_id)
             if (
                 row.deployment_status == "in_progress"
                 and conn.execute(_ANY_UNFINISHED, {"deployment_id": deployment_id}).first() is None

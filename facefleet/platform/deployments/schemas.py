@@ -30,6 +30,15 @@ class DeploymentCreate(BaseModel):
         le=1.0,
         description="Stop and roll back when failed/updated devices exceeds this.",
     )
+    release_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Pace the rollout: release at most this many devices of each phase per minute, in device order "
+            "(canaries from the start, the rest once the canaries finished); null releases all at once."
+        ),
+    )
 
     @model_validator(mode="after")
     def _canary_needs_percent(self) -> DeploymentCreate:
@@ -43,6 +52,7 @@ class DeviceRolloutRead(BaseModel):
     device_name: str
     phase: str
     status: str
+    released: bool = Field(description="Whether its turn has come (stage and pacing); false: it waits.")
     previous_model_version_id: int | None
     message: str
     updated_at: datetime
@@ -55,6 +65,10 @@ class DeploymentRead(BaseModel):
     strategy: str
     canary_percent: float
     max_failure_rate: float
+    release_per_minute: int | None = None
+    rest_released_at: datetime | None = Field(
+        default=None, description="When the canaries finished and the rest of the group was released."
+    )
     status: str
     stage: str = Field(description="canary | rollout | done")
     created_by: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
@@ -13,6 +13,7 @@ from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.deployments.notify import notify_admins
+from facefleet.platform.deployments.pacing import paced_release, phase_start
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead, DeviceRolloutRead
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -25,6 +26,29 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     "failed": frozenset({"pending", "downloading", "failed"}),
     "rolled_back": frozenset({"failed", "rolled_back"}),
 }
+
+
+# A canary rollout's remaining devices are released when no canary is left unfinished; that moment starts
+# their paced clock. One guarded UPDATE (both the ORM and the Core report path run it; the first wins).
+RELEASE_REST = (
+    update(Deployment)
+    .where(
+        Deployment.id == bindparam("deployment_id"),
+        Deployment.rest_released_at.is_(None),
+        ~exists().where(
+            DeviceDeployment.deployment_id == bindparam("deployment_id"),
+            DeviceDeployment.phase == "canary",
+            DeviceDeployment.status.in_(UNFINISHED_STATUSES),
+        ),
+    )
+    .values(rest_released_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
+
+
+def release_rest_if_canaries_done(bind: Session | Connection, deployment_id: int) -> None:
+    """Start the "rest" phase's clock once every canary has finished (a no-op before, and after once)."""
+    bind.execute(RELEASE_REST, {"deployment_id": deployment_id, "now": utcnow()})
 
 
 @dataclass
@@ -42,9 +66,14 @@ def create_deployment(
     strategy: str = "all",
     canary_percent: float = 0.0,
     max_failure_rate: float = 0.0,
+    release_per_minute: int | None = None,
     created_by: str = "",
 ) -> Deployment:
-    """Roll ``model_version_id`` out to ``group``; the group's in-progress deployment is superseded."""
+    """Roll ``model_version_id`` out to ``group``; the group's in-progress deployment is superseded.
+
+    ``release_per_minute`` paces it: each phase's devices (canaries, then the rest) get the new model
+    that many a minute, in device order, instead of all at once.
+    """
     version = session.get(ModelVersion, model_version_id)
     if version is None:
         raise NotFoundError(f"no model version with id {model_version_id}", field="model_version_id")
@@ -68,6 +97,7 @@ def create_deployment(
         strategy=strategy,
         canary_percent=canary_percent,
         max_failure_rate=max_failure_rate,
+        release_per_minute=release_per_minute,
         status="in_progress",
         created_by=created_by,
     )
@@ -82,6 +112,7 @@ def create_deployment(
                 "deployment_id": deployment.id,
                 "device_id": device_id,
                 "phase": "all" if strategy == "all" else ("canary" if index < canary_count else "rest"),
+                "release_slot": index if index < canary_count or strategy == "all" else index - canary_count,
                 "status": "pending",
                 "previous_model_version_id": previous,
                 "message": "",
@@ -173,6 +204,8 @@ def report_device_status(
         device.model_version_id = row.previous_model_version_id
     session.flush()
     if deployment.status == "in_progress":
+        if row.phase == "canary" and deployment.rest_released_at is None:
+            release_rest_if_canaries_done(session, deployment.id)
         advance(session, deployment, reported=status)
     return row
 
@@ -259,6 +292,20 @@ def _stop(session: Session, deployment: Deployment, *, failed: list[DeviceDeploy
 def deployment_read(view: DeploymentView) -> DeploymentRead:
     """The deployment with each device's rollout row, as the API and CLI show it."""
     d = view.deployment
+    now = utcnow()
+
+    def released(row: DeviceDeployment) -> bool:
+        if row.status != "pending" or d.status != "in_progress":
+            return row.status != "pending"
+        if row.phase == "rest" and view.stage == "canary":
+            return False
+        return paced_release(
+            release_per_minute=d.release_per_minute,
+            slot=row.release_slot,
+            clock_start=phase_start(row.phase, created_at=d.created_at, rest_released_at=d.rest_released_at),
+            now=now,
+        )
+
     return DeploymentRead(
         id=d.id,
         model_version_id=d.model_version_id,
@@ -266,6 +313,8 @@ def deployment_read(view: DeploymentView) -> DeploymentRead:
         strategy=d.strategy,
         canary_percent=d.canary_percent,
         max_failure_rate=d.max_failure_rate,
+        release_per_minute=d.release_per_minute,
+        rest_released_at=d.rest_released_at,
         status=d.status,
         stage=view.stage,
         created_by=d.created_by,
@@ -277,6 +326,7 @@ def deployment_read(view: DeploymentView) -> DeploymentRead:
                 device_name=name,
                 phase=row.phase,
                 status=row.status,
+                released=released(row),
                 previous_model_version_id=row.previous_model_version_id,
                 message=row.message,
                 updated_at=row.updated_at,
@@ -336,6 +386,7 @@ def create_deployment_audited(session: Session, body: DeploymentCreate, *, actor
         strategy=body.strategy,
         canary_percent=body.canary_percent,
         max_failure_rate=body.max_failure_rate,
+        release_per_minute=body.release_per_minute,
         created_by=actor,
     )
     audit.record(session, actor, "deployments.create", "deployment", deployment.id, body.model_dump())
