@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
-from facefleet.platform.deployments.pacing import paced_release, phase_start
+from facefleet.platform.deployments.pacing import turn_has_come
 from facefleet.platform.deployments.schemas import AssignedArtifact, AssignedModel, AssignmentRead
 from facefleet.platform.deployments.service import current_stage
 from facefleet.platform.errors import NotFoundError, PermissionDeniedError
@@ -190,14 +190,7 @@ def _target_version_id(session: Session, deployment: Deployment, row: DeviceDepl
         row_phase=row.phase,
         previous_model_id=row.previous_model_version_id,
         stage=current_stage(session, deployment) if needs_stage else "done",
-        paced=paced_release(
-            release_per_minute=deployment.release_per_minute,
-            slot=row.release_slot,
-            clock_start=phase_start(
-                row.phase, created_at=deployment.created_at, rest_released_at=deployment.rest_released_at
-            ),
-            now=utcnow(),
-        ),
+        paced=turn_has_come(deployment, row),
     )
 
 

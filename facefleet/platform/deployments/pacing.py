@@ -12,8 +12,37 @@ whose turn came sees a new ETag on its next poll.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
-from facefleet.platform.db.base import as_utc
+from facefleet.platform.db.base import as_utc, utcnow
+
+
+class PacedDeployment(Protocol):
+    @property
+    def release_per_minute(self) -> int | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def rest_released_at(self) -> datetime | None: ...
+
+
+class PacedRow(Protocol):
+    @property
+    def phase(self) -> str: ...
+    @property
+    def release_slot(self) -> int: ...
+
+
+def turn_has_come(deployment: PacedDeployment, row: PacedRow, now: datetime | None = None) -> bool:
+    """``paced_release`` for a device's row of a deployment (ORM objects, or the Core poll's row as both)."""
+    return paced_release(
+        release_per_minute=deployment.release_per_minute,
+        slot=row.release_slot,
+        clock_start=phase_start(
+            row.phase, created_at=deployment.created_at, rest_released_at=deployment.rest_released_at
+        ),
+        now=now or utcnow(),
+    )
 
 
 def paced_release(*, release_per_minute: int | None, slot: int, clock_start: datetime, now: datetime) -> bool:

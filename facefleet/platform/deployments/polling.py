@@ -56,7 +56,7 @@ from facefleet.platform.deployments.assignment import (
     state_for,
     target_version_id,
 )
-from facefleet.platform.deployments.pacing import paced_release, phase_start
+from facefleet.platform.deployments.pacing import turn_has_come
 from facefleet.platform.deployments.schemas import AssignmentRead
 from facefleet.platform.devices.service import CREDENTIAL_PREFIX
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
@@ -115,7 +115,7 @@ STATE = select(
     _dd.c.id.label("row_id"),
     _dd.c.phase,
     _dd.c.release_slot,
-    _latest.c.created_at.label("deployment_created_at"),
+    _latest.c.created_at,
     _latest.c.release_per_minute,
     _latest.c.rest_released_at,
     _dd.c.status.label("row_status"),
@@ -218,14 +218,7 @@ def state_of(row: Any) -> AssignmentState | None:
         row_phase=row.phase,
         previous_model_id=row.previous_model_version_id,
         stage=stage,
-        paced=paced_release(
-            release_per_minute=row.release_per_minute,
-            slot=row.release_slot,
-            clock_start=phase_start(
-                row.phase, created_at=row.deployment_created_at, rest_released_at=row.rest_released_at
-            ),
-            now=utcnow(),
-        ),
+        paced=turn_has_come(row, row),  # the row carries the deployment's columns too
     )
     return state_for(
         deployment_id=row.deployment_id,

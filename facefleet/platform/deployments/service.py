@@ -13,7 +13,7 @@ from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device, DeviceDeployment, ModelVersion
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.deployments.notify import notify_admins
-from facefleet.platform.deployments.pacing import paced_release, phase_start
+from facefleet.platform.deployments.pacing import turn_has_come
 from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead, DeviceRolloutRead
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -299,12 +299,7 @@ def deployment_read(view: DeploymentView) -> DeploymentRead:
             return row.status != "pending"
         if row.phase == "rest" and view.stage == "canary":
             return False
-        return paced_release(
-            release_per_minute=d.release_per_minute,
-            slot=row.release_slot,
-            clock_start=phase_start(row.phase, created_at=d.created_at, rest_released_at=d.rest_released_at),
-            now=now,
-        )
+        return turn_has_come(d, row, now)
 
     return DeploymentRead(
         id=d.id,
