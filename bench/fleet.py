@@ -19,7 +19,7 @@ Two tables:
     .venv/bin/python bench/fleet.py                  # 1,000 and 10,000 terminals, growth to 10^6
     .venv/bin/python bench/fleet.py --db postgres --devices 10000 --rate 500 --skip-growth  # real cadence
     .venv/bin/python bench/fleet.py --db postgres --devices 10000 --rate 500 --skip-growth \
-        --release-per-minute 6000                 # the same rollout paced (issue 21)
+        --release-per-minute 2000                 # the same rollout paced (issue 21)
 """
 
 from __future__ import annotations
@@ -412,8 +412,9 @@ def fleet(db: str, devices: int, args: argparse.Namespace) -> None:
             # The rollout starts at a fifth of the phase and needs devices / rate minutes plus a poll or two.
             rollout_s = devices / args.release_per_minute * 60
             seconds = max(seconds, (rollout_s + 1.5 * poll_s) / 0.8)
-        run = FleetRun(Recorder(), devices, seconds, args.rate, poll_s)
-        run.release_per_minute = args.release_per_minute
+        run = FleetRun(
+            Recorder(), devices, seconds, args.rate, poll_s, release_per_minute=args.release_per_minute
+        )
         with serve(environment(url, tmp, args), args.workers) as (base, server):
             began = time.perf_counter()
             run_loop(drive_fleet(base, seeded, run, args.admin_rate, server.pid))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 from facefleet.api.app import create_app
 from facefleet.cli import app
 from facefleet.platform.auth.service import create_api_key
-from facefleet.platform.db.models import AuditEvent, DeviceDeployment, RetrainPolicy
+from facefleet.platform.db.models import AuditEvent, Deployment, DeviceDeployment, RetrainPolicy
 from facefleet.platform.devices import service as devices
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore
@@ -154,6 +154,20 @@ def test_deployment_create_list_show_locally(
         rows = session.scalars(select(DeviceDeployment)).all()
         assert sorted(row.phase for row in rows) == ["canary", "rest"]
     assert _audit_actions(sqlite_engine) == [("cli", "deployments.create")]
+
+
+def test_deployment_create_paced_locally(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    number = _model_and_lobby(sqlite_engine, local_store, tmp_path / "model")
+    base = ("deployments", "create", "--model", "terminal", "--version", str(number), "--group", "lobby")
+    assert_clean_failure(cli(*base, "--release-per-minute", "0"), "release_per_minute")
+    ok(*base, "--release-per-minute", "60")
+    with Session(sqlite_engine) as session:
+        deployment = session.scalars(select(Deployment)).one()
+        assert deployment.release_per_minute == 60
+        slots = session.scalars(select(DeviceDeployment.release_slot).order_by(DeviceDeployment.id)).all()
+        assert slots == [0, 1]
 
 
 def test_deployment_errors_are_one_clean_line(

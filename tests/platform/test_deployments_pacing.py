@@ -75,19 +75,27 @@ def test_a_paced_rollout_releases_devices_in_order_and_core_agrees_with_the_orm(
     assert read.release_per_minute == 2 and read.status == "completed"
 
 
-def test_the_rest_of_a_canary_rollout_is_paced_from_when_the_canaries_finished(
-    session: Session, local_store: ObjectStore, tmp_path: Path
-) -> None:
-    version = register_test_model(session, local_store, tmp_path / "m1")
-    fleet = [_enrolled(session, f"t{i}") for i in range(5)]
+def _paced_canary_rollout(
+    session: Session, store: ObjectStore, tmp_path: Path, *, devices: int, canary_percent: float
+) -> tuple[list[tuple[Device, str]], Deployment]:
+    """``devices`` terminals in group lobby and a canary rollout to them paced at one device a minute."""
+    version = register_test_model(session, store, tmp_path / "m1")
+    fleet = [_enrolled(session, f"t{i}") for i in range(devices)]
     deployment = deployments.create_deployment(
         session,
         model_version_id=version.id,
         group="lobby",
         strategy="canary",
-        canary_percent=40,
+        canary_percent=canary_percent,
         release_per_minute=1,
     )
+    return fleet, deployment
+
+
+def test_the_rest_of_a_canary_rollout_is_paced_from_when_the_canaries_finished(
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    fleet, deployment = _paced_canary_rollout(session, local_store, tmp_path, devices=5, canary_percent=40)
     assert _agree(session, fleet) == ["install", "none", "none", "none", "none"]
     _clock_back(session, deployment.id, 3600)  # long ago: both canaries, but the rest waits for them
     assert _agree(session, fleet) == ["install", "install", "none", "none", "none"]
@@ -122,16 +130,7 @@ def test_the_rest_of_a_canary_rollout_is_paced_from_when_the_canaries_finished(
 def test_the_orm_report_path_starts_the_rest_clock_too(
     session: Session, local_store: ObjectStore, tmp_path: Path
 ) -> None:
-    version = register_test_model(session, local_store, tmp_path / "m1")
-    fleet: list[tuple[Device, str]] = [_enrolled(session, f"t{i}") for i in range(4)]
-    deployment = deployments.create_deployment(
-        session,
-        model_version_id=version.id,
-        group="lobby",
-        strategy="canary",
-        canary_percent=25,
-        release_per_minute=1,
-    )
+    fleet, deployment = _paced_canary_rollout(session, local_store, tmp_path, devices=4, canary_percent=25)
     deployments.report_device_status(session, fleet[0][0], deployment_id=deployment.id, status="installed")
     session.expire_all()
     assert _agree(session, fleet) == ["install", "install", "none", "none"]

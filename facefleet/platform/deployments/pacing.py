@@ -35,6 +35,8 @@ class PacedRow(Protocol):
 
 def turn_has_come(deployment: PacedDeployment, row: PacedRow, now: datetime | None = None) -> bool:
     """``paced_release`` for a device's row of a deployment (ORM objects, or the Core poll's row as both)."""
+    if deployment.release_per_minute is None:  # unpaced, the common case: no clock to read
+        return True
     return paced_release(
         release_per_minute=deployment.release_per_minute,
         slot=row.release_slot,
