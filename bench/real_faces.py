@@ -65,6 +65,8 @@ REVERSAL = {"enabled": True, "lambda": 1.0, "schedule": "ramp", "classifier_hidd
 # fix: ModelNet learns on detached embeddings from [f1*f2, |f1-f2|].
 BIOMETRIC_SEED = {"enabled": True, "alpha": 0.1, "layers": 3, "feature_grad": 1.0, "pair_features": "concat"}
 BIOMETRIC = {"enabled": True, "alpha": 0.1, "layers": 3, "feature_grad": 0.0, "pair_features": "symmetric"}
+# ... and with ordinary batches: pairs drawn against a memory of recent embeddings instead of P x K batches.
+BIOMETRIC_MEMORY = {**BIOMETRIC, "pair_source": "memory", "memory_size": 4096}
 VARIANTS: dict[str, dict[str, Any]] = {
     "naive": {"head": {"crossing_p": 1.0}},
     "da": {},
@@ -72,6 +74,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kl": {"reversal": REVERSAL, "biometric": BIOMETRIC},
     "grl-seed": {"reversal": REVERSAL_SEED},
     "kl-seed": {"reversal": REVERSAL, "biometric": BIOMETRIC_SEED},
+    "kl-mem": {"reversal": REVERSAL, "biometric": BIOMETRIC_MEMORY},
     "da-s64": {"head": {"s": 64.0, "m2": 0.5}},
 }
 LABELS = {
@@ -81,6 +84,7 @@ LABELS = {
     "kl": "DA + GRL + BioMetricNet (KL)",
     "grl-seed": "DA + GRL as before (lambda 0.1 step, linear classifier)",
     "kl-seed": "DA + GRL + KL as before (gradient into the backbone, [f1, f2])",
+    "kl-mem": "DA + GRL + KL, pairs against a memory (ordinary batches)",
     "da-s64": "DA with the seed's s = 64, m = 0.5",
 }
 

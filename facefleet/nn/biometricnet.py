@@ -160,6 +160,72 @@ def make_pairs(
     return Pairs(match=match, nonmatch=nonmatch)
 
 
+def make_memory_pairs(
+    labels: torch.Tensor,
+    dataset_index: torch.Tensor,
+    memory_labels: torch.Tensor,
+    memory_dataset_index: torch.Tensor,
+    *,
+    max_match: int | None = None,
+    max_nonmatch: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Pairs:
+    """Pairs of a batch [n] with itself and with a memory of earlier rows [M] (cross-batch memory).
+
+    Indices point into the pool ``cat([batch, memory])``: the first index is always a batch row (< n),
+    the second a later batch row or a memory row (n + k). The rules are `make_pairs`'s: matching = equal
+    labels, non-matching = other label within one dataset. With `max_match` / `max_nonmatch`, a uniform
+    random subset of that many of each kind is kept. With an empty memory this is `make_pairs`.
+    """
+    n = labels.shape[0]
+    pool_labels = torch.cat([labels, memory_labels])
+    pool_datasets = torch.cat([dataset_index, memory_dataset_index])
+    columns = torch.arange(pool_labels.shape[0], device=labels.device)
+    later = columns[None, :] > torch.arange(n, device=labels.device)[:, None]
+    same_label = labels[:, None] == pool_labels[None, :]
+    same_dataset = dataset_index[:, None] == pool_datasets[None, :]
+    match = (later & same_label).nonzero()
+    nonmatch = (later & same_dataset & ~same_label).nonzero()
+    return Pairs(
+        match=_subset(match, max_match, generator), nonmatch=_subset(nonmatch, max_nonmatch, generator)
+    )
+
+
+def _subset(pairs: torch.Tensor, limit: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    if limit is None or pairs.shape[0] <= limit:
+        return pairs
+    keep = torch.randperm(pairs.shape[0], generator=generator)[:limit].to(pairs.device)
+    return pairs[keep]
+
+
+class PairMemory:
+    """A first-in-first-out memory of the last `size` detached embeddings with their labels and datasets,
+    so that pair losses see many matching pairs without identity-balanced batches (XBM, Wang et al. 2020).
+
+    Deliberately not a module buffer: each DDP rank keeps its own memory (buffers would be broadcast from
+    rank 0) and checkpoints do not carry it (a resumed run refills it within size / batch steps).
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        if size < 1:
+            raise ValueError("PairMemory needs size >= 1")
+        self.size, self.dim = size, dim
+        self.features = torch.empty(0, dim)
+        self.labels = torch.empty(0, dtype=torch.long)
+        self.dataset_index = torch.empty(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def push(self, features: torch.Tensor, labels: torch.Tensor, dataset_index: torch.Tensor) -> None:
+        """Append a batch (detached), dropping the oldest rows beyond `size`."""
+        self.features = torch.cat([self.features.to(features.device), features.detach()])[-self.size :]
+        self.labels = torch.cat([self.labels.to(labels.device), labels.detach()])[-self.size :]
+        self.dataset_index = torch.cat([self.dataset_index.to(labels.device), dataset_index.detach()])[
+            -self.size :
+        ]
+
+
 def select_hard_pairs(
     z: torch.Tensor,
     centre: float,

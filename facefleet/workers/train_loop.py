@@ -84,10 +84,11 @@ def epoch_loaders(
 def infinite_batches(
     job: TrainJob, rank: int, world_size: int, start_step: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Batches forever (identity-balanced when the biometric stage is on)."""
+    """Batches forever (identity-balanced when the biometric stage draws its pairs from the batch)."""
     cfg = job.config
     per_identity = cfg.biometric.images_per_identity
-    balanced = (cfg.batch_size // per_identity, per_identity) if cfg.biometric.enabled else None
+    pair_batches = cfg.biometric.enabled and cfg.biometric.pair_source == "batch"
+    balanced = (cfg.batch_size // per_identity, per_identity) if pair_batches else None
     for loader in epoch_loaders(
         job, rank, world_size, start_step, input_size=cfg.input_size, balanced=balanced
     ):

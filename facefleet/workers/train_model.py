@@ -9,7 +9,10 @@ from torch import nn
 from facefleet.nn.backbones import get_backbone
 from facefleet.nn.biometricnet import (
     ModelNet,
+    PairMemory,
+    Pairs,
     biometricnet_kl_loss,
+    make_memory_pairs,
     make_pairs,
     scale_grad,
     select_hard_pairs,
@@ -78,6 +81,9 @@ class FaceTrainingModel(nn.Module):
             if bio.enabled
             else None
         )
+        self.pair_memory = (
+            PairMemory(bio.memory_size, dim) if bio.enabled and bio.pair_source == "memory" else None
+        )
 
     def stage(self, step: int) -> int:
         return 2 if in_reversal_stage(step, self.switch_step) else 1
@@ -122,12 +128,31 @@ class FaceTrainingModel(nn.Module):
     ) -> torch.Tensor:
         assert self.model_net is not None
         bio = self.config.biometric
-        pairs = make_pairs(labels, dataset_index, max_nonmatch=max(2, 4 * labels.shape[0]))
+        limit = max(2, 4 * labels.shape[0])
+        pairs: Pairs
+        if self.pair_memory is None:
+            pool = features
+            pairs = make_pairs(labels, dataset_index, max_nonmatch=limit)
+        else:
+            # Ordinary batches hold few pairs of one person: pair them with the last memory_size
+            # embeddings too (detached; the KL gradient reaches only this batch's side of a pair).
+            memory = self.pair_memory
+            pool = torch.cat([features, memory.features.to(features.device, features.dtype)])
+            pairs = make_memory_pairs(
+                labels,
+                dataset_index,
+                memory.labels,
+                memory.dataset_index,
+                max_match=limit,
+                max_nonmatch=limit,
+            )
+            if self.training:
+                memory.push(features.detach(), labels, dataset_index)
         if pairs.match.shape[0] < 2 or pairs.nonmatch.shape[0] < 2:
             # Keep every parameter in the graph so DDP's gradient buckets stay identical on all ranks.
             return sum(p.sum() for p in self.model_net.parameters()) * 0.0  # type: ignore[return-value]
-        z_match = self.model_net(features[pairs.match[:, 0]], features[pairs.match[:, 1]])
-        z_non = self.model_net(features[pairs.nonmatch[:, 0]], features[pairs.nonmatch[:, 1]])
+        z_match = self.model_net(pool[pairs.match[:, 0]], pool[pairs.match[:, 1]])
+        z_non = self.model_net(pool[pairs.nonmatch[:, 0]], pool[pairs.nonmatch[:, 1]])
         # Hard mining: every pair outside its target's 1-sigma region, at least the farthest hard_fraction.
         z_match = z_match[select_hard_pairs(z_match, bio.mu_match, bio.hard_fraction, sigma=bio.sigma)]
         z_non = z_non[select_hard_pairs(z_non, bio.mu_nonmatch, bio.hard_fraction, sigma=bio.sigma)]

@@ -8,10 +8,12 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from facefleet.nn.biometricnet import (
     ModelNet,
+    PairMemory,
     biometricnet_kl_loss,
     decide_match,
     four_way_flip_average,
     gaussian_kl_to_isotropic,
+    make_memory_pairs,
     make_pairs,
     match_score,
     select_hard_pairs,
@@ -58,6 +60,45 @@ def test_pairs_never_cross_datasets_for_non_matches() -> None:
     assert pairs.nonmatch.shape[0] == 4 + 5  # 2·2 within dataset 0, C(4,2) − 1 within dataset 1
     limited = make_pairs(labels, dataset_index, max_nonmatch=3, generator=torch.Generator().manual_seed(0))
     assert limited.nonmatch.shape == (3, 2) and limited.match.shape == (3, 2)
+
+
+def test_memory_pairs_equal_a_brute_force_pairing_of_batch_and_memory() -> None:
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 6, (7,), generator=gen)
+    datasets = (labels >= 3).long()
+    memory_labels = torch.randint(0, 6, (11,), generator=gen)
+    memory_datasets = (memory_labels >= 3).long()
+    pairs = make_memory_pairs(labels, datasets, memory_labels, memory_datasets)
+    pool_labels, pool_datasets = torch.cat([labels, memory_labels]), torch.cat([datasets, memory_datasets])
+    match, nonmatch = set(), set()
+    for i in range(7):
+        for j in range(i + 1, 18):
+            if pool_labels[i] == pool_labels[j]:
+                match.add((i, j))
+            elif pool_datasets[i] == pool_datasets[j]:
+                nonmatch.add((i, j))
+    assert set(map(tuple, pairs.match.tolist())) == match and len(match) == pairs.match.shape[0]
+    assert set(map(tuple, pairs.nonmatch.tolist())) == nonmatch
+    # with an empty memory it is make_pairs
+    empty = torch.empty(0, dtype=torch.long)
+    alone, reference = make_memory_pairs(labels, datasets, empty, empty), make_pairs(labels, datasets)
+    assert sorted(map(tuple, alone.match.tolist())) == sorted(map(tuple, reference.match.tolist()))
+    assert sorted(map(tuple, alone.nonmatch.tolist())) == sorted(map(tuple, reference.nonmatch.tolist()))
+    limited = make_memory_pairs(labels, datasets, memory_labels, memory_datasets, max_match=2, max_nonmatch=3)
+    assert limited.match.shape == (min(2, len(match)), 2) and limited.nonmatch.shape == (3, 2)
+
+
+def test_pair_memory_keeps_the_newest_rows_detached() -> None:
+    memory = PairMemory(5, 2)
+    assert len(memory) == 0
+    first = torch.arange(8.0).reshape(4, 2).requires_grad_(True)
+    memory.push(first, torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 1]))
+    memory.push(first * 10, torch.tensor([4, 5, 6, 7]), torch.tensor([1, 1, 1, 1]))
+    assert len(memory) == 5 and not memory.features.requires_grad
+    assert memory.labels.tolist() == [3, 4, 5, 6, 7] and memory.dataset_index.tolist() == [1, 1, 1, 1, 1]
+    assert memory.features[0].tolist() == [6.0, 7.0]
+    with pytest.raises(ValueError, match="size"):
+        PairMemory(0, 2)
 
 
 def test_hard_pairs_are_the_farthest_from_their_centre() -> None:

@@ -91,6 +91,36 @@ def test_detached_biometric_features_keep_the_kl_gradient_out_of_the_backbone() 
     assert sum(float(p.grad.abs().sum()) for p in model.model_net.parameters() if p.grad is not None) > 0
 
 
+def test_pair_memory_pairs_ordinary_batches_with_earlier_ones() -> None:
+    config = TrainingConfig.model_validate(
+        tiny_config(
+            batch_size=6,
+            biometric={
+                "enabled": True,
+                "feature_grad": 0.0,
+                "pair_features": "symmetric",
+                "pair_source": "memory",
+                "memory_size": 10,
+                "images_per_identity": 1,  # unused with a memory: batches are not identity-balanced
+            },
+        )
+    )
+    model = build_training_model(config, [4, 4], total_steps=10)
+    assert model.pair_memory is not None
+    images = torch.randn(6, 3, 32, 32)
+    datasets = torch.tensor([0, 0, 0, 1, 1, 1])
+    # one image per person: the batch alone has no matching pair
+    first = model(images, torch.tensor([0, 1, 2, 4, 5, 6]), datasets, 0)["kl_loss"]
+    assert float(first.detach()) == 0.0 and len(model.pair_memory) == 6
+    second = model(images + 0.1, torch.tensor([0, 1, 2, 4, 5, 6]), datasets, 1)["kl_loss"]
+    second.backward()
+    assert float(second) > 0 and len(model.pair_memory) == 10
+    assert all(p.grad is None for p in model.backbone.parameters())
+    model.eval()
+    model(images, torch.tensor([0, 1, 2, 4, 5, 6]), datasets, 2)
+    assert len(model.pair_memory) == 10 and model.pair_memory.labels[-6:].tolist() == [0, 1, 2, 4, 5, 6]
+
+
 def test_ramped_reversal_reaches_the_backbone_only_after_the_switch() -> None:
     config = TrainingConfig.model_validate(
         tiny_config(

@@ -95,6 +95,17 @@ class BiometricConfig(_Strict):
         default="concat",
         description="ModelNet input: concat [f1, f2] (seed) or symmetric [f1*f2, |f1-f2|] (holds the cosine)",
     )
+    pair_source: Literal["batch", "memory"] = Field(
+        default="batch",
+        description="batch: pairs within identity-balanced P x K batches (seed); memory: ordinary batches "
+        "paired with a memory of the last memory_size embeddings (images_per_identity unused)",
+    )
+    memory_size: int = Field(
+        default=4096,
+        ge=2,
+        le=1_000_000,
+        description="rows of the pair memory (pair_source: memory), per worker",
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -253,7 +264,7 @@ class TrainingConfig(_Strict):
             )
         if self.kind != "distill" and (self.distill.teacher or self.distill.inspection_sets):
             raise ValueError("distill.teacher and distill.inspection_sets are for kind: distill runs only")
-        if self.biometric.enabled:
+        if self.biometric.enabled and self.biometric.pair_source == "batch":
             k = self.biometric.images_per_identity
             if k < 2:
                 raise ValueError(

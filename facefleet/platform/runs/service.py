@@ -127,7 +127,7 @@ def torch_meta_device() -> Any:
 
 def check_pair_batches(config: TrainingConfig, identity_counts: Sequence[int]) -> None:
     """Balanced pair batches take P identities of one dataset per worker: some dataset must have enough."""
-    if not config.biometric.enabled:
+    if not config.biometric.enabled or config.biometric.pair_source != "batch":
         return
     per_batch = config.batch_size // config.biometric.images_per_identity
     needed = per_batch * max(config.scaling.num_workers, 1)
