@@ -167,6 +167,15 @@ _ANY_UNFINISHED = (
 )
 
 
+# A device that finishes takes its deployment's row lock before writing (service.FINISHING_STATUSES): reports
+# that can complete the rollout or the canary phase run one after another, so the last one sees the others.
+_LOCK_DEPLOYMENT = (
+    select(_dep.c.status, _dep.c.rest_released_at)
+    .where(_dep.c.id == bindparam("deployment_id"))
+    .with_for_update()
+)
+
+
 def credential_digest(credential: str) -> str:
     """The stored form of a device credential; 401 for anything that is not one."""
     if not credential.startswith(CREDENTIAL_PREFIX):
@@ -320,9 +329,10 @@ def report_status(
 ) -> PollAnswer:
     """Record a device's progress in its latest rollout, advance the rollout, answer the new assignment.
 
-    One transaction: the state SELECT (authenticates), a guarded UPDATE of the device's row, the device's
-    model, one EXISTS for completion; the state is read again only when the rollout's status changed.
-    Anything else goes through the ORM use case.
+    One transaction: the state SELECT (authenticates), a guarded UPDATE of the device's row; for
+    ``installed`` also the deployment's row lock (first, so that two last devices cannot both miss the
+    rollout's end), the device's model and one EXISTS for completion. The state is read again only when the
+    rollout's status changed. Anything else goes through the ORM use case.
     """
     digest = credential_digest(credential)
     with engine.begin() as conn:
@@ -333,6 +343,10 @@ def report_status(
             and status in ("downloading", "installed")
             and row.row_status in deployments.ALLOWED_TRANSITIONS[status]
         )
+        if fast and status in deployments.FINISHING_STATUSES:
+            locked = conn.execute(_LOCK_DEPLOYMENT, {"deployment_id": deployment_id}).first()
+            # What another report changed while this one waited goes through the use case.
+            fast = locked is not None and tuple(locked) == (row.deployment_status, row.rest_released_at)
         updated = fast and (
             conn.execute(
                 _SET_ROW_STATUS,
@@ -353,8 +367,9 @@ def report_status(
                 if row.phase == "canary" and row.rest_released_at is None:
                     deployments.release_rest_if_canaries_done(conn, deployment_id)
             if (
-                row.deployment_status == "in_progress"
-                and conn.execute(_ANY_UNFINISHED, {"deployment_id": deployment_id}).first() is None
+                status in deployments.FINISHING_STATUSES
+                and row.deployment_status == "in_progress"
+                and _nothing_left(conn, deployment_id)
             ):
                 _complete(conn, deployment_id, status)  # the rollout's status changed: read it again
             else:
@@ -369,6 +384,11 @@ def report_status(
         if state is None:
             state = _slow_state(conn, int(row.id))
     return PollAnswer(state.etag, _render(engine, state, store, cache))
+
+
+def _nothing_left(conn: Connection, deployment_id: int) -> bool:
+    """Whether every device of the deployment has finished (under the deployment's row lock)."""
+    return conn.execute(_ANY_UNFINISHED, {"deployment_id": deployment_id}).first() is None
 
 
 def _complete(conn: Connection, deployment_id: int, reported: str) -> None:

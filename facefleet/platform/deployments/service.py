@@ -28,6 +28,12 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+# Reports after which a rollout or its canary phase may be over. They lock the deployment's row before they
+# write, so they run one after another per deployment: the last of two devices finishing at the same moment
+# sees the other's row finished (each alone would see the other's uncommitted row as unfinished, and the
+# rollout would stay in progress). Lock order everywhere: the deployment, then device rows.
+FINISHING_STATUSES = frozenset({"installed", "failed", "rolled_back"})
+
 # A canary rollout's remaining devices are released when no canary is left unfinished; that moment starts
 # their paced clock. One guarded UPDATE (both the ORM and the Core report path run it; the first wins).
 RELEASE_REST = (
@@ -181,6 +187,8 @@ def report_device_status(
     session: Session, device: Device, *, deployment_id: int, status: str, message: str = ""
 ) -> DeviceDeployment:
     """Record a device's progress, then advance, complete or stop the rollout."""
+    if status in FINISHING_STATUSES:  # see FINISHING_STATUSES; SQLite serialises writers anyway
+        session.get(Deployment, deployment_id, with_for_update=True, populate_existing=True)
     row = session.scalar(
         select(DeviceDeployment).where(
             DeviceDeployment.deployment_id == deployment_id, DeviceDeployment.device_id == device.id
