@@ -85,6 +85,18 @@ def test_create_run_rejects_a_pair_batch_no_dataset_can_fill(
         service.create_run(session, dataset_names_or_version_ids=names[:1], config=tiny_config())
 
 
+def test_pairs_from_a_memory_need_no_identity_balanced_batches(
+    session: Session, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    names, _ = register_tiny_datasets(session, local_store, tmp_path / "synth")
+    memory = {"enabled": True, "pair_source": "memory", "images_per_identity": 1, "memory_size": 64}
+    config = tiny_config(batch_size=41, scaling={"num_workers": 2}, biometric=memory)
+    run = service.create_run(session, dataset_names_or_version_ids=names, config=config)
+    assert run.config["biometric"]["pair_source"] == "memory"
+    with pytest.raises(InvalidInputError, match="memory_size"):
+        service.parse_config(tiny_config(biometric={**memory, "memory_size": 1}))
+
+
 @pytest.mark.parametrize(
     ("change", "text"),
     [
