@@ -33,6 +33,7 @@ class ModelNet(nn.Module):
         *,
         output_init: float = 0.0,
         pair_features: str = "concat",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if layers < 1 or not 0.0 < keep_prob <= 1.0:
@@ -44,20 +45,50 @@ class ModelNet(nn.Module):
         widths = [max(out_dim, round(start * (out_dim / start) ** (i / layers))) for i in range(layers + 1)]
         widths[-1] = out_dim
         modules: list[nn.Module] = []
-        for i in range(layers):
-            linear = nn.Linear(widths[i], widths[i + 1])
-            modules.append(linear)
-            if i < layers - 1:
-                nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-                nn.init.zeros_(linear.bias)
-                modules += [nn.ReLU(), nn.Dropout(p=1.0 - keep_prob)]
-            else:
-                nn.init.constant_(linear.bias, output_init)
+        # With a seed ModelNet draws its initial weights and dropout masks from its own generators, so
+        # adding it to a model leaves every other random draw of training (initialisation of the rest,
+        # sampled classes, ...) as it was without it.
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for i in range(layers):
+                linear = nn.Linear(widths[i], widths[i + 1])
+                modules.append(linear)
+                if i < layers - 1:
+                    nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+                    nn.init.zeros_(linear.bias)
+                    modules += [
+                        nn.ReLU(),
+                        SeededDropout(1.0 - keep_prob, None if seed is None else seed + 1 + i),
+                    ]
+                else:
+                    nn.init.constant_(linear.bias, output_init)
         self.net = nn.Sequential(*modules)
         self.feature_dim, self.out_dim = feature_dim, out_dim
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
         return self.net(pair_input(features_a, features_b, self.pair_features))
+
+
+class SeededDropout(nn.Module):
+    """`nn.Dropout` whose masks come from its own generator when `seed` is set (the global one otherwise)."""
+
+    def __init__(self, p: float, seed: int | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError("dropout probability must lie in [0, 1)")
+        self.p, self.seed = p, seed
+        self._generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.seed is None:
+            return nn.functional.dropout(x, self.p, training=True)
+        if self._generator is None or self._generator.device != x.device:
+            self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        keep = 1.0 - self.p
+        return x * torch.empty_like(x).bernoulli_(keep, generator=self._generator) / keep
 
 
 def pair_input(features_a: torch.Tensor, features_b: torch.Tensor, kind: str = "concat") -> torch.Tensor:

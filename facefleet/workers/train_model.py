@@ -23,6 +23,8 @@ from facefleet.nn.schedule import warmup_cosine_factor
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.workers.partial_fc import DistributedMarginHead
 
+PAIR_STREAM = 1_000_003  # offset of the pair stage's own random streams from the run's seed
+
 
 class FaceTrainingModel(nn.Module):
     """G_f (backbone) + G_y (dataset-aware head) + G_d (dataset classifier) + optional ModelNet, one module
@@ -77,6 +79,7 @@ class FaceTrainingModel(nn.Module):
                 bio.keep_prob,
                 output_init=(bio.mu_match + bio.mu_nonmatch) / 2,  # start between the two targets
                 pair_features=bio.pair_features,
+                seed=config.seed + PAIR_STREAM,  # its own draws: the rest of training draws as without it
             )
             if bio.enabled
             else None
@@ -84,6 +87,7 @@ class FaceTrainingModel(nn.Module):
         self.pair_memory = (
             PairMemory(bio.memory_size, dim) if bio.enabled and bio.pair_source == "memory" else None
         )
+        self.pair_generator = torch.Generator().manual_seed(config.seed + PAIR_STREAM)  # pair subsets
 
     def stage(self, step: int) -> int:
         return 2 if in_reversal_stage(step, self.switch_step) else 1
@@ -132,7 +136,7 @@ class FaceTrainingModel(nn.Module):
         pairs: Pairs
         if self.pair_memory is None:
             pool = features
-            pairs = make_pairs(labels, dataset_index, max_nonmatch=limit)
+            pairs = make_pairs(labels, dataset_index, max_nonmatch=limit, generator=self.pair_generator)
         else:
             # Ordinary batches hold few pairs of one person: pair them with the last memory_size
             # embeddings too (detached; the KL gradient reaches only this batch's side of a pair).
@@ -145,6 +149,7 @@ class FaceTrainingModel(nn.Module):
                 memory.dataset_index,
                 max_match=limit,
                 max_nonmatch=limit,
+                generator=self.pair_generator,
             )
             if self.training:
                 memory.push(features.detach(), labels, dataset_index)

@@ -15,7 +15,7 @@ from facefleet.platform.runs import service
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.train import run_training
-from facefleet.workers.train_model import build_training_model
+from facefleet.workers.train_model import build_optimizer, build_training_model
 from tests.workers.train_helpers import register_tiny_datasets, tiny_config
 
 
@@ -114,11 +114,41 @@ def test_pair_memory_pairs_ordinary_batches_with_earlier_ones() -> None:
     assert float(first.detach()) == 0.0 and len(model.pair_memory) == 6
     second = model(images + 0.1, torch.tensor([0, 1, 2, 4, 5, 6]), datasets, 1)["kl_loss"]
     second.backward()
-    assert float(second) > 0 and len(model.pair_memory) == 10
+    assert float(second.detach()) > 0 and len(model.pair_memory) == 10
     assert all(p.grad is None for p in model.backbone.parameters())
     model.eval()
     model(images, torch.tensor([0, 1, 2, 4, 5, 6]), datasets, 2)
     assert len(model.pair_memory) == 10 and model.pair_memory.labels[-6:].tolist() == [0, 1, 2, 4, 5, 6]
+
+
+def test_detached_memory_pairs_leave_the_embeddings_training_exactly_as_without_them() -> None:
+    """BioMetricNet on detached embeddings, pairs from a memory: the backbone sees the same batches, the
+    same gradients and the same random draws (sampled classes) as a run without it."""
+    memory = {"enabled": True, "feature_grad": 0.0, "pair_features": "symmetric", "pair_source": "memory"}
+    trained = []
+    for biometric in ({"enabled": False}, memory):
+        config = TrainingConfig.model_validate(
+            tiny_config(batch_size=8, head={"crossing_p": 0.3}, biometric=biometric)
+        )
+        torch.manual_seed(0)
+        model = build_training_model(config, [4, 4], total_steps=6)
+        optimizer, scheduler = build_optimizer(config, model, total_steps=6)
+        data = torch.Generator().manual_seed(1)
+        for step in range(6):
+            images = torch.randn(8, 3, 32, 32, generator=data)
+            labels = torch.randint(0, 4, (8,), generator=data) + torch.tensor([0, 4] * 4)
+            losses = model(images, labels, torch.tensor([0, 1] * 4), step)
+            optimizer.zero_grad()
+            losses["loss"].backward()
+            optimizer.step()
+            scheduler.step()
+        if biometric["enabled"]:
+            assert float(losses["kl_loss"].detach()) > 0  # the memory gave it pairs
+        trained.append(model)
+    plain, with_pairs = trained
+    for name, weight in plain.backbone.state_dict().items():
+        assert torch.equal(weight, with_pairs.backbone.state_dict()[name]), name
+    assert torch.equal(plain.head.weight, with_pairs.head.weight)
 
 
 def test_ramped_reversal_reaches_the_backbone_only_after_the_switch() -> None:
