@@ -62,29 +62,29 @@ BASE: dict[str, Any] = {
 REVERSAL_SEED = {"enabled": True, "lambda": 0.1, "schedule": "step", "classifier_hidden": 0}
 REVERSAL = {"enabled": True, "lambda": 1.0, "schedule": "ramp", "classifier_hidden": 128}
 # BioMetricNet: the seed's placement (the KL gradient enters the backbone, ModelNet reads [f1, f2]) and the
-# fix: ModelNet learns on detached embeddings from [f1*f2, |f1-f2|].
+# first fix: ModelNet learns on detached embeddings from [f1*f2, |f1-f2|] (on P x K batches: kl-batch).
 BIOMETRIC_SEED = {"enabled": True, "alpha": 0.1, "layers": 3, "feature_grad": 1.0, "pair_features": "concat"}
 BIOMETRIC = {"enabled": True, "alpha": 0.1, "layers": 3, "feature_grad": 0.0, "pair_features": "symmetric"}
-# ... and with ordinary batches: pairs drawn against a memory of recent embeddings instead of P x K batches.
+# The bench's kl: ordinary batches, pairs drawn against a memory of recent embeddings (stop 27).
 BIOMETRIC_MEMORY = {**BIOMETRIC, "pair_source": "memory", "memory_size": 4096}
 VARIANTS: dict[str, dict[str, Any]] = {
     "naive": {"head": {"crossing_p": 1.0}},
     "da": {},
     "grl": {"reversal": REVERSAL},
-    "kl": {"reversal": REVERSAL, "biometric": BIOMETRIC},
+    "kl": {"reversal": REVERSAL, "biometric": BIOMETRIC_MEMORY},
+    "kl-batch": {"reversal": REVERSAL, "biometric": BIOMETRIC},
     "grl-seed": {"reversal": REVERSAL_SEED},
     "kl-seed": {"reversal": REVERSAL, "biometric": BIOMETRIC_SEED},
-    "kl-mem": {"reversal": REVERSAL, "biometric": BIOMETRIC_MEMORY},
     "da-s64": {"head": {"s": 64.0, "m2": 0.5}},
 }
 LABELS = {
     "naive": "naive (crossing p = 1, no reversal)",
     "da": "dataset-aware (DA)",
     "grl": "DA + reversal (GRL)",
-    "kl": "DA + GRL + BioMetricNet (KL)",
+    "kl": "DA + GRL + BioMetricNet (KL), pairs against a memory",
+    "kl-batch": "DA + GRL + KL on P x K batches (stops 23-25)",
     "grl-seed": "DA + GRL as before (lambda 0.1 step, linear classifier)",
     "kl-seed": "DA + GRL + KL as before (gradient into the backbone, [f1, f2])",
-    "kl-mem": "DA + GRL + KL, pairs against a memory (ordinary batches)",
     "da-s64": "DA with the seed's s = 64, m = 0.5",
 }
 
