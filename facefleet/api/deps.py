@@ -161,15 +161,19 @@ INSPECTOR_ONLY_MESSAGE = (
 )
 
 
-async def require_viewer(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
+# The role checks below call require_key themselves instead of depending on it: each route then solves one
+# async dependency, not a chain of them (the sync ones even cost a worker-thread hop each).
+async def require_viewer(request: Request) -> Principal:
     """An admin or viewer key; an inspector key gets 403 everywhere but /v1/inspections."""
+    principal = await require_key(request)
     if principal.role == "inspector":
         raise PermissionDeniedError(INSPECTOR_ONLY_MESSAGE.format(name=principal.name), field="Authorization")
     return principal
 
 
-def require_inspector(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
+async def require_inspector(request: Request) -> Principal:
     """An inspector or admin key (attempts hold faces: viewers do not see them)."""
+    principal = await require_key(request)
     if principal.role not in ("inspector", "admin"):
         raise PermissionDeniedError(
             f"API key {principal.name!r} has role {principal.role!r}; listing and labelling attempts "
@@ -248,8 +252,9 @@ class PrincipalCache:
         self._entries.clear()
 
 
-def require_admin(principal: Annotated[Principal, Depends(require_viewer)]) -> Principal:
-    """An admin key; a viewer key gets 403 saying why."""
+async def require_admin(request: Request) -> Principal:
+    """An admin key; a viewer key gets 403 saying why (an inspector key: the viewer's 403)."""
+    principal = await require_viewer(request)
     if not principal.is_admin:
         raise PermissionDeniedError(
             f"API key {principal.name!r} has role 'viewer', which is read-only; "
