@@ -18,9 +18,21 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import from_json
-from sqlalchemy import JSON, ColumnElement, Connection, Integer, Row, Select, Table, Text, bindparam, cast, select
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    Integer,
+    Row,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    select,
+)
 
-from facefleet.platform.db.paging import bounded_count_expr, capped_total, page_of
+from facefleet.platform.db.paging import KeyColumn, bounded_count_expr, capped_total, page_of
 
 M = TypeVar("M", bound=BaseModel)
 PAGE_LIMIT, PAGE_OFFSET, PAGE_AFTER = "_page_limit", "_page_offset", "_page_after"
@@ -63,7 +75,7 @@ class RowView(Generic[M]):
 class PageQuery:
     """An ordered ``stmt`` paged like ``paging.fetch_page``, built once: filters are ``bindparam``s."""
 
-    def __init__(self, stmt: Select[Any], *, key: ColumnElement[int], descending: bool = False) -> None:
+    def __init__(self, stmt: Select[Any], *, key: KeyColumn, descending: bool = False) -> None:
         counted = stmt.add_columns(bounded_count_expr(stmt).label("_page_total"))
         limit = bindparam(PAGE_LIMIT, type_=Integer)
         offset = bindparam(PAGE_OFFSET, type_=Integer)

@@ -97,7 +97,7 @@ def list_policies(
     )
 
 
-# The API's reads (GET /v1/policies, GET /v1/policies/{id}): Core rows straight into PolicyRead, one statement.
+# The API's reads (GET /v1/policies, GET /v1/policies/{id}): Core rows into PolicyRead, one statement.
 _VIEW = RowView(PolicyRead, RetrainPolicy.__table__)  # type: ignore[arg-type]
 _BY_ID = _VIEW.select().where(RetrainPolicy.id == bindparam("policy_id"))
 
