@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import (
+    AuditEvent,
     Dataset,
     DatasetVersion,
     Device,
@@ -25,7 +26,7 @@ from facefleet.platform.db.models import (
 from facefleet.platform.db.paging import fetch_page
 from facefleet.platform.devices import service as devices
 from facefleet.platform.devices.schemas import DeviceRead
-from facefleet.platform.errors import NotFoundError
+from facefleet.platform.errors import ConflictError, NotFoundError
 from facefleet.platform.models import service as registry
 from facefleet.platform.policies import service as policies
 from facefleet.platform.policies.schemas import PolicyRead
@@ -198,3 +199,61 @@ def test_model_summaries_on_a_connection_match_the_session(seeded: Engine) -> No
     with Session(seeded) as session, seeded.connect() as conn:
         assert registry.list_models(conn) == registry.list_models(session)
         assert registry.list_models(conn)[0].aliases == {"production": 1}
+
+
+def _comparable(view: PolicyRead) -> dict[str, Any]:
+    return view.model_dump(mode="json", exclude={"id", "name", "created_at"})
+
+
+@pytest.mark.parametrize("fires", [1, 3])
+def test_fire_in_core_makes_the_orm_change(seeded: Engine, fires: int) -> None:
+    """fire_policy_audited (Core) and request_fire (ORM) leave the same row, answer and audit event."""
+    with Session(seeded, expire_on_commit=False) as session:
+        now = utcnow()
+        twins = [
+            RetrainPolicy(
+                name=f"twin-{side}",
+                triggers=["manual"],
+                base_config=ODD_JSON,
+                debounce_seconds=60,
+                pending_trigger="dataset_added",
+                pending_since=now,
+                pending_events=[{"kind": "dataset_added", "at": now.isoformat(), "dataset": "faces-a"}],
+            )
+            for side in ("core", "orm")
+        ]
+        session.add_all(twins)
+        session.commit()
+        core_id, orm_id = twins[0].id, twins[1].id
+        held = session.get(RetrainPolicy, core_id)  # a row the session already holds must not go stale
+        assert held is not None
+        for _ in range(fires):
+            answer = policies.fire_policy_audited(session, core_id, actor="key:1:root")
+            at = datetime.fromisoformat(answer.pending_events[-1]["at"])
+            orm = policies.request_fire(session, policy_id=orm_id, requested_by="key:1:root", now=at)
+        assert held.pending_events == answer.pending_events  # expired and reloaded
+        session.commit()
+    with Session(seeded) as session:
+        stored = {p.id: PolicyRead.model_validate(p) for p in session.scalars(select(RetrainPolicy))}
+        assert (
+            _comparable(stored[core_id]) == _comparable(answer) == _comparable(PolicyRead.model_validate(orm))
+        )
+        assert _comparable(stored[core_id]) == _comparable(stored[orm_id])
+        assert answer.pending_trigger == "manual" and len(answer.pending_events) == 1 + fires
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == "policies.fire")).all()
+        assert [(e.actor, e.target_type, e.target_id, e.details) for e in events] == [
+            ("key:1:root", "policy", str(core_id), {})
+        ] * fires
+
+
+def test_fire_in_core_refuses_like_the_orm(seeded: Engine) -> None:
+    with Session(seeded) as session:
+        disabled = session.scalars(select(RetrainPolicy).where(RetrainPolicy.name == "p0")).one()
+        with pytest.raises(ConflictError, match="'p0' is disabled") as refused:
+            policies.fire_policy_audited(session, disabled.id, actor="t")
+        with pytest.raises(ConflictError) as orm_refused:
+            policies.request_fire(session, policy_id=disabled.id, requested_by="t")
+        assert (refused.value.message, refused.value.field) == (orm_refused.value.message, "policy_id")
+        with pytest.raises(NotFoundError) as missing:
+            policies.fire_policy_audited(session, 10**6, actor="t")
+        assert missing.value.field == "policy_id"
