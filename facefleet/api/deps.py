@@ -67,7 +67,8 @@ def _read(engine: Engine, read: Callable[..., T], args: Any, kwargs: Any) -> T:
 
 
 async def read_only(request: Request, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """``read(connection, ...)`` in ONE worker-thread hop, for a read that is a single SELECT.
+    """``read(connection, ...)`` in ONE worker-thread hop, for a single SELECT (or statements that cannot
+    disagree with each other: each sees what was committed when it ran).
 
     The connection is the app's autocommit one on PostgreSQL (a single statement needs no BEGIN/COMMIT
     round trips); SQLite's driver starts no transaction for a SELECT anyway.

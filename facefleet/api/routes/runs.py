@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from facefleet.api.action_routes import add_action_route
-from facefleet.api.deps import Admin, DbSession, Store, Viewer, read_snapshot
+from facefleet.api.deps import Admin, DbSession, Store, Viewer, read_only
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId, QueryId
@@ -77,7 +77,9 @@ async def list_runs(
         "policy_id": policy_id,
         "created_by": created_by or None,
     }
-    runs, total = await read_snapshot(
+    # Two statements without a transaction around them: a run's dataset rows are written with the run and
+    # never change, and runs are never deleted, so the second statement cannot disagree with the first.
+    runs, total = await read_only(
         request,
         listing.list_run_views,
         filters=filters,
