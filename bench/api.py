@@ -4,10 +4,12 @@ Open-loop load: request i is due at start + i/rate whatever earlier answers did,
 client; latency counts from the due time, so a slow server cannot hide queueing (no coordinated omission).
 The client is aiohttp by default: httpx's async client needed more CPU per request than the server on a
 2-core machine and saturated first, measuring itself (``--client httpx`` is kept). Prints p50/p99 latency
-and throughput for read routes, a write route and /healthz (the baseline in the same process: no auth, no
-database). Target: read p99 < 50 ms.
+and throughput for the administrator's read routes (policies, devices, runs, models), a write route and
+/healthz (the baseline in the same process: no auth, no database), with the server's CPU per answered request
+(all its processes, from /proc). Target: read p99 < 50 ms.
 
     .venv/bin/python bench/api.py [--rate 200] [--seconds 10] [--workers 1] [--client aiohttp|httpx]
+                                  [--policies-only]
 """
 
 from __future__ import annotations
