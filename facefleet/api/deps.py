@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +18,8 @@ from facefleet.platform.db.session import commit_and_close, rollback_and_close
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 from facefleet.platform.store import ObjectStore
 from facefleet.ui import session as console_session
+
+T = TypeVar("T")
 
 DEVICE_ONLY_MESSAGE = (
     "device credentials are accepted only on /v1/device routes; use an API key (ffk_...) here"
@@ -36,6 +39,46 @@ async def get_db_session(request: Request) -> AsyncIterator[Session]:
         await run_in_threadpool(rollback_and_close, session)
         raise
     await run_in_threadpool(commit_and_close, session)
+
+
+def _unit_of_work(factory: Callable[[], Session], use_case: Callable[..., T], args: Any, kwargs: Any) -> T:
+    session = factory()
+    try:
+        result = use_case(session, *args, **kwargs)
+    except BaseException:
+        rollback_and_close(session)
+        raise
+    commit_and_close(session)
+    return result
+
+
+async def in_transaction(request: Request, use_case: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``use_case(session, ...)`` and its commit in ONE worker-thread hop (what ``DbSession`` does in two).
+
+    The same rule as ``get_db_session``: committed before the response is sent, rolled back when it raises
+    (the exception handlers then render the error).
+    """
+    return await run_in_threadpool(_unit_of_work, request.app.state.session_factory, use_case, args, kwargs)
+
+
+def _read(engine: Engine, read: Callable[..., T], args: Any, kwargs: Any) -> T:
+    with engine.connect() as conn:
+        return read(conn, *args, **kwargs)
+
+
+async def read_only(request: Request, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``read(connection, ...)`` in ONE worker-thread hop, for a single SELECT (or statements that cannot
+    disagree with each other: each sees what was committed when it ran).
+
+    The connection is the app's autocommit one on PostgreSQL (a single statement needs no BEGIN/COMMIT
+    round trips); SQLite's driver starts no transaction for a SELECT anyway.
+    """
+    return await run_in_threadpool(_read, request.app.state.autocommit_engine, read, args, kwargs)
+
+
+async def read_snapshot(request: Request, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Like ``read_only`` for reads of several statements: one transaction, so they see one snapshot."""
+    return await run_in_threadpool(_read, request.app.state.engine, read, args, kwargs)
 
 
 # scope="function": the commit runs before the response is sent, so a failed commit is reported to the
@@ -80,13 +123,19 @@ def bearer_token(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-async def require_key(request: Request, session: DbSession) -> Principal:
-    """Any valid API key, whatever its role. 401 without one; 403 for device credentials."""
+async def require_key(request: Request) -> Principal:
+    """Any valid API key, whatever its role. 401 without one; 403 for device credentials.
+
+    The key is looked up in its own short transaction (one worker-thread hop, only when the principal cache
+    misses), not in the request's: a read then needs no session at all, and the key's ``last_used_at``
+    bookkeeping does not wait for the request's own work.
+    """
     token = bearer_token(request)
+    factory: Callable[[], Session] = request.app.state.session_factory
     if not token and request.method in SAFE_METHODS:
         # The web console's scripts read the API with the session cookie (SameSite=Strict); writes
         # through /v1 always need the key itself.
-        principal = await run_in_threadpool(console_principal, request, session)
+        principal = await run_in_threadpool(_unit_of_work, factory, _console_principal, (request,), {})
         if principal is not None:
             request.state.principal = principal
             return principal
@@ -101,8 +150,7 @@ async def require_key(request: Request, session: DbSession) -> Principal:
     digest = auth.hash_token(token)
     principal = cache.get(digest)
     if principal is None:
-        key = await run_in_threadpool(auth.authenticate, session, token)
-        principal = Principal(key_id=key.id, name=key.name, role=key.role)
+        principal = await run_in_threadpool(_unit_of_work, factory, _authenticate, (token,), {})
         cache.put(digest, principal)
     request.state.principal = principal
     return principal
@@ -114,15 +162,19 @@ INSPECTOR_ONLY_MESSAGE = (
 )
 
 
-async def require_viewer(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
+# The role checks below call require_key themselves instead of depending on it: each route then solves one
+# async dependency, not a chain of them (the sync ones even cost a worker-thread hop each).
+async def require_viewer(request: Request) -> Principal:
     """An admin or viewer key; an inspector key gets 403 everywhere but /v1/inspections."""
+    principal = await require_key(request)
     if principal.role == "inspector":
         raise PermissionDeniedError(INSPECTOR_ONLY_MESSAGE.format(name=principal.name), field="Authorization")
     return principal
 
 
-def require_inspector(principal: Annotated[Principal, Depends(require_key)]) -> Principal:
+async def require_inspector(request: Request) -> Principal:
     """An inspector or admin key (attempts hold faces: viewers do not see them)."""
+    principal = await require_key(request)
     if principal.role not in ("inspector", "admin"):
         raise PermissionDeniedError(
             f"API key {principal.name!r} has role {principal.role!r}; listing and labelling attempts "
@@ -149,6 +201,15 @@ def console_session_of(request: Request) -> console_session.ConsoleSession | Non
     if not value:
         return None
     return console_session.read(console_secret(request), value)
+
+
+def _authenticate(session: Session, token: str) -> Principal:
+    key = auth.authenticate(session, token)
+    return Principal(key_id=key.id, name=key.name, role=key.role)
+
+
+def _console_principal(session: Session, request: Request) -> Principal | None:
+    return console_principal(request, session)
 
 
 def console_principal(request: Request, session: Session) -> Principal | None:
@@ -192,8 +253,9 @@ class PrincipalCache:
         self._entries.clear()
 
 
-def require_admin(principal: Annotated[Principal, Depends(require_viewer)]) -> Principal:
-    """An admin key; a viewer key gets 403 saying why."""
+async def require_admin(request: Request) -> Principal:
+    """An admin key; a viewer key gets 403 saying why (an inspector key: the viewer's 403)."""
+    principal = await require_viewer(request)
     if not principal.is_admin:
         raise PermissionDeniedError(
             f"API key {principal.name!r} has role 'viewer', which is read-only; "

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from facefleet.api.deps import Admin, DbSession
+from facefleet.api.deps import Admin, DbSession, read_only
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
@@ -21,16 +21,21 @@ def register_device(body: DeviceCreate, session: DbSession, principal: Admin) ->
 
 
 @router.get("", response_model=Page[DeviceRead])
-def list_devices(
-    session: DbSession,
+async def list_devices(
+    request: Request,
     _admin: Admin,
     page: KeysetPagination,
     group: str | None = Query(default=None, description="only this group"),
 ) -> Response:
-    rows, total = devices.list_devices(
-        session, group=group, limit=page.limit, offset=page.offset, after=page.after
+    rows, total = await read_only(
+        request,
+        devices.list_device_views,
+        group=group,
+        limit=page.limit,
+        offset=page.offset,
+        after=page.after,
     )
-    return model_response(make_page(rows, total, page, DeviceRead.model_validate, key=lambda d: d.id))
+    return model_response(make_page(rows, total, page, lambda view: view, key=lambda d: d.id))
 
 
 @router.get("/{device_id}", response_model=DeviceRead)

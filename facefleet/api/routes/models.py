@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from facefleet.api.action_routes import add_action_route
-from facefleet.api.deps import Admin, DbSession, Store, Viewer
+from facefleet.api.deps import Admin, DbSession, Store, Viewer, read_snapshot
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import Page, Pagination, make_page, slice_page
+from facefleet.api.responses import model_response
 from facefleet.api.schemas import AliasUpdate, StrictBody
 from facefleet.platform.errors import NotFoundError
 from facefleet.platform.models import service as registry
@@ -26,9 +27,9 @@ class AliasMap(BaseModel):
 
 
 @router.get("", response_model=Page[ModelSummary])
-def list_models(session: DbSession, _principal: Viewer, page: Pagination) -> Page[ModelSummary]:
-    rows, total = slice_page(registry.list_models(session), page)
-    return make_page(rows, total, page, lambda m: m)
+async def list_models(request: Request, _principal: Viewer, page: Pagination) -> Response:
+    rows, total = slice_page(await read_snapshot(request, registry.list_models), page)
+    return model_response(make_page(rows, total, page, lambda m: m))
 
 
 @router.get("/{name}/versions", response_model=Page[ModelVersionView])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 
 from facefleet.api.action_routes import add_action_route
-from facefleet.api.deps import Admin, DbSession, Viewer
+from facefleet.api.deps import Admin, DbSession, Viewer, in_transaction, read_only
 from facefleet.api.errors import ERROR_RESPONSES
 from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId
@@ -21,19 +21,26 @@ def create_policy(body: PolicyCreate, session: DbSession, principal: Admin) -> P
     return service.create_policy_audited(session, body, actor=principal.actor)
 
 
+# The reads and the fire action are async routes with one worker-thread hop each (read_only, in_transaction)
+# around the service call; the other writes are sync routes with the request's DbSession.
 @router.get("", response_model=Page[PolicyRead])
-def list_policies(
-    session: DbSession, _principal: Viewer, page: KeysetPagination, enabled: bool | None = None
+async def list_policies(
+    request: Request, _principal: Viewer, page: KeysetPagination, enabled: bool | None = None
 ) -> Response:
-    rows, total = service.list_policies(
-        session, limit=page.limit, offset=page.offset, enabled=enabled, after=page.after
+    rows, total = await read_only(
+        request,
+        service.list_policy_views,
+        limit=page.limit,
+        offset=page.offset,
+        enabled=enabled,
+        after=page.after,
     )
-    return model_response(make_page(rows, total, page, PolicyRead.model_validate, key=lambda p: p.id))
+    return model_response(make_page(rows, total, page, lambda view: view, key=lambda p: p.id))
 
 
 @router.get("/{policy_id}", response_model=PolicyRead)
-def get_policy(policy_id: PathId, session: DbSession, _principal: Viewer) -> Response:
-    return model_response(PolicyRead.model_validate(service.get_policy(session, policy_id=policy_id)))
+async def get_policy(policy_id: PathId, request: Request, _principal: Viewer) -> Response:
+    return model_response(await read_only(request, service.get_policy_view, policy_id=policy_id))
 
 
 @router.patch("/{policy_id}", response_model=PolicyRead)
@@ -47,8 +54,9 @@ def delete_policy(policy_id: PathId, session: DbSession, principal: Admin) -> Re
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _fire(policy_id: PathId, session: DbSession, principal: Admin) -> PolicyRead:
-    return service.fire_policy_audited(session, policy_id, actor=principal.actor)
+async def _fire(policy_id: PathId, request: Request, principal: Admin) -> Response:
+    policy = await in_transaction(request, service.fire_policy_audited, policy_id, actor=principal.actor)
+    return model_response(policy, status_code=status.HTTP_202_ACCEPTED)
 
 
 add_action_route(

@@ -10,18 +10,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facefleet.api.action_routes import add_action_route
-from facefleet.api.deps import Admin, DbSession, Store, Viewer
+from facefleet.api.deps import Admin, DbSession, Store, Viewer, read_only
 from facefleet.api.errors import ERROR_RESPONSES
-from facefleet.api.pagination import KeysetPagination, Page, make_page, paginate_query
+from facefleet.api.pagination import KeysetPagination, Page, make_page
 from facefleet.api.params import PathId, QueryId
 from facefleet.api.responses import model_response
 from facefleet.platform.db.models import Run
 from facefleet.platform.errors import InvalidInputError, NotFoundError
-from facefleet.platform.runs import service
+from facefleet.platform.runs import listing, service
 from facefleet.platform.runs.schemas import CancelRequest, MetricPoint, RunCreate, RunView, TrainingConfig
 from facefleet.platform.store import validate_key
 
@@ -63,8 +62,8 @@ def create_run(body: RunCreate, request: Request, session: DbSession, principal:
 
 
 @router.get("", response_model=Page[RunView])
-def list_runs(
-    session: DbSession,
+async def list_runs(
+    request: Request,
     _principal: Viewer,
     page: KeysetPagination,
     run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
@@ -72,19 +71,23 @@ def list_runs(
     policy_id: QueryId | None = None,
     created_by: str | None = None,
 ) -> Response:
-    stmt = select(Run)
-    if run_status:
-        stmt = stmt.where(Run.status == run_status)
-    if trigger:
-        stmt = stmt.where(Run.trigger == trigger)
-    if policy_id is not None:
-        stmt = stmt.where(Run.policy_id == policy_id)
-    if created_by:
-        stmt = stmt.where(Run.created_by == created_by)
-    runs, total = paginate_query(session, stmt.order_by(Run.id.desc()), page, key=Run.id, descending=True)
-    return model_response(
-        make_page(service.run_views(session, runs), total, page, lambda view: view, key=lambda v: v.id)
+    filters = {
+        "status": run_status,
+        "trigger": trigger,
+        "policy_id": policy_id,
+        "created_by": created_by or None,
+    }
+    # Two statements without a transaction around them: a run's dataset rows are written with the run and
+    # never change, and runs are never deleted, so the second statement cannot disagree with the first.
+    runs, total = await read_only(
+        request,
+        listing.list_run_views,
+        filters=filters,
+        limit=page.limit,
+        offset=page.offset,
+        after=page.after,
     )
+    return model_response(make_page(runs, total, page, lambda view: view, key=lambda v: v.id))
 
 
 @router.get("/{run_id}", response_model=RunView)

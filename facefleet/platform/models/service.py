@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit, notifications
@@ -185,18 +185,22 @@ def list_versions(session: Session, name: str) -> list[ModelVersion]:
     return versions
 
 
-def list_models(session: Session) -> list[ModelSummary]:
-    rows = session.execute(
-        select(ModelVersion.name, func.max(ModelVersion.version), func.count())
-        .group_by(ModelVersion.name)
-        .order_by(ModelVersion.name)
-    ).all()
+# Built once (so compiled once): GET /v1/models runs both on a plain connection, in one snapshot.
+_MODELS = (
+    select(ModelVersion.name, func.max(ModelVersion.version), func.count())
+    .group_by(ModelVersion.name)
+    .order_by(ModelVersion.name)
+)
+_ALIASES = select(ModelAlias.name, ModelAlias.alias, ModelVersion.version).join(
+    ModelVersion, ModelAlias.model_version_id == ModelVersion.id
+)
+
+
+def list_models(session: Session | Connection) -> list[ModelSummary]:
+    """Every model with its latest version, number of versions and aliases (two statements)."""
+    rows = session.execute(_MODELS).all()
     aliases: dict[str, dict[str, int]] = {name: {} for name, _, _ in rows}
-    alias_rows = session.execute(
-        select(ModelAlias.name, ModelAlias.alias, ModelVersion.version).join(
-            ModelVersion, ModelAlias.model_version_id == ModelVersion.id
-        )
-    )
+    alias_rows = session.execute(_ALIASES)
     for name, alias, version in alias_rows:
         aliases.setdefault(name, {})[alias] = version
     return [

@@ -5,18 +5,21 @@ and its audit event, in the caller's transaction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from functools import cache
+from typing import Any, NoReturn, Protocol
 
 from croniter import croniter
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from facefleet.platform import audit
 from facefleet.platform.db.base import as_utc
 from facefleet.platform.db.models import RetrainPolicy
 from facefleet.platform.db.paging import fetch_page
+from facefleet.platform.db.views import PageQuery, RowView
 from facefleet.platform.errors import ConflictError, InvalidInputError, NotFoundError
 from facefleet.platform.policies.schemas import PolicyCreate, PolicyFields, PolicyRead, PolicyUpdate
 
@@ -69,10 +72,14 @@ def create_policy(session: Session, *, spec: PolicyCreate, now: datetime | None 
 def get_policy(session: Session, *, policy_id: int) -> RetrainPolicy:
     policy = session.get(RetrainPolicy, policy_id)
     if policy is None:
-        raise NotFoundError(
-            f"retrain policy {policy_id} does not exist; list them with GET /v1/policies", field="policy_id"
-        )
+        _policy_not_found(policy_id)
     return policy
+
+
+def _policy_not_found(policy_id: int) -> NoReturn:
+    raise NotFoundError(
+        f"retrain policy {policy_id} does not exist; list them with GET /v1/policies", field="policy_id"
+    )
 
 
 def list_policies(
@@ -89,6 +96,38 @@ def list_policies(
         after=after,
         key=RetrainPolicy.id,
     )
+
+
+# The API's reads (GET /v1/policies, GET /v1/policies/{id}): Core rows into PolicyRead, one statement.
+_VIEW = RowView(PolicyRead, RetrainPolicy.__table__)  # type: ignore[arg-type]
+_BY_ID = _VIEW.select().where(RetrainPolicy.id == bindparam("policy_id"))
+
+
+@cache
+def _page_query(by_enabled: bool) -> PageQuery:
+    stmt = _VIEW.select()
+    if by_enabled:
+        stmt = stmt.where(RetrainPolicy.enabled == bindparam("enabled"))
+    return PageQuery(stmt.order_by(RetrainPolicy.id), key=RetrainPolicy.id)
+
+
+def get_policy_view(conn: Connection, *, policy_id: int) -> PolicyRead:
+    """``PolicyRead.model_validate(get_policy(...))`` in one SELECT of its columns; 404 the same."""
+    row = conn.execute(_BY_ID, {"policy_id": policy_id}).first()
+    if row is None:
+        _policy_not_found(policy_id)
+    return _VIEW.models(_VIEW.dicts([row]))[0]
+
+
+def list_policy_views(
+    conn: Connection, *, limit: int, offset: int, enabled: bool | None = None, after: int | None = None
+) -> tuple[list[PolicyRead], int | None]:
+    """``list_policies`` as views, in one statement (the page and its bounded count)."""
+    params = {} if enabled is None else {"enabled": enabled}
+    rows, total = _page_query(enabled is not None).fetch(
+        conn, params, limit=limit, offset=offset, after=after
+    )
+    return _VIEW.models(_VIEW.dicts(rows)), total
 
 
 def policy_spec(policy: RetrainPolicy) -> dict[str, Any]:
@@ -124,8 +163,25 @@ def delete_policy(session: Session, *, policy_id: int) -> None:
     session.delete(policy)
 
 
+class PendingTrigger(Protocol):
+    """What ``add_trigger`` changes: a policy row, or the columns of one read with Core."""
+
+    pending_events: list[dict[str, Any]]
+    pending_trigger: str | None
+    pending_since: datetime | None
+    debounce_seconds: int
+
+
+@dataclass
+class _Pending:
+    pending_events: list[dict[str, Any]]
+    pending_trigger: str | None
+    pending_since: datetime | None
+    debounce_seconds: int
+
+
 def add_trigger(
-    policy: RetrainPolicy,
+    policy: PendingTrigger,
     *,
     kind: str,
     now: datetime,
@@ -152,11 +208,7 @@ def request_fire(
     """An explicit request: the scheduler starts a run at its next tick (merged with anything pending)."""
     policy = get_policy(session, policy_id=policy_id)
     if not policy.enabled:
-        raise ConflictError(
-            f"policy {policy.name!r} is disabled; enable it with PATCH "
-            f'/v1/policies/{policy.id} {{"enabled": true}} first',
-            field="policy_id",
-        )
+        _disabled(policy.name, policy.id)
     add_trigger(
         policy,
         kind="manual",
@@ -190,8 +242,67 @@ def delete_policy_audited(session: Session, policy_id: int, *, actor: str) -> No
     audit.record(session, actor, "policies.delete", "policy", policy_id)
 
 
+def _disabled(name: str, policy_id: int) -> NoReturn:
+    raise ConflictError(
+        f"policy {name!r} is disabled; enable it with PATCH "
+        f'/v1/policies/{policy_id} {{"enabled": true}} first',
+        field="policy_id",
+    )
+
+
+_TABLE = RetrainPolicy.__table__
+_SET_PENDING = (
+    update(RetrainPolicy)
+    .where(RetrainPolicy.id == bindparam("policy_id"))
+    .values(
+        pending_events=bindparam("new_events", type_=_TABLE.c.pending_events.type),
+        pending_trigger=bindparam("new_trigger", type_=_TABLE.c.pending_trigger.type),
+        pending_since=bindparam("new_since", type_=_TABLE.c.pending_since.type),
+    )
+)
+
+
 def fire_policy_audited(session: Session, policy_id: int, *, actor: str) -> PolicyRead:
-    """Ask the scheduler to start the policy's run at its next tick, and record who asked."""
-    policy = request_fire(session, policy_id=policy_id, requested_by=actor)
-    audit.record(session, actor, "policies.fire", "policy", policy.id)
-    return PolicyRead.model_validate(policy)
+    """Ask the scheduler to start the policy's run at its next tick, and record who asked.
+
+    ``request_fire`` done with two Core statements in the session's transaction (the view's SELECT, an
+    UPDATE of the three pending-trigger columns) instead of loading and flushing the ORM row: the same
+    change, the same answer and the same audit event (``tests/platform/test_db_views.py`` compares them).
+    """
+    session.flush()  # the SELECT below sees what the caller changed in this session
+    conn = session.connection()
+    row = conn.execute(_BY_ID, {"policy_id": policy_id}).first()
+    if row is None:
+        _policy_not_found(policy_id)
+    item = _VIEW.dicts([row])[0]
+    if not item["enabled"]:
+        _disabled(item["name"], policy_id)
+    pending = _Pending(
+        item["pending_events"] or [], item["pending_trigger"], item["pending_since"], item["debounce_seconds"]
+    )
+    add_trigger(
+        pending,
+        kind="manual",
+        now=datetime.now(timezone.utc),
+        detail={"requested_by": actor},
+        immediate=True,
+    )
+    conn.execute(
+        _SET_PENDING,
+        {
+            "policy_id": policy_id,
+            "new_events": pending.pending_events,
+            "new_trigger": pending.pending_trigger,
+            "new_since": pending.pending_since,
+        },
+    )
+    loaded = session.identity_map.get(session.identity_key(RetrainPolicy, policy_id))
+    if loaded is not None:
+        session.expire(loaded)  # a row this session holds reloads the new values when next read
+    audit.record(session, actor, "policies.fire", "policy", policy_id)
+    item.update(
+        pending_events=pending.pending_events,
+        pending_trigger=pending.pending_trigger,
+        pending_since=pending.pending_since,
+    )
+    return _VIEW.models([item])[0]

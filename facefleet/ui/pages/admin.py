@@ -56,7 +56,7 @@ def disable_policy(policy_id: PolicyId, console: ConsoleWriter, session: DbSessi
 @router.post("/policies/{policy_id}/fire")
 def fire_policy(policy_id: PolicyId, console: ConsoleWriter, session: DbSession) -> Response:
     try:
-        policies_api._fire(policy_id, session, console.principal)
+        policies.fire_policy_audited(session, policy_id, actor=console.principal.actor)
     except FacefleetError as exc:
         session.rollback()
         return back("/ui/policies", error=exc.message)
