@@ -31,12 +31,12 @@ def _run(label: str, accuracy: float | None, eer: float = 0.2) -> DemoRun:
 def test_baseline_only_switches_off_the_dataset_aware_parts() -> None:
     ours = TrainingConfig.model_validate(DEMO_CONFIG)
     baseline = TrainingConfig.model_validate(baseline_config(DEMO_CONFIG))
-    assert (ours.head.crossing_p, ours.reversal.enabled) == (1e-4, True)
+    assert (ours.head.crossing_p, ours.reversal.enabled) == (0.1, True)
     assert (baseline.head.crossing_p, baseline.reversal.enabled) == (1.0, False)
     changed = {key for key in ours.model_dump() if ours.model_dump()[key] != baseline.model_dump()[key]}
     assert changed == {"head", "reversal", "model_name"}
-    assert baseline.head.model_copy(update={"crossing_p": 1e-4}) == ours.head
-    assert DEMO_CONFIG["head"]["crossing_p"] == 1e-4  # the baseline did not mutate the demo config
+    assert baseline.head.model_copy(update={"crossing_p": 0.1}) == ours.head
+    assert DEMO_CONFIG["head"]["crossing_p"] == 0.1  # the baseline did not mutate the demo config
 
 
 def test_verdict_says_when_the_method_loses() -> None:
