@@ -178,17 +178,10 @@ def make_pairs(
     With `max_nonmatch`, a uniform random subset of that many non-matching pairs is kept (their count
     grows with the square of the batch). Pairs are on the CPU-side index device of `labels`.
     """
-    n = labels.shape[0]
-    first, second = torch.triu_indices(n, n, offset=1, device=labels.device)
-    same_dataset = dataset_index[first] == dataset_index[second]
-    same_label = labels[first] == labels[second]
-    match = torch.stack([first[same_label], second[same_label]], dim=1)
-    different = same_dataset & ~same_label
-    nonmatch = torch.stack([first[different], second[different]], dim=1)
-    if max_nonmatch is not None and nonmatch.shape[0] > max_nonmatch:
-        keep = torch.randperm(nonmatch.shape[0], generator=generator)[:max_nonmatch].to(labels.device)
-        nonmatch = nonmatch[keep]
-    return Pairs(match=match, nonmatch=nonmatch)
+    empty = labels.new_empty(0)
+    return make_memory_pairs(
+        labels, dataset_index, empty, empty.clone(), max_nonmatch=max_nonmatch, generator=generator
+    )
 
 
 def make_memory_pairs(
