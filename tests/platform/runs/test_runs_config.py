@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from sqlalchemy.orm import Session
 
 from facefleet.platform.errors import InvalidInputError
@@ -121,3 +122,11 @@ def test_a_sharded_head_needs_a_class_per_worker() -> None:
     with pytest.raises(InvalidInputError, match="every shard needs at least one class") as caught:
         service.check_head_shards(config, 3)
     assert caught.value.field == "head.sharded"
+
+
+def test_the_readmes_training_config_example_is_a_valid_config() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    start = readme.index("backbone: iresnet50")
+    example = yaml.safe_load(readme[start : readme.index("```", start)])
+    config = TrainingConfig.model_validate(example)
+    assert config.backbone == "iresnet50" and config.biometric.pair_source == "batch"
