@@ -15,7 +15,7 @@ from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.assignment import AssignedModelCache
 from facefleet.platform.settings import get_settings
 from facefleet.platform.store import ObjectStore
-from tests.platform.test_deployments_polling import _enrolled
+from tests.platform.test_deployments_polling import _enrolled, _installed_via_core
 from tests.terminal.model_factory import register_test_model
 
 
@@ -44,15 +44,7 @@ def test_the_last_two_devices_reporting_together_complete_the_rollout_once(
     cache = AssignedModelCache()
 
     def installed(credential: str) -> None:
-        polling.report_status(
-            engine,
-            credential,
-            deployment_id=deployment.id,
-            status="installed",
-            message="",
-            store=local_store,
-            cache=cache,
-        )
+        _installed_via_core(engine, credential, deployment.id, local_store, cache)
 
     if strategy == "all":  # the third device finished first: the other two are the last
         installed(fleet[2][1])

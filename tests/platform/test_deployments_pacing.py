@@ -11,14 +11,13 @@ from sqlalchemy.orm import Session
 
 from facefleet.platform.db.base import utcnow
 from facefleet.platform.db.models import Deployment, Device
-from facefleet.platform.deployments import polling
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.assignment import AssignedModelCache, artifact_for_device
 from facefleet.platform.deployments.pacing import paced_release
 from facefleet.platform.deployments.schemas import DeploymentCreate
 from facefleet.platform.errors import PermissionDeniedError
 from facefleet.platform.store import ObjectStore
-from tests.platform.test_deployments_polling import _agree, _enrolled
+from tests.platform.test_deployments_polling import _agree, _enrolled, _installed_via_core
 from tests.terminal.model_factory import register_test_model
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
@@ -106,15 +105,7 @@ def test_the_rest_of_a_canary_rollout_is_paced_from_when_the_canaries_finished(
     engine = session.get_bind()
     cache = AssignedModelCache()
     for _device, credential in fleet[:2]:
-        polling.report_status(
-            engine,
-            credential,
-            deployment_id=deployment.id,
-            status="installed",
-            message="",
-            store=local_store,
-            cache=cache,
-        )
+        _installed_via_core(engine, credential, deployment.id, local_store, cache)
     session.expire_all()
     started = session.get(Deployment, deployment.id)
     assert started is not None and started.rest_released_at is not None

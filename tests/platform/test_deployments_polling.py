@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from facefleet.platform.auth.service import hash_token
 from facefleet.platform.db.models import CollectionSetting, Device, DeviceDeployment
 from facefleet.platform.deployments import polling
 from facefleet.platform.deployments import service as deployments
-from facefleet.platform.deployments.assignment import assignment_state
+from facefleet.platform.deployments.assignment import AssignedModelCache, assignment_state
 from facefleet.platform.devices import service as devices
 from facefleet.platform.errors import AuthenticationError, PermissionDeniedError
 from facefleet.platform.settings import get_settings
@@ -29,6 +29,21 @@ def _admin_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
 def _enrolled(session: Session, name: str, group: str = "lobby") -> tuple[Device, str]:
     device, token, _ = devices.register_device(session, name=name, group=group)
     return devices.enroll(session, token)
+
+
+def _installed_via_core(
+    engine: Engine, credential: str, deployment_id: int, store: ObjectStore, cache: AssignedModelCache
+) -> None:
+    """The terminal's `installed` report through the Core fast path (as the agent sends it)."""
+    polling.report_status(
+        engine,
+        credential,
+        deployment_id=deployment_id,
+        status="installed",
+        message="",
+        store=store,
+        cache=cache,
+    )
 
 
 def _agree(session: Session, fleet: list[tuple[Device, str]]) -> list[str]:
