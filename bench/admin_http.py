@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from fleet import database, environment, run_loop, serve  # noqa: E402
+from fleet import ADMIN_READS, database, environment, run_loop, serve  # noqa: E402
 from fleet_client import Job, LoadClient, Recorder, build_request  # noqa: E402
 from fleet_data import seed  # noqa: E402
 
@@ -32,11 +31,13 @@ from facefleet.platform.store.local import LocalStore  # noqa: E402
 
 
 async def drive(
-    base: str, raw: bytes, name: str, rate: float, seconds: float, pid: int
-) -> tuple[Recorder, float]:
+    into: list[tuple[Recorder, float]], base: str, raw: bytes, name: str, args: argparse.Namespace, pid: int
+) -> None:
+    """Send ``raw`` at ``args.rate`` for ``args.seconds``; append (latencies, the server's CPU seconds)."""
+    rate, seconds = args.rate, args.seconds
     host, port = base.removeprefix("http://").split(":")
     recorder = Recorder()
-    client = LoadClient(host, int(port), recorder, connections=int(os.environ.get("AB_CONN", "16")))
+    client = LoadClient(host, int(port), recorder, connections=args.connections)
     await client.start()
     start = time.perf_counter() + 0.5
     n = int(rate * seconds)
@@ -47,19 +48,7 @@ async def drive(
     await client.drain(timeout=60)
     cpu = process_tree_cpu(pid) - cpu0
     await client.close()
-    return recorder, cpu
-
-
-async def measure(
-    into: list[tuple[Recorder, float]],
-    base: str,
-    raw: bytes,
-    name: str,
-    rate: float,
-    seconds: float,
-    pid: int,
-) -> None:
-    into.append(await drive(base, raw, name, rate, seconds, pid))
+    into.append((recorder, cpu))
 
 
 def main() -> None:
@@ -69,6 +58,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=16, help="kept-alive connections of the client")
     parser.add_argument(
         "--routes", default="", help="comma-separated substrings: only routes whose name has one"
     )
@@ -85,11 +75,10 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {seeded.admin_token}"}
         routes = [
             ("GET /healthz", build_request("GET", "/healthz")),
-            ("GET /v1/policies/{id}", build_request("GET", f"/v1/policies/{seeded.policy_id}", auth)),
-            ("GET /v1/policies?limit=20", build_request("GET", "/v1/policies?limit=20", auth)),
-            ("GET /v1/devices?limit=20", build_request("GET", "/v1/devices?limit=20", auth)),
-            ("GET /v1/runs?limit=20", build_request("GET", "/v1/runs?limit=20", auth)),
-            ("GET /v1/models", build_request("GET", "/v1/models", auth)),
+            *(
+                (name, build_request("GET", path.format(policy=seeded.policy_id), auth))
+                for name, path in ADMIN_READS
+            ),
             (
                 "POST /v1/policies/{id}:fire",
                 build_request("POST", f"/v1/policies/{seeded.policy_id}:fire", auth),
@@ -100,10 +89,13 @@ def main() -> None:
                 r for r in routes if r[0] == "GET /healthz" or any(k in r[0] for k in args.routes.split(","))
             ]
         with serve(environment(url, tmp, args), args.workers) as (base, server):
+            cpu0 = process_tree_cpu(server.pid)
+            time.sleep(args.seconds)
+            idle = (process_tree_cpu(server.pid) - cpu0) / args.seconds
             rows = []
             for name, raw in routes:
                 measured: list[tuple[Recorder, float]] = []
-                run_loop(measure(measured, base, raw, name, args.rate, args.seconds, server.pid))
+                run_loop(drive(measured, base, raw, name, args, server.pid))
                 recorder, cpu = measured[0]
                 route = recorder.routes[name]
                 answered = len(route.latencies) + route.rejected
@@ -118,6 +110,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for name, ms, p50, p99, errors in rows:
             print(f"| {name} | {ms:.2f} | {ms / base_ms:.1f} | {p50:.1f} | {p99:.1f} | {errors} |")
+        print(f"\nidle server, no requests: {idle * 100:.1f} % of a core")
 
 
 if __name__ == "__main__":
