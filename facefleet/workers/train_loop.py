@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from facefleet.nn.augment import AugmentSettings, augment_batch, step_generator
 from facefleet.platform.runs.schemas import TrainingConfig
 from facefleet.workers.partial_fc import DistributedMarginHead, ignore_head_in_ddp
 from facefleet.workers.train_job import TrainJob as TrainJob
@@ -184,10 +185,13 @@ def train_func(loop_config: dict[str, Any]) -> None:
     ddp = wrap_distributed(model, device)
     reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
     batches = infinite_batches(job, rank, world_size, start_step, device)
+    jitter = AugmentSettings(**cfg.augment.model_dump())
     step = start_step
     while step < job.total_steps:
         wait_started = time.perf_counter()
         images, labels, dataset_index = next(batches)
+        if jitter.enabled:  # draws fixed by (seed, rank, step): a resumed run jitters as the first did
+            images = augment_batch(images, jitter, step_generator(cfg.seed, rank, step))
         data_wait = time.perf_counter() - wait_started
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             losses = ddp(images, labels, dataset_index, step)

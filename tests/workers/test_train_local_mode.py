@@ -12,7 +12,7 @@ from facefleet.platform.db.models import Run
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
-from facefleet.platform.runs.schemas import TrainingConfig
+from facefleet.platform.runs.schemas import AugmentConfig, TrainingConfig
 from facefleet.platform.store import ObjectStore
 from facefleet.workers.train import run_training
 from facefleet.workers.train_model import build_optimizer, build_training_model
@@ -170,3 +170,38 @@ def test_ramped_reversal_reaches_the_backbone_only_after_the_switch() -> None:
 
     assert backbone_grad(4) == 0.0 and backbone_grad(5) == 0.0  # the ramp starts at 0 at the switch
     assert backbone_grad(9) > 0.0
+
+
+def test_augmented_run_jitters_every_step_with_draws_fixed_by_seed_rank_and_step(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facefleet.nn import augment
+    from facefleet.workers import train_loop
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording(images: torch.Tensor, settings: augment.AugmentSettings, generator: torch.Generator):
+        out = augment.augment_batch(images, settings, generator)
+        seen.append((images, out))
+        return out
+
+    monkeypatch.setattr(train_loop, "augment_batch", recording)
+    jitter = {"shift": 0.08, "scale": 0.1, "brightness": 0.2, "greyscale_p": 0.5}
+    with session_scope() as session:
+        names, verif = register_tiny_datasets(session, local_store, tmp_path / "synth")
+        run_id = service.create_run(
+            session,
+            dataset_names_or_version_ids=names,
+            verification_sets=[verif],
+            config=tiny_config(steps=4, augment=jitter, biometric={"enabled": False}),
+        ).id
+    assert run_training(run_id) == "succeeded"
+    assert len(seen) == 4  # one local-mode worker (rank 0), every step
+    settings = augment.AugmentSettings(**jitter)
+    for step, (images, out) in enumerate(seen):
+        assert not torch.equal(images, out)
+        torch.testing.assert_close(
+            out, augment.augment_batch(images, settings, augment.step_generator(0, 0, step)), rtol=0, atol=0
+        )
+    with session_scope() as session:
+        assert service.get_run(session, run_id).config["augment"] == {**AugmentConfig().model_dump(), **jitter}

@@ -132,6 +132,19 @@ class ScalingConfigModel(_Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0, le=1024.0)
 
 
+class AugmentConfig(_Strict):
+    """Per-image jitter of training batches beyond the horizontal flip (``facefleet.nn.augment``); all
+    zero (the default) trains on the crops as they are. Each value is the maximum of a uniform draw."""
+
+    shift: float = Field(default=0.0, ge=0.0, le=0.5, description="max shift per axis, in crop sides")
+    scale: float = Field(default=0.0, ge=0.0, le=0.5, description="max relative zoom")
+    rotation_degrees: float = Field(default=0.0, ge=0.0, le=45.0)
+    brightness: float = Field(default=0.0, ge=0.0, le=1.0, description="max offset, in half the pixel range")
+    contrast: float = Field(default=0.0, ge=0.0, le=1.0, description="max relative contrast change")
+    saturation: float = Field(default=0.0, ge=0.0, le=1.0, description="max relative saturation change")
+    greyscale_p: float = Field(default=0.0, ge=0.0, le=1.0, description="probability of a grey image")
+
+
 class LandmarkConfig(_Strict):
     """A ``kind: landmarks`` run (seed 001): the grid model, its loss and the training augmentation."""
 
@@ -222,6 +235,7 @@ class TrainingConfig(_Strict):
     input_size: int = Field(default=112, ge=16, le=512)
     head: HeadConfig = Field(default_factory=HeadConfig)
     reversal: ReversalConfig = Field(default_factory=ReversalConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     biometric: BiometricConfig = Field(default_factory=BiometricConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
