@@ -72,7 +72,9 @@ def greyscale(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True)
 
 
-def photometric_jitter(images: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
+def photometric_jitter(
+    images: torch.Tensor, settings: AugmentSettings, generator: torch.Generator
+) -> torch.Tensor:
     n = images.shape[0]
 
     def per_image(values: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,9 @@ def photometric_jitter(images: torch.Tensor, settings: AugmentSettings, generato
     return out.clamp(-1.0, 1.0)
 
 
-def augment_batch(images: torch.Tensor, settings: AugmentSettings, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, settings: AugmentSettings, generator: torch.Generator
+) -> torch.Tensor:
     """A jittered copy of ``images`` ([N, 3, H, W] in [-1, 1]); the input itself is left as it is."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")

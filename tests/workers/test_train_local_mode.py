@@ -204,4 +204,7 @@ def test_augmented_run_jitters_every_step_with_draws_fixed_by_seed_rank_and_step
             out, augment.augment_batch(images, settings, augment.step_generator(0, 0, step)), rtol=0, atol=0
         )
     with session_scope() as session:
-        assert service.get_run(session, run_id).config["augment"] == {**AugmentConfig().model_dump(), **jitter}
+        assert service.get_run(session, run_id).config["augment"] == {
+            **AugmentConfig().model_dump(),
+            **jitter,
+        }
