@@ -65,7 +65,7 @@ from facefleet.nn.distill import (  # noqa: E402
 )
 from facefleet.nn.heads import DatasetAwareMarginHead  # noqa: E402
 from facefleet.nn.verification import fuse_flip, verification_metrics  # noqa: E402
-from facefleet.platform.runs.schemas import DistillConfig  # noqa: E402
+from facefleet.platform.runs.schemas import DistillConfig, HeadConfig  # noqa: E402
 
 TRAIN_IDS, FIELD_IDS, VALIDATION_IDS = 200, 28, 8  # the last 8 field users validate format 2's settings
 BATCH, PAIR_BATCH = 64, 32
@@ -283,10 +283,14 @@ def flip_some(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.T
     return torch.where(flip[:, None, None, None], torch.flip(images, dims=[3]), images), flip
 
 
-def train_arcface(net: Backbone, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> Backbone:
-    """ArcFace (s=32, m=0.3) on one dataset's labels, AdamW + one-cycle, random flips."""
+def train_arcface(
+    net: Backbone, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, margin: tuple[float, float]
+) -> Backbone:
+    """ArcFace (``margin`` = (s, m); the product's defaults unless --scale / --margin) on one dataset's
+    labels, AdamW + one-cycle, random flips."""
     torch.manual_seed(seed)
-    head = DatasetAwareMarginHead(net.embedding_dim, [int(y.max()) + 1], kind="arcface", s=32.0, m2=0.3)
+    scale, angle = margin
+    head = DatasetAwareMarginHead(net.embedding_dim, [int(y.max()) + 1], kind="arcface", s=scale, m2=angle)
     params = [*net.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=3e-3, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
@@ -502,13 +506,13 @@ def teacher_for(args: argparse.Namespace, seed: int, x: torch.Tensor, y: torch.T
     tag = "unaligned" if args.unaligned else ("cache" if "crops from" in how else "points")
     name = (
         f"{args.teacher_backbone}-w{args.teacher_width}-{args.teacher_size}px-{args.teacher_steps}steps-"
-        f"d{args.embedding_dim}-{tag}-seed{seed}.safetensors"
+        f"d{args.embedding_dim}-s{args.scale:g}-m{args.margin:g}-{tag}-seed{seed}.safetensors"
     )
     path = args.teacher_cache / name if args.teacher_cache is not None else None
     if path is not None and path.is_file():
         teacher.load_state_dict(load_file(str(path)))
         return teacher.eval()
-    teacher = train_arcface(teacher, x, y, args.teacher_steps, seed)
+    teacher = train_arcface(teacher, x, y, args.teacher_steps, seed, (args.scale, args.margin))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(path))
@@ -579,7 +583,7 @@ def run_seed(
 
     steps = args.student_steps
     arms: dict[str, Callable[[], Backbone]] = {
-        "student, scratch": lambda: train_arcface(student(), x, y, steps, seed),
+        "student, scratch": lambda: train_arcface(student(), x, y, steps, seed, (args.scale, args.margin)),
         "student, distilled": lambda: train_distilled(
             student(), x, plain, flipped, steps, seed, None, card_threshold
         ),
@@ -705,6 +709,10 @@ def main() -> None:
     parser.add_argument("--student-size", type=int, default=32)
     parser.add_argument("--student-steps", type=int, default=250)
     parser.add_argument("--embedding-dim", type=int, default=128)
+    parser.add_argument(
+        "--scale", type=float, default=HeadConfig().s, help="ArcFace s of teacher and scratch student"
+    )
+    parser.add_argument("--margin", type=float, default=HeadConfig().m2, help="ArcFace m (angular)")
     parser.add_argument("--seed", type=int, default=0, help="the first seed")
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds (seed, seed+1, ...)")
     parser.add_argument(
