@@ -5,7 +5,11 @@ against the people the bench put in both A and B: what the product's rule lists 
 false-match rates), and how many shared people are mutual nearest neighbours across A and B with no cut at
 all (an upper bound for any cut), raw and with the mean centre subtracted first.
 
-Run: .venv/bin/python bench/real_faces_overlaps.py --tag s25-shard-r1   (after that tag's bench run)
+With --montage, the pairs of each run's stored list that the bench's truth calls wrong are drawn for a
+person to judge (up to 6 aligned crops per side, a row per pair): CelebA itself has people under two
+identity numbers, so a "wrong" pair can be a real overlap the split did not know about.
+
+Run: .venv/bin/python bench/real_faces_overlaps.py --tag s25-shard-r1 [--montage]   (after that tag's run)
 """
 
 from __future__ import annotations
@@ -19,11 +23,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_faces  # noqa: E402
 
 RATES = (1e-3, 0.02, 0.05, 0.1)
+FOLDERS = {"rf-a": "train_a", "rf-b": "train_b", "rf-orl": "orl"}  # the bench's dataset -> data folder
+SIDE = 64
+
+
+def unexpected_montage(run_id: int, workdir: Path, out: Path) -> int:
+    """Draw the pairs of the run's stored overlap list that are not one shared person of the split; returns
+    how many were drawn (no file when none)."""
+    from PIL import Image
+
+    from facefleet.platform.db.session import session_scope
+    from facefleet.platform.runs.overlaps import load_run_overlaps
+    from facefleet.platform.store import get_store
+
+    with session_scope() as session:
+        document = load_run_overlaps(session, get_store(), run_id)
+    wrong = [
+        pair
+        for pair in document.pairs
+        if not (
+            (pair.first.dataset, pair.second.dataset) == ("rf-a", "rf-b")
+            and pair.first.identity[1:] == pair.second.identity[1:]
+        )
+    ]
+    if not wrong:
+        return 0
+    canvas = Image.new("RGB", (SIDE * 12 + 8, SIDE * len(wrong)), "white")
+    for row, pair in enumerate(wrong):
+        for side, who in enumerate((pair.first, pair.second)):
+            crops = sorted((workdir / "data" / FOLDERS[who.dataset] / who.identity).glob("*.png"))[:6]
+            for k, crop in enumerate(crops):
+                with Image.open(crop) as image:
+                    canvas.paste(
+                        image.convert("RGB").resize((SIDE, SIDE)),
+                        (side * (6 * SIDE + 8) + k * SIDE, row * SIDE),
+                    )
+    canvas.save(out)
+    for pair in wrong:
+        print(
+            f"  run {run_id}: {pair.first.dataset}/{pair.first.identity} ~ {pair.second.dataset}/"
+            f"{pair.second.identity} {pair.score:.3f} (not shared in the split)"
+        )
+    return len(wrong)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tag", required=True)
+    parser.add_argument("--montage", action="store_true", help="draw each run's pairs the truth calls wrong")
     parser.add_argument(
         "--workdir", type=Path, default=real_faces.ROOT / "bench" / "results" / "real_faces_work"
     )
@@ -72,6 +119,10 @@ def main() -> None:
                         f"{found.threshold:.4f} | {len(pairs)} | {len(pairs & truth)} | "
                         f"{upper} / {len(truth)} |"
                     )
+            if args.montage:
+                out = real_faces.OUT / f"overlaps_{args.tag}_run{run_id}_unexpected.png"
+                if unexpected_montage(run_id, args.workdir, out):
+                    print(f"  run {run_id}: drawn in {out}")
 
 
 if __name__ == "__main__":
