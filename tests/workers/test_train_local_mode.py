@@ -19,17 +19,20 @@ from facefleet.workers.train_model import build_optimizer, build_training_model
 from tests.workers.train_helpers import register_tiny_datasets, tiny_config
 
 
+def tiny_run(store: ObjectStore, folder: Path, config: dict[str, object]) -> tuple[int, list[str]]:
+    """A run over two tiny synthetic datasets (registered under ``folder``): (run id, dataset names)."""
+    with session_scope() as session:
+        names, verif = register_tiny_datasets(session, store, folder / "synth")
+        run = service.create_run(
+            session, dataset_names_or_version_ids=names, verification_sets=[verif], config=config
+        )
+        return run.id, names
+
+
 def test_local_mode_run_trains_evaluates_and_registers(
     sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
 ) -> None:
-    with session_scope() as session:
-        names, verif = register_tiny_datasets(session, local_store, tmp_path / "synth")
-        run_id = service.create_run(
-            session,
-            dataset_names_or_version_ids=names,
-            verification_sets=[verif],
-            config=tiny_config(steps=6),
-        ).id
+    run_id, names = tiny_run(local_store, tmp_path, tiny_config(steps=6))
     assert run_training(run_id) == "succeeded"
     with session_scope() as session:
         run = session.get(Run, run_id)
@@ -187,14 +190,9 @@ def test_augmented_run_jitters_every_step_with_draws_fixed_by_seed_rank_and_step
 
     monkeypatch.setattr(train_loop, "augment_batch", recording)
     jitter = {"shift": 0.08, "scale": 0.1, "brightness": 0.2, "greyscale_p": 0.5}
-    with session_scope() as session:
-        names, verif = register_tiny_datasets(session, local_store, tmp_path / "synth")
-        run_id = service.create_run(
-            session,
-            dataset_names_or_version_ids=names,
-            verification_sets=[verif],
-            config=tiny_config(steps=4, augment=jitter, biometric={"enabled": False}),
-        ).id
+    run_id, _ = tiny_run(
+        local_store, tmp_path, tiny_config(steps=4, augment=jitter, biometric={"enabled": False})
+    )
     assert run_training(run_id) == "succeeded"
     assert len(seen) == 4  # one local-mode worker (rank 0), every step
     settings = augment.AugmentSettings(**jitter)
