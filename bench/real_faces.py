@@ -97,6 +97,25 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys |= dotted_keys(value, f"{name}.") if isinstance(value, dict) else {name}
+    return keys
+
+
+def shadowed_by_variants(changes: dict[str, Any], variants: list[str]) -> list[str]:
+    """Notes for --set keys a variant sets itself (the variant's value wins, e.g. naive's crossing p = 1)."""
+    given = dotted_keys(changes)
+    return [
+        f"note: variant {variant} sets {key} itself, so --set {key} does not reach it "
+        f"(use --sets-for {variant}:{key}=VALUE)"
+        for variant in variants
+        for key in sorted(given & dotted_keys(VARIANTS[variant]))
+    ]
+
+
 def setup_platform(workdir: Path) -> None:
     os.environ["FACEFLEET_DATABASE_URL"] = f"sqlite:///{workdir / 'bench.db'}"
     os.environ["FACEFLEET_STORE_URL"] = (workdir / "store").as_uri()
@@ -397,7 +416,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--input-size", type=int, default=None)
-    parser.add_argument("--set", action="append", default=[], help="key=value for every variant")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="key=value for every variant (a variant's own values win, with a printed note)",
+    )
     parser.add_argument(
         "--sets-for", action="append", default=[], help="VARIANT:key=value for one variant only"
     )
@@ -429,6 +453,8 @@ def main() -> None:
         base["backbone"] = args.backbone
     if args.input_size:
         base["input_size"] = args.input_size
+    for note in shadowed_by_variants(parse_changes(args.set), args.variants.split(",")):
+        print(note, flush=True)
     per_variant: dict[str, list[str]] = {}
     for item in args.sets_for:
         variant, _, assignment = item.partition(":")
