@@ -1,7 +1,7 @@
 """Batch augmentation for training on few images per person: small random affine jitter of the aligned
 crop (shift, scale, rotation) and photometric jitter (brightness, contrast, saturation, random greyscale).
 
-Pure tensors: ``augment_batch(images, config, generator)`` takes a [N, 3, H, W] batch in [-1, 1] (the data
+Pure tensors: ``augment_batch(images, settings, generator)`` takes a [N, 3, H, W] batch in [-1, 1] (the data
 pipeline's range) and returns a new batch; every random draw comes from the generator, so a run's draws are
 fixed by its seed, rank and step (``step_generator``) and a run resumed from a checkpoint draws the same.
 The crop is already aligned (five landmarks, design §5.9), so the jitter is small: it imitates what an

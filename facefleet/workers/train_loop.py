@@ -190,9 +190,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     while step < job.total_steps:
         wait_started = time.perf_counter()
         images, labels, dataset_index = next(batches)
+        data_wait = time.perf_counter() - wait_started
         if jitter.enabled:  # draws fixed by (seed, rank, step): a resumed run jitters as the first did
             images = augment_batch(images, jitter, step_generator(cfg.seed, rank, step))
-        data_wait = time.perf_counter() - wait_started
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             losses = ddp(images, labels, dataset_index, step)
         apply_gradients(losses["loss"], optimizer, scheduler, scaler)
