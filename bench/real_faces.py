@@ -97,22 +97,16 @@ def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def dotted_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        keys |= dotted_keys(value, f"{name}.") if isinstance(value, dict) else {name}
-    return keys
-
-
 def shadowed_by_variants(changes: dict[str, Any], variants: list[str]) -> list[str]:
     """Notes for --set keys a variant sets itself (the variant's value wins, e.g. naive's crossing p = 1)."""
-    given = dotted_keys(changes)
+    from facefleet.platform.runs.schemas import flatten_config
+
+    given = set(flatten_config(changes))
     return [
         f"note: variant {variant} sets {key} itself, so --set {key} does not reach it "
         f"(use --sets-for {variant}:{key}=VALUE)"
         for variant in variants
-        for key in sorted(given & dotted_keys(VARIANTS[variant]))
+        for key in sorted(given & set(flatten_config(VARIANTS[variant])))
     ]
 
 

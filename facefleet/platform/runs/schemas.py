@@ -356,6 +356,17 @@ class MetricPoint(BaseModel):
     value: float
 
 
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"head": {"s": 16}}`` -> ``{"head.s": 16}``: the dotted keys ``apply_overrides`` takes."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def apply_overrides(config: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """``["head.s=32", "reversal.enabled=false"]`` applied to a config dict (values read as YAML)."""
     import yaml

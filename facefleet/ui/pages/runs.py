@@ -13,6 +13,7 @@ from facefleet.api.routes import runs as runs_api
 from facefleet.platform.db.models import ModelVersion, Run
 from facefleet.platform.errors import FacefleetError, InvalidInputError
 from facefleet.platform.runs import service
+from facefleet.platform.runs.schemas import flatten_config
 from facefleet.ui.web import ConsoleUser, ConsoleWriter, back
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -123,19 +124,9 @@ def compare_page(
     )
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _config_differences(configs: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
     """Only the training settings that differ between the compared runs."""
-    flat = [_flatten(config) for config in configs]
+    flat = [flatten_config(config) for config in configs]
     keys = sorted({key for entry in flat for key in entry})
     return [
         (key, [entry.get(key) for entry in flat])

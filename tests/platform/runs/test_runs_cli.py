@@ -12,7 +12,7 @@ from facefleet.commands import runs as runs_cli
 from facefleet.platform.db.session import session_scope
 from facefleet.platform.models import service as registry
 from facefleet.platform.runs import service
-from facefleet.platform.runs.schemas import apply_overrides
+from facefleet.platform.runs.schemas import apply_overrides, flatten_config
 from facefleet.platform.store import ObjectStore
 from tests.platform.models.test_model_registry import _card
 from tests.workers.train_helpers import register_tiny_datasets
@@ -25,6 +25,13 @@ def test_overrides_set_nested_fields() -> None:
     result = apply_overrides(base, ["head.s=32", "reversal.enabled=false", "steps=20", "model_name=x"])
     assert result == {"head": {"s": 32}, "reversal": {"enabled": False}, "steps": 20, "model_name": "x"}
     assert base == {"head": {"s": 64.0}, "steps": 10}
+
+
+def test_flattened_config_gives_back_the_overrides_that_rebuild_it() -> None:
+    config = {"head": {"s": 16.0, "kind": "arcface"}, "augment": {"shift": 0.05}, "steps": 20}
+    flat = flatten_config(config)
+    assert flat == {"head.s": 16.0, "head.kind": "arcface", "augment.shift": 0.05, "steps": 20}
+    assert apply_overrides({}, [f"{key}={value}" for key, value in flat.items()]) == config
 
 
 def test_runs_create_show_list_cancel(
