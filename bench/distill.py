@@ -70,6 +70,7 @@ from facefleet.platform.runs.schemas import DistillConfig, HeadConfig  # noqa: E
 TRAIN_IDS, FIELD_IDS, VALIDATION_IDS = 200, 28, 8  # the last 8 field users validate format 2's settings
 BATCH, PAIR_BATCH = 64, 32
 FAR = 0.01
+TINY_NETS = ("tiny", "tiny_gdc")  # the nets that take a width
 
 
 @dataclass
@@ -498,7 +499,7 @@ def teacher_for(args: argparse.Namespace, seed: int, x: torch.Tensor, y: torch.T
     """The seed's teacher, trained once and kept under --teacher-cache (safetensors; weights only)."""
     from safetensors.torch import load_file, save_file
 
-    kw = {"width": args.teacher_width} if args.teacher_backbone == "tiny" else {}
+    kw = {"width": args.teacher_width} if args.teacher_backbone in TINY_NETS else {}
     torch.manual_seed(seed)
     teacher = get_backbone(
         args.teacher_backbone, embedding_dim=args.embedding_dim, input_size=args.teacher_size, **kw
@@ -579,7 +580,9 @@ def run_seed(
 
     def student() -> Backbone:
         torch.manual_seed(seed + 1)
-        return get_backbone("tiny", embedding_dim=args.embedding_dim, input_size=args.student_size, width=16)
+        return get_backbone(
+            args.student_backbone, embedding_dim=args.embedding_dim, input_size=args.student_size, width=16
+        )
 
     steps = args.student_steps
     arms: dict[str, Callable[[], Backbone]] = {
@@ -703,7 +706,8 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.is_dir()), None))
     parser.add_argument("--teacher-backbone", default="tiny")
-    parser.add_argument("--teacher-width", type=int, default=32, help="tiny only")
+    parser.add_argument("--teacher-width", type=int, default=32, help="tiny and tiny_gdc only")
+    parser.add_argument("--student-backbone", choices=TINY_NETS, default="tiny", help="width 16")
     parser.add_argument("--teacher-size", type=int, default=48)
     parser.add_argument("--teacher-steps", type=int, default=600)
     parser.add_argument("--student-size", type=int, default=32)
@@ -774,9 +778,10 @@ def main() -> None:
         val_all.append(val)
         desc = (
             f"celeba_ids ({how}), seed {seed}; teacher {args.teacher_backbone}"
-            f"{f' w{args.teacher_width}' if args.teacher_backbone == 'tiny' else ''} "
+            f"{f' w{args.teacher_width}' if args.teacher_backbone in TINY_NETS else ''} "
             f"@ {args.teacher_size}px, "
-            f"{args.teacher_steps} steps (card threshold {threshold:.3f}); students tiny w16 @ "
+            f"{args.teacher_steps} steps (card threshold {threshold:.3f}); students "
+            f"{args.student_backbone} w16 @ "
             f"{args.student_size}px, {args.student_steps} steps x {BATCH} each; first inspection arm: "
             f"{args.format2[0].label()}"
         )
