@@ -141,9 +141,11 @@ def running_postgres(max_connections: int = 200) -> Iterator[PostgresServer]:
 
 
 def write_artifacts(
-    folder: Path, net: Backbone, *, threshold: float, corrupt_probe: bool = False
+    folder: Path, net: Backbone, *, threshold: float, corrupt_probe: bool = False, backbone: str = "tiny"
 ) -> ModelCard:
-    """What the export worker writes: weights, a self-contained ONNX graph, and the card describing them."""
+    """What the export worker writes: weights, a self-contained ONNX graph, and the card describing them.
+
+    ``net`` is a registered ``backbone`` that takes a width (``tiny`` or ``tiny_gdc``) of width TINY_WIDTH."""
     folder.mkdir(parents=True, exist_ok=True)
     net = net.eval()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
@@ -164,7 +166,7 @@ def write_artifacts(
     return ModelCard(
         name="terminal",
         version=0,
-        architecture=ArchitectureSpec(backbone="tiny", kwargs={"width": TINY_WIDTH}),
+        architecture=ArchitectureSpec(backbone=backbone, kwargs={"width": TINY_WIDTH}),
         input=InputSpec(size=net.input_size),
         embedding_dim=net.embedding_dim,
         threshold=threshold,

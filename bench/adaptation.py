@@ -371,7 +371,7 @@ def main() -> None:
     totals: dict[str, list[float]] = {v: [0.0, 0, 0, 0.0] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = Path(tmp) / "artifacts"
-        card_bytes = write_artifacts(artifacts, net, threshold=threshold).to_bytes()
+        card_bytes = write_artifacts(artifacts, net, threshold=threshold, backbone=args.backbone).to_bytes()
         for seed in seeds:
             for variant in variants:
                 clean, before, after, applied, refused, during, status = run_seed(
