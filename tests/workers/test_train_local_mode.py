@@ -52,6 +52,30 @@ def test_local_mode_run_trains_evaluates_and_registers(
     assert local_store.exists(f"runs/{run_id}/plots/roc.png")
 
 
+def test_tiny_gdc_run_exports_a_model_a_terminal_can_rebuild(
+    sqlite_engine: Engine, local_store: ObjectStore, tmp_path: Path
+) -> None:
+    """tiny_gdc (the real-face bench's backbone) through the whole product path: its card names it, the ONNX
+    graph matches the weights, and the card's architecture rebuilds the same net from the weights."""
+    from facefleet.terminal.bundle import TerminalCard
+    from facefleet.terminal.runtime import build_backbone
+
+    run_id, _ = tiny_run(local_store, tmp_path, tiny_config(steps=4, backbone="tiny_gdc"))
+    assert run_training(run_id) == "succeeded"
+    with session_scope() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        model = registry.get_model_version(session, "facefleet", "candidate")
+        artifacts = model.artifacts
+    card = TerminalCard.model_validate_json(local_store.get_bytes(artifacts["model_card.json"]["key"]))
+    assert run.summary["onnx_max_abs_diff"] < 1e-4
+    assert card.architecture.backbone == "tiny_gdc"
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(local_store.get_bytes(artifacts["model.safetensors"]["key"]))
+    net = build_backbone(card, weights)
+    assert net.pool is not None and net.input_size == card.input.size
+
+
 def test_reversal_stage_two_sends_reversed_dataset_gradients_to_the_backbone() -> None:
     config = TrainingConfig.model_validate(
         tiny_config(reversal={"switch_step": 5}, biometric={"enabled": False})
