@@ -35,7 +35,7 @@ scheduler: $(STAMP)
 	$(BIN)/facefleet scheduler
 
 bench: $(STAMP)  ## benchmark tables (ratios against in-process baselines)
-	@for b in heads partial_fc data train api terminal; do \
+	@for b in heads partial_fc data train api terminal backbones; do \
 	  echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 stack-test:  ## boot docker-compose.yml with podman and use it (images built locally; not part of `make test`)

@@ -31,6 +31,7 @@ from facefleet.platform.store import ObjectStore
 
 # the tiny backbone's default width: the export's card records only embedding_dim and input_size
 TINY_WIDTH = 16
+TINY_NETS = ("tiny", "tiny_gdc")  # the registered nets that take a width
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -145,7 +146,7 @@ def write_artifacts(
 ) -> ModelCard:
     """What the export worker writes: weights, a self-contained ONNX graph, and the card describing them.
 
-    ``net`` is a registered ``backbone`` that takes a width (``tiny`` or ``tiny_gdc``) of width TINY_WIDTH."""
+    ``net`` was built as ``get_backbone(backbone, width=TINY_WIDTH, ...)``, ``backbone`` one of TINY_NETS."""
     folder.mkdir(parents=True, exist_ok=True)
     net = net.eval()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))

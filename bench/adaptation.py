@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._support import write_artifacts  # noqa: E402
+from bench._support import TINY_NETS, write_artifacts  # noqa: E402
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
 from facefleet.terminal.adaptation import SEED_METHOD  # noqa: E402
 from facefleet.terminal.guard import GuardConfig  # noqa: E402
@@ -172,8 +172,7 @@ def cached_model(train_people: list[list[Image.Image]], steps: int, backbone: st
     from safetensors.torch import load_file, save_file
 
     MODELS.mkdir(parents=True, exist_ok=True)
-    prefix = "base" if backbone == "tiny" else f"base_{backbone}"  # tiny's name predates the choice
-    path = MODELS / f"{prefix}_{len(train_people)}ids_{steps}steps.safetensors"
+    path = MODELS / f"base_{backbone}_{len(train_people)}ids_{steps}steps.safetensors"
     if path.exists():
         net = get_backbone(backbone, embedding_dim=64, input_size=SIZE, width=16)
         net.load_state_dict(load_file(str(path)))
@@ -321,7 +320,7 @@ def main() -> None:
         "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
     )
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--backbone", choices=("tiny", "tiny_gdc"), default="tiny", help="the base model")
+    parser.add_argument("--backbone", choices=TINY_NETS, default="tiny", help="the base model")
     parser.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.is_dir()), None))
     args = parser.parse_args()
     if args.data is None or not args.data.is_dir():

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._support import TINY_NETS  # noqa: E402
 from bench.adaptation import DATA_CANDIDATES, Drift, site_and_users  # noqa: E402
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
 from facefleet.nn.distill import (  # noqa: E402
@@ -70,7 +71,6 @@ from facefleet.platform.runs.schemas import DistillConfig, HeadConfig  # noqa: E
 TRAIN_IDS, FIELD_IDS, VALIDATION_IDS = 200, 28, 8  # the last 8 field users validate format 2's settings
 BATCH, PAIR_BATCH = 64, 32
 FAR = 0.01
-TINY_NETS = ("tiny", "tiny_gdc")  # the nets that take a width
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Four-conv embedding nets that train in seconds on a CPU. `tiny` (tests, the demo, smoke runs) pools its
 last feature map by averaging; `tiny_gdc` replaces the average by MobileFaceNet's global depthwise conv (a
 learnt weight per channel and position, so the embedding knows where on the face a feature is) and learns
-real faces much better for about 5 % more time per step (README, "Real faces")."""
+real faces much better for about 10 % more time per step (bench/backbones.py; README, "Real faces")."""
 
 from __future__ import annotations
 
