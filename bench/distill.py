@@ -11,7 +11,10 @@ give a FAR-1% threshold, their drifted attempts false rejects / accepts: default
 last 28 are held out: their clean photo pairs are the real-face verification set (AUC, TAR at FAR 1%, and
 each model's card threshold at FAR 1%), and their simulated terminal attempts measure false rejects /
 false accepts at that threshold. "same pairs undrifted": the false rejects on the same genuine pairs with
-the attempt photo undrifted, the floor that undoing the drift can reach.
+the attempt photo undrifted, the floor that undoing the drift can reach. Returning users: the 20 inspected
+users come back to their terminal with photos never inspected (10-11 validate, 12-13 test; five impostor
+attempts per genuine one, by the other inspected users), at the same site: what a fleet whose attempts were
+inspected sees after the new student is deployed to it.
 
 Terminal attempts: one site (darker, colour-cast light) plus per-user pose shift, blur and an occluding band
 (bench/adaptation.py's drift), at a level drawn from [0.3, 0.6]. A user's reference is their first photo,
@@ -28,11 +31,12 @@ bigger one; kept per settings and seed under --teacher-cache). Three students (t
 teacher's crops are resized), the same steps and batch each: (a) from scratch with ArcFace on the labels,
 (b) distilled (format 1: cosine distance to the teacher's embedding + MSE of the batch cosine-similarity
 matrices), (c) distilled + inspection (format 2: logistic loss of the pair score against the verdict, by
-default the distill run's defaults: weight 0.1, temperature 0.2, at the batch-calibrated threshold;
---format2 adds arms with other settings). The losses are `facefleet.nn.distill`'s, as the `distill` run
+default the distill run's defaults: weight 0.3, temperature 0.2, at the batch-calibrated threshold,
+impostor share 0.8, cross pairs; --format2 adds arms with other settings). The losses are `facefleet.nn.distill`'s, as the `distill` run
 uses them. Latency: ONNX Runtime, 1 thread, batch 1. Targets: (b) closes >= 50% of the AUC gap between (a)
 and the teacher; (c) has >= 30% fewer false rejects than (b) on held-out drifted genuine attempts, without
-more false accepts; student latency <= 0.3x teacher. With --seeds N: per-seed tables, then their means.
+more false accepts (judged on the held-out users and, apart, on the returning users); student latency
+<= 0.3x teacher. With --seeds N: per-seed tables, then their means.
 Run: nice -n 10 .venv/bin/python bench/distill.py [--seeds 3] [--student-steps 250] [--teacher-steps 600]
 """
 
@@ -59,6 +63,8 @@ from bench._support import TINY_NETS  # noqa: E402
 from bench.adaptation import DATA_CANDIDATES, Drift, site_and_users  # noqa: E402
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
 from facefleet.nn.distill import (  # noqa: E402
+    cross_pair_verdicts,
+    cross_scores,
     distillation_losses,
     embedding_distance_loss,
     pair_scores,
@@ -70,6 +76,8 @@ from facefleet.platform.runs.schemas import DistillConfig, HeadConfig  # noqa: E
 
 TRAIN_IDS, FIELD_IDS, VALIDATION_IDS = 200, 28, 8  # the last 8 field users validate format 2's settings
 BATCH, PAIR_BATCH = 64, 32
+# a field user's photos 1-9 are inspected; when they come back, 10-11 validate format 2's settings, 12-13 test
+INSPECTED_PHOTOS, RETURNING_VALIDATION_PHOTOS, RETURNING_PHOTOS = range(1, 10), range(10, 12), range(12, 14)
 FAR = 0.01
 
 
@@ -79,6 +87,11 @@ class Attempts:
     attempt: torch.Tensor  # [P, 3, S, S] the attempt crop
     genuine: torch.Tensor  # [P] bool
     undrifted: torch.Tensor | None = None  # [P, 3, S, S] the attempt crops before the drift
+    # who, as the inspection set says it (facefleet.workers.distill.inspection_identities): the claimed
+    # user's code, the attempt's (the claimed user's when genuine, else -1), the terminal's
+    claimed: torch.Tensor | None = None
+    probe: torch.Tensor | None = None
+    device: torch.Tensor | None = None
 
 
 def celeba_points_cached(celeba: Path, cache: Path) -> dict[str, np.ndarray]:
@@ -149,10 +162,15 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def attempts_of(
-    people: list[list[Image.Image]], drifts: list[Drift], rng: np.random.Generator, photos: range
+    people: list[list[Image.Image]],
+    drifts: list[Drift],
+    rng: np.random.Generator,
+    photos: range,
+    impostors: int = 1,
 ) -> Attempts:
-    """Per user: genuine attempts (own photos, drifted) and as many impostor attempts (others, drifted)."""
-    refs, tries, same, plain = [], [], [], []
+    """Per user: genuine attempts (own photos, drifted) and ``impostors`` times as many impostor attempts
+    (others, drifted)."""
+    refs, tries, same, plain, claimed = [], [], [], [], []
     for user, person in enumerate(people):
         for index in photos:
             if index >= len(person):
@@ -161,13 +179,26 @@ def attempts_of(
             tries.append(drifts[user].apply(person[index], float(rng.uniform(0.3, 0.6))))
             plain.append(person[index])
             same.append(True)
-            other = int(rng.choice([k for k in range(len(people)) if k != user]))
-            photo = people[other][int(rng.integers(1, len(people[other])))]
-            refs.append(person[0])
-            tries.append(drifts[other].apply(photo, float(rng.uniform(0.3, 0.6))))
-            plain.append(photo)
-            same.append(False)
-    return Attempts(to_tensor(refs), to_tensor(tries), torch.tensor(same), to_tensor(plain))
+            claimed.append(user)
+            for _ in range(impostors):
+                other = int(rng.choice([k for k in range(len(people)) if k != user]))
+                photo = people[other][int(rng.integers(1, len(people[other])))]
+                refs.append(person[0])
+                tries.append(drifts[other].apply(photo, float(rng.uniform(0.3, 0.6))))
+                plain.append(photo)
+                same.append(False)
+                claimed.append(user)
+    users = torch.tensor(claimed, dtype=torch.long)
+    verdicts = torch.tensor(same)
+    return Attempts(
+        to_tensor(refs),
+        to_tensor(tries),
+        verdicts,
+        to_tensor(plain),
+        users,
+        torch.where(verdicts, users, -1),
+        torch.zeros_like(users),
+    )
 
 
 def collected(
@@ -190,6 +221,7 @@ def collected(
     from facefleet.platform.inspections.sets import create_inspection_set
     from facefleet.platform.store.local import LocalStore
     from facefleet.workers.data import load_verification_set
+    from facefleet.workers.distill import inspection_identities
 
     def png(image: torch.Tensor) -> str:
         array = ((image.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
@@ -202,6 +234,7 @@ def collected(
     engine = make_engine(url)
     store = LocalStore(root / "store")
     out: dict[str, Attempts] = {}
+    codes: dict[str, int] = {}
     try:
         with Session(engine) as session:
             model = ModelVersion(name="bench-teacher", version=1, artifacts={}, eval_summary={})
@@ -229,7 +262,7 @@ def collected(
                 for i, score in enumerate(scores):
                     body = AttemptUpload(
                         model_version_id=model.id,
-                        user=f"user-{i // 2}",
+                        user=f"user-{int(attempts.claimed[i])}" if attempts.claimed is not None else "user",
                         score=float(np.clip(score, -1.0, 1.0)),
                         decision="accept" if score >= threshold else "reject",
                         threshold=float(threshold),
@@ -254,7 +287,12 @@ def collected(
                 reference, attempt, genuine = load_verification_set(
                     store, version.manifest_key, pairs_key, size
                 )
-                back = Attempts(reference, attempt, genuine.bool(), attempts.undrifted)
+                claimed, probe, terminal = inspection_identities(
+                    store, version.manifest_key, pairs_key, codes
+                )
+                back = Attempts(
+                    reference, attempt, genuine.bool(), attempts.undrifted, claimed, probe, terminal
+                )
                 if not (
                     torch.equal(back.genuine, attempts.genuine)
                     and torch.allclose(back.reference, attempts.reference, atol=1e-5)
@@ -328,6 +366,9 @@ class Format2:
     # crop); "reference": a genuine verdict makes the teacher's embedding of the *reference* the attempt's
     # target (the inspector says it is that person), impostor crops are anchored to their own
     anchor: str = ""
+    # every reference of a pair batch against every confirmed attempt (distill.cross_pairs)
+    cross: bool = False
+    impostor_share: float = 0.5
 
     def label(self) -> str:
         extra = {
@@ -335,12 +376,18 @@ class Format2:
             "anchor": ", + format 1 on the crops",
             "reference": ", + genuine attempts to the teacher's reference",
         }[self.anchor]
-        return f"w {self.weight:g}, T {self.temperature:g}, {self.calibration}{extra}"
+        cross = ", cross pairs" if self.cross else ""
+        share = f", impostors {self.impostor_share:g}" if self.impostor_share != 0.5 else ""
+        return f"w {self.weight:g}, T {self.temperature:g}, {self.calibration}{extra}{cross}{share}"
 
 
 _RUN_DEFAULTS = DistillConfig()
 DEFAULT_FORMAT2 = Format2(
-    _RUN_DEFAULTS.inspection_weight, _RUN_DEFAULTS.temperature, _RUN_DEFAULTS.calibration
+    _RUN_DEFAULTS.inspection_weight,
+    _RUN_DEFAULTS.temperature,
+    _RUN_DEFAULTS.calibration,
+    cross=_RUN_DEFAULTS.cross_pairs,
+    impostor_share=_RUN_DEFAULTS.impostor_share,
 )  # the distill run's defaults
 
 
@@ -375,6 +422,15 @@ def train_distilled(
             out = net(torch.cat([images, resize(both, net.input_size)]))
             student, pairs = out[:BATCH], out[BATCH:]
             scores, same = pair_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:]), inspection.genuine[pick]
+            if format2.cross:
+                assert inspection.claimed is not None and inspection.probe is not None
+                assert inspection.device is not None
+                verdicts = cross_pair_verdicts(
+                    inspection.claimed[pick], inspection.probe[pick], inspection.device[pick], same
+                )
+                known = verdicts >= 0
+                scores = cross_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:])[known]
+                cross_same = verdicts[known] == 1
             if format2.anchor and teacher is not None:
                 with torch.no_grad():
                     anchors = teacher.eval()(resize(both, teacher.input_size))
@@ -392,11 +448,12 @@ def train_distilled(
             student,
             target,
             inspection_scores=scores,
-            inspection_same=same,
+            inspection_same=cross_same if format2.cross and inspection is not None else same,
             threshold=threshold,
             temperature=format2.temperature,
             inspection_weight=format2.weight,
             calibration=format2.calibration,
+            impostor_share=format2.impostor_share,
         )
         loss = losses["loss"] + (anchor_loss if anchor_loss is not None else 0.0)
         optimizer.zero_grad()
@@ -526,9 +583,11 @@ def run_seed(
     photos: list[list[Image.Image]],
     how: str,
     say: Callable[[str], None],
-) -> tuple[dict[str, dict], dict[str, dict], float]:
-    """One seed: teacher, three students (plus any extra format-2 settings); held-out and validation
-    results per model, and the teacher card's threshold."""
+) -> tuple[dict[str, dict], dict[str, dict[str, dict]], dict[str, dict], float]:
+    """One seed: teacher, three students (plus any extra format-2 settings); held-out results, validation
+    results (``users``: the validation field users; ``returning``: the inspected users' validation photos,
+    both at thresholds from the validation users' clean pairs) and returning-user results per model, and
+    the teacher card's threshold."""
     train_people = photos[:TRAIN_IDS]
     field = photos[TRAIN_IDS : TRAIN_IDS + FIELD_IDS]
     held = photos[TRAIN_IDS + FIELD_IDS :]
@@ -540,11 +599,27 @@ def run_seed(
     y = torch.tensor([k for k, p in enumerate(train_people) for _ in p])
     rng = np.random.default_rng(seed)
     drifts = site_and_users(rng, len(field) + len(held))  # one site: field and held-out users share it
-    inspection = attempts_of(inspected_users, drifts[: len(inspected_users)], rng, range(1, 10))
+    inspection = attempts_of(inspected_users, drifts[: len(inspected_users)], rng, INSPECTED_PHOTOS)
     validation_attempts = attempts_of(
         validation_users, drifts[len(inspected_users) : len(field)], rng, range(1, 14)
     )
     held_attempts = attempts_of(held, drifts[len(field) :], rng, range(1, 14))
+    # the inspected users coming back: their later photos (never inspected), same site and own drift; its
+    # own generator, so the sets above are drawn exactly as before it existed
+    returning = attempts_of(
+        inspected_users,
+        drifts[: len(inspected_users)],
+        np.random.default_rng([seed, 13]),
+        RETURNING_PHOTOS,
+        5,
+    )
+    returning_validation = attempts_of(
+        inspected_users,
+        drifts[: len(inspected_users)],
+        np.random.default_rng([seed, 14]),
+        RETURNING_VALIDATION_PHOTOS,
+        5,
+    )
 
     def clean_set(people: list[list[Image.Image]]) -> tuple[torch.Tensor, tuple]:
         images = to_tensor([i for p in people for i in p])
@@ -563,15 +638,17 @@ def run_seed(
     card_threshold = evaluate(teacher, clean, pairs, held_attempts)["threshold"]  # clean pairs only
     with tempfile.TemporaryDirectory(prefix="facefleet-bench-collect-") as tmp:
         through = collected(
-            {"field-inspected": inspection, "held-out-attempts": held_attempts},
+            {"field-inspected": inspection, "held-out-attempts": held_attempts, "returning": returning},
             teacher,
             card_threshold,
             Path(tmp),
         )
     inspection, held_attempts = through["field-inspected"], through["held-out-attempts"]
+    returning = through["returning"]
     say(
         f"attempts through the collection path (record_attempt, label_attempt_audited, "
-        f"create_inspection_set): {len(inspection.genuine)} field, {len(held_attempts.genuine)} held out"
+        f"create_inspection_set): {len(inspection.genuine)} field, {len(held_attempts.genuine)} held out, "
+        f"{len(returning.genuine)} of the inspected users coming back"
     )
     with torch.no_grad():
         teacher.eval()
@@ -602,9 +679,13 @@ def run_seed(
     nets: dict[str, Backbone] = {"teacher": teacher}
     held_results = {"teacher": evaluate(teacher, clean, pairs, held_attempts)}
     val_results = {"teacher": evaluate(teacher, val_clean, val_pairs, validation_attempts)}
+    back_results = {"teacher": evaluate(teacher, clean, pairs, returning)}
+    back_val = {"teacher": evaluate(teacher, val_clean, val_pairs, returning_validation)}
     for name, train in arms.items():
         nets[name] = train()
         held_results[name] = evaluate(nets[name], clean, pairs, held_attempts)
+        back_results[name] = evaluate(nets[name], clean, pairs, returning)
+        back_val[name] = evaluate(nets[name], val_clean, val_pairs, returning_validation)
         val_results[name] = evaluate(nets[name], val_clean, val_pairs, validation_attempts)
         say(
             f"seed {seed} {name}: AUC {held_results[name]['auc']:.3f}; validation FR "
@@ -621,7 +702,7 @@ def run_seed(
         genuine = held_attempts.genuine.numpy()
         r["fr_teacher"] = int((~at_teacher[genuine]).sum())
         r["fa_teacher"] = int(at_teacher[~genuine].sum())
-    return held_results, val_results, card_threshold
+    return held_results, {"users": val_results, "returning": back_val}, back_results, card_threshold
 
 
 def num(value: float) -> str:
@@ -700,6 +781,18 @@ def verdicts(results: dict[str, dict], inspected_name: str) -> str:
     )
 
 
+def returning_verdict(results: dict[str, dict], inspected_name: str) -> str:
+    distilled, inspected = results["student, distilled"], results[inspected_name]
+    fewer = 1 - inspected["false_rejects"] / max(distilled["false_rejects"], 1)
+    ok = fewer >= 0.3 and inspected["false_accepts"] <= distilled["false_accepts"]
+    return (
+        f"returning users (the inspected users' later photos, never inspected): false rejects "
+        f"{num(distilled['false_rejects'])} -> {num(inspected['false_rejects'])} ({fewer:+.0%} fewer), false "
+        f"accepts {num(distilled['false_accepts'])} -> {num(inspected['false_accepts'])} "
+        f"(target >= 30% fewer, no more false accepts: {'met' if ok else 'MISSED'})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -722,7 +815,9 @@ def main() -> None:
     parser.add_argument(
         "--format2",
         default=f"{DEFAULT_FORMAT2.weight}:{DEFAULT_FORMAT2.temperature}:{DEFAULT_FORMAT2.calibration}",
-        help="comma-separated weight:temperature:calibration (teacher|batch)[:anchor] settings of format 2, "
+        help="comma-separated weight:temperature:calibration (teacher|batch) settings of format 2, each "
+        "optionally followed by :anchor or :reference, :cross or :plain (cross pairs on / off; default: the "
+        "run's cross_pairs) and :impS (impostor share S; default: the run's impostor_share), "
         "one inspection arm each; the first is the one the targets are judged on (default: the run's "
         "defaults)",
     )
@@ -747,22 +842,31 @@ def main() -> None:
         help="trained teachers kept per settings and seed (safetensors)",
     )
     args = parser.parse_args()
+    args.format2_raw = args.format2
     if args.data is None or not args.data.is_dir():
         parser.error("celeba_ids not found; give --data DIR (../shared/benchdata/celeba_ids)")
     try:
         args.format2 = [
-            Format2(float(w), float(t), c, anchor[0] if anchor else "")
-            for w, t, c, *anchor in (item.split(":") for item in args.format2.split(","))
+            Format2(
+                float(w),
+                float(t),
+                c,
+                next((x for x in extra if x in ("anchor", "reference")), ""),
+                "cross" in extra or ("plain" not in extra and DEFAULT_FORMAT2.cross),
+                next((float(x[3:]) for x in extra if x.startswith("imp")), DEFAULT_FORMAT2.impostor_share),
+            )
+            for w, t, c, *extra in (item.split(":") for item in args.format2.split(","))
         ]
+        flags = [x for item in args.format2_raw.split(",") for x in item.split(":")[3:]]
     except ValueError:
         parser.error("--format2: give weight:temperature:calibration, e.g. 0.3:0.1:batch")
-    if any(
-        f.calibration not in ("teacher", "batch")
-        or f.temperature <= 0
-        or f.anchor not in ("", "anchor", "reference")
-        for f in args.format2
+    if any(f.calibration not in ("teacher", "batch") or f.temperature <= 0 for f in args.format2) or any(
+        x not in ("anchor", "reference", "cross", "plain") and not x.startswith("imp") for x in flags
     ):
-        parser.error("--format2: calibration is teacher or batch, temperature > 0, anchor or reference")
+        parser.error(
+            "--format2: calibration is teacher or batch, temperature > 0, then any of anchor or reference, "
+            "cross (cross pairs) or plain (none)"
+        )
     torch.set_num_threads(1)
     started = time.time()
 
@@ -771,11 +875,12 @@ def main() -> None:
 
     photos, how = load_photos(args)
     say(f"{how}: {len(photos)} identities")
-    held_all, val_all = [], []
+    held_all, val_all, back_all = [], [], []
     for seed in range(args.seed, args.seed + args.seeds):
-        held, val, threshold = run_seed(args, seed, photos, how, say)
+        held, val, back, threshold = run_seed(args, seed, photos, how, say)
         held_all.append(held)
         val_all.append(val)
+        back_all.append(back)
         desc = (
             f"celeba_ids ({how}), seed {seed}; teacher {args.teacher_backbone}"
             f"{f' w{args.teacher_width}' if args.teacher_backbone in TINY_NETS else ''} "
@@ -789,15 +894,38 @@ def main() -> None:
         print_table(
             f"Validation (field users not in the inspection set), seed {seed}; thresholds at FAR 1% on "
             "their clean pairs",
-            val,
+            val["users"],
+            latency=False,
+        )
+        print_table(
+            f"Validation, returning users (the inspected users' photos {RETURNING_VALIDATION_PHOTOS.start}-"
+            f"{RETURNING_VALIDATION_PHOTOS.stop - 1}), seed {seed}; thresholds as validation",
+            val["returning"],
+            latency=False,
+        )
+        print_table(
+            f"Returning users (the {FIELD_IDS - VALIDATION_IDS} inspected field users' later photos "
+            f"{RETURNING_PHOTOS.start}-{RETURNING_PHOTOS.stop - 1}, never inspected), seed {seed}; "
+            "thresholds as held out",
+            back,
             latency=False,
         )
         print(verdicts(held, "student, distilled + inspection"), flush=True)
+        for name in (k for k in back if k.startswith("student, distilled + inspection")):
+            print(f"{name}: {returning_verdict(back, name)}", flush=True)
     if args.seeds > 1:
-        held_mean, val_mean = mean_of(held_all), mean_of(val_all)
+        held_mean, back_mean = mean_of(held_all), mean_of(back_all)
         print_table(f"Held out, mean of {args.seeds} seeds", held_mean)
-        print_table(f"Validation, mean of {args.seeds} seeds", val_mean, latency=False)
+        for part in ("users", "returning"):
+            print_table(
+                f"Validation ({part}), mean of {args.seeds} seeds",
+                mean_of([v[part] for v in val_all]),
+                latency=False,
+            )
+        print_table(f"Returning users, mean of {args.seeds} seeds", back_mean, latency=False)
         print(verdicts(held_mean, "student, distilled + inspection"))
+        for name in (k for k in back_mean if k.startswith("student, distilled + inspection")):
+            print(f"{name}: {returning_verdict(back_mean, name)}")
     print(f"total {time.time() - started:.0f}s")
 
 

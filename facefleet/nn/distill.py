@@ -95,23 +95,64 @@ def decision_loss(
     threshold: float | torch.Tensor,
     temperature: float,
     balanced: bool = True,
+    impostor_share: float = 0.5,
 ) -> torch.Tensor:
     """Logistic loss of decision scores [P] against verdicts [P] (True = genuine).
 
-    ``balanced``: genuine and impostor pairs each weigh half (inspection sets are mostly one kind, e.g.
-    only the rejections a terminal reported); a kind absent from the batch gives its half to the other.
+    ``balanced``: genuine and impostor pairs weigh ``1 - impostor_share`` and ``impostor_share`` of the
+    loss (inspection sets are mostly one kind, e.g. only the rejections a terminal reported); a kind absent
+    from the batch gives its share to the other.
     """
-    target = is_same.to(scores.dtype)
+    if not 0.0 <= impostor_share <= 1.0:
+        raise ValueError(f"impostor_share must lie in [0, 1], got {impostor_share}")
+    genuine, impostor = is_same.bool(), ~is_same.bool()
     losses = F.binary_cross_entropy_with_logits(
-        decision_logits(scores.float(), threshold, temperature), target.float(), reduction="none"
+        decision_logits(scores.float(), threshold, temperature), genuine.float(), reduction="none"
     )
     if not balanced:
         return losses.mean()
-    genuine, impostor = is_same.bool(), ~is_same.bool()
-    parts = [losses[mask].mean() for mask in (genuine, impostor) if bool(mask.any())]
+    parts = [
+        (share, losses[mask].mean())
+        for share, mask in ((1.0 - impostor_share, genuine), (impostor_share, impostor))
+        if bool(mask.any())
+    ]
     if not parts:
         return scores.float().sum() * 0.0
-    return torch.stack(parts).mean()
+    if len(parts) == 1:
+        return parts[0][1]
+    return sum(share * loss for share, loss in parts)  # type: ignore[return-value]
+
+
+def cross_pair_verdicts(
+    claimed: torch.Tensor, probe: torch.Tensor, device: torch.Tensor, genuine: torch.Tensor
+) -> torch.Tensor:
+    """Every reference of a batch of inspected pairs against every attempt of it: [P, P] int8, 1 genuine,
+    0 impostor, -1 unknown (row i: pair i's reference, column j: pair j's attempt).
+
+    ``claimed`` [P]: the enrolled user each pair claims (an integer code, unique per device and user);
+    ``probe`` [P]: who the attempt shows, as far as the inspector said: the claimed user's code when the
+    verdict was genuine, -1 otherwise (an impostor's identity is unknown); ``device`` [P]: the terminal's
+    code; ``genuine`` [P]: the verdicts. The diagonal is the verdicts themselves. Off it, an attempt an
+    inspector confirmed as user v is a genuine pair for every reference of v and an impostor pair for the
+    reference of any other user enrolled on the same terminal (two users of one terminal are two people);
+    across terminals the same person may be enrolled twice, so those pairs stay unknown.
+    """
+    sizes = {int(t.shape[0]) for t in (claimed, probe, device, genuine)}
+    if len(sizes) != 1 or any(t.ndim != 1 for t in (claimed, probe, device, genuine)):
+        raise ValueError("claimed, probe, device and genuine must be [P] tensors of one length")
+    identified = probe[None, :] >= 0
+    same_user = claimed[:, None] == probe[None, :]
+    same_device = device[:, None] == device[None, :]
+    verdicts = torch.full(same_user.shape, -1, dtype=torch.int8, device=claimed.device)
+    verdicts[identified & same_user] = 1
+    verdicts[identified & ~same_user & same_device] = 0
+    verdicts.diagonal().copy_(genuine.to(torch.int8))
+    return verdicts
+
+
+def cross_scores(references: torch.Tensor, attempts: torch.Tensor) -> torch.Tensor:
+    """[P, P] cosines of every reference [P, D] against every attempt [P, D] (diagonal: ``pair_scores``)."""
+    return F.normalize(references.float(), dim=1) @ F.normalize(attempts.float(), dim=1).T
 
 
 def pair_scores(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -132,6 +173,7 @@ def distillation_losses(
     temperature: float = 0.05,
     inspection_weight: float = 0.0,
     calibration: str = "teacher",
+    impostor_share: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """The named losses of one step; ``loss`` is their weighted sum.
 
@@ -152,7 +194,13 @@ def distillation_losses(
         if calibration == "batch" and student.shape[0] >= 2:
             at = calibrated_threshold(student, teacher, threshold)
             losses["decision_threshold"] = at.detach()
-        decision = decision_loss(inspection_scores, inspection_same, threshold=at, temperature=temperature)
+        decision = decision_loss(
+            inspection_scores,
+            inspection_same,
+            threshold=at,
+            temperature=temperature,
+            impostor_share=impostor_share,
+        )
         losses["inspection_loss"] = decision
         total = total + inspection_weight * decision
     losses["loss"] = total

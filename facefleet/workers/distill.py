@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 from torch import nn
 
 from facefleet.nn.backbones import Backbone, get_backbone
-from facefleet.nn.distill import distillation_losses, pair_scores
+from facefleet.nn.distill import cross_pair_verdicts, cross_scores, distillation_losses, pair_scores
 from facefleet.platform.datasets import layout
 from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.errors import InvalidInputError
@@ -161,18 +162,62 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def load_inspection_pairs(
-    job: DistillJob, input_size: int
+@dataclass
+class InspectionPairs:
+    """Inspected attempts as pairs: crops, verdicts, and who they are as far as the inspector said (the
+    codes of ``facefleet.nn.distill.cross_pair_verdicts``)."""
+
+    reference: torch.Tensor  # [P, 3, S, S] the enrolled user's crop
+    attempt: torch.Tensor  # [P, 3, S, S]
+    genuine: torch.Tensor  # [P] bool
+    claimed: torch.Tensor  # [P] long: the claimed user, one code per (device, user)
+    probe: torch.Tensor  # [P] long: the claimed user's code when the verdict is genuine, else -1
+    device: torch.Tensor  # [P] long: the terminal
+
+    def __len__(self) -> int:
+        return int(self.genuine.shape[0])
+
+
+def inspection_identities(
+    store: ObjectStore, manifest_key: str, pairs_key: str, codes: dict[str, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every inspected attempt of the run's inspection sets: (reference crops, attempt crops, genuine)."""
+    """(claimed, probe, device) codes of an inspection set's pairs, from its manifest's identities
+    (``facefleet.platform.inspections.sets``: ``device:user`` for the reference and a genuine attempt,
+    ``impostor:<id>`` for an impostor's). ``codes`` maps names to codes and grows, so that several sets
+    share one numbering (one person on one terminal is one code in all of them)."""
+    from facefleet.platform.datasets.shards import read_manifest, read_pairs
+
+    identities = read_manifest(store, manifest_key)["identity"].to_pylist()
+    claimed, probe, device = [], [], []
+    for left, right, same in read_pairs(store, pairs_key):
+        user = str(identities[left])
+        claimed.append(codes.setdefault(user, len(codes)))
+        probe.append(claimed[-1] if same and str(identities[right]) == user else -1)
+        device.append(codes.setdefault("device " + user.split(":", 1)[0], len(codes)))
+    return (
+        torch.tensor(claimed, dtype=torch.long),
+        torch.tensor(probe, dtype=torch.long),
+        torch.tensor(device, dtype=torch.long),
+    )
+
+
+def load_inspection_pairs(job: DistillJob, input_size: int) -> InspectionPairs:
+    """Every inspected attempt of the run's inspection sets."""
     from facefleet.workers.data import load_verification_set
 
     store = _store(job)
-    parts = [load_verification_set(store, s.manifest_key, s.pairs_key, input_size) for s in job.inspection]
+    codes: dict[str, int] = {}
+    parts = [
+        (
+            *load_verification_set(store, s.manifest_key, s.pairs_key, input_size),
+            *inspection_identities(store, s.manifest_key, s.pairs_key, codes),
+        )
+        for s in job.inspection
+    ]
     if not parts:
-        empty = torch.zeros(0, 3, input_size, input_size)
-        return empty, empty, torch.zeros(0, dtype=torch.bool)
-    return tuple(torch.cat(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+        empty, none = torch.zeros(0, 3, input_size, input_size), torch.zeros(0, dtype=torch.long)
+        return InspectionPairs(empty, empty, torch.zeros(0, dtype=torch.bool), none, none, none)
+    return InspectionPairs(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
 
 def training_batches(
@@ -185,15 +230,21 @@ def training_batches(
 
 
 def _pair_batch(
-    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], count: int, rng: np.random.Generator
+    pairs: InspectionPairs, count: int, rng: np.random.Generator, *, cross_pairs: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random inspected pairs, each crop flipped with probability 1/2: (crops, genuine)."""
-    left, right, same = pairs
-    pick = torch.from_numpy(rng.integers(0, len(same), count))
-    crops = torch.cat([left[pick], right[pick]])
+    """``count`` random inspected pairs, each crop flipped with probability 1/2: (crops: the references
+    then the attempts, verdicts: [count] bool, or with ``cross_pairs`` the [count, count] int8 matrix of
+    every reference against every attempt)."""
+    pick = torch.from_numpy(rng.integers(0, len(pairs), count))
+    crops = torch.cat([pairs.reference[pick], pairs.attempt[pick]])
     flip = torch.from_numpy(rng.random(2 * count) < 0.5)
     crops = torch.where(flip[:, None, None, None], torch.flip(crops, dims=[3]), crops)
-    return crops, same[pick]
+    if not cross_pairs:
+        return crops, pairs.genuine[pick]
+    verdicts = cross_pair_verdicts(
+        pairs.claimed[pick], pairs.probe[pick], pairs.device[pick], pairs.genuine[pick]
+    )
+    return crops, verdicts
 
 
 def distill_train_func(loop_config: dict[str, Any]) -> None:
@@ -215,7 +266,7 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
     ddp = wrap_distributed(student, device)  # type: ignore[arg-type]
     reporter = RankZeroReporter(job, world_size, start_step) if rank == 0 else None
     pairs = load_inspection_pairs(job, cfg.input_size)
-    use_pairs = len(pairs[2]) > 0 and spec.inspection_weight > 0
+    use_pairs = len(pairs) > 0 and spec.inspection_weight > 0
     rng = np.random.default_rng([cfg.seed, rank, start_step, 2])
     batches = training_batches(job, rank, world_size, start_step, max(cfg.input_size, ref.input_size), device)
     step = start_step
@@ -229,13 +280,19 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
         batch, count = resize(images, cfg.input_size), images.shape[0]
         same = None
         if use_pairs:
-            crops, same = _pair_batch(pairs, spec.inspection_batch, rng)
+            crops, verdicts = _pair_batch(pairs, spec.inspection_batch, rng, cross_pairs=spec.cross_pairs)
             batch = torch.cat([batch, crops.to(device)])  # one forward: BatchNorm sees one batch
         embeddings, projected = ddp(batch)
         scores = None
-        if same is not None:
+        if use_pairs:
             k = spec.inspection_batch
-            scores = pair_scores(embeddings[count : count + k], embeddings[count + k :])
+            references, attempts = embeddings[count : count + k], embeddings[count + k :]
+            if spec.cross_pairs:
+                known = verdicts.to(device) >= 0
+                scores = cross_scores(references, attempts)[known]
+                same = verdicts.to(device)[known] == 1
+            else:
+                scores, same = pair_scores(references, attempts), verdicts
         losses = distillation_losses(
             embeddings[:count],
             target,
@@ -248,6 +305,7 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
             temperature=spec.temperature,
             inspection_weight=spec.inspection_weight,
             calibration=spec.calibration,
+            impostor_share=spec.impostor_share,
         )
         apply_gradients(losses["loss"], optimizer, scheduler, state.scaler)
         step += 1

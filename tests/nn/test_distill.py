@@ -11,6 +11,8 @@ import torch
 from facefleet.nn.distill import (
     calibrated_threshold,
     cosine_matrix,
+    cross_pair_verdicts,
+    cross_scores,
     decision_loss,
     distillation_losses,
     embedding_distance_loss,
@@ -45,13 +47,17 @@ def ref_logistic(score: float, same: bool, threshold: float, temperature: float)
     return -math.log(p) if same else -math.log(1 - p)
 
 
-def ref_decision(scores: list[float], same: list[bool], threshold: float, temperature: float) -> float:
+def ref_decision(
+    scores: list[float], same: list[bool], threshold: float, temperature: float, impostor_share: float = 0.5
+) -> float:
     genuine = [ref_logistic(s, True, threshold, temperature) for s, y in zip(scores, same, strict=True) if y]
     impostor = [
         ref_logistic(s, False, threshold, temperature) for s, y in zip(scores, same, strict=True) if not y
     ]
-    parts = [sum(p) / len(p) for p in (genuine, impostor) if p]
-    return sum(parts) / len(parts)
+    if not genuine or not impostor:
+        part = genuine or impostor
+        return sum(part) / len(part)
+    return (1 - impostor_share) * sum(genuine) / len(genuine) + impostor_share * sum(impostor) / len(impostor)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -98,6 +104,27 @@ def test_decision_loss_matches_the_reference(seed: int) -> None:
     )
     plain = sum(ref_logistic(s, y, 0.3, 0.1) for s, y in zip(scores, same, strict=True)) / len(scores)
     assert float(unbalanced) == pytest.approx(plain, rel=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.8, 1.0])
+def test_decision_loss_impostor_share_matches_the_reference(share: float) -> None:
+    rng = np.random.default_rng(5)
+    scores = list(rng.uniform(-1, 1, size=11))
+    same = [bool(x) for x in rng.integers(0, 2, size=11)]
+    same[0], same[1] = True, False
+    value = decision_loss(
+        torch.tensor(scores), torch.tensor(same), threshold=0.2, temperature=0.2, impostor_share=share
+    )
+    assert float(value) == pytest.approx(ref_decision(scores, same, 0.2, 0.2, share), rel=1e-5)
+    # a kind absent from the batch gives its share to the other, whatever the share
+    alone = decision_loss(
+        torch.tensor(scores[:1]), torch.tensor([True]), threshold=0.2, temperature=0.2, impostor_share=share
+    )
+    assert float(alone) == pytest.approx(ref_logistic(scores[0], True, 0.2, 0.2), rel=1e-5)
+    with pytest.raises(ValueError, match="impostor_share"):
+        decision_loss(
+            torch.tensor(scores), torch.tensor(same), threshold=0.2, temperature=0.2, impostor_share=1.5
+        )
 
 
 def test_decision_loss_keeps_the_threshold_meaning() -> None:
@@ -231,3 +258,70 @@ def test_batch_calibration_pushes_the_batchs_high_scores_down() -> None:
     assert "decision_threshold" not in teacher_mode
     with pytest.raises(ValueError, match="calibration"):
         distillation_losses(student, teacher, calibration="median")
+
+
+def ref_cross_verdicts(
+    claimed: list[int], probe: list[int], device: list[int], genuine: list[bool]
+) -> list[list[int]]:
+    """Row i (pair i's reference) against column j (pair j's attempt), by the rule in words."""
+    out = []
+    for i in range(len(claimed)):
+        row = []
+        for j in range(len(claimed)):
+            if i == j:
+                row.append(1 if genuine[i] else 0)
+            elif probe[j] < 0:  # the inspector did not say who the attempt is
+                row.append(-1)
+            elif probe[j] == claimed[i]:
+                row.append(1)
+            elif device[i] == device[j]:
+                row.append(0)
+            else:
+                row.append(-1)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cross_pair_verdicts_match_the_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    count = 12
+    device = rng.integers(0, 2, count)
+    claimed = device * 10 + rng.integers(0, 4, count)  # codes unique per (device, user)
+    genuine = rng.random(count) < 0.6
+    probe = np.where(genuine, claimed, -1)
+    got = cross_pair_verdicts(
+        torch.tensor(claimed), torch.tensor(probe), torch.tensor(device), torch.tensor(genuine)
+    )
+    assert got.dtype == torch.int8
+    expected = ref_cross_verdicts(claimed.tolist(), probe.tolist(), device.tolist(), genuine.tolist())
+    assert got.tolist() == expected
+
+
+def test_cross_pairs_add_impostors_only_within_a_terminal() -> None:
+    # Terminal 0: users 0 and 1 (genuine attempts), one impostor claiming user 0; terminal 1: user 5
+    # (genuine), who may be the same person as a user of terminal 0.
+    claimed = torch.tensor([0, 1, 0, 5])
+    genuine = torch.tensor([True, True, False, True])
+    verdicts = cross_pair_verdicts(
+        claimed, torch.where(genuine, claimed, -1), torch.tensor([0, 0, 0, 1]), genuine
+    )
+    assert verdicts.tolist() == [
+        [1, 0, -1, -1],  # user 0's reference: user 1's attempt is someone else; the impostor unknown
+        [0, 1, -1, -1],
+        [1, 0, 0, -1],  # the impostor pair's reference is user 0's: user 0's own attempt is genuine
+        [-1, -1, -1, 1],  # another terminal: unknown
+    ]
+
+
+def test_cross_scores_diagonal_is_the_pair_score() -> None:
+    generator = torch.Generator().manual_seed(3)
+    references, attempts = torch.randn(5, 8, generator=generator), torch.randn(5, 8, generator=generator)
+    matrix = cross_scores(references, attempts)
+    torch.testing.assert_close(matrix.diagonal(), pair_scores(references, attempts))
+    torch.testing.assert_close(matrix[1, 3], pair_scores(references[1:2], attempts[3:4])[0])
+
+
+def test_cross_pair_verdicts_refuse_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="one length"):
+        cross_pair_verdicts(torch.zeros(3), torch.zeros(3), torch.zeros(2), torch.zeros(3, dtype=torch.bool))

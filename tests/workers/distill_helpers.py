@@ -41,9 +41,11 @@ def register_inspection_set(
     threshold: float = 0.5,
     model_version_id: int | None = None,
     group: str | None = None,
+    users: Sequence[str] | None = None,
 ) -> DatasetVersion:
     """Record ``attempts`` from one device of ``group`` (default ``<name>-terminals``) running
-    ``model_version_id`` (default: the first registered model version), label them, export them."""
+    ``model_version_id`` (default: the first registered model version), label them, export them.
+    ``users``: the enrolled user each attempt claims (default: a user of its own per attempt)."""
     if model_version_id is None:
         model_version_id = session.scalar(select(ModelVersion.id).order_by(ModelVersion.id).limit(1))
         assert model_version_id is not None, "register a model version first (the attempts' model)"
@@ -59,7 +61,7 @@ def register_inspection_set(
         score = genuine_score if verdict == "genuine" else threshold - 0.3
         body = AttemptUpload(
             model_version_id=model_version_id,
-            user=f"user-{index}",
+            user=users[index] if users is not None else f"user-{index}",
             score=score,
             decision="accept" if score >= threshold else "reject",
             threshold=threshold,

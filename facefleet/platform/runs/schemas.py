@@ -179,8 +179,9 @@ class TeacherRef(_Strict):
 class DistillConfig(_Strict):
     """A ``kind: distill`` run (seed 002): a student backbone learns a registered teacher's embeddings
     (format 1) and, on inspection sets, the inspectors' verdicts at the student's counterpart of the
-    teacher card's threshold (format 2). Format 2's defaults (weight 0.1, temperature 0.2, batch
-    calibration) were chosen on bench/distill.py's validation users, as the least harmful setting."""
+    teacher card's threshold (format 2). Format 2's defaults (weight 0.3, temperature 0.2, batch
+    calibration, impostor share 0.8, cross pairs) were chosen on bench/distill.py's validation photos of
+    returning users and its validation users."""
 
     teacher: str = Field(
         default="", max_length=200, description="a registered embedding model: name@version or name@alias"
@@ -195,7 +196,7 @@ class DistillConfig(_Strict):
         default=1.0, ge=0.0, le=1e4, description="MSE of the batch cosine-similarity matrices"
     )
     inspection_weight: float = Field(
-        default=0.1, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
+        default=0.3, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
     )
     temperature: float = Field(
         default=0.2, gt=0.0, le=10.0, description="decision logit = (score - threshold) / temperature"
@@ -208,6 +209,17 @@ class DistillConfig(_Strict):
     )
     inspection_batch: int = Field(
         default=32, ge=1, le=4096, description="inspected pairs per worker per step"
+    )
+    impostor_share: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="format 2: the share of the decision loss on impostor pairs (genuine pairs get the rest)",
+    )
+    cross_pairs: bool = Field(
+        default=True,
+        description="format 2 also on every reference of a batch of inspected pairs against every attempt "
+        "an inspector confirmed: genuine for the same user, impostor for another user of the same terminal",
     )
     card_threshold: Literal["evaluated", "teacher"] = Field(
         default="evaluated",
