@@ -122,6 +122,8 @@ def requests_for(route: str, seeded: Seeded, etags: list[str], deployment_id: in
             out.append(
                 ("POST", "/v1/device/status", {**dev, "content-type": "application/json"}, body.encode(), 200)
             )
+        elif route in DEPLOYMENT_ROUTES:
+            out.append(("GET", route.partition(" ")[2].replace("{id}", str(deployment_id)), admin, b"", 200))
         elif route in ADMIN_ROUTES:
             method, _, path = route.partition(" ")
             path = path.replace("{id}", str(seeded.policy_id))
@@ -140,11 +142,17 @@ ADMIN_ROUTES = [
     "GET /v1/policies/{id}",
     "POST /v1/policies/{id}:fire",
 ]
+# A deployment's reads, whose cost used to grow with the group (every device row in every answer).
+DEPLOYMENT_ROUTES = [
+    "GET /v1/deployments?limit=20",
+    "GET /v1/deployments/{id}/devices?limit=20",
+]
 ROUTES = [
     "GET /healthz",
     "GET /v1/device/assignment (304)",
     "POST /v1/device/heartbeat",
     *ADMIN_ROUTES,
+    *DEPLOYMENT_ROUTES,
     "POST /v1/device/status",
 ]
 
@@ -224,8 +232,15 @@ def measure_db(kind: str, args: argparse.Namespace) -> dict[str, tuple[float, fl
         async def main() -> None:
             admin = {"authorization": f"Bearer {seeded.admin_token}", "content-type": "application/json"}
             body = json.dumps({"model_version_id": seeded.model_version_id, "group": seeded.group}).encode()
+            started = time.process_time()
             status, _h, content = await call(app, "POST", "/v1/deployments", admin, body)
             assert status == 201, content[:300]
+            created_ms = (time.process_time() - started) * 1000
+            print(
+                f"{kind}: POST /v1/deployments ({args.devices} devices): {created_ms:.0f} ms CPU (one), "
+                f"answer {len(content):,} bytes",
+                flush=True,
+            )
             deployment_id = json.loads(content)["id"]
             etags: list[str] = []
             for cred in seeded.credentials:

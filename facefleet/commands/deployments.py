@@ -83,7 +83,7 @@ def create(
             created = _create_locally(body)
     console.print(
         f"deployment {created.id}: {target.name} v{target.version} -> group {created.group} "
-        f"({created.strategy}, {len(created.devices)} devices, stage {created.stage})"
+        f"({created.strategy}, {created.device_count} devices, stage {created.stage})"
     )
 
 
@@ -104,8 +104,8 @@ def list_(
     """List deployments, newest first."""
 
     def local(session: Session) -> list[DeploymentRead]:
-        views, _total = deployments.list_deployments(session, group=group, limit=10_000)
-        return [deployments.deployment_read(view) for view in views]
+        summaries, _total = deployments.list_deployments(session, group=group, limit=10_000)
+        return [deployments.summary_read(summary) for summary in summaries]
 
     rows = remote_or_local(
         server,
@@ -123,7 +123,7 @@ def list_(
         "id", "model version", "group", "strategy", "status", "stage", "devices", "installed", "created"
     )
     for row in rows:
-        installed = sum(device.status == "installed" for device in row.devices)
+        installed = sum(statuses.get("installed", 0) for statuses in row.device_counts.values())
         table.add_row(
             str(row.id),
             str(row.model_version_id),
@@ -131,7 +131,7 @@ def list_(
             row.strategy if row.strategy == "all" else f"canary {row.canary_percent:g}%",
             row.status,
             row.stage,
-            str(len(row.devices)),
+            str(row.device_count),
             str(installed),
             row.created_at.strftime("%Y-%m-%d %H:%M"),
         )
@@ -162,7 +162,7 @@ def show(
         f"{view.max_failure_rate:g}, by {view.created_by or '-'}{finished})"
     )
     table = Table("device", "name", "phase", "status", "previous version", "message", "updated")
-    for device in view.devices:
+    for device in view.devices or []:
         table.add_row(
             str(device.device_id),
             device.device_name,

@@ -88,13 +88,71 @@ def test_a_paced_deployment_hands_the_model_out_in_turn(api: Api) -> None:
     assert deployed.status_code == 201, deployed.text
     body = deployed.json()
     assert body["release_per_minute"] == 1
-    assert [d["released"] for d in body["devices"]] == [True, False]
+    # the answer counts the devices instead of listing them; their rows are a paged route of their own
+    assert body["devices"] is None and body["device_count"] == 2
+    assert body["device_counts"] == {"all": {"pending": 2}}
+    rows = api.client.get(f"/v1/deployments/{body['id']}/devices", headers=api.admin).json()["items"]
+    assert [d["released"] for d in rows] == [True, False]
     assert api.client.get("/v1/device/assignment", headers=first).json()["action"] == "install"
     turn = api.client.get("/v1/device/assignment", headers=second)
     assert turn.status_code == 200 and turn.json()["action"] == "none" and turn.json()["status"] == "pending"
     again = api.client.get("/v1/device/assignment", headers={**second, "If-None-Match": turn.headers["ETag"]})
     assert again.status_code == 304
     assert turn.headers["ETag"] != waiting_tag  # it is in a deployment now, only not its turn
+
+
+def test_deployment_lists_count_devices_and_their_rows_come_a_page_at_a_time(api: Api) -> None:
+    """Lists and the create answer stay the same size whatever the group's; the rows are paged by device id."""
+    names = [f"d{i}" for i in range(5)]
+    for name in names:
+        enrolled_device(api, name)
+    created = api.client.post(
+        "/v1/deployments",
+        headers=api.admin,
+        json={
+            "model_version_id": signed_version(api),
+            "group": "lobby",
+            "strategy": "canary",
+            "canary_percent": 40,
+        },
+    ).json()
+    assert created["devices"] is None and created["device_count"] == 5 and created["stage"] == "canary"
+    assert created["device_counts"] == {"canary": {"pending": 2}, "rest": {"pending": 3}}
+    listed = api.client.get("/v1/deployments", headers=api.admin).json()["items"]
+    assert [(d["id"], d["device_count"], d["devices"]) for d in listed] == [(created["id"], 5, None)]
+    detail = api.client.get(f"/v1/deployments/{created['id']}", headers=api.admin).json()
+    assert len(detail["devices"]) == 5 and detail["device_counts"] == created["device_counts"]
+
+    seen: list[str] = []
+    params: dict[str, object] = {"limit": 2}
+    while True:
+        page = api.client.get(f"/v1/deployments/{created['id']}/devices", headers=api.admin, params=params)
+        assert page.status_code == 200, page.text
+        seen += [row["device_name"] for row in page.json()["items"]]
+        if page.json()["next_after"] is None:
+            break
+        params["after"] = page.json()["next_after"]
+    assert seen == [row["device_name"] for row in detail["devices"]] and sorted(seen) == names
+    canaries = api.client.get(
+        f"/v1/deployments/{created['id']}/devices", headers=api.admin, params={"phase": "canary"}
+    ).json()
+    assert canaries["total"] == 2 and {row["phase"] for row in canaries["items"]} == {"canary"}
+    assert all(row["released"] for row in canaries["items"])
+    rest = api.client.get(
+        f"/v1/deployments/{created['id']}/devices",
+        headers=api.admin,
+        params={"phase": "rest", "status": "pending"},
+    ).json()
+    assert rest["total"] == 3 and not any(row["released"] for row in rest["items"])  # canaries first
+
+    missing = api.client.get("/v1/deployments/999999/devices", headers=api.admin)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    bad = api.client.get(
+        f"/v1/deployments/{created['id']}/devices", headers=api.admin, params={"status": "done"}
+    )
+    assert bad.status_code == 422 and "status" in bad.text
+    device = enrolled_device(api, "intruder")
+    assert api.client.get(f"/v1/deployments/{created['id']}/devices", headers=device).status_code == 403
 
 
 def test_heartbeat_is_one_write_and_refuses_unknown_and_disabled(api: Api) -> None:

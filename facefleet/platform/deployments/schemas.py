@@ -74,7 +74,15 @@ class DeploymentRead(BaseModel):
     created_by: str
     created_at: datetime
     finished_at: datetime | None
-    devices: list[DeviceRolloutRead] = Field(default_factory=list)
+    device_count: int = Field(default=0, description="Devices in the deployment.")
+    device_counts: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Devices per phase (canary | rest | all), then per status."
+    )
+    devices: list[DeviceRolloutRead] | None = Field(
+        default=None,
+        description="Each device's row, only in GET /v1/deployments/{id} (lists and the create answer: null; "
+        "page through a large group with GET /v1/deployments/{id}/devices).",
+    )
 
 
 class AssignedArtifact(BaseModel):

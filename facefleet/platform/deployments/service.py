@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -297,18 +298,37 @@ def _stop(session: Session, deployment: Deployment, *, failed: list[DeviceDeploy
     )
 
 
-def deployment_read(view: DeploymentView) -> DeploymentRead:
-    """The deployment with each device's rollout row, as the API and CLI show it."""
-    d = view.deployment
-    now = utcnow()
+def _released(deployment: Deployment, stage: str, row: DeviceDeployment, now: datetime) -> bool:
+    """Whether the device's turn has come (its phase's stage and the pacing); a device that began has."""
+    if row.status != "pending" or deployment.status != "in_progress":
+        return row.status != "pending"
+    if row.phase == "rest" and stage == "canary":
+        return False
+    return turn_has_come(deployment, row, now)
 
-    def released(row: DeviceDeployment) -> bool:
-        if row.status != "pending" or d.status != "in_progress":
-            return row.status != "pending"
-        if row.phase == "rest" and view.stage == "canary":
-            return False
-        return turn_has_come(d, row, now)
 
+def _rollout_row(
+    deployment: Deployment, stage: str, row: DeviceDeployment, name: str, now: datetime
+) -> DeviceRolloutRead:
+    return DeviceRolloutRead(
+        device_id=row.device_id,
+        device_name=name,
+        phase=row.phase,
+        status=row.status,
+        released=_released(deployment, stage, row, now),
+        previous_model_version_id=row.previous_model_version_id,
+        message=row.message,
+        updated_at=row.updated_at,
+    )
+
+
+def _read(
+    deployment: Deployment,
+    stage: str,
+    counts: dict[str, dict[str, int]],
+    devices: list[DeviceRolloutRead] | None,
+) -> DeploymentRead:
+    d = deployment
     return DeploymentRead(
         id=d.id,
         model_version_id=d.model_version_id,
@@ -319,24 +339,101 @@ def deployment_read(view: DeploymentView) -> DeploymentRead:
         release_per_minute=d.release_per_minute,
         rest_released_at=d.rest_released_at,
         status=d.status,
-        stage=view.stage,
+        stage=stage,
         created_by=d.created_by,
         created_at=d.created_at,
         finished_at=d.finished_at,
-        devices=[
-            DeviceRolloutRead(
-                device_id=row.device_id,
-                device_name=name,
-                phase=row.phase,
-                status=row.status,
-                released=released(row),
-                previous_model_version_id=row.previous_model_version_id,
-                message=row.message,
-                updated_at=row.updated_at,
-            )
-            for row, name in view.rows
-        ],
+        device_count=sum(n for statuses in counts.values() for n in statuses.values()),
+        device_counts=counts,
+        devices=devices,
     )
+
+
+def deployment_read(view: DeploymentView) -> DeploymentRead:
+    """The deployment with each device's rollout row (``GET /v1/deployments/{id}``, ``deployments show``)."""
+    now = utcnow()
+    counts: dict[str, dict[str, int]] = {}
+    for row, _name in view.rows:
+        phase = counts.setdefault(row.phase, {})
+        phase[row.status] = phase.get(row.status, 0) + 1
+    devices = [_rollout_row(view.deployment, view.stage, row, name, now) for row, name in view.rows]
+    return _read(view.deployment, view.stage, counts, devices)
+
+
+@dataclass
+class DeploymentSummary:
+    """A deployment with how many of its devices are in each phase and status, without their rows."""
+
+    deployment: Deployment
+    stage: str
+    counts: dict[str, dict[str, int]]  # phase -> status -> devices
+
+
+def summary_read(summary: DeploymentSummary) -> DeploymentRead:
+    """The deployment with counts only (lists and the create answer: their size does not grow with the
+    group; ``devices`` is null)."""
+    return _read(summary.deployment, summary.stage, summary.counts, None)
+
+
+def summarize(session: Session, deployments: list[Deployment]) -> list[DeploymentSummary]:
+    """Summaries of ``deployments``: one grouped, index-only count over their device rows."""
+    counts: dict[int, dict[str, dict[str, int]]] = {d.id: {} for d in deployments}
+    if deployments:
+        grouped = session.execute(
+            select(
+                DeviceDeployment.deployment_id, DeviceDeployment.phase, DeviceDeployment.status, func.count()
+            )
+            .where(DeviceDeployment.deployment_id.in_(list(counts)))
+            .group_by(DeviceDeployment.deployment_id, DeviceDeployment.phase, DeviceDeployment.status)
+        ).all()
+        for deployment_id, phase, status, count in grouped:
+            counts[deployment_id].setdefault(phase, {})[status] = int(count)
+    return [DeploymentSummary(d, _stage_from_counts(d, counts[d.id]), counts[d.id]) for d in deployments]
+
+
+def _stage_from_counts(deployment: Deployment, counts: dict[str, dict[str, int]]) -> str:
+    """``rollout_stage`` from the counts: ``canary`` while a canary is not final."""
+    if deployment.status != "in_progress":
+        return "done"
+    canaries = counts.get("canary", {})
+    return "canary" if any(n for status, n in canaries.items() if status not in FINAL_STATUSES) else "rollout"
+
+
+def list_deployment_devices(
+    session: Session,
+    *,
+    deployment_id: int,
+    status: str | None = None,
+    phase: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    after: int | None = None,
+) -> tuple[list[DeviceRolloutRead], int | None]:
+    """One page of a deployment's device rows in device id order (``after``: the last device id seen)."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFoundError(f"no deployment with id {deployment_id}")
+    stage = current_stage(session, deployment)
+    query = select(DeviceDeployment).where(DeviceDeployment.deployment_id == deployment_id)
+    if status is not None:
+        query = query.where(DeviceDeployment.status == status)
+    if phase is not None:
+        query = query.where(DeviceDeployment.phase == phase)
+    rows, total = fetch_page(
+        session,
+        query.order_by(DeviceDeployment.device_id),
+        limit=limit,
+        offset=offset,
+        after=after,
+        key=DeviceDeployment.device_id,
+    )
+    names = dict(
+        session.execute(
+            select(Device.id, Device.name).where(Device.id.in_([r.device_id for r in rows]))
+        ).all()
+    )
+    now = utcnow()
+    return [_rollout_row(deployment, stage, row, names.get(row.device_id, ""), now) for row in rows], total
 
 
 def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
@@ -364,7 +461,8 @@ def list_deployments(
     limit: int = 50,
     offset: int = 0,
     after: int | None = None,
-) -> tuple[list[DeploymentView], int | None]:
+) -> tuple[list[DeploymentSummary], int | None]:
+    """One page of deployments, newest first, each with its device counts (not its device rows)."""
     query = select(Deployment)
     if group is not None:
         query = query.where(Deployment.group == group)
@@ -377,7 +475,7 @@ def list_deployments(
         key=Deployment.id,
         descending=True,
     )
-    return [_view(session, deployment) for deployment in deployments], total
+    return summarize(session, list(deployments)), total
 
 
 def create_deployment_audited(session: Session, body: DeploymentCreate, *, actor: str) -> DeploymentRead:
@@ -393,4 +491,4 @@ def create_deployment_audited(session: Session, body: DeploymentCreate, *, actor
         created_by=actor,
     )
     audit.record(session, actor, "deployments.create", "deployment", deployment.id, body.model_dump())
-    return deployment_read(get_deployment(session, deployment_id=deployment.id))
+    return summary_read(summarize(session, [deployment])[0])

@@ -43,17 +43,17 @@ def canary_progress(view: DeploymentRead) -> dict[str, int]:
     """How many devices of each phase finished (installed) or failed, for the progress bars."""
     out: dict[str, int] = {}
     for phase in ("canary", "rest", "all"):
-        rows = [row for row in view.devices if row.phase == phase]
-        out[f"{phase}_total"] = len(rows)
-        out[f"{phase}_installed"] = sum(row.status == "installed" for row in rows)
-        out[f"{phase}_failed"] = sum(row.status in ("failed", "rolled_back") for row in rows)
+        statuses = view.device_counts.get(phase, {})
+        out[f"{phase}_total"] = sum(statuses.values())
+        out[f"{phase}_installed"] = statuses.get("installed", 0)
+        out[f"{phase}_failed"] = statuses.get("failed", 0) + statuses.get("rolled_back", 0)
     return out
 
 
 @router.get("/deployments", response_class=HTMLResponse)
 def deployments_page(console: ConsoleUser, session: DbSession) -> HTMLResponse:
-    views, total = deployments.list_deployments(session, limit=200)
-    reads = [deployments.deployment_read(view) for view in views]
+    summaries, total = deployments.list_deployments(session, limit=200)
+    reads = [deployments.summary_read(summary) for summary in summaries]
     labels = version_labels(session, {read.model_version_id for read in reads})
     return console.render(
         "deployments.html",
@@ -70,7 +70,7 @@ def rollback_target(view: DeploymentRead) -> int:
     """The model version most of the deployment's devices ran before it (what a rollback redeploys)."""
     previous = Counter(
         row.previous_model_version_id
-        for row in view.devices
+        for row in view.devices or []
         if row.previous_model_version_id is not None
         and row.previous_model_version_id != view.model_version_id
     )
@@ -85,7 +85,7 @@ def rollback_target(view: DeploymentRead) -> int:
 @router.get("/deployments/{deployment_id}", response_class=HTMLResponse)
 def deployment_page(deployment_id: DeploymentId, console: ConsoleUser, session: DbSession) -> HTMLResponse:
     read = deployments.deployment_read(deployments.get_deployment(session, deployment_id=deployment_id))
-    ids = {read.model_version_id} | {row.previous_model_version_id for row in read.devices}
+    ids = {read.model_version_id} | {row.previous_model_version_id for row in read.devices or []}
     try:
         target: int | None = rollback_target(read)
     except InvalidInputError:
