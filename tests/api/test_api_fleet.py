@@ -102,7 +102,7 @@ def test_a_paced_deployment_hands_the_model_out_in_turn(api: Api) -> None:
 
 
 def test_deployment_lists_count_devices_and_their_rows_come_a_page_at_a_time(api: Api) -> None:
-    """Lists and the create answer stay the same size whatever the group's; the rows are paged by device id."""
+    """Lists and the create answer stay one size whatever the group's; the rows are paged by device id."""
     names = [f"d{i}" for i in range(5)]
     for name in names:
         enrolled_device(api, name)
