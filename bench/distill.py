@@ -33,10 +33,11 @@ teacher's crops are resized), the same steps and batch each: (a) from scratch wi
 matrices), (c) distilled + inspection (format 2: logistic loss of the pair score against the verdict, by
 default the distill run's defaults: weight 0.3, temperature 0.2, at the batch-calibrated threshold,
 impostor share 0.8, cross pairs; --format2 adds arms with other settings). The losses are
-`facefleet.nn.distill`'s, as the `distill` run uses them. Latency: ONNX Runtime, 1 thread, batch 1. Targets: (b) closes >= 50% of the AUC gap between (a)
-and the teacher; (c) has >= 30% fewer false rejects than (b) on held-out drifted genuine attempts, without
-more false accepts (judged on the held-out users and, apart, on the returning users); student latency
-<= 0.3x teacher. With --seeds N: per-seed tables, then their means.
+`facefleet.nn.distill`'s, as the `distill` run uses them. Latency: ONNX Runtime, 1 thread, batch 1.
+Targets: (b) closes >= 50% of the AUC gap between (a) and the teacher; (c) has >= 30% fewer false rejects
+than (b) on held-out drifted genuine attempts, without more false accepts (judged on the held-out users
+and, apart, on the returning users); student latency <= 0.3x teacher. With --seeds N: per-seed tables,
+then their means.
 Run: nice -n 10 .venv/bin/python bench/distill.py [--seeds 3] [--student-steps 250] [--teacher-steps 600]
 """
 
