@@ -150,6 +150,12 @@ def test_deployment_create_list_show_locally(
     shown = ok("deployments", "show", "1")
     assert "in_progress" in shown and "door-0" in shown and "door-1" in shown
     assert "canary" in shown and "rest" in shown and "pending" in shown
+    assert "2 devices (canary: 1 pending, rest: 1 pending)" in shown
+    canaries = ok("deployments", "show", "1", "--phase", "canary")  # through the paged rows
+    assert "2 devices" in canaries and canaries.count("door-") == 1
+    assert "door-" not in ok("deployments", "show", "1", "--status", "installed")
+    assert_clean_failure(cli("deployments", "show", "1", "--status", "done"), "--status must be one of")
+    assert_clean_failure(cli("deployments", "show", "1", "--phase", "first"), "--phase must be one of")
     with Session(sqlite_engine) as session:
         rows = session.scalars(select(DeviceDeployment)).all()
         assert sorted(row.phase for row in rows) == ["canary", "rest"]
@@ -215,6 +221,8 @@ def test_remote_mode_against_the_api(
         )  # fmt: skip
         assert f"deployment 1: terminal v{number} -> group lobby (all, 1 devices" in deployed
         assert "door-0" in ok("deployments", "show", "1", "--server", url)
+        assert "door-0" in ok("deployments", "show", "1", "--status", "pending", "--server", url)
+        assert "door-0" not in ok("deployments", "show", "1", "--phase", "canary", "--server", url)
         assert "in_progress" in ok("deployments", "list", "--server", url)
         assert_clean_failure(
             cli(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.table import Table
@@ -20,7 +20,12 @@ from facefleet.commands._remote import (
     validated,
 )
 from facefleet.platform.deployments import service as deployments
-from facefleet.platform.deployments.schemas import DeploymentCreate, DeploymentRead
+from facefleet.platform.deployments.schemas import (
+    DeploymentCreate,
+    DeploymentRead,
+    DeviceRolloutRead,
+    DeviceRolloutStatus,
+)
 from facefleet.platform.errors import InvalidInputError
 from facefleet.platform.models import service as registry
 from facefleet.platform.models.schemas import ModelVersionView
@@ -30,6 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = make_console()
+PHASES = ("canary", "rest", "all")
 
 
 def _version_or_alias(version: str | None, alias: str | None) -> str:
@@ -138,20 +144,71 @@ def list_(
     console.print(table)
 
 
+def _device_rows(
+    client: FacefleetClient | None,
+    session: Session | None,
+    deployment_id: int,
+    status: str | None,
+    phase: str | None,
+) -> list[DeviceRolloutRead]:
+    """The deployment's device rows matching ``status`` / ``phase``, paged through (the API's
+    ``/devices`` route or the same service function locally)."""
+    if client is not None:
+        items = client.iter_pages(f"/v1/deployments/{deployment_id}/devices", status=status, phase=phase)
+        return [DeviceRolloutRead.model_validate(item) for item in items]
+    assert session is not None
+    rows: list[DeviceRolloutRead] = []
+    after: int | None = None
+    while True:
+        page, _total = deployments.list_deployment_devices(
+            session, deployment_id=deployment_id, status=status, phase=phase, limit=500, after=after
+        )
+        rows += page
+        if len(page) < 500:
+            return rows
+        after = page[-1].device_id
+
+
 @app.command("show")
 def show(
     deployment_id: Annotated[int, typer.Argument(help="deployment id")],
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="only devices in this status: pending | downloading | installed | ..."),
+    ] = None,
+    phase: Annotated[
+        str | None, typer.Option("--phase", help="only devices of this phase: canary | rest | all")
+    ] = None,
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
-    """One deployment and the status of each device in it."""
-    view = remote_or_local(
-        server,
-        lambda client: DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}")),
-        lambda session: deployments.deployment_read(
-            deployments.get_deployment(session, deployment_id=deployment_id)
-        ),
-    )
+    """One deployment, its device counts and the status of each device in it (or of those matching
+    --status / --phase)."""
+
+    filtered = status is not None or phase is not None
+    with reported_errors():
+        if status is not None and status not in get_args(DeviceRolloutStatus):
+            raise InvalidInputError(f"--status must be one of {', '.join(get_args(DeviceRolloutStatus))}")
+        if phase is not None and phase not in PHASES:
+            raise InvalidInputError(f"--phase must be one of {', '.join(PHASES)}")
+
+    def remote(client: FacefleetClient) -> DeploymentRead:
+        if not filtered:
+            return DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}"))
+        read = DeploymentRead.model_validate(client.get(f"/v1/deployments/{deployment_id}", devices="false"))
+        return read.model_copy(update={"devices": _device_rows(client, None, deployment_id, status, phase)})
+
+    def local(session: Session) -> DeploymentRead:
+        if not filtered:
+            return deployments.deployment_read(
+                deployments.get_deployment(session, deployment_id=deployment_id)
+            )
+        read = deployments.summary_read(
+            deployments.get_deployment_summary(session, deployment_id=deployment_id)
+        )
+        return read.model_copy(update={"devices": _device_rows(None, session, deployment_id, status, phase)})
+
+    view = remote_or_local(server, remote, local)
     if as_json:
         print_json(view)
         return
@@ -161,6 +218,11 @@ def show(
         f"[bold]{view.status}[/bold] (stage {view.stage}, {view.strategy}, max failure rate "
         f"{view.max_failure_rate:g}, by {view.created_by or '-'}{finished})"
     )
+    counts = ", ".join(
+        f"{phase_name}: " + ", ".join(f"{n} {name}" for name, n in sorted(statuses.items()))
+        for phase_name, statuses in sorted(view.device_counts.items())
+    )
+    console.print(f"{view.device_count} devices ({counts or 'none'})")
     table = Table("device", "name", "phase", "status", "previous version", "message", "updated")
     for device in view.devices or []:
         table.add_row(

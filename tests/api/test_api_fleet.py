@@ -122,6 +122,10 @@ def test_deployment_lists_count_devices_and_their_rows_come_a_page_at_a_time(api
     assert [(d["id"], d["device_count"], d["devices"]) for d in listed] == [(created["id"], 5, None)]
     detail = api.client.get(f"/v1/deployments/{created['id']}", headers=api.admin).json()
     assert len(detail["devices"]) == 5 and detail["device_counts"] == created["device_counts"]
+    counted = api.client.get(
+        f"/v1/deployments/{created['id']}", headers=api.admin, params={"devices": "false"}
+    )
+    assert counted.json() == {**detail, "devices": None}
 
     seen: list[str] = []
     params: dict[str, object] = {"limit": 2}

@@ -42,8 +42,17 @@ def list_deployments(
 
 
 @router.get("/{deployment_id}", response_model=DeploymentRead)
-def get_deployment(deployment_id: PathId, session: DbSession, _admin: Admin) -> DeploymentRead:
+def get_deployment(
+    deployment_id: PathId,
+    session: DbSession,
+    _admin: Admin,
+    devices: bool = Query(default=True, description="false: counts only, `devices` null"),
+) -> DeploymentRead:
     """The deployment with every device's row (page through a large group with ``/devices``)."""
+    if not devices:
+        return deployments.summary_read(
+            deployments.get_deployment_summary(session, deployment_id=deployment_id)
+        )
     return deployments.deployment_read(deployments.get_deployment(session, deployment_id=deployment_id))
 
 

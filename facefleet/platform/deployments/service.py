@@ -436,6 +436,14 @@ def list_deployment_devices(
     return [_rollout_row(deployment, stage, row, names.get(row.device_id, ""), now) for row in rows], total
 
 
+def get_deployment_summary(session: Session, *, deployment_id: int) -> DeploymentSummary:
+    """The deployment with its device counts, without loading its device rows."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFoundError(f"no deployment with id {deployment_id}")
+    return summarize(session, [deployment])[0]
+
+
 def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
     deployment = session.get(Deployment, deployment_id)
     if deployment is None:
