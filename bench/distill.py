@@ -65,9 +65,9 @@ from bench.adaptation import DATA_CANDIDATES, Drift, site_and_users  # noqa: E40
 from facefleet.nn.backbones import Backbone, get_backbone  # noqa: E402
 from facefleet.nn.distill import (  # noqa: E402
     cross_pair_verdicts,
-    cross_scores,
     distillation_losses,
     embedding_distance_loss,
+    inspection_scores,
     pair_scores,
     similarity_structure_loss,
 )
@@ -415,23 +415,22 @@ def train_distilled(
         index = torch.randint(0, len(x), (BATCH,), generator=generator)
         images, flipped = flip_some(resize(x[index], net.input_size), generator)
         target = torch.where(flipped[:, None], teacher_flipped[index], teacher_plain[index])
-        scores = same = anchor_loss = None
+        scores = same = decided = anchor_loss = None
         if inspection is not None:
             pick = torch.randint(0, len(inspection.genuine), (PAIR_BATCH,), generator=generator)
             both, _ = flip_some(torch.cat([inspection.reference[pick], inspection.attempt[pick]]), generator)
             # one forward for the image batch and the pairs: BatchNorm sees one batch, as in the run
             out = net(torch.cat([images, resize(both, net.input_size)]))
             student, pairs = out[:BATCH], out[BATCH:]
-            scores, same = pair_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:]), inspection.genuine[pick]
+            same = inspection.genuine[pick]
+            verdicts = same
             if format2.cross:
                 assert inspection.claimed is not None and inspection.probe is not None
                 assert inspection.device is not None
                 verdicts = cross_pair_verdicts(
                     inspection.claimed[pick], inspection.probe[pick], inspection.device[pick], same
                 )
-                known = verdicts >= 0
-                scores = cross_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:])[known]
-                cross_same = verdicts[known] == 1
+            scores, decided = inspection_scores(pairs[:PAIR_BATCH], pairs[PAIR_BATCH:], verdicts)
             if format2.anchor and teacher is not None:
                 with torch.no_grad():
                     anchors = teacher.eval()(resize(both, teacher.input_size))
@@ -449,7 +448,7 @@ def train_distilled(
             student,
             target,
             inspection_scores=scores,
-            inspection_same=cross_same if format2.cross and inspection is not None else same,
+            inspection_same=decided,
             threshold=threshold,
             temperature=format2.temperature,
             inspection_weight=format2.weight,
@@ -843,9 +842,10 @@ def main() -> None:
         help="trained teachers kept per settings and seed (safetensors)",
     )
     args = parser.parse_args()
-    args.format2_raw = args.format2
     if args.data is None or not args.data.is_dir():
         parser.error("celeba_ids not found; give --data DIR (../shared/benchdata/celeba_ids)")
+    items = [item.split(":") for item in args.format2.split(",")]
+    flags = [x for item in items for x in item[3:]]
     try:
         args.format2 = [
             Format2(
@@ -856,9 +856,8 @@ def main() -> None:
                 "cross" in extra or ("plain" not in extra and DEFAULT_FORMAT2.cross),
                 next((float(x[3:]) for x in extra if x.startswith("imp")), DEFAULT_FORMAT2.impostor_share),
             )
-            for w, t, c, *extra in (item.split(":") for item in args.format2.split(","))
+            for w, t, c, *extra in items
         ]
-        flags = [x for item in args.format2_raw.split(",") for x in item.split(":")[3:]]
     except ValueError:
         parser.error("--format2: give weight:temperature:calibration, e.g. 0.3:0.1:batch")
     if any(f.calibration not in ("teacher", "batch") or f.temperature <= 0 for f in args.format2) or any(

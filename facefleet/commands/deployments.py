@@ -22,6 +22,7 @@ from facefleet.commands._remote import (
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import (
     DeploymentCreate,
+    DeploymentPhase,
     DeploymentRead,
     DeviceRolloutRead,
     DeviceRolloutStatus,
@@ -35,7 +36,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = make_console()
-PHASES = ("canary", "rest", "all")
 
 
 def _version_or_alias(version: str | None, alias: str | None) -> str:
@@ -189,8 +189,8 @@ def show(
     with reported_errors():
         if status is not None and status not in get_args(DeviceRolloutStatus):
             raise InvalidInputError(f"--status must be one of {', '.join(get_args(DeviceRolloutStatus))}")
-        if phase is not None and phase not in PHASES:
-            raise InvalidInputError(f"--phase must be one of {', '.join(PHASES)}")
+        if phase is not None and phase not in get_args(DeploymentPhase):
+            raise InvalidInputError(f"--phase must be one of {', '.join(get_args(DeploymentPhase))}")
 
     def remote(client: FacefleetClient) -> DeploymentRead:
         if not filtered:

@@ -155,6 +155,18 @@ def cross_scores(references: torch.Tensor, attempts: torch.Tensor) -> torch.Tens
     return F.normalize(references.float(), dim=1) @ F.normalize(attempts.float(), dim=1).T
 
 
+def inspection_scores(
+    references: torch.Tensor, attempts: torch.Tensor, verdicts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Format 2's (scores, is_same) of a batch of inspected pairs: with ``verdicts`` [P] (bool) each pair's
+    own score; with a [P, P] ``cross_pair_verdicts`` matrix every known reference-attempt score."""
+    if verdicts.ndim == 1:
+        return pair_scores(references, attempts), verdicts.bool()
+    verdicts = verdicts.to(references.device)
+    known = verdicts >= 0
+    return cross_scores(references, attempts)[known], verdicts[known] == 1
+
+
 def pair_scores(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Cosine of each (left_i, right_i) embedding pair: the terminal's decision score."""
     return F.cosine_similarity(left.float(), right.float(), dim=1)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from torch import nn
 
 from facefleet.nn.backbones import Backbone, get_backbone
-from facefleet.nn.distill import cross_pair_verdicts, cross_scores, distillation_losses, pair_scores
+from facefleet.nn.distill import cross_pair_verdicts, distillation_losses, inspection_scores, pair_scores
 from facefleet.platform.datasets import layout
 from facefleet.platform.db.models import Dataset, DatasetVersion, RunDataset
 from facefleet.platform.errors import InvalidInputError
@@ -278,21 +278,15 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
         with torch.no_grad():
             target = teacher(resize(images, ref.input_size))
         batch, count = resize(images, cfg.input_size), images.shape[0]
-        same = None
+        verdicts = None
         if use_pairs:
             crops, verdicts = _pair_batch(pairs, spec.inspection_batch, rng, cross_pairs=spec.cross_pairs)
             batch = torch.cat([batch, crops.to(device)])  # one forward: BatchNorm sees one batch
         embeddings, projected = ddp(batch)
-        scores = None
-        if use_pairs:
+        scores = same = None
+        if verdicts is not None:
             k = spec.inspection_batch
-            references, attempts = embeddings[count : count + k], embeddings[count + k :]
-            if spec.cross_pairs:
-                known = verdicts.to(device) >= 0
-                scores = cross_scores(references, attempts)[known]
-                same = verdicts.to(device)[known] == 1
-            else:
-                scores, same = pair_scores(references, attempts), verdicts
+            scores, same = inspection_scores(embeddings[count : count + k], embeddings[count + k :], verdicts)
         losses = distillation_losses(
             embeddings[:count],
             target,
@@ -300,7 +294,7 @@ def distill_train_func(loop_config: dict[str, Any]) -> None:
             similarity_weight=spec.similarity_weight,
             projected_student=None if projected is None else projected[:count],
             inspection_scores=scores,
-            inspection_same=None if same is None else same.to(device),
+            inspection_same=same,
             threshold=ref.threshold,
             temperature=spec.temperature,
             inspection_weight=spec.inspection_weight,

@@ -16,6 +16,7 @@ from facefleet.nn.distill import (
     decision_loss,
     distillation_losses,
     embedding_distance_loss,
+    inspection_scores,
     pair_scores,
     similarity_structure_loss,
 )
@@ -325,3 +326,18 @@ def test_cross_scores_diagonal_is_the_pair_score() -> None:
 def test_cross_pair_verdicts_refuse_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="one length"):
         cross_pair_verdicts(torch.zeros(3), torch.zeros(3), torch.zeros(2), torch.zeros(3, dtype=torch.bool))
+
+
+def test_inspection_scores_take_the_pairs_own_or_every_known_cross_pair() -> None:
+    generator = torch.Generator().manual_seed(4)
+    references, attempts = torch.randn(3, 6, generator=generator), torch.randn(3, 6, generator=generator)
+    own, same = inspection_scores(references, attempts, torch.tensor([True, False, True]))
+    torch.testing.assert_close(own, pair_scores(references, attempts))
+    assert same.tolist() == [True, False, True]
+    verdicts = torch.tensor([[1, 0, -1], [-1, 0, -1], [0, -1, 1]], dtype=torch.int8)
+    scores, same = inspection_scores(references, attempts, verdicts)
+    matrix = cross_scores(references, attempts)
+    torch.testing.assert_close(
+        scores, torch.stack([matrix[0, 0], matrix[0, 1], matrix[1, 1], matrix[2, 0], matrix[2, 2]])
+    )
+    assert same.tolist() == [True, False, False, False, True]

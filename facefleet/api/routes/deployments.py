@@ -5,8 +5,6 @@ Admin only, reads included: deployments name devices and groups, which are the f
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Query, Response, status
 
 from facefleet.api.deps import Admin, DbSession
@@ -17,6 +15,7 @@ from facefleet.api.responses import model_response
 from facefleet.platform.deployments import service as deployments
 from facefleet.platform.deployments.schemas import (
     DeploymentCreate,
+    DeploymentPhase,
     DeploymentRead,
     DeviceRolloutRead,
     DeviceRolloutStatus,
@@ -63,7 +62,7 @@ def list_deployment_devices(
     _admin: Admin,
     page: KeysetPagination,
     status: DeviceRolloutStatus | None = Query(default=None),
-    phase: Literal["canary", "rest", "all"] | None = Query(default=None),
+    phase: DeploymentPhase | None = Query(default=None),
 ) -> Response:
     """The deployment's device rows in device id order, a page at a time (``after``: a device id)."""
     rows, total = deployments.list_deployment_devices(

@@ -12,6 +12,7 @@ from facefleet.platform.inspections.schemas import AssignedCollection
 from facefleet.platform.names import Name
 
 DeviceRolloutStatus = Literal["pending", "downloading", "installed", "failed", "rolled_back", "superseded"]
+DeploymentPhase = Literal["canary", "rest", "all"]
 ReportableStatus = Literal["downloading", "installed", "failed", "rolled_back"]
 
 

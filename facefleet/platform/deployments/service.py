@@ -63,6 +63,7 @@ class DeploymentView:
     deployment: Deployment
     stage: str
     rows: list[tuple[DeviceDeployment, str]]  # (row, device name)
+    counts: dict[str, dict[str, int]]  # phase -> status -> devices
 
 
 def create_deployment(
@@ -157,14 +158,13 @@ def deployment_rows(session: Session, deployment_id: int) -> list[DeviceDeployme
     return list(session.scalars(query.order_by(DeviceDeployment.device_id)).all())
 
 
-def rollout_stage(deployment: Deployment, rows: list[DeviceDeployment]) -> str:
-    """``canary`` while canaries are still working, then ``rollout``; ``done`` once finished."""
+def rollout_stage(deployment: Deployment, counts: dict[str, dict[str, int]]) -> str:
+    """``canary`` while a canary is still working, then ``rollout``; ``done`` once finished. ``counts``:
+    the deployment's devices per phase and status."""
     if deployment.status != "in_progress":
         return "done"
-    canaries = [row for row in rows if row.phase == "canary"]
-    if any(row.status not in FINAL_STATUSES for row in canaries):
-        return "canary"
-    return "rollout"
+    canaries = counts.get("canary", {})
+    return "canary" if any(n for status, n in canaries.items() if status not in FINAL_STATUSES) else "rollout"
 
 
 def current_stage(session: Session, deployment: Deployment) -> str:
@@ -352,12 +352,8 @@ def _read(
 def deployment_read(view: DeploymentView) -> DeploymentRead:
     """The deployment with each device's rollout row (``GET /v1/deployments/{id}``, ``deployments show``)."""
     now = utcnow()
-    counts: dict[str, dict[str, int]] = {}
-    for row, _name in view.rows:
-        phase = counts.setdefault(row.phase, {})
-        phase[row.status] = phase.get(row.status, 0) + 1
     devices = [_rollout_row(view.deployment, view.stage, row, name, now) for row, name in view.rows]
-    return _read(view.deployment, view.stage, counts, devices)
+    return _read(view.deployment, view.stage, view.counts, devices)
 
 
 @dataclass
@@ -388,15 +384,7 @@ def summarize(session: Session, deployments: list[Deployment]) -> list[Deploymen
         ).all()
         for deployment_id, phase, status, count in grouped:
             counts[deployment_id].setdefault(phase, {})[status] = int(count)
-    return [DeploymentSummary(d, _stage_from_counts(d, counts[d.id]), counts[d.id]) for d in deployments]
-
-
-def _stage_from_counts(deployment: Deployment, counts: dict[str, dict[str, int]]) -> str:
-    """``rollout_stage`` from the counts: ``canary`` while a canary is not final."""
-    if deployment.status != "in_progress":
-        return "done"
-    canaries = counts.get("canary", {})
-    return "canary" if any(n for status, n in canaries.items() if status not in FINAL_STATUSES) else "rollout"
+    return [DeploymentSummary(d, rollout_stage(d, counts[d.id]), counts[d.id]) for d in deployments]
 
 
 def list_deployment_devices(
@@ -410,9 +398,7 @@ def list_deployment_devices(
     after: int | None = None,
 ) -> tuple[list[DeviceRolloutRead], int | None]:
     """One page of a deployment's device rows in device id order (``after``: the last device id seen)."""
-    deployment = session.get(Deployment, deployment_id)
-    if deployment is None:
-        raise NotFoundError(f"no deployment with id {deployment_id}")
+    deployment = _deployment(session, deployment_id)
     stage = current_stage(session, deployment)
     query = select(DeviceDeployment).where(DeviceDeployment.deployment_id == deployment_id)
     if status is not None:
@@ -438,17 +424,18 @@ def list_deployment_devices(
 
 def get_deployment_summary(session: Session, *, deployment_id: int) -> DeploymentSummary:
     """The deployment with its device counts, without loading its device rows."""
-    deployment = session.get(Deployment, deployment_id)
-    if deployment is None:
-        raise NotFoundError(f"no deployment with id {deployment_id}")
-    return summarize(session, [deployment])[0]
+    return summarize(session, [_deployment(session, deployment_id)])[0]
 
 
 def get_deployment(session: Session, *, deployment_id: int) -> DeploymentView:
+    return _view(session, _deployment(session, deployment_id))
+
+
+def _deployment(session: Session, deployment_id: int) -> Deployment:
     deployment = session.get(Deployment, deployment_id)
     if deployment is None:
         raise NotFoundError(f"no deployment with id {deployment_id}")
-    return _view(session, deployment)
+    return deployment
 
 
 def _view(session: Session, deployment: Deployment) -> DeploymentView:
@@ -459,7 +446,11 @@ def _view(session: Session, deployment: Deployment) -> DeploymentView:
         .order_by(DeviceDeployment.device_id)
     )
     pairs = [(row, name) for row, name in session.execute(query).all()]
-    return DeploymentView(deployment, rollout_stage(deployment, [row for row, _ in pairs]), pairs)
+    counts: dict[str, dict[str, int]] = {}
+    for row, _name in pairs:
+        statuses = counts.setdefault(row.phase, {})
+        statuses[row.status] = statuses.get(row.status, 0) + 1
+    return DeploymentView(deployment, rollout_stage(deployment, counts), pairs, counts)
 
 
 def list_deployments(
