@@ -865,7 +865,7 @@ def main() -> None:
     ):
         parser.error(
             "--format2: calibration is teacher or batch, temperature > 0, then any of anchor or reference, "
-            "cross (cross pairs) or plain (none)"
+            "cross (cross pairs) or plain (none), impS (impostor share S)"
         )
     torch.set_num_threads(1)
     started = time.time()
