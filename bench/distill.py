@@ -12,9 +12,9 @@ last 28 are held out: their clean photo pairs are the real-face verification set
 each model's card threshold at FAR 1%), and their simulated terminal attempts measure false rejects /
 false accepts at that threshold. "same pairs undrifted": the false rejects on the same genuine pairs with
 the attempt photo undrifted, the floor that undoing the drift can reach. Returning users: the 20 inspected
-users come back to their terminal with photos never inspected (10-11 validate, 12-13 test; five impostor
-attempts per genuine one, by the other inspected users), at the same site: what a fleet whose attempts were
-inspected sees after the new student is deployed to it.
+users come back to their terminal with photos never inspected (10-11 validate, 12-13 test; ten impostor
+attempts per genuine one, by the other inspected users with their photos of the same never-inspected range),
+at the same site: what a fleet whose attempts were inspected sees after the new student is deployed to it.
 
 Terminal attempts: one site (darker, colour-cast light) plus per-user pose shift, blur and an occluding band
 (bench/adaptation.py's drift), at a level drawn from [0.3, 0.6]. A user's reference is their first photo,
@@ -31,8 +31,8 @@ bigger one; kept per settings and seed under --teacher-cache). Three students (t
 teacher's crops are resized), the same steps and batch each: (a) from scratch with ArcFace on the labels,
 (b) distilled (format 1: cosine distance to the teacher's embedding + MSE of the batch cosine-similarity
 matrices), (c) distilled + inspection (format 2: logistic loss of the pair score against the verdict, by
-default the distill run's defaults: weight 0.3, temperature 0.2, at the batch-calibrated threshold,
-impostor share 0.8, cross pairs; --format2 adds arms with other settings). The losses are
+default the distill run's defaults: weight 0.7, temperature 0.2, at the batch-calibrated threshold,
+impostor share 0.9, cross pairs; --format2 adds arms with other settings). The losses are
 `facefleet.nn.distill`'s, as the `distill` run uses them. Latency: ONNX Runtime, 1 thread, batch 1.
 Targets: (b) closes >= 50% of the AUC gap between (a) and the teacher; (c) has >= 30% fewer false rejects
 than (b) on held-out drifted genuine attempts, without more false accepts (judged on the held-out users
@@ -79,6 +79,10 @@ TRAIN_IDS, FIELD_IDS, VALIDATION_IDS = 200, 28, 8  # the last 8 field users vali
 BATCH, PAIR_BATCH = 64, 32
 # a field user's photos 1-9 are inspected; when they come back, 10-11 validate format 2's settings, 12-13 test
 INSPECTED_PHOTOS, RETURNING_VALIDATION_PHOTOS, RETURNING_PHOTOS = range(1, 10), range(10, 12), range(12, 14)
+# impostor attempts per genuine one for the returning users, by the terminal's other users with photos of the
+# same never-inspected range (until stop 32: five, with any photo but the enrolment one, most of them photos
+# the inspected student had trained on)
+RETURNING_IMPOSTORS = 10
 FAR = 0.01
 
 
@@ -88,7 +92,7 @@ class Attempts:
     attempt: torch.Tensor  # [P, 3, S, S] the attempt crop
     genuine: torch.Tensor  # [P] bool
     undrifted: torch.Tensor | None = None  # [P, 3, S, S] the attempt crops before the drift
-    # who, as the inspection set says it (facefleet.workers.distill.inspection_identities): the claimed
+    # who, as the inspection set says it (facefleet.workers.distill.read_inspection_set): the claimed
     # user's code, the attempt's (the claimed user's when genuine, else -1), the terminal's
     claimed: torch.Tensor | None = None
     probe: torch.Tensor | None = None
@@ -168,9 +172,12 @@ def attempts_of(
     rng: np.random.Generator,
     photos: range,
     impostors: int = 1,
+    impostor_photos: range | None = None,
 ) -> Attempts:
     """Per user: genuine attempts (own photos, drifted) and ``impostors`` times as many impostor attempts
-    (others, drifted)."""
+    (others, drifted). ``impostor_photos``: which of the others' photos impostors use (default: any but the
+    enrolment photo 0); the returning users' sets pass their own never-inspected range, so no impostor
+    attempt reuses a photo the inspected student trained on."""
     refs, tries, same, plain, claimed = [], [], [], [], []
     for user, person in enumerate(people):
         for index in photos:
@@ -182,8 +189,11 @@ def attempts_of(
             same.append(True)
             claimed.append(user)
             for _ in range(impostors):
-                other = int(rng.choice([k for k in range(len(people)) if k != user]))
-                photo = people[other][int(rng.integers(1, len(people[other])))]
+                first = 1 if impostor_photos is None else impostor_photos.start
+                others = [k for k in range(len(people)) if k != user and len(people[k]) > first]
+                other = int(rng.choice(others))
+                stop = len(people[other]) if impostor_photos is None else impostor_photos.stop
+                photo = people[other][int(rng.integers(first, min(stop, len(people[other]))))]
                 refs.append(person[0])
                 tries.append(drifts[other].apply(photo, float(rng.uniform(0.3, 0.6))))
                 plain.append(photo)
@@ -221,8 +231,7 @@ def collected(
     from facefleet.platform.inspections.schemas import AttemptUpload, CollectionSettings
     from facefleet.platform.inspections.sets import create_inspection_set
     from facefleet.platform.store.local import LocalStore
-    from facefleet.workers.data import load_verification_set
-    from facefleet.workers.distill import inspection_identities
+    from facefleet.workers.distill import read_inspection_set
 
     def png(image: torch.Tensor) -> str:
         array = ((image.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
@@ -285,14 +294,15 @@ def collected(
                 assert version.manifest_key is not None
                 pairs_key = version.manifest_key.replace("manifest.parquet", "pairs.parquet")
                 size = int(attempts.reference.shape[-1])
-                reference, attempt, genuine = load_verification_set(
-                    store, version.manifest_key, pairs_key, size
-                )
-                claimed, probe, terminal = inspection_identities(
-                    store, version.manifest_key, pairs_key, codes
-                )
+                read = read_inspection_set(store, version.manifest_key, pairs_key, size, codes)
                 back = Attempts(
-                    reference, attempt, genuine.bool(), attempts.undrifted, claimed, probe, terminal
+                    read.reference,
+                    read.attempt,
+                    read.genuine.bool(),
+                    attempts.undrifted,
+                    read.claimed,
+                    read.probe,
+                    read.device,
                 )
                 if not (
                     torch.equal(back.genuine, attempts.genuine)
@@ -611,14 +621,16 @@ def run_seed(
         drifts[: len(inspected_users)],
         np.random.default_rng([seed, 13]),
         RETURNING_PHOTOS,
-        5,
+        RETURNING_IMPOSTORS,
+        RETURNING_PHOTOS,
     )
     returning_validation = attempts_of(
         inspected_users,
         drifts[: len(inspected_users)],
         np.random.default_rng([seed, 14]),
         RETURNING_VALIDATION_PHOTOS,
-        5,
+        RETURNING_IMPOSTORS,
+        RETURNING_VALIDATION_PHOTOS,
     )
 
     def clean_set(people: list[list[Image.Image]]) -> tuple[torch.Tensor, tuple]:

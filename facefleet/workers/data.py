@@ -263,10 +263,12 @@ def load_manifest_images(
 
 
 def load_verification_pairs(
-    store: ObjectStore, manifest_key: str, pairs: Sequence[tuple[int, int, bool]], input_size: int
+    store: ObjectStore, manifest: str | pa.Table, pairs: Sequence[tuple[int, int, bool]], input_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(left [P,3,H,W], right [P,3,H,W], is_same [P] bool) for pairs of manifest row numbers."""
-    manifest = read_manifest(store, manifest_key)
+    """(left [P,3,H,W], right [P,3,H,W], is_same [P] bool) for pairs of manifest row numbers; ``manifest``
+    is its key in the store or the table already read."""
+    if isinstance(manifest, str):
+        manifest = read_manifest(store, manifest)
     unique_rows = sorted({row for pair in pairs for row in pair[:2]})
     if unique_rows and (unique_rows[0] < 0 or unique_rows[-1] >= manifest.num_rows):
         raise InvalidInputError(f"pairs refer to rows outside the manifest's {manifest.num_rows} images")

@@ -11,14 +11,16 @@ the student's scores of each batch. The registered card names the teacher and th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
+import pyarrow as pa
 import ray.train
 import torch
 import torch.nn.functional as F
@@ -179,17 +181,15 @@ class InspectionPairs:
 
 
 def inspection_identities(
-    store: ObjectStore, manifest_key: str, pairs_key: str, codes: dict[str, int]
+    manifest: pa.Table, pairs: Sequence[tuple[int, int, bool]], codes: dict[str, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(claimed, probe, device) codes of an inspection set's pairs, from its manifest's identities
     (``facefleet.platform.inspections.sets``: ``device:user`` for the reference and a genuine attempt,
     ``impostor:<id>`` for an impostor's). ``codes`` maps names to codes and grows, so that several sets
     share one numbering (one person on one terminal is one code in all of them)."""
-    from facefleet.platform.datasets.shards import read_manifest, read_pairs
-
-    identities = read_manifest(store, manifest_key)["identity"].to_pylist()
+    identities = manifest["identity"].to_pylist()
     claimed, probe, device = [], [], []
-    for left, right, same in read_pairs(store, pairs_key):
+    for left, right, same in pairs:
         user = str(identities[left])
         claimed.append(codes.setdefault(user, len(codes)))
         probe.append(claimed[-1] if same and str(identities[right]) == user else -1)
@@ -201,23 +201,31 @@ def inspection_identities(
     )
 
 
+def read_inspection_set(
+    store: ObjectStore, manifest_key: str, pairs_key: str, input_size: int, codes: dict[str, int]
+) -> InspectionPairs:
+    """One inspection set (its manifest and pairs read once): crops at ``input_size``, verdicts, codes."""
+    from facefleet.platform.datasets.shards import read_manifest, read_pairs
+    from facefleet.workers.data import load_verification_pairs
+
+    manifest, pairs = read_manifest(store, manifest_key), read_pairs(store, pairs_key)
+    reference, attempt, genuine = load_verification_pairs(store, manifest, pairs, input_size)
+    return InspectionPairs(reference, attempt, genuine, *inspection_identities(manifest, pairs, codes))
+
+
 def load_inspection_pairs(job: DistillJob, input_size: int) -> InspectionPairs:
     """Every inspected attempt of the run's inspection sets."""
-    from facefleet.workers.data import load_verification_set
-
     store = _store(job)
     codes: dict[str, int] = {}
-    parts = [
-        (
-            *load_verification_set(store, s.manifest_key, s.pairs_key, input_size),
-            *inspection_identities(store, s.manifest_key, s.pairs_key, codes),
-        )
-        for s in job.inspection
-    ]
+    parts = []
+    for source in job.inspection:
+        parts.append(read_inspection_set(store, source.manifest_key, source.pairs_key, input_size, codes))
     if not parts:
         empty, none = torch.zeros(0, 3, input_size, input_size), torch.zeros(0, dtype=torch.long)
         return InspectionPairs(empty, empty, torch.zeros(0, dtype=torch.bool), none, none, none)
-    return InspectionPairs(*(torch.cat(column) for column in zip(*parts, strict=True)))
+    return InspectionPairs(
+        *(torch.cat([getattr(part, f.name) for part in parts]) for f in dataclasses.fields(InspectionPairs))
+    )
 
 
 def training_batches(

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from facefleet.nn.distill import cross_pair_verdicts
 from facefleet.platform.store import ObjectStore
-from facefleet.workers.distill import InspectionPairs, _pair_batch, inspection_identities
+from facefleet.workers.distill import InspectionPairs, _pair_batch, read_inspection_set
 from tests.platform.inspections.factories import crop_png, make_version
 from tests.workers.distill_helpers import register_inspection_set
 
@@ -39,8 +39,11 @@ def test_codes_name_the_claimed_user_the_confirmed_attempt_and_the_terminal(
         gate = _set(session, local_store, "gate", ["ann"], ["genuine"])  # another terminal's "ann"
         session.commit()
     codes: dict[str, int] = {}
-    claimed, probe, device = inspection_identities(local_store, *hall, codes)
-    claimed2, probe2, device2 = inspection_identities(local_store, *gate, codes)
+    first = read_inspection_set(local_store, *hall, 16, codes)
+    second = read_inspection_set(local_store, *gate, 16, codes)
+    claimed, probe, device = first.claimed, first.probe, first.device
+    claimed2, probe2, device2 = second.claimed, second.probe, second.device
+    assert first.genuine.tolist() == [True, True, False, True] and first.reference.shape[-1] == 16
     # attempts are packed in id order: ann, bob, ann (impostor), bob
     assert claimed[0] == claimed[2] != claimed[1] == claimed[3]
     assert probe.tolist() == [int(claimed[0]), int(claimed[1]), -1, int(claimed[3])]

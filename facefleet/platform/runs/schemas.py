@@ -97,6 +97,11 @@ class BiometricConfig(_Strict):
         default="concat",
         description="ModelNet input: concat [f1, f2] (seed) or symmetric [f1*f2, |f1-f2|] (holds the cosine)",
     )
+    cosine_skip: bool = Field(
+        default=False,
+        description="ModelNet learns a correction to the pair's cosine (z = a*cos + b + layers; the layers "
+        "start at zero, so untrained it ranks pairs as the cosine does); needs pair_features symmetric",
+    )
     pair_source: Literal["batch", "memory"] = Field(
         default="batch",
         description="batch: pairs within identity-balanced P x K batches (seed); memory: ordinary batches "
@@ -108,6 +113,12 @@ class BiometricConfig(_Strict):
         le=1_000_000,
         description="rows of the pair memory (pair_source: memory), per worker",
     )
+
+    @model_validator(mode="after")
+    def _skip_needs_symmetric_features(self) -> BiometricConfig:
+        if self.cosine_skip and self.pair_features != "symmetric":
+            raise ValueError("biometric.cosine_skip needs biometric.pair_features: symmetric")
+        return self
 
 
 class OptimizerConfig(_Strict):
@@ -196,7 +207,7 @@ class DistillConfig(_Strict):
         default=1.0, ge=0.0, le=1e4, description="MSE of the batch cosine-similarity matrices"
     )
     inspection_weight: float = Field(
-        default=0.3, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
+        default=0.7, ge=0.0, le=1e4, description="format 2: decision loss on inspected attempt pairs"
     )
     temperature: float = Field(
         default=0.2, gt=0.0, le=10.0, description="decision logit = (score - threshold) / temperature"
@@ -211,7 +222,7 @@ class DistillConfig(_Strict):
         default=32, ge=1, le=4096, description="inspected pairs per worker per step"
     )
     impostor_share: float = Field(
-        default=0.8,
+        default=0.9,
         ge=0.0,
         le=1.0,
         description="format 2: the share of the decision loss on impostor pairs (genuine pairs get the rest)",
