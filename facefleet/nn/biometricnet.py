@@ -22,11 +22,6 @@ class ModelNet(nn.Module):
     the output bias at `output_init` — pass the midpoint of the two targets, (mu_m + mu_n) / 2. Starting
     at 0 = mu_m, the first steps shift every output by ~20 together; under SGD momentum that shift
     overshoots and leaves most units of the narrow layers dead, and a dead ModelNet is a constant.
-
-    ``cosine_skip`` (symmetric features only): z = a·cos(f1, f2) + b + net(x), the layers learning only what
-    the cosine misses. The last layer starts at zero and (a, b) map cosine 1 to ``skip_match`` and
-    cosine 0 to ``output_init`` (pass mu_m and the midpoint), so an untrained ModelNet ranks pairs exactly as
-    the cosine does; (a, b) are learnt with the rest.
     """
 
     def __init__(
@@ -39,18 +34,13 @@ class ModelNet(nn.Module):
         output_init: float = 0.0,
         pair_features: str = "concat",
         seed: int | None = None,
-        cosine_skip: bool = False,
-        skip_match: float = 0.0,
     ) -> None:
         super().__init__()
         if layers < 1 or not 0.0 < keep_prob <= 1.0:
             raise ValueError("ModelNet needs layers >= 1 and keep_prob in (0, 1]")
         if pair_features not in ("concat", "symmetric"):
             raise ValueError("pair_features must be 'concat' or 'symmetric'")
-        if cosine_skip and pair_features != "symmetric":
-            raise ValueError("cosine_skip needs pair_features 'symmetric' (the cosine is the sum of f1*f2)")
         self.pair_features = pair_features
-        self.cosine_skip = cosine_skip
         start = 2 * feature_dim
         widths = [max(out_dim, round(start * (out_dim / start) ** (i / layers))) for i in range(layers + 1)]
         widths[-1] = out_dim
@@ -71,24 +61,13 @@ class ModelNet(nn.Module):
                         nn.ReLU(),
                         SeededDropout(1.0 - keep_prob, None if seed is None else seed + 1 + i),
                     ]
-                elif cosine_skip:
-                    nn.init.zeros_(linear.weight)
-                    nn.init.zeros_(linear.bias)
                 else:
                     nn.init.constant_(linear.bias, output_init)
         self.net = nn.Sequential(*modules)
         self.feature_dim, self.out_dim = feature_dim, out_dim
-        if cosine_skip:
-            self.skip_scale = nn.Parameter(torch.full((out_dim,), skip_match - output_init))
-            self.skip_bias = nn.Parameter(torch.full((out_dim,), output_init))
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
-        x = pair_input(features_a, features_b, self.pair_features)
-        z = self.net(x)
-        if self.cosine_skip:
-            cosine = x[:, : self.feature_dim].sum(dim=1, keepdim=True)
-            z = z + cosine * self.skip_scale + self.skip_bias
-        return z
+        return self.net(pair_input(features_a, features_b, self.pair_features))
 
 
 class SeededDropout(nn.Module):

@@ -80,8 +80,6 @@ class FaceTrainingModel(nn.Module):
                 output_init=(bio.mu_match + bio.mu_nonmatch) / 2,  # start between the two targets
                 pair_features=bio.pair_features,
                 seed=config.seed + PAIR_STREAM,  # its own draws: the rest of training draws as without it
-                cosine_skip=bio.cosine_skip,
-                skip_match=bio.mu_match,
             )
             if bio.enabled
             else None

@@ -172,43 +172,6 @@ def test_symmetric_pair_input_holds_the_cosine_and_ignores_order() -> None:
         ModelNet(5, pair_features="outer")
 
 
-def test_cosine_skip_starts_as_the_cosine_and_learns_a_correction() -> None:
-    gen = torch.Generator().manual_seed(0)
-    a = torch.nn.functional.normalize(torch.randn(64, 8, generator=gen, dtype=torch.float64), dim=1)
-    b = torch.nn.functional.normalize(torch.randn(64, 8, generator=gen, dtype=torch.float64), dim=1)
-    net = ModelNet(
-        8, 1, 3, 1.0, output_init=20.0, pair_features="symmetric", cosine_skip=True, skip_match=0.0
-    )
-    net = net.double().eval()
-    cosine = (a * b).sum(1, keepdim=True)
-    # untrained: z = 20 + (0 - 20) * cos, i.e. cos 1 -> mu_m (0), cos 0 -> the midpoint (20)
-    torch.testing.assert_close(net(a, b), 20.0 - 20.0 * cosine)
-    assert torch.equal(torch.argsort(match_score(net(a, b)).flatten()), torch.argsort(cosine.flatten()))
-    # every part learns: the skip's two numbers and the layers (through the last one, which starts at zero)
-    optimiser = torch.optim.SGD(net.parameters(), lr=0.01)
-    for _ in range(2):
-        optimiser.zero_grad()
-        net.train()
-        (net(a, b) - torch.where(cosine > 0, 0.0, 40.0)).pow(2).mean().backward()
-        optimiser.step()
-    first, last = net.net[0], net.net[-1]
-    assert isinstance(first, torch.nn.Linear) and isinstance(last, torch.nn.Linear)
-    assert first.weight.grad is not None and float(first.weight.grad.abs().sum()) > 0
-    assert float(last.weight.detach().abs().sum()) > 0 and float(net.skip_scale.detach()[0]) != -20.0
-    with pytest.raises(ValueError, match="cosine_skip"):
-        ModelNet(8, pair_features="concat", cosine_skip=True)
-
-
-def test_cosine_skip_config_needs_symmetric_features() -> None:
-    from pydantic import ValidationError
-
-    from facefleet.platform.runs.schemas import BiometricConfig
-
-    assert BiometricConfig(cosine_skip=True, pair_features="symmetric").cosine_skip
-    with pytest.raises(ValidationError, match="pair_features: symmetric"):
-        BiometricConfig(cosine_skip=True)
-
-
 def test_scale_grad_scales_only_the_backward_pass() -> None:
     from facefleet.nn.biometricnet import scale_grad
 

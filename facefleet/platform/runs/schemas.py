@@ -97,11 +97,6 @@ class BiometricConfig(_Strict):
         default="concat",
         description="ModelNet input: concat [f1, f2] (seed) or symmetric [f1*f2, |f1-f2|] (holds the cosine)",
     )
-    cosine_skip: bool = Field(
-        default=False,
-        description="ModelNet learns a correction to the pair's cosine (z = a*cos + b + layers; the layers "
-        "start at zero, so untrained it ranks pairs as the cosine does); needs pair_features symmetric",
-    )
     pair_source: Literal["batch", "memory"] = Field(
         default="batch",
         description="batch: pairs within identity-balanced P x K batches (seed); memory: ordinary batches "
@@ -113,12 +108,6 @@ class BiometricConfig(_Strict):
         le=1_000_000,
         description="rows of the pair memory (pair_source: memory), per worker",
     )
-
-    @model_validator(mode="after")
-    def _skip_needs_symmetric_features(self) -> BiometricConfig:
-        if self.cosine_skip and self.pair_features != "symmetric":
-            raise ValueError("biometric.cosine_skip needs biometric.pair_features: symmetric")
-        return self
 
 
 class OptimizerConfig(_Strict):
