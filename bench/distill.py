@@ -781,9 +781,9 @@ def verdicts(results: dict[str, dict], inspected_name: str) -> str:
     return (
         f"AUC gap closed by distillation: {closed:.0%} (target >= 50%: {verdict(closed >= 0.5)}; "
         f"teacher - scratch gap {gap:+.3f})\n"
-        f"false rejects with inspection: {num(distilled['false_rejects'])} -> "
-        f"{num(inspected['false_rejects'])} "
-        f"({fewer:+.0%} fewer; target >= 30%: {verdict(fewer >= 0.3)}), false accepts "
+        f"unseen users (no inspector saw them), false rejects with inspection: "
+        f"{num(distilled['false_rejects'])} -> {num(inspected['false_rejects'])} "
+        f"({fewer:.0%} fewer; target >= 30%: {verdict(fewer >= 0.3)}), false accepts "
         f"{num(distilled['false_accepts'])} -> {num(inspected['false_accepts'])} "
         f"(target not more: {verdict(inspected['false_accepts'] <= distilled['false_accepts'])}); "
         f"the distilled student rejects {num(distilled['fr_undrifted'])} of the same genuine pairs "
@@ -799,7 +799,7 @@ def returning_verdict(results: dict[str, dict], inspected_name: str) -> str:
     ok = fewer >= 0.3 and inspected["false_accepts"] <= distilled["false_accepts"]
     return (
         f"returning users (the inspected users' later photos, never inspected): false rejects "
-        f"{num(distilled['false_rejects'])} -> {num(inspected['false_rejects'])} ({fewer:+.0%} fewer), false "
+        f"{num(distilled['false_rejects'])} -> {num(inspected['false_rejects'])} ({fewer:.0%} fewer), false "
         f"accepts {num(distilled['false_accepts'])} -> {num(inspected['false_accepts'])} "
         f"(target >= 30% fewer, no more false accepts: {'met' if ok else 'MISSED'})"
     )
