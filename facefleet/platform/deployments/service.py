@@ -59,11 +59,19 @@ def release_rest_if_canaries_done(bind: Session | Connection, deployment_id: int
 
 
 @dataclass
-class DeploymentView:
+class DeploymentSummary:
+    """A deployment with how many of its devices are in each phase and status, without their rows."""
+
     deployment: Deployment
     stage: str
-    rows: list[tuple[DeviceDeployment, str]]  # (row, device name)
     counts: dict[str, dict[str, int]]  # phase -> status -> devices
+
+
+@dataclass
+class DeploymentView(DeploymentSummary):
+    """A summary with every device's row."""
+
+    rows: list[tuple[DeviceDeployment, str]]  # (row, device name)
 
 
 def create_deployment(
@@ -322,13 +330,8 @@ def _rollout_row(
     )
 
 
-def _read(
-    deployment: Deployment,
-    stage: str,
-    counts: dict[str, dict[str, int]],
-    devices: list[DeviceRolloutRead] | None,
-) -> DeploymentRead:
-    d = deployment
+def _read(summary: DeploymentSummary, devices: list[DeviceRolloutRead] | None) -> DeploymentRead:
+    d, stage, counts = summary.deployment, summary.stage, summary.counts
     return DeploymentRead(
         id=d.id,
         model_version_id=d.model_version_id,
@@ -353,22 +356,13 @@ def deployment_read(view: DeploymentView) -> DeploymentRead:
     """The deployment with each device's rollout row (``GET /v1/deployments/{id}``, ``deployments show``)."""
     now = utcnow()
     devices = [_rollout_row(view.deployment, view.stage, row, name, now) for row, name in view.rows]
-    return _read(view.deployment, view.stage, view.counts, devices)
-
-
-@dataclass
-class DeploymentSummary:
-    """A deployment with how many of its devices are in each phase and status, without their rows."""
-
-    deployment: Deployment
-    stage: str
-    counts: dict[str, dict[str, int]]  # phase -> status -> devices
+    return _read(view, devices)
 
 
 def summary_read(summary: DeploymentSummary) -> DeploymentRead:
     """The deployment with counts only (lists and the create answer: their size does not grow with the
     group; ``devices`` is null)."""
-    return _read(summary.deployment, summary.stage, summary.counts, None)
+    return _read(summary, None)
 
 
 def summarize(session: Session, deployments: list[Deployment]) -> list[DeploymentSummary]:
@@ -450,7 +444,7 @@ def _view(session: Session, deployment: Deployment) -> DeploymentView:
     for row, _name in pairs:
         statuses = counts.setdefault(row.phase, {})
         statuses[row.status] = statuses.get(row.status, 0) + 1
-    return DeploymentView(deployment, rollout_stage(deployment, counts), pairs, counts)
+    return DeploymentView(deployment, rollout_stage(deployment, counts), counts, pairs)
 
 
 def list_deployments(
